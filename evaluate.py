@@ -1,0 +1,115 @@
+"""evaluate.py — avg@n accuracy and unbiased pass@k of a policy on held-out benchmarks.
+
+For every problem of every benchmark, sample n responses, score each with the rule-based verifier
+(lib/reward.py), then report per benchmark:
+  mean_acc   = mean over problems of (correct / n)                    (the paper's "avg@n")
+  pass@k     = mean over problems of 1 - C(n-c, k) / C(n, k)           (unbiased, Chen et al. 2021)
+for k = 1, 2, 4, ... up to n, and the unweighted average over benchmarks.
+
+    python evaluate.py                                   # the toy base on the toy's test / ood / probe splits
+    python evaluate.py --model runs/loop/iter1/consolidated --benchmarks aime24=data/aime24.jsonl --n 32
+
+Writes OUT/samples.jsonl (every scored sample, the shared trajectory record), OUT/metrics.json, OUT/args.json.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from lib import cli, data, reward
+from lib.metrics import ks_up_to, mean_pass_at_k
+from lib.modeling import load_policy, resolve_model
+from lib.records import write_jsonl
+from lib.rollout import make_engine, to_trajectories
+
+
+def get_args(argv=None):
+    p = cli.make_parser(__doc__)
+    p.add_argument("--model", default="toy", help="policy folder or hub id; 'toy' = the embedded toy base model")
+    p.add_argument("--benchmarks", default="toy",
+                   help="NAME=PATH[,NAME=PATH...] (JSONL / JSON / parquet files or dataset ids); "
+                        "'toy' = the toy's test, ood and probe splits")
+    p.add_argument("--split", default="test", help="dataset split, for benchmarks given as hub dataset ids")
+    p.add_argument("--n", type=int, default=8, help="samples per problem (avg@n, pass@k up to k = n)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (DAPO eval: 1.0)")
+    p.add_argument("--top-p", type=float, default=0.7, help="nucleus sampling (DAPO eval: 0.7)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="response length cap (DAPO: 20480)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems per benchmark (0 = all)")
+    p.add_argument("--reward", default="dapo", choices=["dapo", "math_verify"], help="verifier (lib/reward.py)")
+    p.add_argument("--out", default="runs/eval/toy-base", help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"],
+                   help="rollout engine: vllm when importable and a GPU is present, else transformers")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vLLM: share of GPU memory")
+    p.add_argument("--tp", type=int, default=1, help="vLLM: tensor-parallel size")
+    p.add_argument("--device", default="auto", help="cpu / cuda / auto")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
+    args = p.parse_args(argv)
+    cli.check_positive(args, "n", "max_new_tokens", "tp")
+    cli.check_positive(args, "limit", allow_zero=True)
+    if not 0 < args.top_p <= 1:
+        raise cli.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    return args
+
+
+def summarize(trajectories, n: int) -> dict:
+    """Per-benchmark numbers from scored samples: problems, mean_acc, pass@k."""
+    correct = defaultdict(int)
+    total = defaultdict(int)
+    for t in trajectories:
+        total[t.problem_id] += 1
+        correct[t.problem_id] += int(t.acc)
+    counts = [(total[p], correct[p]) for p in total]
+    return {"problems": len(counts),
+            "mean_acc": sum(c / m for m, c in counts) / len(counts),
+            "pass@k": {str(k): mean_pass_at_k(counts, k) for k in ks_up_to(n)}}
+
+
+def main(argv=None):
+    args = get_args(argv)
+    benches = data.parse_benchmarks(args.benchmarks)
+    # load every benchmark before any sampling: a bad file fails in a second, not after an hour of generation
+    problems = {name: data.load_problems(path, split=args.split, limit=args.limit) for name, path in benches.items()}
+    device = cli.pick_device(args.device)
+    model_path = resolve_model(args.model)
+    model, tok = load_policy(model_path, device=device, trust_remote_code=args.trust_remote_code)
+    engine = make_engine(args.backend, model, tok, model_path, gpu_memory_utilization=args.gpu_memory_utilization,
+                         tp=args.tp, seed=args.seed, trust_remote_code=args.trust_remote_code)
+    verifier = functools.partial(reward.score, mode=args.reward)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cli.save_args(args, out)
+    samples, result = [], {}
+    for name, probs in problems.items():
+        t0 = time.time()
+        data.render_prompts(probs, tok)
+        comps = engine.generate([p.prompt for p in probs], n=args.n, max_new_tokens=args.max_new_tokens,
+                                temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+        trajs = to_trajectories(probs, comps, verifier, source=f"eval:{name}")
+        result[name] = summarize(trajs, args.n)
+        result[name]["seconds"] = round(time.time() - t0, 1)
+        samples += trajs
+    ks = [str(k) for k in ks_up_to(args.n)]
+    average = {"mean_acc": sum(r["mean_acc"] for r in result.values()) / len(result),
+               "pass@k": {k: sum(r["pass@k"][k] for r in result.values()) / len(result) for k in ks}}
+    metrics = {"model": args.model if args.model != "toy" else model_path, "n": args.n,
+               "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
+               "benchmarks": result, "average": average}
+    write_jsonl(out / "samples.jsonl", samples)
+    cli.atomic_write_json(out / "metrics.json", metrics)  # written last: its presence means the run finished
+
+    # the table
+    head = f"{'benchmark':<12} {'problems':>8} {'mean_acc':>9} " + " ".join(f"{'pass@' + k:>8}" for k in ks)
+    print(head)
+    print("-" * len(head))
+    for name, r in list(result.items()) + [("average", {"problems": sum(x["problems"] for x in result.values()),
+                                                         **average})]:
+        print(f"{name:<12} {r['problems']:>8} {r['mean_acc']:>9.3f} " + " ".join(f"{r['pass@k'][k]:>8.3f}" for k in ks))
+    print(f"wrote {out / 'metrics.json'} and {out / 'samples.jsonl'}")
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

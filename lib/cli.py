@@ -1,0 +1,118 @@
+"""Command-line plumbing shared by every stage: one-line errors, resolved-args files, atomic writes, seeding.
+
+A stage's `main()` is wrapped with `run_main` so that bad input (a `UserError`) prints ONE line naming the
+file / line / field / flag and exits with a non-zero code, never a traceback. Real bugs still raise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+EXIT_USER_ERROR = 2  # bad input / bad flags
+EXIT_NOTHING_KEPT = 3  # filter.py: nothing survived the filter (loop.sh branches on it)
+
+
+class UserError(Exception):
+    """Bad input from the user (file, line, field or flag). Printed as one line; exit code `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_USER_ERROR):
+        super().__init__(message)
+        self.code = code
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run a stage's main(); a UserError becomes `error: <message>` on stderr and a non-zero exit."""
+    try:
+        rc = main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(rc or 0)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows every knob with its default, and keeps the description's line breaks."""
+
+
+def make_parser(doc: str | None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+
+
+def check_positive(args: argparse.Namespace, *names: str, allow_zero: bool = False) -> None:
+    """Flags that must be > 0 (or >= 0) fail with a line naming the flag."""
+    for name in names:
+        v = getattr(args, name)
+        if v is None:
+            continue
+        if v < 0 or (v == 0 and not allow_zero):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} must be {'>= 0' if allow_zero else '>= 1'}, got {v}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Atomic writes: a reader (or a resumed run) never sees half a file.
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to a temp file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:
+    """Move a fully written folder into place. The old folder (if any) is removed only after the new one is
+    complete, so a kill at any moment leaves either the old or the new folder, never a mix."""
+    tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    if final_dir.exists():
+        trash = final_dir.with_name(f".{final_dir.name}.old")
+        if trash.exists():
+            shutil.rmtree(trash)
+        os.replace(final_dir, trash)
+        os.replace(tmp_dir, final_dir)
+        shutil.rmtree(trash)
+    else:
+        os.replace(tmp_dir, final_dir)
+
+
+def save_args(args: argparse.Namespace, out_dir: str | os.PathLike, name: str = "args.json") -> None:
+    """Every stage writes its resolved arguments next to its outputs."""
+    atomic_write_json(Path(out_dir) / name, {k: v for k, v in sorted(vars(args).items())})
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

@@ -1,0 +1,273 @@
+"""Pure functions of DAPO (arXiv 2503.14476), matched against verl's DAPO recipe.
+
+What DAPO adds on top of GRPO, and where it lives here:
+  * clip-higher (eps_low=0.2, eps_high=0.28) + dual clip ...... policy_loss
+  * token-level policy-gradient loss ("token-mean") ........... policy_loss / agg
+  * overlong reward shaping (soft length penalty) ............. overlong_penalty
+  * dynamic sampling (drop groups with no reward spread) ...... keep_groups / kept_group_ids
+plus the GRPO group-normalised advantage (group_advantages) and two helpers
+(masked_mean, token_entropy).
+
+Shapes: B = sequences in the call, T = padded response length, V = vocab, G = groups.
+Masks are 0/1 (bool, int or float); 1 marks a real response token.
+
+Where we deliberately differ from verl (details at each function):
+  * group_advantages: a group of one gets advantage 0 (verl: r / (1 + eps)).
+  * group_advantages / keep_groups: a group of identical rewards is *exactly* zero-spread
+    (verl's float mean/std can leave ~1e-8 residue for non-dyadic rewards such as 0.1).
+  * policy_loss: optional global_tokens / global_seqs divisors so per-micro-batch losses sum to the
+    full-batch loss (newer verl does the same via batch_num_tokens / global_batch_size; verl's
+    legacy actor and TRL#5619 normalised each micro-batch by its own token count).
+  * overlong_penalty: buffer_len == 0 returns zeros (verl would divide by zero).
+"""
+
+from typing import Hashable, Sequence
+
+import torch
+from torch import Tensor
+
+Ids = Tensor | Sequence[Hashable]
+
+
+# -----------------------------------------------------------------------------
+# small helpers
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean of x over positions where mask is 1; 0 where there are none."""
+    # torch.where rather than x * mask: padding may hold inf/nan (e.g. -inf log-probs) and
+    # inf * 0 = nan would leak into the result.
+    m = mask.to(torch.bool)
+    total = torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(dim=dim)
+    count = m.sum(dim=dim).clamp(min=1)  # 0/1 mask -> counts are 0 or >= 1, so clamp(1) is exact
+    return total / count
+
+
+def _group_index(group_ids: Ids, device: torch.device) -> tuple[Tensor, int]:
+    """Map arbitrary group ids to a dense index. Returns (inverse [B] long, number of groups G)."""
+    if isinstance(group_ids, Tensor):
+        uniq, inverse = torch.unique(group_ids, return_inverse=True)  # vectorised, sorted order
+        return inverse.to(device), uniq.numel()
+    # python ids (e.g. uuid strings, like verl's "uid"): a dict is the only way to hash them
+    dense: dict = {}
+    inverse = [dense.setdefault(g, len(dense)) for g in group_ids]
+    return torch.tensor(inverse, dtype=torch.long, device=device), len(dense)
+
+
+def _as_float(values: Tensor | Sequence[float]) -> Tensor:
+    t = torch.as_tensor(values)
+    return t if t.is_floating_point() else t.to(torch.float32)
+
+
+# -----------------------------------------------------------------------------
+# GRPO advantage
+
+
+@torch.no_grad()
+def group_advantages(rewards: Tensor, group_ids: Ids, eps: float = 1e-6) -> Tensor:
+    """Per-sequence (r - mean_g) / (std_g + eps), std unbiased (n-1) as torch.std. [B] -> [B].
+
+    Same formula and eps as verl's GRPO outcome advantage (norm by std on). Differences:
+      * group of one: 0 here. verl sets mean=0, std=1 and so returns r / (1 + eps), i.e. a lone
+        sample is pushed up or down by its raw reward. With DAPO's filter a group of one is kept,
+        so this does change the gradient when groups of one occur (they do not with rollout.n > 1).
+      * we shift each group by its minimum before averaging, so a group of identical rewards gives
+        exactly 0 (verl's float32 mean of e.g. seven 0.1's is off by 1 ulp, std ~1e-8, and the
+        advantage then is ~1e-8/(1e-8+1e-6) ~ 0.01 instead of 0).
+    """
+    r = _as_float(rewards)
+    out_dtype = r.dtype
+    r = r.to(torch.float64)  # B is small; float64 keeps the two-pass variance clean
+    B = r.shape[0]
+    idx, G = _group_index(group_ids, r.device)  # [B], G
+    zeros_g = torch.zeros(G, dtype=r.dtype, device=r.device)
+
+    count = zeros_g.index_add(0, idx, torch.ones_like(r))  # [G]
+    lo = zeros_g.scatter_reduce(0, idx, r, reduce="amin", include_self=False)  # [G] group minimum
+    x = r - lo[idx]  # [B] shifted: identical rewards -> exact zeros
+    mean = zeros_g.index_add(0, idx, x) / count  # [G]
+    dev = x - mean[idx]  # [B]
+    var = zeros_g.index_add(0, idx, dev * dev) / (count - 1).clamp(min=1)  # [G] unbiased
+    std = var.sqrt()  # [G]
+
+    adv = dev / (std[idx] + eps)  # [B]
+    adv = torch.where(count[idx] > 1, adv, torch.zeros_like(adv))  # lone samples carry no signal
+    assert adv.shape == (B,)
+    return adv.to(out_dtype)
+
+
+# -----------------------------------------------------------------------------
+# DAPO dynamic sampling
+
+
+@torch.no_grad()
+def keep_groups(values: Tensor | Sequence[float], group_ids: Ids) -> Tensor:
+    """Bool mask [B]: True for samples whose group DAPO keeps (metric spread > 0, or group of one).
+
+    verl keeps a prompt group iff np.std(metric) > 0 or it has a single sample. The metric is
+    `algorithm.filter_groups.metric`; the DAPO scripts use "acc" (the 0/1 correctness from the
+    scorer, *before* the overlong penalty), alternatives are "seq_final_reward" (reward incl.
+    overlong penalty and any KL-in-reward) and "seq_reward". Pass "acc"-like values to match the
+    recipe: with "acc" a group that is all-correct but has different overlong penalties is dropped,
+    with "seq_final_reward" it is kept. We test "max > min", the exact meaning of std > 0; numpy's
+    float std can be ~1e-17 for identical non-dyadic values (e.g. seven 0.1's), which verl would keep.
+    """
+    v = _as_float(values).to(torch.float64)  # [B]
+    idx, G = _group_index(group_ids, v.device)  # [B], G
+    zeros_g = torch.zeros(G, dtype=v.dtype, device=v.device)
+    count = zeros_g.index_add(0, idx, torch.ones_like(v))  # [G]
+    hi = zeros_g.scatter_reduce(0, idx, v, reduce="amax", include_self=False)  # [G]
+    lo = zeros_g.scatter_reduce(0, idx, v, reduce="amin", include_self=False)  # [G]
+    keep_g = (hi > lo) | (count == 1)  # [G]
+    return keep_g[idx]  # [B]
+
+
+def kept_group_ids(values: Tensor | Sequence[float], group_ids: Ids) -> list:
+    """Group ids DAPO keeps, in order of first appearance (see keep_groups for the rule)."""
+    keep = keep_groups(values, group_ids).tolist()  # [B]
+    ids = group_ids.tolist() if isinstance(group_ids, Tensor) else list(group_ids)
+    seen: dict = {}
+    for g, k in zip(ids, keep):
+        if k:
+            seen.setdefault(g, None)  # dicts keep insertion order
+    return list(seen)
+
+
+# -----------------------------------------------------------------------------
+# DAPO overlong reward shaping
+
+
+def overlong_penalty(
+    lengths: Tensor | Sequence[int], max_len: int, buffer_len: int, factor: float = 1.0
+) -> Tensor:
+    """Soft length penalty [B], added to the reward: 0 up to max_len - buffer_len, then linear to -factor.
+
+    Same as verl's DAPO reward manager: min(-(L - (max_len - buffer_len)) / buffer_len * factor, 0),
+    L = number of valid response tokens. Like verl we do not clamp below -factor: L > max_len cannot
+    happen when generation is capped at max_len. buffer_len == 0 -> zeros (verl would divide by 0).
+    """
+    L = _as_float(lengths)  # [B]
+    if buffer_len <= 0:
+        return torch.zeros_like(L)
+    expected = max_len - buffer_len  # longest length that is never penalised
+    pen = -(L - expected) / buffer_len * factor  # [B]
+    return pen.clamp(max=0.0)
+
+
+# -----------------------------------------------------------------------------
+# clipped policy-gradient loss
+
+
+def _aggregate(
+    loss_mat: Tensor,
+    mask: Tensor,
+    agg: str,
+    global_tokens: float | int | Tensor | None,
+    global_seqs: float | int | Tensor | None,
+) -> Tensor:
+    """Reduce a [B, T] per-token loss to a scalar. Divisors default to this call's own counts."""
+    m = mask.to(torch.bool)
+    zero = torch.zeros((), dtype=loss_mat.dtype, device=loss_mat.device)
+    token_loss = torch.where(m, loss_mat, zero)  # [B, T] padding exactly 0
+    if agg == "token-mean":
+        # every valid token weighs the same, whatever sequence it sits in (DAPO's choice)
+        denom = m.sum().clamp(min=1) if global_tokens is None else global_tokens
+        return token_loss.sum() / torch.as_tensor(denom, dtype=loss_mat.dtype, device=loss_mat.device)
+
+    n_tok = m.sum(dim=-1)  # [B]
+    seq_valid = n_tok > 0  # [B] newer verl drops fully masked rows from the sequence count
+    if agg == "seq-mean-token-sum":
+        seq_loss = token_loss.sum(dim=-1)  # [B]
+    elif agg == "seq-mean-token-mean":
+        seq_loss = token_loss.sum(dim=-1) / n_tok.clamp(min=1)  # [B] empty rows -> 0, not nan
+    else:
+        raise ValueError(f"unknown agg mode {agg!r}")
+    denom = seq_valid.sum().clamp(min=1) if global_seqs is None else global_seqs
+    return seq_loss.sum() / torch.as_tensor(denom, dtype=loss_mat.dtype, device=loss_mat.device)
+
+
+def policy_loss(
+    log_probs: Tensor,
+    old_log_probs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    eps_low: float = 0.2,
+    eps_high: float = 0.28,
+    clip_ratio_c: float = 10.0,
+    agg: str = "token-mean",
+    global_tokens: float | int | Tensor | None = None,
+    global_seqs: float | int | Tensor | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """DAPO clipped surrogate (clip-higher + dual clip) as in verl's vanilla PPO policy loss.
+
+    log_probs, old_log_probs, mask: [B, T]; advantages: [B] or [B, T]. Returns (scalar loss, stats).
+
+    global_tokens (token-mean) / global_seqs (seq-mean-*): the divisor for the *whole* optimiser
+    step, i.e. valid tokens / non-empty sequences summed over all micro-batches and ranks. Each call
+    then returns its share and the shares (and their gradients) sum to the full-batch loss. Leaving
+    them None normalises by this call's own counts, which is only right for a single micro-batch:
+    averaging such per-micro-batch means over-weights tokens of short micro-batches (TRL#5619).
+    If DDP averages gradients over W ranks, multiply the loss by W (verl's `* dp_size`).
+
+    stats (python floats, over valid tokens of this call):
+      clipfrac_high: A > 0 and ratio > 1 + eps_high (upper clip active, no gradient)
+      clipfrac_low:  A < 0 and ratio < 1 - eps_low  (lower clip active, no gradient)
+        clipfrac_high + clipfrac_low == verl's pg_clipfrac ("clipped term is the larger loss").
+      clipfrac_dual: A < 0 and the dual clip -A*c is active, i.e. ratio > c. This is what verl
+        logs as pg_clipfrac_lower (the name refers to the dual clip *lower-bounding the objective*,
+        not to the 1 - eps_low side).
+      approx_kl: masked mean of (old - new) log-prob, verl's ppo_kl (k1 estimator of KL(old||new)).
+    """
+    assert clip_ratio_c > 1.0, "dual clip needs c > 1"
+    assert log_probs.shape == old_log_probs.shape == mask.shape, "log_probs/old/mask must be [B, T]"
+    B, T = log_probs.shape
+    m = mask.to(torch.bool)  # [B, T]
+    dt = torch.promote_types(log_probs.dtype, torch.float32)  # exp() of bf16 log-ratios is too coarse
+    zero = torch.zeros((), dtype=dt, device=log_probs.device)
+
+    A = advantages.detach().to(dt)
+    if A.dim() == 1:
+        A = A[:, None].expand(B, T)  # [B] -> [B, T] one outcome advantage for every token
+    A = torch.where(m, A, zero)  # [B, T]
+
+    # Keep padding values (often -inf/nan log-probs) out of the arithmetic altogether, so they can
+    # reach neither exp() nor the stats; masking only at the end is fragile with inf/nan around.
+    log_ratio = torch.where(m, log_probs.to(dt) - old_log_probs.detach().to(dt), zero)  # [B, T]
+    log_ratio = log_ratio.clamp(-20.0, 20.0)  # same guard as verl, keeps exp() finite
+    ratio = torch.exp(log_ratio)  # [B, T]; exactly 1 on the first update (log_probs == old)
+
+    pg_unclipped = -A * ratio  # [B, T]
+    pg_clipped = -A * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)  # [B, T]
+    # pessimistic (larger) loss: once the ratio left the trust region in the direction the
+    # advantage pushes it, the loss is flat and the token stops contributing gradient
+    pg_ppo = torch.maximum(pg_unclipped, pg_clipped)  # [B, T]
+    # dual clip: for A < 0 an exploding ratio would make the loss unbounded; cap it at -A * c
+    pg_dual = torch.minimum(pg_ppo, -A * clip_ratio_c)  # [B, T]
+    pg = torch.where(A < 0, pg_dual, pg_ppo)  # [B, T]
+
+    loss = _aggregate(pg, m, agg, global_tokens, global_seqs)
+
+    with torch.no_grad():
+        clipped = pg_clipped > pg_unclipped  # [B, T] verl's pg_clipfrac condition
+        stats = {
+            "clipfrac_high": masked_mean((clipped & (A > 0)).to(dt), m).item(),
+            "clipfrac_low": masked_mean((clipped & (A < 0)).to(dt), m).item(),
+            "clipfrac_dual": masked_mean(((pg_ppo > -A * clip_ratio_c) & (A < 0)).to(dt), m).item(),
+            "approx_kl": masked_mean(-log_ratio, m).item(),
+        }
+    return loss, stats
+
+
+# -----------------------------------------------------------------------------
+# entropy
+
+
+def token_entropy(logits: Tensor) -> Tensor:
+    """Entropy of softmax(logits) per position: [..., T, V] -> [..., T].
+
+    H = logsumexp(x) - sum_v p_v x_v. Needs one [.., V] temporary (the probs) instead of
+    materialising both log_softmax and softmax; chunk over the batch for very large vocabularies.
+    """
+    lse = torch.logsumexp(logits, dim=-1)  # [..., T]
+    probs = torch.softmax(logits, dim=-1)  # [..., T, V]
+    return lse - (probs * logits).sum(dim=-1)  # [..., T]

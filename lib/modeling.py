@@ -1,0 +1,108 @@
+"""The policy: load / save a `from_pretrained` folder, and the forward pass that scores tokens.
+
+Both training stages (explore.py's DAPO update, consolidate.py's SFT) and the rollout engine's HF backend go
+through these functions, so "log-prob of a token" means the same thing everywhere.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lib.cli import UserError, replace_dir
+
+
+def resolve_model(spec: str) -> str:
+    """'toy' -> the embedded toy base model (built once, cached); anything else is returned unchanged."""
+    if spec == "toy":
+        from lib import toy
+
+        return str(toy.ensure_base())
+    return spec
+
+
+def load_policy(spec: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                trust_remote_code: bool = False):
+    """(model, tokenizer) from a local folder or a hub id. Errors name the path and what is missing."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(spec)
+    local = Path(path)
+    if local.exists() or not _looks_like_hub_id(path):
+        if not local.is_dir():
+            raise UserError(f"{path}: model folder does not exist")
+        if not (local / "config.json").is_file():
+            raise UserError(f"{path}: not a model folder (no config.json)")
+        if not any((local / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+            raise UserError(f"{path}: model folder has no tokenizer (tokenizer.json / tokenizer_config.json)")
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise UserError(f"{path}: cannot load model/tokenizer ({msg})") from None
+    if tok.pad_token_id is None:  # batching needs a pad id; it is always masked out
+        tok.pad_token = tok.eos_token
+    model.to(device)
+    return model, tok
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    """'Qwen/Qwen2.5-Math-7B' style: one slash, no leading '.' or '/'."""
+    parts = path.split("/")
+    return len(parts) == 2 and all(parts) and not path.startswith(".")
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """EOS ids a completion may end on: the tokenizer's and the generation config's (Qwen chat models stop
+    on <|im_end|> as well as <|endoftext|>)."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos:
+        ids.update(int(e) for e in eos)
+    return sorted(ids)
+
+
+def save_policy(model, tokenizer, out_dir: str | os.PathLike) -> None:
+    """Write a folder that `from_pretrained` (and vLLM) load as it is: safetensors weights, config,
+    generation config and tokenizer. Written to a temp folder, then renamed into place (atomic)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    replace_dir(tmp, out_dir)
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
+                   with_entropy: bool = False):
+    """Log-prob of every token given its prefix, under softmax(logits / temperature).
+
+    input_ids, attention_mask: [B, T] (right padding or left padding both fine: positions come from the mask)
+    returns logp [B, T] where logp[:, t] = log p(input_ids[:, t] | input_ids[:, :t]); logp[:, 0] = 0.
+    With with_entropy, also the entropy [B, T] of the predictive distribution at each position.
+    The log-softmax is never materialised for the full vocabulary in float32: logsumexp + gather suffice.
+    """
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False).logits[:, :-1]  # [B, T-1, V]: position t predicts token t+1
+    if temperature != 1.0:
+        logits = logits / temperature
+    targets = input_ids[:, 1:]  # [B, T-1]
+    lse = torch.logsumexp(logits.float(), dim=-1)  # [B, T-1]
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()  # [B, T-1]
+    logp = F.pad(picked - lse, (1, 0))  # [B, T]
+    if not with_entropy:
+        return logp
+    with torch.no_grad():  # entropy is logged, not optimised
+        p = torch.softmax(logits.float(), dim=-1)
+        ent = lse - (p * logits.float()).sum(-1)  # H = logsumexp(z) - sum p z
+    return logp, F.pad(ent, (1, 0))

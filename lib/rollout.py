@@ -1,0 +1,192 @@
+"""Rollout engine: n sampled completions per prompt, with the log-prob of each sampled token.
+
+One interface, two backends:
+  HFEngine    a lean sampling loop over any transformers causal LM (CPU or GPU): each prompt is prefilled
+              once and its KV cache copied n times, finished rows are dropped from the batch (they stop
+              costing compute), and the sampled token's log-prob is read off logsumexp — no full-vocabulary
+              log-softmax is kept.
+  VLLMEngine  vLLM's offline `LLM` (GPU), used when vllm is importable and a GPU is present.
+`make_engine` picks one. Log-probs are under softmax(logits / temperature), before top-p truncation — the
+same quantity lib/modeling.token_logprobs computes in the training forward.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from lib.modeling import stop_token_ids
+from lib.records import Trajectory
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]  # sampled tokens, the stop token included (it is part of what the policy chose)
+    logprobs: list[float]  # log-prob of each sampled token, same length as token_ids
+    text: str  # decoded, special tokens removed
+    finish_reason: str  # "stop" (a stop token was sampled) or "length" (max_new_tokens reached)
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator):
+    """logits [A, V] -> (token [A], logprob [A]) with logprob under softmax(logits / T) (before top-p)."""
+    if temperature <= 0:  # greedy
+        tok = logits.argmax(-1)
+        return tok, torch.zeros(tok.shape, dtype=torch.float32, device=logits.device)
+    z = logits.float() / temperature  # [A, V]
+    lse = torch.logsumexp(z, dim=-1)  # [A]
+    probs = torch.softmax(z, dim=-1)  # [A, V]
+    if top_p < 1.0:
+        # nucleus: keep the smallest prefix of the sorted distribution whose mass reaches top_p
+        sp, si = probs.sort(dim=-1, descending=True)
+        drop = sp.cumsum(-1) - sp > top_p  # [A, V] tokens entirely beyond the nucleus
+        sp = sp.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, si, sp)
+    tok = torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # [A]
+    logp = z.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - lse
+    return tok, logp
+
+
+class HFEngine:
+    """Batched, KV-cached sampling over a transformers model (the policy itself: no weight sync needed)."""
+
+    def __init__(self, model, tokenizer, max_batch: int = 512, show_progress: bool = False):
+        self.model, self.tok = model, tokenizer
+        self.max_batch = max_batch  # rows (prompts x n) decoded together
+        self.stop_ids = stop_token_ids(model, tokenizer)
+        self.show_progress = show_progress
+
+    def sync_weights(self, model=None) -> None:
+        """The HF engine samples from the training model's own parameters: nothing to copy."""
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int = 0) -> list[list[Completion]]:
+        """Returns, for each prompt, its n completions (in order)."""
+        device = next(self.model.parameters()).device
+        gen = torch.Generator(device=device).manual_seed(seed)
+        ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        per_chunk = max(1, self.max_batch // n)
+        out: list[list[Completion]] = []
+        chunks = range(0, len(ids), per_chunk)
+        for s in tqdm(chunks, desc="rollout", leave=False,
+                      disable=None if self.show_progress and len(chunks) > 1 else True):
+            out += self._generate_chunk(ids[s:s + per_chunk], n, max_new_tokens, temperature, top_p, gen, device)
+        return out
+
+    def _generate_chunk(self, ids, n, max_new_tokens, temperature, top_p, gen, device):
+        from transformers import DynamicCache
+
+        was_training = self.model.training
+        self.model.eval()
+        P, pad = len(ids), self.tok.pad_token_id
+        L = max(len(x) for x in ids)
+        input_ids = torch.full((P, L), pad, dtype=torch.long, device=device)  # [P, L] left-padded
+        attn = torch.zeros((P, L), dtype=torch.long, device=device)
+        for i, x in enumerate(ids):
+            input_ids[i, L - len(x):] = torch.tensor(x, device=device)
+            attn[i, L - len(x):] = 1
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        # prefill each prompt once, then copy its cache for the n samples
+        logits = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                            use_cache=True, logits_to_keep=1).logits[:, -1]  # [P, V]
+        cache.batch_repeat_interleave(n)
+        logits = logits.repeat_interleave(n, 0)  # [R, V], R = P * n
+        attn = attn.repeat_interleave(n, 0)  # [R, L]
+        next_pos = attn.sum(-1)  # [R] position of the next token
+        R = P * n
+        toks = [[] for _ in range(R)]
+        lps = [[] for _ in range(R)]
+        finish = ["length"] * R
+        active = torch.arange(R, device=device)  # row -> original sequence index
+        stop = torch.tensor(self.stop_ids, device=device)
+        for t in range(max_new_tokens):
+            tok, logp = sample_token(logits, temperature, top_p, gen)  # [A], [A]
+            for r, k, lp in zip(active.tolist(), tok.tolist(), logp.tolist()):
+                toks[r].append(k)
+                lps[r].append(lp)
+            done = torch.isin(tok, stop)  # [A]
+            for r in active[done].tolist():
+                finish[r] = "stop"
+            if t == max_new_tokens - 1:
+                break
+            keep = (~done).nonzero().squeeze(-1)
+            if keep.numel() == 0:
+                break
+            if keep.numel() < active.numel():  # drop finished rows: they stop costing compute
+                cache.batch_select_indices(keep)
+                active, tok, attn, next_pos = active[keep], tok[keep], attn[keep], next_pos[keep]
+            attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)  # [A, L + t + 1]
+            logits = self.model(input_ids=tok.unsqueeze(-1), attention_mask=attn, position_ids=next_pos.unsqueeze(-1),
+                                past_key_values=cache, use_cache=True).logits[:, -1]  # [A, V]
+            next_pos = next_pos + 1
+        self.model.train(was_training)
+        comps = [Completion(toks[r], lps[r], self.tok.decode(toks[r], skip_special_tokens=True), finish[r])
+                 for r in range(R)]
+        return [comps[i * n:(i + 1) * n] for i in range(P)]
+
+
+class VLLMEngine:
+    """vLLM's offline engine on GPU. Sampling is seeded per call; log-probs come back for sampled tokens."""
+
+    def __init__(self, model_path: str, tokenizer, gpu_memory_utilization: float = 0.5, tp: int = 1,
+                 dtype: str = "bfloat16", seed: int = 0, max_model_len: int | None = None,
+                 enable_sleep_mode: bool = False, trust_remote_code: bool = False):
+        from vllm import LLM
+
+        self.tok = tokenizer
+        self.llm = LLM(model=model_path, tensor_parallel_size=tp, gpu_memory_utilization=gpu_memory_utilization,
+                       dtype=dtype, seed=seed, max_model_len=max_model_len, enable_sleep_mode=enable_sleep_mode,
+                       trust_remote_code=trust_remote_code)
+
+    def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0, seed: int = 0) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed,
+                                logprobs=0, skip_special_tokens=True)
+        ids = [{"prompt_token_ids": self.tok(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+        outs = self.llm.generate(ids, params, use_tqdm=False)
+        return [[_from_vllm(c) for c in o.outputs] for o in outs]
+
+
+def _from_vllm(c) -> Completion:
+    token_ids = list(c.token_ids)
+    # c.logprobs: one {token_id: Logprob} dict per sampled token; with logprobs=0 it holds the sampled one
+    lps = [float(d[t].logprob) for t, d in zip(token_ids, c.logprobs or [])] if c.logprobs else [0.0] * len(token_ids)
+    finish = "length" if c.finish_reason == "length" else "stop"
+    return Completion(token_ids, lps, c.text, finish)
+
+
+def vllm_available() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return False
+    return torch.cuda.is_available()
+
+
+def make_engine(backend: str, model, tokenizer, model_path: str | None = None, **vllm_kwargs):
+    """backend: 'hf', 'vllm' or 'auto' (vllm when importable and a GPU is present, else hf)."""
+    if backend == "auto":
+        backend = "vllm" if vllm_available() and model_path else "hf"
+    if backend == "vllm":
+        return VLLMEngine(model_path, tokenizer, **vllm_kwargs)
+    return HFEngine(model, tokenizer)
+
+
+def to_trajectories(problems, completions: list[list[Completion]], reward_fn, step: int | None = None,
+                    source: str = "", prompt_tokens: list[int] | None = None) -> list[Trajectory]:
+    """Score each completion with reward_fn(response, ground_truth) -> {"score", "acc", "pred"} and wrap it
+    in the shared record. `problems[i]` pairs with `completions[i]` (its n samples)."""
+    out = []
+    for i, (p, comps) in enumerate(zip(problems, completions)):
+        for c in comps:
+            v = reward_fn(c.text, p.ground_truth)
+            out.append(Trajectory(problem_id=p.id, prompt=p.prompt, response=c.text, reward=float(v["score"]),
+                                  acc=bool(v["acc"]), pred=v["pred"], ground_truth=p.ground_truth,
+                                  prompt_tokens=prompt_tokens[i] if prompt_tokens else 0,
+                                  response_tokens=len(c.token_ids), finish_reason=c.finish_reason,
+                                  step=step, source=source))
+    return out

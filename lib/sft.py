@@ -1,0 +1,162 @@
+"""Supervised fine-tuning in plain PyTorch — the one SFT implementation of the project.
+
+consolidate.py uses it for rejection-sampling fine-tuning (RFT) of the iteration's initial policy on the
+filtered successful trajectories; lib/toy.py uses it to warm-start the toy base on gold solutions.
+
+  loss = sum over response tokens of -log p(token | prefix)  /  response tokens in the whole optimiser step
+The prompt is masked (it gets no gradient); the normalisation is over the whole optimiser step, not each
+micro-batch, so gradient accumulation does not change the objective. Sequences are length-grouped into
+micro-batches and right-padded — never packed into one row, so no attention leaks across examples.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from lib.modeling import token_logprobs
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 0  # optimiser steps; 0 = derive from epochs
+    epochs: float = 1.0  # passes over the data (used when steps == 0)
+    batch_size: int = 32  # sequences per optimiser step
+    micro_batch: int = 0  # sequences per forward/backward (0 = the whole batch at once)
+    lr: float = 1e-5
+    warmup: int = 0  # linear warm-up steps, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    kl_coef: float = 0.0  # optional KL(policy || starting policy) on response tokens (needs ref_model)
+    seed: int = 0
+    bf16: bool = False  # autocast to bfloat16 (GPU)
+
+
+@dataclass
+class Example:
+    prompt_ids: list[int]
+    response_ids: list[int]
+
+
+def tokenize(tokenizer, trajectories, append_eos: bool = True, max_len: int = 0) -> list[Example]:
+    """Trajectories -> token ids. The EOS is appended to the response so the model learns to stop."""
+    out = []
+    for t in trajectories:
+        p = tokenizer(t.prompt, add_special_tokens=False)["input_ids"]
+        r = tokenizer(t.response, add_special_tokens=False)["input_ids"]
+        if append_eos and tokenizer.eos_token_id is not None:
+            r = r + [tokenizer.eos_token_id]
+        if max_len and len(p) + len(r) > max_len:
+            r = r[: max(0, max_len - len(p))]
+        if r:
+            out.append(Example(p, r))
+    return out
+
+
+def total_steps(n_examples: int, cfg: SFTConfig) -> int:
+    return cfg.steps or max(1, math.ceil(cfg.epochs * n_examples / cfg.batch_size))
+
+
+def plan(n_examples: int, cfg: SFTConfig) -> list[list[int]]:
+    """The example indices of every optimiser step, fixed by the seed: epoch e is a permutation seeded by
+    (seed, e). A resumed run recomputes the same plan and skips the steps already done."""
+    steps, batches, epoch = total_steps(n_examples, cfg), [], 0
+    while len(batches) < steps:
+        order = list(range(n_examples))
+        random.Random(f"{cfg.seed}-{epoch}").shuffle(order)
+        for i in range(0, n_examples, cfg.batch_size):
+            batches.append(order[i:i + cfg.batch_size])
+        epoch += 1
+    return batches[:steps]
+
+
+def collate(examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> input_ids, attention_mask, loss_mask, each [B, T], right-padded; loss_mask marks response tokens."""
+    T = max(len(e.prompt_ids) + len(e.response_ids) for e in examples)
+    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(examples), T), dtype=torch.long)
+    loss_mask = torch.zeros((len(examples), T), dtype=torch.float32)
+    for i, e in enumerate(examples):
+        seq = e.prompt_ids + e.response_ids
+        ids[i, :len(seq)] = torch.tensor(seq)
+        attn[i, :len(seq)] = 1
+        loss_mask[i, len(e.prompt_ids):len(seq)] = 1.0
+    return ids.to(device), attn.to(device), loss_mask.to(device)
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to min_ratio (step counts from 0)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model, cfg: SFTConfig, total: int):
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg.warmup, total, cfg.min_lr_ratio))
+    return opt, sched
+
+
+def step_loss(model, examples: list[Example], cfg: SFTConfig, pad_id: int, n_tokens: float, ref_model=None):
+    """Forward + backward over one optimiser step's examples in micro-batches. Returns (nll, kl) summed
+    over tokens / n_tokens, i.e. this step's share of the token-mean objective (already backpropagated)."""
+    device = next(model.parameters()).device
+    mb = cfg.micro_batch or len(examples)
+    # length-grouping: neighbours in length share a micro-batch, so little compute goes to padding
+    examples = sorted(examples, key=lambda e: len(e.prompt_ids) + len(e.response_ids))
+    nll_sum, kl_sum = 0.0, 0.0
+    for i in range(0, len(examples), mb):
+        ids, attn, mask = collate(examples[i:i + mb], pad_id, device)  # [b, T] each
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            logp = token_logprobs(model, ids, attn)  # [b, T]
+        nll = -(logp * mask).sum()
+        loss = nll
+        if cfg.kl_coef > 0 and ref_model is not None:
+            with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                ref_logp = token_logprobs(ref_model, ids, attn)  # [b, T]
+            d = ref_logp - logp  # k3 estimator of KL(pi || ref): e^d - d - 1 >= 0, low variance
+            kl = ((d.exp() - d - 1) * mask).sum()
+            loss = loss + cfg.kl_coef * kl
+            kl_sum += kl.item()
+        (loss / n_tokens).backward()
+        nll_sum += nll.item()
+    return nll_sum / n_tokens, kl_sum / n_tokens
+
+
+def train(model, examples: list[Example], cfg: SFTConfig, pad_id: int, ref_model=None,
+          state: dict | None = None, on_step: Callable | None = None, progress: bool = True) -> list[dict]:
+    """Run (or resume) SFT. `state` is a dict from a checkpoint (optimizer, scheduler, step); `on_step(step,
+    row, optimizer, scheduler)` is called after each optimiser step (logging, checkpoints). Returns the rows."""
+    model.train()
+    batches = plan(len(examples), cfg)
+    opt, sched = make_optimizer(model, cfg, len(batches))
+    start = 0
+    if state:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = state["step"]
+    rows = []
+    bar = tqdm(range(start, len(batches)), desc="sft", disable=None if progress else True, leave=False)
+    for step in bar:
+        t0 = time.time()
+        batch = [examples[i] for i in batches[step]]
+        n_tokens = float(sum(len(e.response_ids) for e in batch))
+        opt.zero_grad(set_to_none=True)
+        nll, kl = step_loss(model, batch, cfg, pad_id, n_tokens, ref_model)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()  # pre-clip norm
+        opt.step()
+        sched.step()
+        row = {"step": step + 1, "loss": round(nll, 5), "kl": round(kl, 6), "grad_norm": round(grad_norm, 4),
+               "lr": sched.get_last_lr()[0], "tokens": int(n_tokens), "step_time": round(time.time() - t0, 3)}
+        rows.append(row)
+        bar.set_postfix(loss=f"{nll:.3f}")
+        if on_step:
+            on_step(step + 1, row, opt, sched)
+    return rows

@@ -1,0 +1,220 @@
+"""The embedded toy world: a synthetic verifiable math task, a tiny Qwen2 model and its tokenizer.
+
+No machine here can download a model or a dataset, so the project makes its own. Everything is generated
+deterministically from a seed and cached under `runs/toy/` (or $RLOOP_TOY_DIR):
+
+  data/train.jsonl  RL prompts: chains of additions / subtractions, levels 1-4
+  data/test.jsonl   held-out problems from the same distribution
+  data/ood.jsonl    harder, out of distribution: longer chains (level 5) and 3-digit numbers (level 6)
+  data/probe.jsonl  a task family RL never trains on (one- by two-digit products) - it measures forgetting
+  data/gold.jsonl   gold step-by-step solutions (levels 1-4 + probe family) for the warm start
+  base/             tiny Qwen2 warm-started by SFT on gold.jsonl (lib/sft.py, the code consolidate.py uses)
+
+A problem and its gold solution:
+  Compute 37+25-18.        37+25=62
+                           62-18=44
+                           Answer: 44
+The files use DAPO-Math-17k's schema, so the toy exercises the same loader as the real world. The base
+model is deliberately *partial*: its SFT budget is small, so long chains are often wrong — the regime in which
+RL has something to learn and RLoop's hard-problem filter has something to keep.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from lib.cli import atomic_write_json, atomic_write_text
+
+TOY_VERSION = 1  # bump when the task, tokenizer, model or recipe below changes: the cache key includes it
+ROOT = Path(__file__).resolve().parent.parent
+
+# --- the task --------------------------------------------------------------------------------------------
+# level -> (number of operations, operand range). Levels 1-4 are trained, 5-6 are out of distribution.
+LEVELS = {1: (1, (0, 20)), 2: (1, (10, 99)), 3: (2, (10, 99)), 4: (3, (10, 99)), 5: (4, (10, 99)), 6: (3, (100, 999))}
+SPLITS = {  # split -> (how many problems, chain levels, family: chain / mul / mix = 3 chain : 1 mul)
+    "train": (512, (1, 2, 3, 4), "chain"),
+    "test": (256, (1, 2, 3, 4), "chain"),
+    "ood": (256, (5, 6), "chain"),
+    "probe": (128, (), "mul"),
+    "gold": (6000, (1, 2, 3, 4), "mix"),
+}
+HELD_OUT = ("test", "ood", "probe")
+
+
+def chain_problem(rng: random.Random, level: int) -> tuple[str, str, str]:
+    """(problem, answer, gold solution) for a chain of + / - with every intermediate result >= 0."""
+    n_ops, (lo, hi) = LEVELS[level]
+    acc = rng.randint(lo, hi)
+    expr, steps = str(acc), []
+    for _ in range(n_ops):
+        b = rng.randint(lo, hi)
+        op = "-" if b <= acc and rng.random() < 0.5 else "+"
+        new = acc + b if op == "+" else acc - b
+        steps.append(f"{acc}{op}{b}={new}")
+        expr += f"{op}{b}"
+        acc = new
+    return f"Compute {expr}.", str(acc), "\n".join(steps) + f"\nAnswer: {acc}"
+
+
+def mul_problem(rng: random.Random) -> tuple[str, str, str]:
+    """The probe family: a one-digit by two-digit product, solved by splitting the tens from the units."""
+    a, b = rng.randint(2, 9), rng.randint(10, 99)
+    tens, units = a * (b // 10 * 10), a * (b % 10)
+    steps = [f"{a}*{b // 10 * 10}={tens}", f"{a}*{b % 10}={units}", f"{tens}+{units}={a * b}"]
+    return f"Compute {a}*{b}.", str(a * b), "\n".join(steps) + f"\nAnswer: {a * b}"
+
+
+def is_held_out(problem: str) -> bool:
+    """A fixed quarter of the problem space (by a hash of its text) is reserved for evaluation: train and gold
+    never contain it, so test/ood/probe accuracy measures generalisation, not recall."""
+    return hashlib.sha1(problem.encode("utf-8")).digest()[0] % 4 == 0
+
+
+def make_split(name: str, seed: int) -> list[dict]:
+    """Rows in DAPO-Math-17k's schema; problems are unique within a split (gold may repeat: it is SFT data)."""
+    count, levels, family = SPLITS[name]
+    rng = random.Random(f"{seed}-{name}")
+    rows, seen = [], set()
+    while len(rows) < count:
+        fam = family if family != "mix" else ("mul" if rng.random() < 0.25 else "chain")
+        level = rng.choice(levels) if fam == "chain" else 0  # level 0: the multiplication family
+        problem, answer, solution = chain_problem(rng, level) if fam == "chain" else mul_problem(rng)
+        if is_held_out(problem) != (name in HELD_OUT) or (name != "gold" and problem in seen):
+            continue
+        seen.add(problem)
+        rows.append({
+            "data_source": f"toy-{fam}",
+            "prompt": [{"role": "user", "content": problem}],
+            "ability": "math",
+            "reward_model": {"style": "rule", "ground_truth": answer},
+            "extra_info": {"index": f"{name}-{len(rows):05d}", "level": level, "solution": solution},
+        })
+    return rows
+
+
+# --- tokenizer and model ---------------------------------------------------------------------------------
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen2's pre-tokenisation pattern: the saved tokenizer must behave the same whether transformers loads its
+# tokenizer.json as is (4.x) or rebuilds a Qwen2Tokenizer from its vocab (5.x).
+PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+CHAT_TEMPLATE = (  # Qwen's ChatML layout, so real and toy prompts look alike
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+MODEL_CONFIG = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0, tie_word_embeddings=True)
+
+
+def make_tokenizer():
+    """A byte-level tokenizer laid out like Qwen2's, with no merges: one token per byte, so any text encodes
+    (LaTeX, Unicode, NUL...) and nothing is ever unknown; the toy's ASCII is one token per character."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_chars = sorted(pre_tokenizers.ByteLevel.alphabet())  # the 256 printable stand-ins for bytes
+    vocab = {t: i for i, t in enumerate(SPECIALS + byte_chars)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False, byte_fallback=False))
+    core.normalizer = normalizers.NFC()
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens(SPECIALS)
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  clean_up_tokenization_spaces=False)
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def save_tokenizer(tok, folder) -> None:
+    """Save, naming Qwen2Tokenizer as the class so every transformers version (and vLLM) loads it alike."""
+    tok.save_pretrained(folder)
+    cfg_path = Path(folder) / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "Qwen2Tokenizer"
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+
+
+def make_model(tokenizer, seed: int):
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id, **MODEL_CONFIG)
+    model = Qwen2ForCausalLM(cfg)
+    model.generation_config = GenerationConfig(eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id],
+                                               pad_token_id=tokenizer.pad_token_id)
+    return model
+
+
+# --- the cache -------------------------------------------------------------------------------------------
+# The warm-start recipe. Its budget is the knob that makes the base "partial" (see module docstring).
+BASE_SFT = dict(steps=600, batch_size=64, lr=3e-3, warmup=30, weight_decay=0.1, seed=0)
+
+
+def toy_dir(seed: int = 0) -> Path:
+    root = Path(os.environ.get("RLOOP_TOY_DIR", ROOT / "runs" / "toy"))
+    return root / f"v{TOY_VERSION}-seed{seed}"
+
+
+def data_path(split: str, seed: int = 0) -> Path:
+    """Path of a toy split, generating the data files on first use."""
+    d = toy_dir(seed) / "data"
+    if not (d / "DONE").exists():
+        for name in SPLITS:
+            rows = make_split(name, seed)
+            atomic_write_text(d / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(d / "DONE", "ok\n")
+    return d / f"{split}.jsonl"
+
+
+def ensure_base(seed: int = 0, quiet: bool = False, **overrides) -> Path:
+    """The toy base model folder, building it (once) if it isn't cached."""
+    out = toy_dir(seed) / "base"
+    if (out / "config.json").exists():
+        return out
+    return build_base(out, seed=seed, quiet=quiet, **overrides)
+
+
+def build_base(out: Path, seed: int = 0, quiet: bool = False, **overrides) -> Path:
+    """Warm-start a fresh tiny Qwen2 on gold solutions with the project's SFT code, and save it."""
+    from lib import sft
+    from lib.modeling import save_policy
+    from lib.records import Trajectory
+
+    from transformers import AutoTokenizer
+
+    t0 = time.time()
+    torch.manual_seed(seed)
+    # save, then reload the tokenizer: the toy trains with exactly the class every later stage will load
+    save_tokenizer(make_tokenizer(), out.parent / "tokenizer")
+    tok = AutoTokenizer.from_pretrained(out.parent / "tokenizer")
+    model = make_model(tok, seed)
+    gold = []
+    with open(data_path("gold", seed), encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            prompt = tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
+            gold.append(Trajectory(r["extra_info"]["index"], prompt, r["extra_info"]["solution"], 1.0, True,
+                                   ground_truth=r["reward_model"]["ground_truth"], source="gold"))
+    cfg = sft.SFTConfig(**{**BASE_SFT, **overrides})
+    if not quiet:
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"building the toy base model: {n_params / 1e6:.2f}M params, {len(gold)} gold solutions, "
+              f"{cfg.steps} SFT steps -> {out}")
+    examples = sft.tokenize(tok, gold, append_eos=True)
+    sft.train(model, examples, cfg, pad_id=tok.pad_token_id, progress=not quiet)
+    model.eval()
+    save_policy(model, tok, out)
+    atomic_write_json(out.parent / "base_build.json",
+                      {"seconds": round(time.time() - t0, 1), "sft": cfg.__dict__, "toy_version": TOY_VERSION})
+    if not quiet:
+        print(f"toy base model ready in {time.time() - t0:.0f}s")
+    return out
