@@ -116,3 +116,25 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def format_row(tag: str, row: dict) -> str:
+    """One greppable log line per step: `tag step 12 | reward 0.312 | grad_norm 0.21 | ...`."""
+    parts = []
+    for k, v in row.items():
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        parts.append(f"{k} {v}")
+    return f"{tag} " + " | ".join(parts)
+
+
+def log_metrics(path: str | os.PathLike, tag: str, row: dict, echo: bool = True) -> None:
+    """Append one row to a metrics.jsonl (one whole line, flushed) and print it as one log line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    if echo:
+        print(format_row(tag, row), flush=True)

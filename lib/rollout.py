@@ -128,17 +128,52 @@ class HFEngine:
 
 
 class VLLMEngine:
-    """vLLM's offline engine on GPU. Sampling is seeded per call; log-probs come back for sampled tokens."""
+    """vLLM's offline engine on GPU. Sampling is seeded per call; log-probs come back for sampled tokens.
+
+    Colocated RL (explore.py): build it with in_process=True and call sync_weights(model) after the policy
+    changed. in_process keeps vLLM's engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so
+    `LLM.apply_model` runs our function directly on vLLM's nn.Module and the trainer's tensors are handed
+    over by reference: no disk round trip, no serialisation (in multi-process mode apply_model would have
+    to pickle the function and every weight across the process boundary).
+    """
 
     def __init__(self, model_path: str, tokenizer, gpu_memory_utilization: float = 0.5, tp: int = 1,
                  dtype: str = "bfloat16", seed: int = 0, max_model_len: int | None = None,
-                 enable_sleep_mode: bool = False, trust_remote_code: bool = False):
+                 enable_sleep_mode: bool = False, trust_remote_code: bool = False, in_process: bool = False):
+        import os
+
+        if in_process:
+            # read when the engine is built; must be set before LLM(...)
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
         self.tok = tokenizer
+        self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        self.in_process, self.tp = in_process, tp
         self.llm = LLM(model=model_path, tensor_parallel_size=tp, gpu_memory_utilization=gpu_memory_utilization,
                        dtype=dtype, seed=seed, max_model_len=max_model_len, enable_sleep_mode=enable_sleep_mode,
                        trust_remote_code=trust_remote_code)
+
+    @torch.no_grad()
+    def sync_weights(self, model) -> None:
+        """Copy the training model's current weights into the engine, in memory.
+
+        Names are the transformers state-dict names; vLLM's `model.load_weights` maps them onto its fused
+        layers (q/k/v -> qkv_proj, gate/up -> gate_up_proj) and skips lm_head when embeddings are tied.
+        Tensors are cast to the engine dtype one at a time (a generator), so the peak extra memory is one
+        tensor, not a second copy of the model. Then the prefix cache is reset: KV blocks cached from
+        earlier prompts were computed by the old weights and would otherwise be reused.
+        """
+        if not self.in_process or self.tp != 1:
+            # with workers in other processes apply_model would pickle every weight across the boundary
+            raise RuntimeError("VLLMEngine.sync_weights needs in_process=True and tp=1 (one GPU, engine in process)")
+        dtype = self.dtype
+
+        def load(vllm_model):  # runs inside vLLM's worker, which lives in this process
+            vllm_model.load_weights(weights=((name, t.detach().to(dtype)) for name, t in model.state_dict().items()))
+
+        self.llm.apply_model(load)
+        self.llm.reset_prefix_cache()
 
     def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int = 0) -> list[list[Completion]]:

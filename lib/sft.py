@@ -66,6 +66,8 @@ def total_steps(n_examples: int, cfg: SFTConfig) -> int:
 def plan(n_examples: int, cfg: SFTConfig) -> list[list[int]]:
     """The example indices of every optimiser step, fixed by the seed: epoch e is a permutation seeded by
     (seed, e). A resumed run recomputes the same plan and skips the steps already done."""
+    if n_examples <= 0:
+        raise ValueError("SFT needs at least one example")
     steps, batches, epoch = total_steps(n_examples, cfg), [], 0
     while len(batches) < steps:
         order = list(range(n_examples))
@@ -121,7 +123,9 @@ def step_loss(model, examples: list[Example], cfg: SFTConfig, pad_id: int, n_tok
         if cfg.kl_coef > 0 and ref_model is not None:
             with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 ref_logp = token_logprobs(ref_model, ids, attn)  # [b, T]
-            d = ref_logp - logp  # k3 estimator of KL(pi || ref): e^d - d - 1 >= 0, low variance
+            # k3 estimator of KL(pi || ref): e^d - d - 1 >= 0, low variance. d is masked *before* exp: at pad
+            # positions the two models may disagree wildly, and inf * 0 would be nan.
+            d = (ref_logp - logp) * mask
             kl = ((d.exp() - d - 1) * mask).sum()
             loss = loss + cfg.kl_coef * kl
             kl_sum += kl.item()
@@ -149,12 +153,13 @@ def train(model, examples: list[Example], cfg: SFTConfig, pad_id: int, ref_model
         batch = [examples[i] for i in batches[step]]
         n_tokens = float(sum(len(e.response_ids) for e in batch))
         opt.zero_grad(set_to_none=True)
+        lr = opt.param_groups[0]["lr"]  # the rate this step uses (get_last_lr after sched.step is the next one's)
         nll, kl = step_loss(model, batch, cfg, pad_id, n_tokens, ref_model)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()  # pre-clip norm
         opt.step()
         sched.step()
         row = {"step": step + 1, "loss": round(nll, 5), "kl": round(kl, 6), "grad_norm": round(grad_norm, 4),
-               "lr": sched.get_last_lr()[0], "tokens": int(n_tokens), "step_time": round(time.time() - t0, 3)}
+               "lr": lr, "tokens": int(n_tokens), "step_time": round(time.time() - t0, 3)}
         rows.append(row)
         bar.set_postfix(loss=f"{nll:.3f}")
         if on_step:

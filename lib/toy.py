@@ -3,23 +3,25 @@
 No machine here can download a model or a dataset, so the project makes its own. Everything is generated
 deterministically from a seed and cached under `runs/toy/` (or $RLOOP_TOY_DIR):
 
-  data/train.jsonl  RL prompts: chains of additions / subtractions, levels 1-4
+  data/train.jsonl  RL prompts: chains of 2-5 one-digit additions / subtractions (levels 1-4)
   data/test.jsonl   held-out problems from the same distribution
-  data/ood.jsonl    harder, out of distribution: longer chains (level 5) and 3-digit numbers (level 6)
-  data/probe.jsonl  a task family RL never trains on (one- by two-digit products) - it measures forgetting
+  data/ood.jsonl    harder, out of distribution: longer chains of 6 and 7 operations (levels 5-6)
+  data/probe.jsonl  a task family RL never trains on (a*b+c) - it measures forgetting
   data/gold.jsonl   gold step-by-step solutions (levels 1-4 + probe family) for the warm start
   base/             tiny Qwen2 warm-started by SFT on gold.jsonl (lib/sft.py, the code consolidate.py uses)
 
 A problem and its gold solution:
-  Compute 37+25-18.        37+25=62
-                           62-18=44
-                           Answer: 44
+  Compute 7+5-3+8.         7+5=12
+                           12-3=9
+                           9+8=17
+                           Answer: 17
 The files use DAPO-Math-17k's schema, so the toy exercises the same loader as the real world. The base
 model is deliberately *partial*: its SFT budget is small, so long chains are often wrong — the regime in which
 RL has something to learn and RLoop's hard-problem filter has something to keep.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -31,12 +33,13 @@ import torch
 
 from lib.cli import atomic_write_json, atomic_write_text
 
-TOY_VERSION = 1  # bump when the task, tokenizer, model or recipe below changes: the cache key includes it
+TOY_VERSION = 2  # bump when the task, tokenizer, model or recipe below changes: the cache key includes it
 ROOT = Path(__file__).resolve().parent.parent
 
 # --- the task --------------------------------------------------------------------------------------------
-# level -> (number of operations, operand range). Levels 1-4 are trained, 5-6 are out of distribution.
-LEVELS = {1: (1, (0, 20)), 2: (1, (10, 99)), 3: (2, (10, 99)), 4: (3, (10, 99)), 5: (4, (10, 99)), 6: (3, (100, 999))}
+# A chain of one-digit additions / subtractions; its level is its number of operations. Each step is easy,
+# but errors compound along the chain: long chains are hard, which gives a spread of per-problem success.
+LEVELS = {1: 2, 2: 3, 3: 4, 4: 5, 5: 6, 6: 7}  # level -> operations. Levels 1-4 are trained, 5-6 are OOD.
 SPLITS = {  # split -> (how many problems, chain levels, family: chain / mul / mix = 3 chain : 1 mul)
     "train": (512, (1, 2, 3, 4), "chain"),
     "test": (256, (1, 2, 3, 4), "chain"),
@@ -48,13 +51,12 @@ HELD_OUT = ("test", "ood", "probe")
 
 
 def chain_problem(rng: random.Random, level: int) -> tuple[str, str, str]:
-    """(problem, answer, gold solution) for a chain of + / - with every intermediate result >= 0."""
-    n_ops, (lo, hi) = LEVELS[level]
-    acc = rng.randint(lo, hi)
+    """(problem, answer, gold solution) for a chain of one-digit + / - with every running total >= 0."""
+    acc = rng.randint(0, 9)
     expr, steps = str(acc), []
-    for _ in range(n_ops):
-        b = rng.randint(lo, hi)
-        op = "-" if b <= acc and rng.random() < 0.5 else "+"
+    for _ in range(LEVELS[level]):
+        b = rng.randint(1, 9)
+        op = "-" if b <= acc and rng.random() < 0.4 else "+"
         new = acc + b if op == "+" else acc - b
         steps.append(f"{acc}{op}{b}={new}")
         expr += f"{op}{b}"
@@ -63,11 +65,9 @@ def chain_problem(rng: random.Random, level: int) -> tuple[str, str, str]:
 
 
 def mul_problem(rng: random.Random) -> tuple[str, str, str]:
-    """The probe family: a one-digit by two-digit product, solved by splitting the tens from the units."""
-    a, b = rng.randint(2, 9), rng.randint(10, 99)
-    tens, units = a * (b // 10 * 10), a * (b % 10)
-    steps = [f"{a}*{b // 10 * 10}={tens}", f"{a}*{b % 10}={units}", f"{tens}+{units}={a * b}"]
-    return f"Compute {a}*{b}.", str(a * b), "\n".join(steps) + f"\nAnswer: {a * b}"
+    """The probe family: a one-digit product plus a one-digit number (a skill RL never trains)."""
+    a, b, c = rng.randint(2, 9), rng.randint(2, 9), rng.randint(1, 9)
+    return f"Compute {a}*{b}+{c}.", str(a * b + c), f"{a}*{b}={a * b}\n{a * b}+{c}={a * b + c}\nAnswer: {a * b + c}"
 
 
 def is_held_out(problem: str) -> bool:
@@ -156,7 +156,7 @@ def make_model(tokenizer, seed: int):
 
 # --- the cache -------------------------------------------------------------------------------------------
 # The warm-start recipe. Its budget is the knob that makes the base "partial" (see module docstring).
-BASE_SFT = dict(steps=600, batch_size=64, lr=3e-3, warmup=30, weight_decay=0.1, seed=0)
+BASE_SFT = dict(steps=300, batch_size=64, lr=3e-3, warmup=30, weight_decay=0.1, seed=0)
 
 
 def toy_dir(seed: int = 0) -> Path:
@@ -167,7 +167,7 @@ def toy_dir(seed: int = 0) -> Path:
 def data_path(split: str, seed: int = 0) -> Path:
     """Path of a toy split, generating the data files on first use."""
     d = toy_dir(seed) / "data"
-    if not (d / "DONE").exists():
+    if not (d / "DONE").exists():  # (writes are atomic and deterministic: concurrent first runs agree)
         for name in SPLITS:
             rows = make_split(name, seed)
             atomic_write_text(d / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
@@ -180,7 +180,12 @@ def ensure_base(seed: int = 0, quiet: bool = False, **overrides) -> Path:
     out = toy_dir(seed) / "base"
     if (out / "config.json").exists():
         return out
-    return build_base(out, seed=seed, quiet=quiet, **overrides)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / ".build.lock", "w") as lock:  # concurrent first runs build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "config.json").exists():
+            return out
+        return build_base(out, seed=seed, quiet=quiet, **overrides)
 
 
 def build_base(out: Path, seed: int = 0, quiet: bool = False, **overrides) -> Path:
@@ -218,3 +223,42 @@ def build_base(out: Path, seed: int = 0, quiet: bool = False, **overrides) -> Pa
     if not quiet:
         print(f"toy base model ready in {time.time() - t0:.0f}s")
     return out
+
+
+def report(seed: int = 0, n: int = 16) -> dict:
+    """Measure the toy base as the README reports it: accuracy per split (n samples, temperature 1.0,
+    top_p 1.0), the share of hard train problems (0 < success < 0.1) and the build time."""
+    import evaluate  # the stage script: the README's figures come from the same code path users run
+    from collections import defaultdict
+
+    base = ensure_base(seed)
+    out = toy_dir(seed) / "base_report"
+    benches = ",".join(f"{s}={data_path(s, seed)}" for s in ("train", "test", "ood", "probe"))
+    evaluate.main(["--model", str(base), "--benchmarks", benches, "--n", str(n), "--top-p", "1.0",
+                   "--max-new-tokens", "96", "--out", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    per = defaultdict(list)
+    for line in open(out / "samples.jsonl", encoding="utf-8"):
+        t = json.loads(line)
+        if t["source"] == "eval:train":
+            per[t["problem_id"]].append(t["acc"])
+    rates = [sum(v) / len(v) for v in per.values()]
+    rep = {"n": n, "mean_acc": {k: round(v["mean_acc"], 3) for k, v in metrics["benchmarks"].items()},
+           f"pass@{n}": {k: round(v["pass@k"][str(n)], 3) for k, v in metrics["benchmarks"].items()},
+           "train_hard_share": round(sum(0 < r < 0.1 for r in rates) / len(rates), 3),
+           "train_never_solved_share": round(sum(r == 0 for r in rates) / len(rates), 3),
+           "build_seconds": json.loads((toy_dir(seed) / "base_build.json").read_text())["seconds"]}
+    atomic_write_json(toy_dir(seed) / "base_report.json", rep)
+    print(json.dumps(rep, indent=2))
+    return rep
+
+
+if __name__ == "__main__":
+    # python -m lib.toy   builds the toy base (if not cached) and prints the figures the README quotes
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Build (once) and measure the toy base model.")
+    ap.add_argument("--seed", type=int, default=0, help="toy world seed")
+    ap.add_argument("--n", type=int, default=16, help="samples per problem")
+    a = ap.parse_args()
+    report(a.seed, a.n)

@@ -1,0 +1,225 @@
+"""consolidate.py — RLoop's exploitation phase: rejection-sampling fine-tuning (RFT) of the iteration's
+*initial* policy on the filtered successes, giving the next iteration's starting policy.
+
+Plain SFT (lib/sft.py, the same code that builds the toy base model):
+  loss = - sum over response tokens of log p(token | prefix) / response tokens in the optimiser step
+         (+ kl_coef * KL(policy || starting policy) on the same tokens, optional)
+The prompt is masked; AdamW, linear warm-up then cosine decay; the batch is length-grouped into micro-batches
+(right-padded rows, no packing, so no attention crosses examples); bf16 autocast on GPU. RFT weights every
+success equally (an absolute signal, unlike RL's relative advantages), which is what anchors the policy.
+
+    python consolidate.py --model runs/loop/iter1/init --data runs/loop/iter1/filter/rft.jsonl \
+                          --out runs/loop/iter1/consolidated
+
+Output: DIR is a `from_pretrained` folder (weights + tokenizer; evaluate.py and vLLM load it as it is) with
+args.json, metrics.jsonl (one row per optimiser step) and consolidate.json (a summary). While training, DIR
+holds only args.json, metrics.jsonl and the latest resume checkpoint DIR/ckpt_{step:06d}/; the finished folder
+replaces it in one rename, so DIR has config.json only once it is complete. A rerun on a finished DIR does
+nothing; --resume continues an interrupted run from its checkpoint to the same final weights.
+Defaults are sized for the toy (a ~1M-parameter model, a few hundred trajectories); for a 7B policy use
+an lr around 1e-5 and a larger batch.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lib import checkpoint, cli, sft
+from lib.modeling import load_policy, resolve_model
+from lib.records import read_jsonl, read_trajectories
+
+DONE = "consolidate.json"  # in DIR only when the final model is complete
+# the flags that change the final weights: a resumed run must use the same values
+SAME_ON_RESUME = ("model", "data", "epochs", "steps", "batch_size", "lr", "warmup", "min_lr_ratio",
+                  "weight_decay", "grad_clip", "kl_coef", "seed", "max_len")
+
+
+def get_args(argv=None):
+    p = cli.make_parser(__doc__)
+    p.add_argument("--model", default="toy", help="the policy to fine-tune (the iteration's initial policy); "
+                                                  "'toy' = the embedded toy base model")
+    p.add_argument("--data", required=True, help="RFT trajectories (filter.py's rft.jsonl)")
+    p.add_argument("--out", required=True, help="output folder (a from_pretrained model when done)")
+    p.add_argument("--epochs", type=float, default=3.0, help="passes over the data (used when --steps is 0)")
+    p.add_argument("--steps", type=int, default=0, help="optimiser steps (0 = from --epochs)")
+    p.add_argument("--batch-size", type=int, default=32, help="trajectories per optimiser step")
+    p.add_argument("--micro-batch", type=int, default=0,
+                   help="trajectories per forward/backward (0 = the whole batch); does not change the objective")
+    p.add_argument("--lr", type=float, default=2e-4,
+                   help="peak learning rate (toy: 1e-4..2e-4 lowers the NLL; >= 1e-3 knocks the toy base off "
+                        "its minimum and the NLL rises; 7B: ~1e-5)")
+    p.add_argument("--warmup", type=int, default=5,
+                   help="linear warm-up steps (at most a quarter of the run), then cosine decay")
+    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decays to this fraction of --lr")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this")
+    p.add_argument("--kl-coef", type=float, default=0.0,
+                   help="weight of KL(policy || starting policy) on response tokens (0 = off; loads a 2nd copy)")
+    p.add_argument("--max-len", type=int, default=0,
+                   help="truncate prompt + response to this many tokens (0 = the model's max_position_embeddings)")
+    p.add_argument("--seed", type=int, default=0, help="data order (and torch) seed")
+    p.add_argument("--save-every", type=int, default=100, help="write a resume checkpoint every N steps (0 = never)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its checkpoint")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on when training on a GPU that supports it)")
+    p.add_argument("--device", default="auto", help="cpu / cuda / auto")
+    args = p.parse_args(argv)
+    cli.check_positive(args, "batch_size")
+    cli.check_positive(args, "steps", "micro_batch", "warmup", "save_every", "max_len", "kl_coef",
+                       "weight_decay", allow_zero=True)
+    cli.check_positive(args, "lr", "grad_clip")
+    if args.steps == 0 and not args.epochs > 0:
+        raise cli.UserError(f"--epochs must be > 0 when --steps is 0, got {args.epochs}")
+    return args
+
+
+def out_state(out: Path) -> str:
+    """'missing' | 'empty' | 'finished' | 'ours' (an unfinished consolidate.py run) | 'foreign'."""
+    if not out.exists():
+        return "missing"
+    if not out.is_dir():
+        return "foreign"
+    if (out / DONE).is_file() and (out / "config.json").is_file():
+        return "finished"
+    names = [d.name for d in out.iterdir()]
+    if not names:
+        return "empty"
+    ours = all(n in ("args.json", "metrics.jsonl") or checkpoint.CKPT_RE.match(n) or n.startswith(".ckpt_")
+               for n in names)
+    return "ours" if ours else "foreign"
+
+
+def check_same_args(args, out: Path) -> None:
+    """A resumed run must be the same run: compare the flags that change the final weights."""
+    try:
+        old = json.loads((out / "args.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        old = {}  # no record of the old settings: nothing to compare
+    new = vars(args)
+    diff = [k for k in SAME_ON_RESUME if k in old and old[k] != new[k]]
+    if diff:
+        what = ", ".join(f"--{k.replace('_', '-')} {old[k]} (now {new[k]})" for k in diff)
+        raise cli.UserError(f"{out}: cannot --resume with different settings: the run used {what}")
+
+
+def main(argv=None):
+    args = get_args(argv)
+    out = Path(args.out)
+    state = out_state(out)
+    if state == "finished":
+        print(f"{out}: already holds a finished consolidated model ({DONE}); nothing to do "
+              f"(delete it or pick another --out to retrain)")
+        return 0
+    if state == "foreign":
+        raise cli.UserError(f"{out}: exists and is not a consolidate.py output folder; pick another --out")
+    ckpt = checkpoint.latest(out) if state == "ours" else None
+    if ckpt and not args.resume:
+        raise cli.UserError(f"{out}: holds an interrupted run ({ckpt.name}); pass --resume to continue it, "
+                            f"or delete the folder to start over")
+
+    # --- everything that can fail on bad input happens before anything is written ---------------------
+    trajs = read_trajectories(args.data)
+    n_wrong = sum(not t.acc for t in trajs)
+    device = cli.pick_device(args.device)
+    if args.bf16 is None:
+        args.bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    model, tok = load_policy(args.model, device=device)
+    max_len = args.max_len or int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    examples = sft.tokenize(tok, trajs, append_eos=True, max_len=max_len)
+    if not examples:
+        raise cli.UserError(f"{args.data}: no trainable trajectory (every response is empty or past --max-len)")
+    # a response cut by max_len lost its EOS (the appended stop token)
+    truncated = sum(e.response_ids[-1] != tok.eos_token_id for e in examples) if tok.eos_token_id is not None else 0
+    if ckpt:
+        check_same_args(args, out)
+    cfg = sft.SFTConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
+                        micro_batch=args.micro_batch, lr=args.lr, warmup=args.warmup, min_lr_ratio=args.min_lr_ratio,
+                        weight_decay=args.weight_decay, grad_clip=args.grad_clip, kl_coef=args.kl_coef,
+                        seed=args.seed, bf16=args.bf16)
+    total = sft.total_steps(len(examples), cfg)
+    # a small RFT set makes a short run: a warm-up longer than the run would never reach --lr
+    cfg.warmup = min(args.warmup, total // 4)
+
+    # --- the run ---------------------------------------------------------------------------------------
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.clean_partial(out)
+    for d in out.parent.glob(f".{out.name}.final.*"):  # a final folder a kill left half-written
+        shutil.rmtree(d, ignore_errors=True)
+    cli.seed_everything(args.seed)
+    ref = None
+    if args.kl_coef > 0:  # the starting policy, frozen
+        ref = copy.deepcopy(model).eval().requires_grad_(False)
+    resume_state = None
+    metrics = out / "metrics.jsonl"
+    if ckpt:
+        del model
+        model, _ = load_policy(str(ckpt), device=device)
+        resume_state = checkpoint.load_state(ckpt)
+        checkpoint.set_rng_state(resume_state["rng"])
+        done = resume_state["step"]
+        # rows logged after the checkpoint are redone: drop them so each step has one row
+        rows = [r for _, r in read_jsonl(metrics, allow_empty=True) if r.get("step", 0) <= done] \
+            if metrics.exists() else []
+        cli.atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in rows))
+        print(f"resuming {out} from {ckpt.name} (step {done} of {total})")
+    else:
+        if args.resume and state != "missing":
+            print(f"--resume: no checkpoint in {out} yet; starting from the beginning")
+        metrics.unlink(missing_ok=True)
+        for _, d in checkpoint.list_checkpoints(out):
+            shutil.rmtree(d)
+    cli.save_args(args, out)
+    n_tok = sum(len(e.response_ids) for e in examples)
+    print(f"consolidating {resolve_model(args.model)} on {len(examples)} trajectories ({n_tok} response tokens"
+          f"{f', {truncated} truncated to {max_len} tokens' if truncated else ''}"
+          f"{f', {n_wrong} marked incorrect' if n_wrong else ''}): {total} steps of {args.batch_size}, "
+          f"lr {args.lr}, warmup {cfg.warmup}, kl_coef {args.kl_coef}, {device}{' bf16' if args.bf16 else ''}")
+
+    def on_step(step, row, opt, sched):
+        row["epoch"] = round(step * args.batch_size / len(examples), 3)
+        cli.log_metrics(metrics, "consolidate", row)
+        if args.save_every and step % args.save_every == 0 and step < total:
+            new = checkpoint.save(out, step, model, tok, {"optimizer": opt.state_dict(),
+                                                          "scheduler": sched.state_dict()})
+            for _, old in checkpoint.list_checkpoints(out):  # a resume point is all we need: keep the latest
+                if old != new:
+                    shutil.rmtree(old)
+
+    t0 = time.time()
+    rows = sft.train(model, examples, cfg, pad_id=tok.pad_token_id, ref_model=ref, state=resume_state,
+                     on_step=on_step)
+
+    # --- the final folder: complete, then renamed over DIR in one step (drops the resume checkpoints) -------
+    model.eval()
+    all_rows = [r for _, r in read_jsonl(metrics, allow_empty=True)]
+    summary = {"model": resolve_model(args.model), "data": args.data, "trajectories": len(trajs),
+               "examples": len(examples), "response_tokens": n_tok, "truncated": truncated, "steps": total,
+               "warmup": cfg.warmup,
+               "loss_first": all_rows[0]["loss"] if all_rows else None,
+               "loss_last": all_rows[-1]["loss"] if all_rows else None,
+               "seconds_this_run": round(time.time() - t0, 1), "steps_this_run": len(rows)}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.final.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        for name in ("args.json", "metrics.jsonl"):
+            shutil.copy2(out / name, tmp / name)
+        cli.atomic_write_json(tmp / DONE, summary)
+        cli.replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    sps = len(rows) / max(1e-9, time.time() - t0)
+    print(f"loss {summary['loss_first']} -> {summary['loss_last']} over {total} steps ({sps:.2f} steps/s); "
+          f"wrote {out}")
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

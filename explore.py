@@ -1,0 +1,590 @@
+"""explore.py — DAPO reinforcement learning: RLoop's exploration phase, and the vanilla-RL baseline run longer.
+
+One training step (DAPO, arXiv 2503.14476, as verl's DAPO recipe runs it):
+  1. draw prompts (a fixed, seeded order over the prompt set) and sample n responses to each
+  2. reward = verifier score (+1 / -1, lib/reward.py) + overlong penalty (soft, over the last
+     --overlong-buffer tokens before --max-new-tokens)
+  3. dynamic sampling: drop every prompt whose n responses are all right or all wrong (their
+     group-normalised advantage is 0: they would only dilute the token mean), and keep drawing
+     generation batches until --prompts-per-step prompts survive (--max-gen-batches caps the draws)
+  4. advantage of each response = (r - mean of its group) / (std of its group + 1e-6)
+  5. old log-probs: the policy that sampled, scored by the training forward before any update
+  6. prompts-per-step / mini-batch optimiser updates (AdamW). Each update sees --mini-batch prompts with
+     all their responses and accumulates gradients over micro-batches; the token-mean loss is divided by
+     the token count of the WHOLE mini-batch, so micro-batching never changes the objective (trl#5619)
+  loss per token = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)), for A < 0 capped at -A c (dual clip),
+  r = pi(token) / pi_old(token). No KL penalty, no entropy bonus (DAPO drops both).
+
+The four DAPO tricks, each one flag: --clip-higher (eps_high 0.28 > eps_low 0.2), --dynamic-sampling,
+--loss-agg token-mean (token-level loss), --overlong-shaping.
+
+    python explore.py                                   # the toy: ~2-3 min on 2 CPU cores, reward goes up
+    python explore.py --model Qwen/Qwen2.5-Math-7B --data dapo-17k.parquet --out runs/explore \\
+        --steps 500 --prompts-per-step 512 --n 16 --mini-batch 32 --max-new-tokens 20480 \\
+        --overlong-buffer 4096 --lr 1e-6 --warmup-steps 10 --backend vllm      # DAPO's recipe (GPU)
+
+Writes, under --out:
+  metrics.jsonl        one row per step, keyed by `step` (1, 2, ...); the same numbers as the log line
+  rollouts.jsonl       every sampled response (shared trajectory record + `kept`: trained on or not)
+  ckpt_{step:06d}/     every --save-every steps and at the end: a from_pretrained / vLLM-loadable folder;
+                       the newest one also holds resume/ (optimizer, scheduler, RNG, data position)
+  args.json            the resolved arguments
+--resume continues from the newest checkpoint; with the same arguments it ends with the weights an
+uninterrupted run ends with (data order and sampling seeds are functions of (seed, step), not of history).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import random
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lib import checkpoint, cli, data, reward
+from lib.dapo import group_advantages, kept_group_ids, overlong_penalty, policy_loss
+from lib.modeling import load_policy, resolve_model, token_logprobs
+from lib.records import append_jsonl, truncate_to
+from lib.rollout import Completion, make_engine, to_trajectories
+from lib.sft import lr_factor
+
+RewardFn = Callable[[str, str], dict]  # (response, ground_truth) -> {"score", "acc", "pred"}
+
+
+def get_args(argv=None):
+    p = cli.make_parser(__doc__)
+    a = p.add_argument
+    a("--model", default="toy", help="initial policy: folder or hub id; 'toy' = the embedded toy base model")
+    a("--data", default="toy", help="prompt set: JSONL / JSON / parquet file or dataset id; 'toy' = toy train split")
+    a("--split", default="train", help="dataset split, for --data given as a hub dataset id")
+    a("--limit", type=int, default=0, help="use only the first N problems (0 = all)")
+    a("--out", default="runs/explore", help="output folder")
+    a("--steps", type=int, default=60, help="training steps")
+    a("--save-every", type=int, default=20, help="checkpoint every N steps (and always at the last step)")
+    a("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
+    a("--seed", type=int, default=0, help="data order, sampling and init seed")
+    # rollouts
+    a("--prompts-per-step", type=int, default=16, help="prompts trained on per step (DAPO: 512)")
+    a("--gen-batch-size", type=int, default=0,
+      help="prompts per generation batch; 0 = --prompts-per-step (DAPO: 1536, 3x the train batch)")
+    a("--n", type=int, default=8, help="responses per prompt (DAPO: 16)")
+    a("--max-new-tokens", type=int, default=64, help="response length cap (DAPO: 20480)")
+    a("--temperature", type=float, default=1.0, help="sampling temperature (DAPO: 1.0)")
+    a("--top-p", type=float, default=1.0, help="nucleus sampling (DAPO: 1.0)")
+    a("--reward", default="dapo", choices=["dapo", "math_verify"], help="verifier (lib/reward.py)")
+    # DAPO tricks
+    a("--dynamic-sampling", action=argparse_bool(), default=True,
+      help="DAPO trick: drop prompts whose responses all have the same accuracy, draw more until full")
+    a("--filter-metric", default="acc", choices=["acc", "reward"],
+      help="what must vary within a group to keep it (verl's DAPO scripts: acc, before the overlong penalty)")
+    a("--max-gen-batches", type=int, default=10,
+      help="cap on generation batches per step (0 = no cap); when hit, train on the prompts kept so far "
+           "(DAPO: 10)")
+    a("--overlong-shaping", action=argparse_bool(), default=True,
+      help="DAPO trick: soft penalty for responses within --overlong-buffer tokens of --max-new-tokens")
+    a("--overlong-buffer", type=int, default=16, help="penalty ramp length in tokens (DAPO: 4096)")
+    a("--overlong-factor", type=float, default=1.0, help="penalty at the cap (DAPO: 1.0)")
+    a("--clip-higher", action=argparse_bool(), default=True,
+      help="DAPO trick: decoupled clip range; --no-clip-higher uses eps_low on both sides (PPO/GRPO)")
+    a("--eps-low", type=float, default=0.2, help="lower clip: ratio >= 1 - eps_low (DAPO: 0.2)")
+    a("--eps-high", type=float, default=0.28, help="upper clip: ratio <= 1 + eps_high (DAPO: 0.28)")
+    a("--clip-ratio-c", type=float, default=10.0, help="dual clip for A < 0: loss <= -A * c (DAPO/verl: 10)")
+    a("--loss-agg", default="token-mean", choices=["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"],
+      help="DAPO trick: token-mean (token-level loss); GRPO's original is seq-mean-token-mean")
+    # optimisation
+    a("--mini-batch", type=int, default=8,
+      help="prompts (with all their n responses) per optimiser update (DAPO: 32, i.e. 16 updates per step)")
+    a("--micro-batch", type=int, default=64, help="sequences per forward/backward (gradient accumulation)")
+    a("--lr", type=float, default=2e-4, help="AdamW learning rate (DAPO: 1e-6)")
+    a("--warmup-steps", type=int, default=3, help="linear lr warm-up over this many steps, then constant (DAPO: 10)")
+    a("--weight-decay", type=float, default=0.1, help="AdamW weight decay (DAPO: 0.1)")
+    a("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (DAPO: 1.0)")
+    a("--max-nonfinite", type=int, default=5,
+      help="stop after this many consecutive updates with a non-finite loss or gradient (each is skipped)")
+    # engine / device
+    a("--backend", default="auto", choices=["auto", "hf", "vllm"],
+      help="rollout engine: vllm when importable and a GPU is present, else transformers")
+    a("--gpu-memory-utilization", type=float, default=0.5,
+      help="vLLM: share of GPU memory for the engine (the trainer lives on the same GPU)")
+    a("--device", default="auto", help="cpu / cuda / auto")
+    a("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
+    args = p.parse_args(argv)
+
+    cli.check_positive(args, "steps", "save_every", "prompts_per_step", "n", "max_new_tokens", "mini_batch",
+                       "micro_batch", "max_nonfinite")
+    cli.check_positive(args, "limit", "gen_batch_size", "max_gen_batches", "overlong_buffer", "warmup_steps",
+                       allow_zero=True)
+    if args.prompts_per_step % args.mini_batch:
+        raise cli.UserError(f"--prompts-per-step ({args.prompts_per_step}) must be a multiple of "
+                            f"--mini-batch ({args.mini_batch})")
+    if not 0 < args.top_p <= 1:
+        raise cli.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.temperature <= 0:
+        raise cli.UserError(f"--temperature must be > 0 for RL (log-probs are under softmax(logits / T)), "
+                            f"got {args.temperature}")
+    if args.clip_ratio_c <= 1:
+        raise cli.UserError(f"--clip-ratio-c must be > 1, got {args.clip_ratio_c}")
+    if args.overlong_shaping and args.overlong_buffer >= args.max_new_tokens:
+        raise cli.UserError(f"--overlong-buffer ({args.overlong_buffer}) must be < --max-new-tokens "
+                            f"({args.max_new_tokens})")
+    return args
+
+
+def argparse_bool():
+    import argparse
+
+    return argparse.BooleanOptionalAction
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data order: epoch e is a permutation seeded by (seed, e); the position is one integer, saved in checkpoints.
+
+
+class PromptStream:
+    def __init__(self, problems: list[data.Problem], seed: int, position: int = 0):
+        self.problems, self.seed, self.position = problems, seed, position
+        self._epoch, self._order = -1, []
+
+    def draw(self, k: int) -> list[data.Problem]:
+        out = []
+        for _ in range(k):
+            epoch, i = divmod(self.position, len(self.problems))
+            if epoch != self._epoch:
+                self._order = list(range(len(self.problems)))
+                random.Random(f"{self.seed}-epoch-{epoch}").shuffle(self._order)
+                self._epoch = epoch
+            out.append(self.problems[self._order[i]])
+            self.position += 1
+        return out
+
+
+def sample_seed(seed: int, step: int, gen_batch: int) -> int:
+    """Sampling seed of one generation batch: a function of (seed, step, batch), so a resumed run draws the
+    same responses as an uninterrupted one."""
+    return random.Random(f"{seed}-{step}-{gen_batch}").getrandbits(31)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rollouts and DAPO's dynamic sampling
+
+
+@dataclass
+class Group:
+    """One prompt and its n scored responses."""
+    problem: data.Problem
+    prompt_ids: list[int]
+    completions: list[Completion]
+    rewards: list[float]  # score + overlong penalty
+    accs: list[bool]
+    rows: list[dict]  # the rollouts.jsonl records (Trajectory fields + kept)
+
+
+@dataclass
+class StepBatch:
+    groups: list[Group]  # the groups trained on (at most prompts_per_step)
+    gen_batches: int
+    drawn_groups: int
+    passed_filter: int  # groups with a spread in the filter metric (all, with dynamic sampling off)
+    rows: list[dict]  # every rollout drawn this step
+    capped: bool  # the --max-gen-batches cap ended the drawing before the batch was full
+
+
+def score_groups(problems, comps: list[list[Completion]], prompt_ids: list[list[int]], reward_fn: RewardFn,
+                 step: int, max_new_tokens: int, overlong_buffer: int, overlong_factor: float) -> list[Group]:
+    """Verifier + overlong shaping for each prompt's n completions."""
+    trajs = to_trajectories(problems, comps, reward_fn, step=step, source="explore",
+                            prompt_tokens=[len(x) for x in prompt_ids])
+    groups, k = [], 0
+    for p, ids, cs in zip(problems, prompt_ids, comps):
+        ts = trajs[k:k + len(cs)]
+        k += len(cs)
+        pen = overlong_penalty([len(c.token_ids) for c in cs], max_new_tokens, overlong_buffer, overlong_factor)
+        for t, d in zip(ts, pen.tolist()):
+            t.reward += d  # the record's reward is what the advantage sees
+        rows = [{**dataclasses.asdict(t), "kept": False} for t in ts]
+        groups.append(Group(p, ids, cs, [t.reward for t in ts], [t.acc for t in ts], rows))
+    return groups
+
+
+def collect_batch(engine, stream: PromptStream, tokenizer, reward_fn: RewardFn, args, step: int,
+                  log: Callable[[str], None] = print) -> StepBatch:
+    """Draw generation batches until prompts_per_step groups pass the filter (or the cap is hit)."""
+    want = args.prompts_per_step
+    per_gen = args.gen_batch_size or want
+    shaping = args.overlong_buffer if args.overlong_shaping else 0
+    kept: list[Group] = []
+    rows: list[dict] = []
+    drawn = passed = gen = 0
+    while True:
+        problems = stream.draw(per_gen)
+        prompt_ids = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
+        comps = engine.generate([p.prompt for p in problems], n=args.n, max_new_tokens=args.max_new_tokens,
+                                temperature=args.temperature, top_p=args.top_p,
+                                seed=sample_seed(args.seed, step, gen))
+        gen += 1
+        groups = score_groups(problems, comps, prompt_ids, reward_fn, step, args.max_new_tokens, shaping,
+                              args.overlong_factor)
+        drawn += len(groups)
+        if args.dynamic_sampling:
+            # group g = the g-th prompt of this generation batch (a prompt drawn twice is two groups)
+            metric = [float(v) for g in groups for v in (g.accs if args.filter_metric == "acc" else g.rewards)]
+            gid = [i for i, g in enumerate(groups) for _ in g.accs]
+            kept_ids = set(kept_group_ids(metric, gid))
+            ok = [i in kept_ids for i in range(len(groups))]
+        else:
+            ok = [True] * len(groups)
+        for g, good in zip(groups, ok):
+            passed += good
+            if good and len(kept) < want:  # like verl: surplus groups of the last batch are not trained on
+                kept.append(g)
+                for r in g.rows:
+                    r["kept"] = True
+            rows += g.rows
+        if len(kept) >= want:
+            return StepBatch(kept, gen, drawn, passed, rows, capped=False)
+        if args.max_gen_batches and gen >= args.max_gen_batches:
+            log(f"step {step}: --max-gen-batches {args.max_gen_batches} reached with {len(kept)} of {want} "
+                f"prompts kept; training on those")
+            return StepBatch(kept, gen, drawn, passed, rows, capped=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The update. Pure-ish functions of (model, optimizer, tensors) so that a distributed driver (issue 6: torchrun
+# + FSDP2) can reuse them: it only has to all-reduce `global_tokens` / `global_seqs` and scale the loss.
+
+
+@dataclass
+class Seq:
+    prompt_ids: list[int]
+    response_ids: list[int]  # sampled tokens, the stop token included
+    advantage: float
+    old_logp: list[float] | None = None  # per response token; None: fill_old_logprobs scores them
+
+
+@dataclass
+class MicroBatch:
+    ids: torch.Tensor  # [b, T] prompt + response, right-padded
+    attn: torch.Tensor  # [b, T]
+    mask: torch.Tensor  # [b, T] bool, True on response tokens
+    adv: torch.Tensor  # [b]
+    old_logp: torch.Tensor | None = None  # [b, T] log-probs of the sampling policy (None: use the current ones)
+
+
+@dataclass
+class LossConfig:
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    clip_ratio_c: float = 10.0
+    agg: str = "token-mean"
+    temperature: float = 1.0  # log-probs under softmax(logits / T), the distribution that was sampled
+
+
+def make_micro_batches(seqs: list[Seq], size: int, pad_id: int, device) -> list[MicroBatch]:
+    """Length-sorted micro-batches of at most `size` sequences (neighbours in length waste little padding)."""
+    seqs = sorted(seqs, key=lambda s: len(s.prompt_ids) + len(s.response_ids))
+    out = []
+    for i in range(0, len(seqs), size):
+        chunk = seqs[i:i + size]
+        T = max(len(s.prompt_ids) + len(s.response_ids) for s in chunk)
+        ids = torch.full((len(chunk), T), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(chunk), T), dtype=torch.long)
+        mask = torch.zeros((len(chunk), T), dtype=torch.bool)
+        for j, s in enumerate(chunk):
+            P, L = len(s.prompt_ids), len(s.response_ids)
+            ids[j, :P + L] = torch.tensor(s.prompt_ids + s.response_ids)
+            attn[j, :P + L] = 1
+            mask[j, P:P + L] = True  # logp[:, t] scores ids[:, t], so response positions are P .. P+L-1
+        adv = torch.tensor([s.advantage for s in chunk], dtype=torch.float32)
+        old = None
+        if all(s.old_logp is not None for s in chunk):
+            old = torch.zeros((len(chunk), T), dtype=torch.float32)
+            for j, s in enumerate(chunk):
+                P, L = len(s.prompt_ids), len(s.response_ids)
+                old[j, P:P + L] = torch.tensor(s.old_logp, dtype=torch.float32)
+            old = old.to(device)
+        out.append(MicroBatch(ids.to(device), attn.to(device), mask.to(device), adv.to(device), old))
+    return out
+
+
+def autocast(device: torch.device):
+    """bf16 compute on GPU with fp32 master weights (an lr of 1e-6 is below bf16's resolution of a weight)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def fill_old_logprobs(model, mbs: list[MicroBatch], temperature: float) -> tuple[float, int]:
+    """Score every micro-batch with the current (= sampling) policy, before any update, through the same
+    forward and the same micro-batches the update uses, so the first update sees a ratio of exactly 1.
+    Returns (entropy summed over response tokens, response tokens)."""
+    device = mbs[0].ids.device
+    ent_sum, n_tok = 0.0, 0
+    for mb in mbs:
+        with autocast(device):
+            logp, ent = token_logprobs(model, mb.ids, mb.attn, temperature, with_entropy=True)  # [b, T] x2
+        mb.old_logp = logp.float()
+        ent_sum += ent.float()[mb.mask].sum().item()
+        n_tok += int(mb.mask.sum())
+    return ent_sum, n_tok
+
+
+def accumulate_gradients(model, mbs: list[MicroBatch], cfg: LossConfig, global_tokens: float,
+                         global_seqs: float) -> dict:
+    """Forward + backward over one mini-batch's micro-batches. Each micro-batch's loss is its share of the
+    mini-batch loss (divided by global_tokens / global_seqs, the mini-batch totals), so the accumulated
+    gradient equals the one of a single pass over the whole mini-batch. Under data parallelism, pass the
+    totals over all ranks and multiply the loss by the world size (gradients are averaged over ranks).
+    Returns sums over the mini-batch: loss, token-weighted stats, entropy (when old_logp is None)."""
+    device = mbs[0].ids.device
+    out = {"loss": 0.0, "tokens": 0, "clipfrac_high": 0.0, "clipfrac_low": 0.0, "clipfrac_dual": 0.0,
+           "approx_kl": 0.0, "entropy_sum": 0.0}
+    for mb in mbs:
+        reuse = mb.old_logp is None  # one update per step: the sampling policy IS the current one
+        with autocast(device):
+            if reuse:
+                logp, ent = token_logprobs(model, mb.ids, mb.attn, cfg.temperature, with_entropy=True)
+                out["entropy_sum"] += ent.float()[mb.mask].sum().item()
+            else:
+                logp = token_logprobs(model, mb.ids, mb.attn, cfg.temperature)  # [b, T]
+        logp = logp.float()
+        old = logp.detach() if reuse else mb.old_logp
+        loss, st = policy_loss(logp, old, mb.adv, mb.mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+                               clip_ratio_c=cfg.clip_ratio_c, agg=cfg.agg, global_tokens=global_tokens,
+                               global_seqs=global_seqs)
+        loss.backward()
+        k = int(mb.mask.sum())
+        out["loss"] += loss.item()
+        out["tokens"] += k
+        for name in ("clipfrac_high", "clipfrac_low", "clipfrac_dual", "approx_kl"):
+            out[name] += st[name] * k  # stats are means over this micro-batch's tokens
+    return out
+
+
+def optimizer_update(model, optimizer, mbs: list[MicroBatch], cfg: LossConfig, grad_clip: float) -> dict:
+    """One optimiser update on one mini-batch. A non-finite loss or gradient skips the update (the weights
+    and the optimizer state stay as they were) and reports skipped=True."""
+    optimizer.zero_grad(set_to_none=True)
+    global_tokens = float(sum(int(mb.mask.sum()) for mb in mbs))
+    global_seqs = float(sum(int((mb.mask.sum(-1) > 0).sum()) for mb in mbs))
+    st = accumulate_gradients(model, mbs, cfg, global_tokens, global_seqs)
+    # clip_grad_norm_ returns the norm BEFORE clipping: the number the paper's stability claim is about
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip).item()
+    st["grad_norm"] = grad_norm
+    st["skipped"] = not (math.isfinite(st["loss"]) and math.isfinite(grad_norm))
+    if st["skipped"]:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.step()
+    return st
+
+
+def build_seqs(groups: list[Group]) -> list[list[Seq]]:
+    """Per group, its sequences with their group-normalised advantages."""
+    rewards = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float64)
+    gid = torch.tensor([i for i, g in enumerate(groups) for _ in g.rewards])
+    adv = group_advantages(rewards, gid).tolist()
+    out, k = [], 0
+    for g in groups:
+        out.append([Seq(g.prompt_ids, c.token_ids, adv[k + j]) for j, c in enumerate(g.completions)])
+        k += len(g.completions)
+    return out
+
+
+def train_on_batch(model, optimizer, groups: list[Group], args, pad_id: int, device) -> dict:
+    """Split the step's groups into mini-batches of --mini-batch prompts and make one update on each."""
+    cfg = LossConfig(args.eps_low, args.eps_high if args.clip_higher else args.eps_low, args.clip_ratio_c,
+                     args.loss_agg, args.temperature)
+    per_group = build_seqs(groups)
+    minis = [[s for grp in per_group[i:i + args.mini_batch] for s in grp]
+             for i in range(0, len(per_group), args.mini_batch)]
+    plans = [make_micro_batches(m, args.micro_batch, pad_id, device) for m in minis]
+    model.train()
+    ent_sum = ent_tok = 0.0
+    if len(plans) > 1:
+        # old log-probs for ALL mini-batches before the first update changes the weights
+        for mbs in plans:
+            e, k = fill_old_logprobs(model, mbs, cfg.temperature)
+            ent_sum, ent_tok = ent_sum + e, ent_tok + k
+    # else: one update per step -> skip the extra forward; the update reuses its own detached log-probs
+    # (identical to recomputing them: same weights, same micro-batches), so the ratio is exactly 1.
+    results = [optimizer_update(model, optimizer, mbs, cfg, args.grad_clip) for mbs in plans]
+    tok = sum(r["tokens"] for r in results) or 1
+    if len(plans) <= 1:
+        ent_sum, ent_tok = sum(r["entropy_sum"] for r in results), tok
+    done = [r for r in results if not r["skipped"]]
+    norms = [r["grad_norm"] for r in results]
+    return {
+        "updates": len(results),
+        "skipped": len(results) - len(done),
+        "skipped_flags": [r["skipped"] for r in results],
+        "pg_loss": sum(r["loss"] for r in results) / max(1, len(results)),
+        "entropy": ent_sum / max(1, ent_tok),
+        "grad_norm": sum(norms) / max(1, len(norms)),
+        "grad_norm_max": max(norms) if norms else 0.0,
+        **{k: sum(r[k] for r in results) / tok for k in ("clipfrac_high", "clipfrac_low", "clipfrac_dual",
+                                                        "approx_kl")},
+        "train_tokens": tok,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# main
+
+
+def prepare_out(args) -> tuple[Path | None, dict | None]:
+    """Decide between a fresh start and a resume. Returns (checkpoint to resume from, its state)."""
+    out = Path(args.out)
+    checkpoint.clean_partial(out)
+    ckpts = checkpoint.list_checkpoints(out)
+    if not args.resume:
+        if ckpts:
+            raise cli.UserError(f"{out} already holds checkpoints (newest {ckpts[-1][1].name}); pass --resume "
+                                f"to continue that run or choose another --out")
+        return None, None
+    last = checkpoint.latest(out)
+    if last is None:
+        print(f"--resume: no complete checkpoint in {out}; starting from the beginning")
+        return None, None
+    return last, checkpoint.load_state(last)
+
+
+def main(argv=None, *, reward_fn: RewardFn | None = None, engine_fn: Callable | None = None):
+    """`reward_fn` replaces the verifier and `engine_fn(model, tokenizer, model_path)` the rollout engine:
+    hooks for tests and experiments; the command line never sets them."""
+    args = get_args(argv)
+    out = Path(args.out)
+    # the prompt set first: a bad file fails in a second, before any model is loaded
+    problems = data.load_problems(args.data, split=args.split, limit=args.limit)
+    resume_from, state = prepare_out(args)
+    if state is not None and state["step"] >= args.steps:
+        print(f"{out}: finished run (checkpoint {resume_from.name} is at step {state['step']} >= --steps "
+              f"{args.steps}); nothing to do")
+        return 0
+
+    cli.seed_everything(args.seed)
+    device = cli.pick_device(args.device)
+    model_path = str(resume_from) if resume_from else resolve_model(args.model)
+    model, tok = load_policy(model_path, device=device, trust_remote_code=args.trust_remote_code)
+    data.render_prompts(problems, tok)
+    if engine_fn is not None:
+        engine = engine_fn(model, tok, model_path)
+    else:
+        engine = make_engine(args.backend, model, tok, model_path, gpu_memory_utilization=args.gpu_memory_utilization,
+                             seed=args.seed, trust_remote_code=args.trust_remote_code, in_process=True)
+    verifier = reward_fn or functools.partial(reward.score, mode=args.reward)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                  betas=(0.9, 0.999))
+    # linear warm-up, then constant (min_ratio 1.0: lr_factor's cosine part is flat), stepped once per step
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, args.warmup_steps, args.steps, min_ratio=1.0))
+    stream = PromptStream(problems, args.seed)
+    rollouts_path, metrics_path = out / "rollouts.jsonl", out / "metrics.jsonl"
+    start, bad_streak = 0, 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"])
+        stream.position = state["data_position"]
+        start, bad_streak = state["step"], state["nonfinite_streak"]
+        # drop whatever a killed run wrote after its last checkpoint: no torn lines, no duplicate steps
+        truncate_to(rollouts_path, state["rollouts_bytes"])
+        truncate_to(metrics_path, state["metrics_bytes"])
+        print(f"resuming {out} from {resume_from.name} (step {start}, data position {stream.position})")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        for f in (rollouts_path, metrics_path):  # a run killed before its first checkpoint leaves these
+            f.unlink(missing_ok=True)
+    cli.save_args(args, out)
+    print(f"explore: {len(problems)} prompts, model {model_path}, device {device}, engine "
+          f"{type(engine).__name__}, steps {start + 1}..{args.steps}")
+
+    rollouts_bytes = rollouts_path.stat().st_size if rollouts_path.exists() else 0
+    for step in range(start + 1, args.steps + 1):
+        t0 = time.time()
+        batch = collect_batch(engine, stream, tok, verifier, args, step)
+        rollouts_bytes = append_jsonl(rollouts_path, batch.rows)
+        t_gen = time.time() - t0
+        if batch.groups:
+            st = train_on_batch(model, optimizer, batch.groups, args, tok.pad_token_id, device)
+        else:
+            print(f"step {step}: no prompt with a reward spread; no update this step")
+            st = {"updates": 0, "skipped": 0, "skipped_flags": [], "pg_loss": 0.0, "entropy": float("nan"),
+                  "grad_norm": 0.0, "grad_norm_max": 0.0, "clipfrac_high": 0.0, "clipfrac_low": 0.0,
+                  "clipfrac_dual": 0.0, "approx_kl": 0.0, "train_tokens": 0}
+        lr_used = scheduler.get_last_lr()[0]
+        with warnings.catch_warnings():  # a step without an update (nothing kept) is fine: the schedule is by step
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            scheduler.step()
+        engine.sync_weights(model)  # vLLM: push the new weights in memory; HF engine: no-op (same model)
+        step_time = time.time() - t0
+
+        for skipped in st["skipped_flags"]:  # consecutive non-finite updates, across steps
+            bad_streak = bad_streak + 1 if skipped else 0
+        lengths = [r["response_tokens"] for r in batch.rows]
+        row = {
+            "step": step,
+            "reward": _mean([r["reward"] for r in batch.rows]),  # over every rollout drawn this step
+            "acc": _mean([float(r["acc"]) for r in batch.rows]),
+            "train_reward": _mean([x for g in batch.groups for x in g.rewards]),  # the trained (filtered) groups
+            "groups_kept": batch.passed_filter / max(1, batch.drawn_groups),
+            "gen_batches": batch.gen_batches,
+            "train_prompts": len(batch.groups),
+            "capped": int(batch.capped),
+            "resp_len_mean": _mean(lengths),
+            "resp_len_max": max(lengths),
+            "truncated": _mean([float(r["finish_reason"] == "length") for r in batch.rows]),
+            "entropy": st["entropy"],
+            "pg_loss": st["pg_loss"],
+            "grad_norm": st["grad_norm"],
+            "grad_norm_max": st["grad_norm_max"],
+            "clipfrac_high": st["clipfrac_high"],
+            "clipfrac_low": st["clipfrac_low"],
+            "clipfrac_dual": st["clipfrac_dual"],
+            "approx_kl": st["approx_kl"],
+            "updates": st["updates"],
+            "skipped_updates": st["skipped"],
+            "lr": lr_used,
+            # verl's throughput: prompt + response tokens of every rollout drawn, per second of the whole step
+            "tokens_per_s": sum(r["prompt_tokens"] + r["response_tokens"] for r in batch.rows) / max(step_time, 1e-9),
+            "gen_time": t_gen,
+            "step_time": step_time,
+        }
+        cli.log_metrics(metrics_path, "explore", {k: _json_num(v) for k, v in row.items()})
+        if bad_streak >= args.max_nonfinite:
+            raise cli.UserError(f"step {step}: {bad_streak} consecutive updates had a non-finite loss or gradient "
+                                f"(--max-nonfinite {args.max_nonfinite}); stopping. Lower --lr or check the data; "
+                                f"--resume continues from the last checkpoint", code=1)
+
+        if step % args.save_every == 0 or step == args.steps:
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "data_position": stream.position, "nonfinite_streak": bad_streak,
+                     "rollouts_bytes": rollouts_bytes, "metrics_bytes": metrics_path.stat().st_size,
+                     "args": {k: v for k, v in vars(args).items()}}
+            saved = checkpoint.save(out, step, model, tok, state)
+            for _, older in checkpoint.list_checkpoints(out):  # one resume state is enough; weights stay
+                if older != saved:
+                    checkpoint.drop_resume_state(older)
+            print(f"saved {saved}")
+    return 0
+
+
+def _json_num(v):
+    """Rounded floats; nan / inf become null (strict JSON: jq and friends reject NaN)."""
+    if isinstance(v, float):
+        return round(v, 5) if math.isfinite(v) else None
+    return v
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

@@ -1,0 +1,320 @@
+"""harvest.py — pool the trajectories of an RL run across its steps: RLoop's inter-step diversity.
+
+RL policies at different steps solve problems in different ways (low inter-step similarity); standard RL
+throws every step's samples away after its update. RLoop keeps them. Two sources:
+
+  default       every rollout explore.py logged (EXPLORE_OUT/rollouts.jsonl): free, already scored, each
+                record tagged with the RL step that sampled it. --steps picks a subset of steps.
+  --resample K  instead, sample K fresh responses to every training problem from each saved intermediate
+                checkpoint EXPLORE_OUT/ckpt_*/ (those within --steps): uniform coverage of every problem at
+                every checkpoint, at the cost of generation. Each record is tagged step = checkpoint step,
+                source = checkpoint folder name. Problems come from the explore run's args.json `data`
+                (or --data), sampling settings from its args.json unless given here.
+
+    python harvest.py --run runs/loop/iter1/explore --out runs/loop/iter1/harvest.jsonl
+    python harvest.py --run runs/loop/iter1/explore --out h.jsonl --steps 1-100,150,200
+    python harvest.py --run runs/loop/iter1/explore --out h.jsonl --resample 8 --steps 50-200
+
+Every logged rollout counts, whether or not DAPO's dynamic sampling trained on it (explore.py's extra `kept`
+field is not carried over); the harvest is streamed, so it need not fit in memory.
+--steps: comma-separated steps and inclusive ranges ("1-200", "50,100,150", "1-50,100", "150-" = 150 on).
+Output: one JSONL of the shared trajectory record, written atomically, and a summary line per step range
+(default) or per checkpoint (--resample): trajectories, accuracy, problems. --resample keeps each finished
+checkpoint's samples in a hidden .OUT.parts/ folder next to the output, so a killed run resumes where it
+stopped; the folder is removed once the output is written.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from lib import cli, data, reward
+from lib.checkpoint import list_checkpoints
+from lib.records import Trajectory, read_jsonl, read_trajectories, trajectory_from_dict, write_jsonl
+
+
+def get_args(argv=None):
+    p = cli.make_parser(__doc__)
+    p.add_argument("--run", required=True, help="explore.py output folder (rollouts.jsonl, ckpt_*/, args.json)")
+    p.add_argument("--out", required=True, help="output JSONL (the harvest)")
+    p.add_argument("--steps", default="", help="steps / ranges to take, e.g. '1-200' or '50,100,150' (default: all)")
+    p.add_argument("--resample", type=int, default=0, metavar="K",
+                   help="generate K samples per training problem from each saved checkpoint instead of "
+                        "reading the logged rollouts (0 = read the rollouts)")
+    g = p.add_argument_group("--resample settings (default: the explore run's args.json)")
+    g.add_argument("--data", default=None, help="training problems (file / dataset id / 'toy')")
+    g.add_argument("--split", default=None, help="dataset split, for --data given as a hub dataset id")
+    g.add_argument("--limit", type=int, default=None, help="only the first N problems (0 = all)")
+    g.add_argument("--max-new-tokens", type=int, default=None, help="response length cap")
+    g.add_argument("--temperature", type=float, default=None, help="sampling temperature")
+    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling")
+    g.add_argument("--seed", type=int, default=None, help="sampling seed (checkpoint at step s uses seed + s)")
+    g.add_argument("--reward", default=None, choices=["dapo", "math_verify"], help="verifier (lib/reward.py)")
+    g.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"],
+                   help="rollout engine: vllm when importable and a GPU is present, else transformers")
+    g.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vLLM: share of GPU memory")
+    g.add_argument("--device", default="auto", help="cpu / cuda / auto (hf backend)")
+    args = p.parse_args(argv)
+    cli.check_positive(args, "resample", "limit", allow_zero=True)
+    cli.check_positive(args, "max_new_tokens")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise cli.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    args.step_ranges = parse_steps(args.steps)
+    return args
+
+
+def parse_steps(spec: str) -> list[tuple[int, float]]:
+    """'1-50,100,150-' -> [(1, 50), (100, 100), (150, inf)]; '' -> everything."""
+    if not spec.strip():
+        return [(0, math.inf)]
+    ranges = []
+    for item in spec.split(","):
+        item = item.strip()
+        lo, dash, hi = item.partition("-")
+        try:
+            a = int(lo)
+            b = (int(hi) if hi.strip() else math.inf) if dash else a
+        except ValueError:
+            raise cli.UserError(f"--steps: expected steps or ranges like '1-200' or '50,100', got '{item}'") from None
+        if a < 0 or b < a:
+            raise cli.UserError(f"--steps: bad range '{item}'")
+        ranges.append((a, b))
+    return ranges
+
+
+def in_steps(step: int | None, ranges: list[tuple[int, float]]) -> bool:
+    return step is not None and any(a <= step <= b for a, b in ranges)
+
+
+class Tally:
+    """Running counts for one summary line: trajectories, correct ones, problems, problems solved."""
+
+    def __init__(self):
+        self.n, self.correct, self.problems, self.solved = 0, 0, set(), set()
+
+    def add(self, t: Trajectory) -> None:
+        self.n += 1
+        self.correct += int(t.acc)
+        self.problems.add(t.problem_id)
+        if t.acc:
+            self.solved.add(t.problem_id)
+
+    def merge(self, other: "Tally") -> "Tally":
+        self.n += other.n
+        self.correct += other.correct
+        self.problems |= other.problems
+        self.solved |= other.solved
+        return self
+
+    def line(self, label: str) -> str:
+        return (f"{label}: {self.n} trajectories, acc {self.correct / max(1, self.n):.3f}, {len(self.problems)} "
+                f"problems ({len(self.solved)} solved at least once)")
+
+
+def tally(trajs) -> Tally:
+    t = Tally()
+    for x in trajs:
+        t.add(x)
+    return t
+
+
+@contextlib.contextmanager
+def atomic_lines(path: Path):
+    """A text file written line by line (a harvest need not fit in memory) and renamed into place only if
+    the block finishes: a reader never sees half a harvest, and bad input leaves no file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def step_chunks(steps: list[int], max_lines: int = 10) -> list[list[int]]:
+    """Sorted steps cut into at most `max_lines` consecutive chunks (one summary line each)."""
+    size = max(1, math.ceil(len(steps) / max_lines))
+    return [steps[i:i + size] for i in range(0, len(steps), size)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# default: the logged rollouts
+
+
+def from_rollouts(run: Path, ranges, out: Path) -> dict[int, Tally]:
+    """Stream the selected steps' rollouts into `out`; returns a Tally per step."""
+    path = run / "rollouts.jsonl"
+    if not path.is_file():
+        raise cli.UserError(f"{path}: no such file (is --run an explore.py output folder?)")
+    tallies: dict[int, Tally] = {}
+    lo, hi = math.inf, -math.inf  # the steps the run logged, for the error message
+    with atomic_lines(out) as f:
+        for ln, d in read_jsonl(path):
+            t = trajectory_from_dict(d, f"{path}:{ln}")
+            if t.step is None:
+                raise cli.UserError(f"{path}:{ln}: missing field 'step' (explore.py rollouts carry their RL step)")
+            lo, hi = min(lo, t.step), max(hi, t.step)
+            if in_steps(t.step, ranges):
+                t.source = t.source or "rollout"
+                f.write(t.to_json() + "\n")
+                tallies.setdefault(t.step, Tally()).add(t)
+        if not tallies:
+            raise cli.UserError(f"{path}: no rollouts at the requested --steps (the run logged steps {lo}-{hi})")
+    return tallies
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --resample: fresh samples from every saved checkpoint
+
+
+def resample_settings(args, run: Path) -> dict:
+    """Sampling settings: this command's flags, else the explore run's args.json."""
+    explore = {}
+    if (run / "args.json").is_file():
+        try:
+            explore = json.loads((run / "args.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise cli.UserError(f"{run / 'args.json'}: not valid JSON ({e.msg})") from None
+    s = {}
+    for key, default in (("data", None), ("split", "train"), ("limit", 0), ("max_new_tokens", None),
+                         ("temperature", 1.0), ("top_p", 1.0), ("seed", 0), ("reward", "dapo")):
+        v = getattr(args, key)
+        s[key] = v if v is not None else explore.get(key, default)
+        if s[key] is None:
+            raise cli.UserError(f"--{key.replace('_', '-')}: not given and not in {run / 'args.json'}")
+    return s
+
+
+def load_for_sampling(ckpt: Path, backend: str, device, gpu_mem: float):
+    """(engine, tokenizer) for one checkpoint. The vLLM path never loads the HF weights."""
+    from lib.modeling import load_policy
+    from lib.rollout import HFEngine, VLLMEngine
+
+    if backend == "vllm":
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(ckpt)
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        return VLLMEngine(str(ckpt), tok, gpu_memory_utilization=gpu_mem), tok
+    model, tok = load_policy(str(ckpt), device=device)
+    return HFEngine(model, tok), tok
+
+
+def release(engine) -> None:
+    """Free one checkpoint's engine before the next is loaded (vLLM holds GPU memory until told)."""
+    import gc
+
+    import torch
+
+    if hasattr(engine, "llm"):
+        del engine.llm
+        try:
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except Exception:  # noqa: BLE001 - best effort: older / newer vLLMs differ here
+            pass
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def resample(args, run: Path, out: Path) -> dict[int, Tally]:
+    """Sample every checkpoint within --steps into its own part file, then join the parts into `out`."""
+    from lib import rollout
+
+    ckpts = [(s, d) for s, d in list_checkpoints(run) if in_steps(s, args.step_ranges)]
+    if not ckpts:
+        have = [d.name for _, d in list_checkpoints(run)]
+        raise cli.UserError(f"{run}: no checkpoint at the requested --steps (found: {', '.join(have) or 'none'})")
+    s = resample_settings(args, run)
+    problems = data.load_problems(s["data"], split=s["split"], limit=s["limit"])  # fails before any model loads
+    backend = args.backend
+    if backend == "auto":
+        backend = "vllm" if rollout.vllm_available() else "hf"
+    device = cli.pick_device(args.device)
+    verifier = functools.partial(reward.score, mode=s["reward"])
+    print(f"resampling {len(problems)} problems x {args.resample} from {len(ckpts)} checkpoint(s) "
+          f"({backend}; max_new_tokens {s['max_new_tokens']}, temperature {s['temperature']}, top_p {s['top_p']})")
+
+    # one finished file per checkpoint: a killed run resumes at the first checkpoint without one
+    parts = out.with_name(f".{out.name}.parts")
+    key = {**s, "k": args.resample, "run": str(run.resolve())}
+    if parts.is_dir() and _read_json(parts / "settings.json") != key:
+        shutil.rmtree(parts)  # samples made with other settings must not mix in
+    parts.mkdir(parents=True, exist_ok=True)
+    cli.atomic_write_json(parts / "settings.json", key)
+
+    tallies: dict[int, Tally] = {}
+    for step, ckpt in ckpts:
+        part = parts / f"{ckpt.name}.jsonl"
+        if part.is_file():
+            tallies[step] = tally(read_trajectories(part, allow_empty=True))
+            print(tallies[step].line(f"{ckpt.name} (step {step}, from an earlier run)"))
+            continue
+        t0 = time.time()
+        engine, tok = load_for_sampling(ckpt, backend, device, args.gpu_memory_utilization)
+        data.render_prompts(problems, tok)
+        n_prompt = [len(tok(p.prompt, add_special_tokens=False)["input_ids"]) for p in problems]
+        comps = engine.generate([p.prompt for p in problems], n=args.resample, max_new_tokens=s["max_new_tokens"],
+                                temperature=s["temperature"], top_p=s["top_p"], seed=s["seed"] + step)
+        trajs = rollout.to_trajectories(problems, comps, verifier, step=step, source=ckpt.name, prompt_tokens=n_prompt)
+        release(engine)
+        write_jsonl(part, trajs)
+        tallies[step] = tally(trajs)
+        print(tallies[step].line(f"{ckpt.name} (step {step})") + f", {time.time() - t0:.1f}s")
+
+    with atomic_lines(out) as f:
+        for _, ckpt in ckpts:
+            with open(parts / f"{ckpt.name}.jsonl", encoding="utf-8") as part:
+                shutil.copyfileobj(part, f)
+    shutil.rmtree(parts)
+    return tallies
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def main(argv=None):
+    args = get_args(argv)
+    run, out = Path(args.run), Path(args.out)
+    if not run.is_dir():
+        raise cli.UserError(f"{run}: no such folder (--run takes an explore.py output folder)")
+    if args.resample:
+        tallies = resample(args, run, out)
+        what = "checkpoint(s)"
+    else:
+        tallies = from_rollouts(run, args.step_ranges, out)
+        for chunk in step_chunks(sorted(tallies)):
+            lo, hi = chunk[0], chunk[-1]
+            part = Tally()
+            for st in chunk:
+                part.merge(tallies[st])
+            print(part.line(f"step {lo}" if lo == hi else f"steps {lo}-{hi}"))
+        what = "steps"
+    total = Tally()
+    for t in tallies.values():
+        total.merge(t)
+    print(total.line(f"total ({len(tallies)} {what})"))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

@@ -1,0 +1,411 @@
+"""explore.py: the DAPO update, dynamic sampling, resume, errors and the vLLM weight-sync glue.
+
+Everything runs on an untrained toy-architecture model (conftest's tiny_model_dir) with a synthetic reward,
+so no test needs the cached toy base. Whole file: well under a minute on 2 CPU cores.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import explore
+from lib.records import read_jsonl
+from lib.rollout import Completion, HFEngine, VLLMEngine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -----------------------------------------------------------------------------
+# helpers
+
+
+def digit_reward(response: str, ground_truth: str) -> dict:
+    """Synthetic verifier an untrained byte-level model can learn fast: 'correct' iff the text holds a digit.
+    Around half of the untrained model's 24-token responses do, so most groups have a reward spread."""
+    ok = any(ch.isdigit() for ch in response)
+    return {"score": 1.0 if ok else -1.0, "acc": ok, "pred": ""}
+
+
+def write_problems(path: Path, n: int = 8) -> Path:
+    rows = [{"id": f"p{i}", "problem": f"Compute {i}+{i}.", "answer": str(2 * i)} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    return write_problems(tmp_path_factory.mktemp("data") / "train.jsonl")
+
+
+def run_args(model, data, out, *extra):
+    """Tiny settings: 4 prompts x 4 responses x 24 tokens, 2 updates of 2 prompts per step."""
+    return ["--model", str(model), "--data", str(data), "--out", str(out), "--prompts-per-step", "4", "--n", "4",
+            "--mini-batch", "2", "--micro-batch", "4", "--max-new-tokens", "24", "--overlong-buffer", "4",
+            "--lr", "1e-3", "--warmup-steps", "0", "--max-gen-batches", "4", "--backend", "hf", "--device", "cpu",
+            *[str(x) for x in extra]]
+
+
+def load_model(path):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+# -----------------------------------------------------------------------------
+# the update: micro-batch invariance, ratio 1 on the first update
+
+
+def random_seqs(vocab: int, count: int = 16, seed: int = 0) -> list:
+    g = torch.Generator().manual_seed(seed)
+    seqs = []
+    for i in range(count):
+        P = int(torch.randint(3, 8, (1,), generator=g))
+        L = 2 + 5 * (i % 4) ** 2  # 2, 7, 22, 47 tokens: per-micro-batch normalisation would weigh them unequally
+        ids = torch.randint(3, vocab, (P + L,), generator=g).tolist()
+        adv = float(torch.randn((), generator=g))
+        seqs.append(explore.Seq(ids[:P], ids[P:], adv))
+    return seqs
+
+
+def grads_of(model, seqs, micro, cfg, per_micro_mean=False):
+    model.zero_grad(set_to_none=True)
+    mbs = explore.make_micro_batches(seqs, micro, pad_id=0, device="cpu")
+    if per_micro_mean:  # the trl#5619 bug: each micro-batch normalised by its own token count, then averaged
+        for mb in mbs:
+            explore.accumulate_gradients(model, [mb], cfg, float(mb.mask.sum()), float(mb.ids.shape[0]))
+        for p in model.parameters():
+            p.grad /= len(mbs)
+    else:
+        tokens = float(sum(len(s.response_ids) for s in seqs))
+        explore.accumulate_gradients(model, mbs, cfg, tokens, float(len(seqs)))
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def with_old_logprobs(model, seqs, noise=0.3, seed=1):
+    """Give each sequence 'old' log-probs = current ones + noise, so ratios leave 1 and every clip branch fires."""
+    g = torch.Generator().manual_seed(seed)
+    (mb,) = explore.make_micro_batches(seqs, len(seqs), pad_id=0, device="cpu")
+    with torch.no_grad():
+        logp = explore.token_logprobs(model, mb.ids, mb.attn)
+    order = sorted(seqs, key=lambda s: len(s.prompt_ids) + len(s.response_ids))  # make_micro_batches' order
+    out = []
+    for j, s in enumerate(order):
+        cur = logp[j][mb.mask[j]]
+        old = (cur + noise * torch.randn(cur.shape, generator=g)).tolist()
+        out.append(explore.Seq(s.prompt_ids, s.response_ids, s.advantage, old))
+    return out
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_micro_batch_invariance(tiny_model_dir, agg):
+    model = load_model(tiny_model_dir)
+    seqs = with_old_logprobs(model, random_seqs(model.config.vocab_size))
+    cfg = explore.LossConfig(agg=agg)
+    one = grads_of(model, seqs, 16, cfg)
+    four = grads_of(model, seqs, 4, cfg)
+    assert one.keys() == four.keys() and len(one) > 0
+    for name in one:
+        torch.testing.assert_close(four[name], one[name], rtol=1e-4, atol=1e-6)
+    if agg == "token-mean":  # the check has teeth: per-micro-batch token means give another gradient
+        naive = grads_of(model, seqs, 4, cfg, per_micro_mean=True)
+        diff = max((naive[n] - one[n]).abs().max().item() / (one[n].abs().max().item() + 1e-12) for n in one)
+        assert diff > 0.05
+
+
+def test_first_update_sees_ratio_one(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    seqs = random_seqs(model.config.vocab_size, count=8)
+    mbs = explore.make_micro_batches(seqs, 3, pad_id=0, device="cpu")
+    explore.fill_old_logprobs(model, mbs, temperature=0.7)
+    st = explore.accumulate_gradients(model, mbs, explore.LossConfig(temperature=0.7), 100.0, 8.0)
+    assert st["approx_kl"] == 0.0  # old == new bit for bit: log-ratio exactly 0 on every token
+    assert st["clipfrac_high"] == st["clipfrac_low"] == st["clipfrac_dual"] == 0.0
+
+
+def test_nonfinite_update_is_skipped(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    seqs = random_seqs(model.config.vocab_size, count=4)
+    seqs[0].advantage = float("nan")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    mbs = explore.make_micro_batches(seqs, 2, pad_id=0, device="cpu")
+    st = explore.optimizer_update(model, opt, mbs, explore.LossConfig(), grad_clip=1.0)
+    assert st["skipped"] is True
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert not opt.state  # AdamW never stepped
+
+
+# -----------------------------------------------------------------------------
+# dynamic sampling: the filter, the refill loop and its cap
+
+
+class ScriptedEngine:
+    """Returns, for each prompt, responses given by script(problem_id) -> list of response texts."""
+
+    def __init__(self, script):
+        self.script, self.calls = script, 0
+
+    def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, seed=0):
+        self.calls += 1
+        out = []
+        for p in prompts:
+            texts = self.script(p)
+            assert len(texts) == n
+            out.append([Completion(list(range(len(t))), [0.0] * len(t), t, "stop") for t in texts])
+        return out
+
+    def sync_weights(self, model=None):
+        pass
+
+
+def collect(problem_ids, script, *extra, answers=None):
+    from lib.data import Problem
+    from lib.toy import make_tokenizer
+
+    problems = [Problem(pid, [], answers[pid] if answers else "5", prompt=pid) for pid in problem_ids]
+    args = explore.get_args(["--n", "4", "--max-new-tokens", "24", "--overlong-buffer", "8", *extra])
+    logs = []
+    batch = explore.collect_batch(ScriptedEngine(script), explore.PromptStream(problems, seed=0), make_tokenizer(),
+                                  explore.reward.score, args, step=1, log=logs.append)
+    return batch, logs
+
+
+RIGHT, WRONG = "Answer: 5", "Answer: 6"
+MIXED = lambda p: [RIGHT, WRONG, WRONG, RIGHT]  # noqa: E731
+SAME = lambda p: [RIGHT] * 4  # noqa: E731
+
+
+def test_dynamic_sampling_refills_until_full():
+    # half the prompts have a spread: two generation batches of 4 fill a train batch of 4
+    script = lambda p: MIXED(p) if p in ("a", "b") else SAME(p)  # noqa: E731
+    batch, logs = collect(["a", "b", "c", "d"], script, "--prompts-per-step", "4", "--mini-batch", "4")
+    assert batch.gen_batches == 2 and batch.drawn_groups == 8 and batch.passed_filter == 4
+    assert sorted(g.problem.id for g in batch.groups) == ["a", "a", "b", "b"]
+    assert len(batch.groups) == 4 and not batch.capped and not logs
+    assert len(batch.rows) == 8 * 4 and sum(r["kept"] for r in batch.rows) == 4 * 4
+    assert all(r["step"] == 1 and r["source"] == "explore" for r in batch.rows)
+
+
+def test_dynamic_sampling_surplus_not_trained():
+    batch, _ = collect(["a", "b", "c", "d"], MIXED, "--prompts-per-step", "2", "--mini-batch", "2",
+                       "--gen-batch-size", "4")
+    assert batch.gen_batches == 1 and batch.passed_filter == 4 and len(batch.groups) == 2
+    assert sum(r["kept"] for r in batch.rows) == 2 * 4  # the two surplus groups are logged, not kept
+
+
+def test_dynamic_sampling_cap_trains_on_what_it_has():
+    script = lambda p: MIXED(p) if p == "a" else SAME(p)  # noqa: E731
+    batch, logs = collect(["a", "b", "c", "d"], script, "--prompts-per-step", "4", "--mini-batch", "4",
+                          "--max-gen-batches", "3")
+    assert batch.capped and batch.gen_batches == 3 and len(batch.groups) == 3  # 'a' once per batch
+    assert len(logs) == 1 and "--max-gen-batches 3" in logs[0] and "3 of 4" in logs[0]
+
+
+def test_dynamic_sampling_off_keeps_everything():
+    batch, _ = collect(["a", "b", "c", "d"], SAME, "--prompts-per-step", "4", "--mini-batch", "4",
+                       "--no-dynamic-sampling")
+    assert batch.gen_batches == 1 and len(batch.groups) == 4 and all(r["kept"] for r in batch.rows)
+
+
+def test_filter_metric_acc_ignores_the_overlong_penalty():
+    # all four right, but one ends in the overlong buffer (24 - 8 = 16 tokens are free): the rewards differ,
+    # the accuracies do not. verl's DAPO filters on acc -> dropped; on the reward -> kept.
+    long_right = lambda p: [RIGHT, RIGHT, RIGHT, "x" * 12 + RIGHT]  # noqa: E731  21 tokens -> penalty -5/8
+    by_acc, _ = collect(["a"], long_right, "--prompts-per-step", "1", "--mini-batch", "1", "--max-gen-batches", "1")
+    by_rew, _ = collect(["a"], long_right, "--prompts-per-step", "1", "--mini-batch", "1", "--max-gen-batches", "1",
+                        "--filter-metric", "reward")
+    assert by_acc.groups == [] and len(by_rew.groups) == 1
+    assert by_rew.groups[0].rewards == [1.0, 1.0, 1.0, 1.0 - 5 / 8]
+
+
+def test_data_order_is_a_function_of_seed_and_position():
+    from lib.data import Problem
+
+    probs = [Problem(str(i), [], "0") for i in range(5)]
+    a = explore.PromptStream(probs, seed=3)
+    first = [p.id for p in a.draw(12)]  # crosses two epoch boundaries
+    assert sorted(first[:5]) == sorted(first[5:10]) == [str(i) for i in range(5)]
+    b = explore.PromptStream(probs, seed=3, position=7)
+    assert [p.id for p in b.draw(5)] == first[7:12]
+
+
+# -----------------------------------------------------------------------------
+# whole runs
+
+
+class RecordingEngine(HFEngine):
+    """The HF engine, recording every sync_weights call with a fingerprint of the weights it was handed."""
+
+    def __init__(self, model, tok):
+        super().__init__(model, tok)
+        self.synced = []
+
+    def sync_weights(self, model=None):
+        self.synced.append(sum(p.detach().double().sum().item() for p in model.parameters()))
+
+
+def test_short_run_raises_the_reward(tiny_model_dir, data_file, tmp_path):
+    engines = []
+
+    def engine_fn(model, tok, path):
+        engines.append(RecordingEngine(model, tok))
+        return engines[-1]
+
+    out = tmp_path / "run"
+    explore.main(run_args(tiny_model_dir, data_file, out, "--steps", "6", "--save-every", "6", "--lr", "3e-3"),
+                 reward_fn=digit_reward, engine_fn=engine_fn)
+    rows = [r for _, r in read_jsonl(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    early, late = rows[0]["acc"], sum(r["acc"] for r in rows[-2:]) / 2
+    assert late > early + 0.2, [r["acc"] for r in rows]
+    # every step pushed its weights to the engine, new ones after each step with updates; the last push is
+    # the saved final weights
+    synced = engines[0].synced
+    assert len(synced) == 6
+    changed = [a != b for a, b in zip([None] + synced[:-1], synced)]
+    assert changed == [r["updates"] > 0 for r in rows]
+    final = load_file(out / "ckpt_000006" / "model.safetensors")
+    assert synced[-1] == pytest.approx(sum(t.double().sum().item() for t in final.values()), rel=1e-9)
+    # rollouts: every drawn response, with its step, kept or not
+    rolls = [r for _, r in read_jsonl(out / "rollouts.jsonl")]
+    assert {r["step"] for r in rolls} == set(range(1, 7)) and any(r["kept"] for r in rolls)
+    assert sum(r["kept"] for r in rolls) == sum(r["train_prompts"] for r in rows) * 4
+
+
+def strip_times(rows):
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "gen_time", "step_time")} for r in rows]
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_model_dir, data_file, tmp_path, capsys):
+    full, part = tmp_path / "full", tmp_path / "part"
+    explore.main(run_args(tiny_model_dir, data_file, full, "--steps", "4", "--save-every", "2"), reward_fn=digit_reward)
+    explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "2", "--save-every", "2"), reward_fn=digit_reward)
+    # a kill after step 2's checkpoint, mid-write of step 3: torn lines that the resume must drop
+    with open(part / "rollouts.jsonl", "a") as f:
+        f.write('{"problem_id": "torn')
+    with open(part / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "reward": 0.1}\n')
+    explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "4", "--save-every", "2", "--resume"),
+                 reward_fn=digit_reward)
+
+    a = load_file(full / "ckpt_000004" / "model.safetensors")
+    b = load_file(part / "ckpt_000004" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    base = load_file(tiny_model_dir / "model.safetensors")
+    assert any(not torch.equal(a[k], base[k]) for k in a)  # it did train
+    assert (full / "rollouts.jsonl").read_bytes() == (part / "rollouts.jsonl").read_bytes()
+    ma = [r for _, r in read_jsonl(full / "metrics.jsonl")]
+    mb = [r for _, r in read_jsonl(part / "metrics.jsonl")]
+    assert strip_times(ma) == strip_times(mb) and [r["step"] for r in mb] == [1, 2, 3, 4]
+    # only the newest checkpoint keeps the (large) resume state; the older one stays a loadable model
+    assert (part / "ckpt_000004" / "resume" / "state.pt").exists()
+    assert not (part / "ckpt_000002" / "resume").exists() and (part / "ckpt_000002" / "config.json").exists()
+
+    # a finished run: --resume does nothing and says so
+    capsys.readouterr()
+    assert explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "4", "--resume"),
+                        reward_fn=digit_reward) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    # without --resume, a folder with checkpoints is never overwritten
+    with pytest.raises(explore.cli.UserError, match="already holds checkpoints"):
+        explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "4"), reward_fn=digit_reward)
+
+
+def test_cap_hit_every_step_never_crashes(tiny_model_dir, data_file, tmp_path):
+    never = lambda response, gt: {"score": -1.0, "acc": False, "pred": ""}  # noqa: E731  no spread, ever
+    out = tmp_path / "flat"
+    explore.main(run_args(tiny_model_dir, data_file, out, "--steps", "2", "--save-every", "2", "--max-gen-batches",
+                          "2"), reward_fn=never)
+    rows = [r for _, r in read_jsonl(out / "metrics.jsonl")]
+    assert [(r["capped"], r["gen_batches"], r["train_prompts"], r["updates"]) for r in rows] == [(1, 2, 0, 0)] * 2
+    assert (out / "ckpt_000002" / "config.json").exists()
+
+
+# -----------------------------------------------------------------------------
+# bad input: one line, non-zero exit
+
+
+def run_cli(*args, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "explore.py"), *args, "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty"])
+def test_bad_data_is_one_clear_line(tmp_path, case):
+    path = tmp_path / "prompts.jsonl"
+    if case == "empty":
+        path.write_text("\n")
+    r = run_cli("--data", str(path), tmp_path=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0], r.stderr
+    assert ("no such file" if case == "missing" else "empty") in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_flag_combination_is_one_clear_line(tmp_path):
+    r = run_cli("--prompts-per-step", "10", "--mini-batch", "4", tmp_path=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --prompts-per-step (10) must be a multiple of --mini-batch (4)"]
+
+
+# -----------------------------------------------------------------------------
+# vLLM glue, against a fake engine that records what it is handed (CI has no GPU and no vllm)
+
+
+class FakeVLLMModel:
+    def __init__(self, log):
+        self.log = log
+
+    def load_weights(self, weights):
+        self.log.append(("load_weights", [(n, t.clone()) for n, t in weights]))  # consumes the iterable
+        return set()
+
+
+class FakeLLM:
+    def __init__(self):
+        self.log = []
+
+    def apply_model(self, func):
+        self.log.append(("apply_model",))
+        return [func(FakeVLLMModel(self.log))]  # one worker (tp = 1)
+
+    def reset_prefix_cache(self):
+        self.log.append(("reset_prefix_cache",))
+
+
+def fake_vllm_engine(in_process=True):
+    eng = VLLMEngine.__new__(VLLMEngine)  # skip __init__: it would import vllm
+    eng.llm, eng.dtype, eng.in_process, eng.tp = FakeLLM(), torch.bfloat16, in_process, 1
+    return eng
+
+
+def test_vllm_sync_weights_pushes_current_weights_in_memory(tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    eng = fake_vllm_engine()
+    eng.sync_weights(model)
+    kinds = [e[0] for e in eng.llm.log]
+    assert kinds == ["apply_model", "load_weights", "reset_prefix_cache"]  # stale prefix KV dropped after load
+    sent = eng.llm.log[1][1]
+    assert [n for n, _ in sent] == list(model.state_dict().keys())
+    sd = model.state_dict()
+    for n, t in sent:
+        assert t.dtype == torch.bfloat16 and torch.equal(t, sd[n].to(torch.bfloat16))
+
+    with torch.no_grad():  # the next sync carries the new values, not a cached copy
+        model.model.embed_tokens.weight.add_(1.0)
+    eng.sync_weights(model)
+    sent2 = dict(eng.llm.log[4][1])
+    assert torch.equal(sent2["model.embed_tokens.weight"], model.model.embed_tokens.weight.to(torch.bfloat16))
+
+    with pytest.raises(RuntimeError, match="in_process"):
+        fake_vllm_engine(in_process=False).sync_weights(model)

@@ -1,0 +1,167 @@
+"""filter.py: the hard-problem rule, dedup, the spread-out cap and the stats, on literal fixtures; the CLI's
+exit codes and its refusal of bad input (as a subprocess, the way loop.sh runs it)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from filter import select, spread_cap
+from lib.cli import EXIT_NOTHING_KEPT, EXIT_USER_ERROR
+from lib.records import Trajectory, write_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def T(pid: str, acc: bool, response: str = "", step: int | None = 1) -> Trajectory:
+    return Trajectory(problem_id=pid, prompt=f"Q{pid}", response=response or f"r-{pid}-{acc}", reward=1.0 if acc
+                      else -1.0, acc=acc, step=step, source="rollout")
+
+
+def problem(pid: str, correct: int, total: int, step: int = 1) -> list[Trajectory]:
+    """`correct` successes with distinct responses, then `total - correct` failures."""
+    return ([T(pid, True, f"{pid}-ok-{i}", step) for i in range(correct)]
+            + [T(pid, False, f"{pid}-bad-{i}", step) for i in range(total - correct)])
+
+
+def pids(trajs):
+    return sorted({t.problem_id for t in trajs})
+
+
+def test_exactly_at_threshold_is_not_hard():
+    trajs = problem("ten", 1, 10) + problem("eleven", 1, 11) + problem("thirty", 3, 30)
+    kept, stats = select(trajs, threshold=0.1)
+    assert pids(kept) == ["eleven"]  # 1/10 == 0.1 and 3/30 == 0.1: not < 0.1; 1/11 is
+    assert stats["buckets"] == {"never_solved": 0, "hard": 1, "medium": 2, "always_solved": 0}
+
+
+def test_never_solved_is_not_hard():
+    kept, stats = select(problem("zero", 0, 20) + problem("one", 1, 20), threshold=0.1)
+    assert pids(kept) == ["one"]
+    assert stats["buckets"]["never_solved"] == 1
+
+
+def test_only_correct_trajectories_are_kept():
+    kept, _ = select(problem("a", 2, 30), threshold=0.1)
+    assert [t.response for t in kept] == ["a-ok-0", "a-ok-1"]
+    assert all(t.acc for t in kept)
+
+
+def test_duplicates_removed_before_the_cap():
+    trajs = [T("a", True, "same", step=1), T("a", True, "same", step=1), T("a", True, "other", step=1)]
+    trajs += problem("a", 0, 37)  # 3 / 40 = 0.075: hard
+    kept, stats = select(trajs, threshold=0.1, max_per_problem=2)
+    # cap first would keep "same" twice; dedup first keeps both distinct answers
+    assert [t.response for t in kept] == ["same", "other"]
+    assert (stats["candidates"], stats["deduplicated"], stats["capped"], stats["kept"]) == (3, 1, 0, 2)
+
+
+def test_duplicates_are_per_problem():
+    trajs = [T("a", True, "42"), *problem("a", 0, 19), T("b", True, "42"), *problem("b", 0, 19)]
+    kept, stats = select(trajs, threshold=0.1)
+    assert [(t.problem_id, t.response) for t in kept] == [("a", "42"), ("b", "42")]
+    assert stats["deduplicated"] == 0
+
+
+def test_cap_round_robin_over_steps_and_deterministic():
+    steps = [3, 1, 1, 1, 2, 2, 3, 5]  # harvest order is not step order
+    correct = [T("a", True, f"s{s}-{i}", step=s) for i, s in enumerate(steps)]
+    trajs = correct + problem("a", 0, 92)  # 8 / 100: hard
+    kept, stats = select(trajs, threshold=0.1, max_per_problem=5)
+    # one per step in ascending step order (each step's own in harvest order), then a second round
+    assert [t.response for t in kept] == ["s1-1", "s2-4", "s3-0", "s5-7", "s1-2"]
+    assert stats["capped"] == 3
+    assert stats["kept_per_step"] == {"1": 2, "2": 1, "3": 1, "5": 1}
+    again, _ = select(list(trajs), threshold=0.1, max_per_problem=5)
+    assert [t.response for t in again] == [t.response for t in kept]
+
+
+def test_spread_cap_edge_cases():
+    a = [T("a", True, f"x{i}", step=None if i == 0 else 7) for i in range(3)]
+    assert [t.response for t in spread_cap(a, 2)] == ["x0", "x1"]  # no step sorts first
+    assert spread_cap(a, 0) == a and spread_cap(a, 10) == a  # 0 = no cap
+
+
+def test_threshold_one_is_the_no_active_learning_ablation():
+    trajs = problem("never", 0, 4) + problem("hard", 1, 20) + problem("medium", 2, 4) + problem("always", 4, 4)
+    kept, stats = select(trajs, threshold=1.0)
+    assert pids(kept) == ["always", "hard", "medium"]  # every problem with a success
+    assert stats["problems_selected"] == 3 and stats["kept"] == 1 + 2 + 4
+    kept, _ = select(trajs, threshold=0.999)
+    assert pids(kept) == ["hard", "medium"]  # below 1, always-solved problems are never hard
+    kept, _ = select(trajs, threshold=5.0)
+    assert pids(kept) == ["always", "hard", "medium"]
+
+
+def test_stats_counts():
+    trajs = (problem("never", 0, 10) + problem("medium", 5, 10) + problem("always", 10, 10)
+             + [T("hard", True, "h1", step=50), T("hard", True, "h1", step=100), T("hard", True, "h2", step=100),
+                T("hard", True, "h3", step=150)] + problem("hard", 0, 46))
+    kept, stats = select(trajs, threshold=0.1, max_per_problem=2)
+    assert stats == {
+        "threshold": 0.1, "max_per_problem": 2, "problems_seen": 4,
+        "buckets": {"never_solved": 1, "hard": 1, "medium": 1, "always_solved": 1},
+        "problems_selected": 1, "trajectories_in": 80, "trajectories_per_problem": {"min": 10, "max": 50},
+        "candidates": 4, "deduplicated": 1, "capped": 1,
+        "kept": 2, "kept_per_problem": {"min": 2, "max": 2, "mean": 2.0},
+        "kept_per_step": {"50": 1, "100": 1},
+    }
+    assert [t.response for t in kept] == ["h1", "h2"]  # h1@50, then step 100's first unique: h2
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the CLI
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def run_filter(*argv):
+    return subprocess.run([sys.executable, str(ROOT / "filter.py"), *map(str, argv)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_writes_rft_and_stats_then_nothing_kept_exits_3(tmp_path):
+    harvest = tmp_path / "harvest.jsonl"
+    write_jsonl(harvest, problem("a", 1, 20) + problem("b", 0, 5))
+    out = tmp_path / "f"
+    r = run_filter("--in", harvest, "--out", out, "--threshold", "0.1")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in (out / "rft.jsonl").read_text().splitlines()]
+    assert [(d["problem_id"], d["response"], d["step"]) for d in rows] == [("a", "a-ok-0", 1)]
+    assert json.loads((out / "filter_stats.json").read_text())["kept"] == 1
+
+    # same folder, a threshold nothing passes: exit 3, stats say why, the stale rft.jsonl is gone
+    r = run_filter("--in", harvest, "--out", out, "--threshold", "0.05")
+    assert r.returncode == EXIT_NOTHING_KEPT
+    assert "nothing kept" in r.stderr and "Traceback" not in r.stderr
+    assert not (out / "rft.jsonl").exists()
+    stats = json.loads((out / "filter_stats.json").read_text())
+    assert stats["kept"] == 0 and stats["buckets"]["medium"] == 1 and stats["threshold"] == 0.05
+
+
+GOOD = json.dumps({"problem_id": "a", "prompt": "p", "response": "r", "reward": 1.0, "acc": True})
+BAD_INPUTS = {
+    "not_json": (GOOD + "\n{not json\n", ":2:", "not valid JSON"),
+    "missing_acc": (GOOD + "\n" + GOOD + "\n" + json.dumps({"problem_id": "a", "prompt": "p", "response": "r",
+                                                           "reward": 1.0}) + "\n", ":3:", "'acc'"),
+    "empty": ("", "empty", "empty"),
+}
+
+
+def test_cli_bad_input_one_line_no_output(tmp_path):
+    for name, (text, where, what) in BAD_INPUTS.items():
+        harvest = tmp_path / f"{name}.jsonl"
+        harvest.write_text(text)
+        out = tmp_path / f"out-{name}"
+        r = run_filter("--in", harvest, "--out", out)
+        assert r.returncode == EXIT_USER_ERROR, (name, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in r.stderr, (name, r.stderr)
+        assert f"{harvest.name}" in lines[0] and where in lines[0] and what in lines[0], (name, lines[0])
+        assert not out.exists()  # nothing partial
+
+
+def test_cli_bad_flag(tmp_path):
+    r = run_filter("--in", tmp_path / "x.jsonl", "--out", tmp_path / "o", "--threshold", "0")
+    assert r.returncode == EXIT_USER_ERROR and "--threshold" in r.stderr

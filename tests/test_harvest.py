@@ -1,0 +1,171 @@
+"""harvest.py on a small fake explore.py output (rollouts.jsonl, two checkpoints of an untrained toy model,
+args.json): the default pool with --steps ranges and lists, --resample from the checkpoints (and its resume),
+and bad input refused with one line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import harvest
+from lib import checkpoint, toy
+from lib.cli import EXIT_USER_ERROR, UserError
+from lib.records import Trajectory, read_trajectories, write_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+PIDS = ["t0", "t1", "t2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model, shared 2-core box: a second thread only contends
+    yield
+    torch.set_num_threads(n)
+
+
+def acc_of(step: int, pid: str, k: int) -> bool:
+    return (step + int(pid[1]) + k) % 3 == 0
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """EXPLORE_OUT as explore.py leaves it: 4 steps x 3 problems x 2 samples, checkpoints at steps 2 and 4."""
+    root = tmp_path_factory.mktemp("explore")
+    problems = [{"prompt": [{"role": "user", "content": f"Compute {i}+1."}], "data_source": "toy-chain",
+                 "reward_model": {"ground_truth": str(i + 1)}, "extra_info": {"index": pid}}
+                for i, pid in enumerate(PIDS)]
+    (root / "train.jsonl").write_text("".join(json.dumps(p) + "\n" for p in problems))
+    rollouts = [Trajectory(pid, f"<prompt {pid}>", f"s{step}-{pid}-{k}", 1.0 if acc_of(step, pid, k) else -1.0,
+                           acc_of(step, pid, k), step=step, source="rollout")
+                for step in (1, 2, 3, 4) for pid in PIDS for k in (0, 1)]
+    write_jsonl(root / "rollouts.jsonl", rollouts)
+    tok = toy.make_tokenizer()
+    model = toy.make_model(tok, seed=0)
+    checkpoint.save(root, 2, model, tok, {})
+    checkpoint.drop_resume_state(checkpoint.save(root, 4, toy.make_model(tok, seed=1), tok, {}))
+    (root / "args.json").write_text(json.dumps({"data": str(root / "train.jsonl"), "max_new_tokens": 6,
+                                                "temperature": 1.0, "top_p": 1.0, "seed": 0}))
+    return root
+
+
+def test_parse_steps():
+    inf = float("inf")
+    assert harvest.parse_steps("") == [(0, inf)]
+    assert harvest.parse_steps("1-200") == [(1, 200)]
+    assert harvest.parse_steps("50,100, 150") == [(50, 50), (100, 100), (150, 150)]
+    assert harvest.parse_steps("1-50,100,150-") == [(1, 50), (100, 100), (150, inf)]
+    for bad in ("a", "5-1", "1-2-3", "-5", "1,,2"):
+        with pytest.raises(UserError, match="--steps"):
+            harvest.parse_steps(bad)
+
+
+def test_step_chunks():
+    assert harvest.step_chunks(list(range(1, 201)))[1] == list(range(21, 41))
+    assert len(harvest.step_chunks(list(range(1, 201)))) == 10
+    assert harvest.step_chunks([5, 9]) == [[5], [9]]
+
+
+def test_default_pools_every_rollout(run, tmp_path, capsys):
+    out = tmp_path / "h.jsonl"
+    harvest.main(["--run", str(run), "--out", str(out)])
+    got = read_trajectories(out)
+    assert [t.response for t in got] == [t.response for t in read_trajectories(run / "rollouts.jsonl")]
+    lines = capsys.readouterr().out.splitlines()
+    # step 1: t1's 2nd and t2's 1st sample are correct (acc_of)
+    assert lines[0] == "step 1: 6 trajectories, acc 0.333, 3 problems (2 solved at least once)"
+    assert lines[4].startswith("total (4 steps): 24 trajectories")
+
+
+@pytest.mark.parametrize("spec,steps", [("2-3", {2, 3}), ("1,4", {1, 4}), ("3-", {3, 4}), ("1-2,4", {1, 2, 4})])
+def test_steps_ranges_and_lists(run, tmp_path, spec, steps):
+    out = tmp_path / "h.jsonl"
+    harvest.main(["--run", str(run), "--out", str(out), "--steps", spec])
+    got = read_trajectories(out)
+    assert {t.step for t in got} == steps and len(got) == 6 * len(steps)
+
+
+def test_no_step_matches(run, tmp_path):
+    with pytest.raises(UserError, match="logged steps 1-4"):
+        harvest.main(["--run", str(run), "--out", str(tmp_path / "h.jsonl"), "--steps", "7-9"])
+    assert not (tmp_path / "h.jsonl").exists()
+
+
+def test_resample_from_checkpoints(run, tmp_path, capsys):
+    out = tmp_path / "h.jsonl"
+    harvest.main(["--run", str(run), "--out", str(out), "--resample", "2", "--device", "cpu"])
+    got = read_trajectories(out)
+    assert len(got) == 2 * 3 * 2  # checkpoints x problems x K
+    assert [(t.step, t.source) for t in got[::6]] == [(2, "ckpt_000002"), (4, "ckpt_000004")]
+    assert [t.problem_id for t in got[:6]] == ["t0", "t0", "t1", "t1", "t2", "t2"]
+    assert all(t.prompt.startswith("<|im_start|>user\nCompute") for t in got)  # the chat template was applied
+    assert all(0 < t.response_tokens <= 6 and t.prompt_tokens > 0 for t in got)  # args.json's max_new_tokens
+    assert got[0].ground_truth == "1"
+    assert not list(tmp_path.glob(".h.jsonl.parts"))
+    printed = capsys.readouterr().out
+    assert "ckpt_000002 (step 2): 6 trajectories" in printed and "ckpt_000004 (step 4): 6 trajectories" in printed
+
+    # --steps picks the checkpoints; overrides beat args.json
+    out2 = tmp_path / "h2.jsonl"
+    harvest.main(["--run", str(run), "--out", str(out2), "--resample", "1", "--steps", "3-", "--max-new-tokens", "2"])
+    got2 = read_trajectories(out2)
+    assert {t.source for t in got2} == {"ckpt_000004"} and len(got2) == 3
+    assert all(t.response_tokens <= 2 for t in got2)
+
+
+def test_resample_resumes_after_a_kill(run, tmp_path, monkeypatch):
+    straight = tmp_path / "straight.jsonl"
+    harvest.main(["--run", str(run), "--out", str(straight), "--resample", "2"])
+
+    real = harvest.load_for_sampling
+
+    def dies_at_step_4(ckpt, *a, **kw):
+        if ckpt.name == "ckpt_000004":
+            raise KeyboardInterrupt
+        return real(ckpt, *a, **kw)
+
+    out = tmp_path / "h.jsonl"
+    monkeypatch.setattr(harvest, "load_for_sampling", dies_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        harvest.main(["--run", str(run), "--out", str(out), "--resample", "2"])
+    assert not out.exists() and (tmp_path / ".h.jsonl.parts" / "ckpt_000002.jsonl").is_file()
+
+    calls = []
+
+    def counts_calls(ckpt, *a, **kw):
+        calls.append(ckpt.name)
+        return real(ckpt, *a, **kw)
+
+    monkeypatch.setattr(harvest, "load_for_sampling", counts_calls)
+    harvest.main(["--run", str(run), "--out", str(out), "--resample", "2"])
+    assert calls == ["ckpt_000004"]  # step 2's samples were reused
+    assert [t.to_json() for t in read_trajectories(out)] == [t.to_json() for t in read_trajectories(straight)]
+
+
+def run_harvest(*argv):
+    return subprocess.run([sys.executable, str(ROOT / "harvest.py"), *map(str, argv)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=60)
+
+
+GOOD = {"problem_id": "a", "prompt": "p", "response": "r", "reward": 1.0, "acc": True, "step": 1}
+
+
+@pytest.mark.parametrize("lines,expect", [
+    ([json.dumps(GOOD), "{oops"], "rollouts.jsonl:2: not valid JSON"),
+    ([json.dumps(GOOD), json.dumps(GOOD), json.dumps({k: v for k, v in GOOD.items() if k != "step"})],
+     "rollouts.jsonl:3: missing field 'step'"),
+], ids=["not_json", "missing_step"])
+def test_bad_rollouts_one_line_no_output(tmp_path, lines, expect):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "rollouts.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "h.jsonl"
+    r = run_harvest("--run", tmp_path / "run", "--out", out)
+    assert r.returncode == EXIT_USER_ERROR
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and expect in err[0] and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists()

@@ -1,0 +1,68 @@
+"""The HF rollout engine: same tokens as transformers' own greedy decoding, log-probs that match the training
+forward, finished rows dropped, seeded sampling."""
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lib.modeling import token_logprobs
+from lib.rollout import HFEngine, sample_token
+
+PROMPTS = ["<|im_start|>user\nCompute 1+2.<|im_end|>\n<|im_start|>assistant\n",
+           "<|im_start|>user\nCompute 7*8+5, then tell me more.<|im_end|>\n<|im_start|>assistant\n"]
+
+
+def load(d):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d)
+
+
+def test_greedy_matches_transformers_generate(tiny_model_dir):
+    model, tok = load(tiny_model_dir)
+    eng = HFEngine(model, tok)
+    out = eng.generate(PROMPTS, n=2, max_new_tokens=12, temperature=0.0)
+    for prompt, comps in zip(PROMPTS, out):
+        ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                             eos_token_id=eng.stop_ids, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+        assert len(comps) == 2
+        for c in comps:
+            assert c.token_ids == ref[:len(c.token_ids)]
+            assert c.finish_reason == ("stop" if c.token_ids[-1] in eng.stop_ids else "length")
+
+
+def test_sampled_logprobs_match_training_forward(tiny_model_dir):
+    model, tok = load(tiny_model_dir)
+    out = HFEngine(model, tok).generate(PROMPTS, n=3, max_new_tokens=10, temperature=0.7, seed=1)
+    for prompt, comps in zip(PROMPTS, out):
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        for c in comps:
+            ids = torch.tensor([p + c.token_ids])
+            lp = token_logprobs(model, ids, torch.ones_like(ids), temperature=0.7)[0, len(p):]
+            assert torch.allclose(lp, torch.tensor(c.logprobs), atol=1e-4)
+            assert len(c.logprobs) == len(c.token_ids) <= 10
+
+
+def test_seeded_and_rows_stop_independently(tiny_model_dir):
+    model, tok = load(tiny_model_dir)
+    eng = HFEngine(model, tok)
+    a = eng.generate(PROMPTS, n=4, max_new_tokens=16, seed=3)
+    b = eng.generate(PROMPTS, n=4, max_new_tokens=16, seed=3)
+    assert [[c.token_ids for c in x] for x in a] == [[c.token_ids for c in x] for x in b]
+    # force early stops: make the stop token likely for some rows by sampling at high temperature
+    c = eng.generate(PROMPTS * 8, n=4, max_new_tokens=16, temperature=3.0, seed=0)
+    lens = {len(x.token_ids) for comps in c for x in comps}
+    assert len(lens) > 1 and max(lens) <= 16
+    for comps in c:
+        for x in comps:  # a stopped row ends at its stop token and never continues past it
+            stops = [i for i, t in enumerate(x.token_ids) if t in eng.stop_ids]
+            assert stops == ([len(x.token_ids) - 1] if x.finish_reason == "stop" else [])
+
+
+def test_top_p_keeps_the_nucleus():
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))
+    gen = torch.Generator().manual_seed(0)
+    toks = {sample_token(logits, 1.0, 0.5, gen)[0].item() for _ in range(50)}
+    assert toks == {0}  # the top token alone already holds >= 0.5 of the mass
+    toks = {sample_token(logits, 1.0, 0.8, gen)[0].item() for _ in range(200)}
+    assert toks == {0, 1}
+    tok, lp = sample_token(logits, 1.0, 0.8, gen)
+    assert abs(lp.item() - torch.log(torch.tensor([0.6, 0.3]))[tok.item()].item()) < 1e-5  # before truncation
