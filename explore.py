@@ -8,7 +8,9 @@ One training step (DAPO, arXiv 2503.14476, as verl's DAPO recipe runs it):
      group-normalised advantage is 0: they would only dilute the token mean), and keep drawing
      generation batches until --prompts-per-step prompts survive (--max-gen-batches caps the draws)
   4. advantage of each response = (r - mean of its group) / (std of its group + 1e-6)
-  5. old log-probs: the policy that sampled, scored by the training forward before any update
+  5. old log-probs: the policy that sampled, scored by the training forward before any update (as verl),
+     so the first update sees a ratio of exactly 1; with a single update per step they are that update's
+     own detached log-probs (the same numbers, one forward pass fewer)
   6. prompts-per-step / mini-batch optimiser updates (AdamW). Each update sees --mini-batch prompts with
      all their responses and accumulates gradients over micro-batches; the token-mean loss is divided by
      the token count of the WHOLE mini-batch, so micro-batching never changes the objective (trl#5619)
@@ -36,9 +38,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import random
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -74,7 +76,7 @@ def get_args(argv=None):
     a("--gen-batch-size", type=int, default=0,
       help="prompts per generation batch; 0 = --prompts-per-step (DAPO: 1536, 3x the train batch)")
     a("--n", type=int, default=8, help="responses per prompt (DAPO: 16)")
-    a("--max-new-tokens", type=int, default=64, help="response length cap (DAPO: 20480)")
+    a("--max-new-tokens", type=int, default=80, help="response length cap (DAPO: 20480)")
     a("--temperature", type=float, default=1.0, help="sampling temperature (DAPO: 1.0)")
     a("--top-p", type=float, default=1.0, help="nucleus sampling (DAPO: 1.0)")
     a("--reward", default="dapo", choices=["dapo", "math_verify"], help="verifier (lib/reward.py)")
@@ -101,7 +103,7 @@ def get_args(argv=None):
     a("--mini-batch", type=int, default=8,
       help="prompts (with all their n responses) per optimiser update (DAPO: 32, i.e. 16 updates per step)")
     a("--micro-batch", type=int, default=64, help="sequences per forward/backward (gradient accumulation)")
-    a("--lr", type=float, default=2e-4, help="AdamW learning rate (DAPO: 1e-6)")
+    a("--lr", type=float, default=5e-5, help="AdamW learning rate (DAPO: 1e-6)")
     a("--warmup-steps", type=int, default=3, help="linear lr warm-up over this many steps, then constant (DAPO: 10)")
     a("--weight-decay", type=float, default=0.1, help="AdamW weight decay (DAPO: 0.1)")
     a("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (DAPO: 1.0)")
@@ -496,6 +498,11 @@ def main(argv=None, *, reward_fn: RewardFn | None = None, engine_fn: Callable | 
         truncate_to(rollouts_path, state["rollouts_bytes"])
         truncate_to(metrics_path, state["metrics_bytes"])
         print(f"resuming {out} from {resume_from.name} (step {start}, data position {stream.position})")
+        free = {"resume", "steps", "save_every", "device", "backend", "gpu_memory_utilization", "max_nonfinite"}
+        changed = [f"--{k.replace('_', '-')} {v!r} -> {getattr(args, k)!r}" for k, v in state["args"].items()
+                   if k not in free and getattr(args, k, v) != v]
+        if changed:  # allowed (e.g. a lower lr after a blow-up), but the run is no longer one recipe
+            print("warning: resuming with changed arguments: " + ", ".join(changed))
     else:
         out.mkdir(parents=True, exist_ok=True)
         for f in (rollouts_path, metrics_path):  # a run killed before its first checkpoint leaves these
@@ -519,7 +526,7 @@ def main(argv=None, *, reward_fn: RewardFn | None = None, engine_fn: Callable | 
                   "clipfrac_dual": 0.0, "approx_kl": 0.0, "train_tokens": 0}
         lr_used = scheduler.get_last_lr()[0]
         with warnings.catch_warnings():  # a step without an update (nothing kept) is fine: the schedule is by step
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
             scheduler.step()
         engine.sync_weights(model)  # vLLM: push the new weights in memory; HF engine: no-op (same model)
         step_time = time.time() - t0

@@ -3,8 +3,9 @@
 One interface, two backends:
   HFEngine    a lean sampling loop over any transformers causal LM (CPU or GPU): each prompt is prefilled
               once and its KV cache copied n times, finished rows are dropped from the batch (they stop
-              costing compute), and the sampled token's log-prob is read off logsumexp — no full-vocabulary
-              log-softmax is kept.
+              costing compute), sampled tokens and log-probs stay on the device until the end (one host
+              sync per step: how many rows finished), and the sampled token's log-prob is read off
+              logsumexp — no full-vocabulary log-softmax is kept.
   VLLMEngine  vLLM's offline `LLM` (GPU), used when vllm is importable and a GPU is present.
 `make_engine` picks one. Log-probs are under softmax(logits / temperature), before top-p truncation — the
 same quantity lib/modeling.token_logprobs computes in the training forward.
@@ -34,17 +35,37 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, gen: to
         tok = logits.argmax(-1)
         return tok, torch.zeros(tok.shape, dtype=torch.float32, device=logits.device)
     z = logits.float() / temperature  # [A, V]
+    if top_p >= 1.0:
+        # Inverse-CDF sampling on the unnormalised exp: one exp pass and one cumsum give both the sample and
+        # logsumexp, from one uniform per row (softmax + multinomial draws V exponentials per row: ~4x slower on
+        # CPU with a 150k vocabulary). u < total strictly, and searchsorted(right=True) returns the first index
+        # whose cumulative mass exceeds u, so a token of zero probability is never picked.
+        m = z.amax(-1, keepdim=True)  # [A, 1]
+        cdf = (z - m).exp_().cumsum_(-1)  # [A, V] unnormalised
+        total = cdf[:, -1:]  # [A, 1]
+        u = torch.rand(total.shape, generator=gen, device=z.device, dtype=z.dtype) * total
+        u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # rand * total may round up to total
+        tok = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=z.shape[-1] - 1)  # [A]
+        lse = (m + total.log()).squeeze(-1)  # [A]
+        return tok, z.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - lse
     lse = torch.logsumexp(z, dim=-1)  # [A]
     probs = torch.softmax(z, dim=-1)  # [A, V]
-    if top_p < 1.0:
-        # nucleus: keep the smallest prefix of the sorted distribution whose mass reaches top_p
-        sp, si = probs.sort(dim=-1, descending=True)
-        drop = sp.cumsum(-1) - sp > top_p  # [A, V] tokens entirely beyond the nucleus
-        sp = sp.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, si, sp)
+    # nucleus: keep the smallest prefix of the sorted distribution whose mass reaches top_p
+    sp, si = probs.sort(dim=-1, descending=True)
+    drop = sp.cumsum(-1) - sp > top_p  # [A, V] tokens entirely beyond the nucleus
+    sp = sp.masked_fill(drop, 0.0)
+    probs = torch.zeros_like(probs).scatter_(-1, si, sp)
     tok = torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # [A]
     logp = z.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - lse
     return tok, logp
+
+
+def cache_keyword(model) -> str:
+    """The name the model's forward takes its KV cache under: `cache` (transformers >= 5.x) or
+    `past_key_values` (4.x; 5.x still accepts it, with a deprecation warning on every call)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 class HFEngine:
@@ -55,6 +76,7 @@ class HFEngine:
         self.max_batch = max_batch  # rows (prompts x n) decoded together
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.show_progress = show_progress
+        self.cache_kw = cache_keyword(model)
 
     def sync_weights(self, model=None) -> None:
         """The HF engine samples from the training model's own parameters: nothing to copy."""
@@ -74,56 +96,65 @@ class HFEngine:
             out += self._generate_chunk(ids[s:s + per_chunk], n, max_new_tokens, temperature, top_p, gen, device)
         return out
 
+    def _forward(self, **kw) -> torch.Tensor:
+        """Last-position logits [A, V] of one model call that reads and extends `cache`."""
+        kw[self.cache_kw] = kw.pop("cache")
+        return self.model(use_cache=True, logits_to_keep=1, **kw).logits[:, -1]
+
     def _generate_chunk(self, ids, n, max_new_tokens, temperature, top_p, gen, device):
         from transformers import DynamicCache
 
         was_training = self.model.training
         self.model.eval()
-        P, pad = len(ids), self.tok.pad_token_id
+        P, pad, T = len(ids), self.tok.pad_token_id, max_new_tokens
         L = max(len(x) for x in ids)
-        input_ids = torch.full((P, L), pad, dtype=torch.long, device=device)  # [P, L] left-padded
-        attn = torch.zeros((P, L), dtype=torch.long, device=device)
+        input_ids = torch.full((P, L), pad, dtype=torch.long)  # [P, L] left-padded
+        attn = torch.zeros((P, L + T), dtype=torch.long)  # [P, L + T]: column L + t turns on when token t is fed
         for i, x in enumerate(ids):
-            input_ids[i, L - len(x):] = torch.tensor(x, device=device)
-            attn[i, L - len(x):] = 1
-        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+            input_ids[i, L - len(x):] = torch.tensor(x)
+            attn[i, L - len(x):L] = 1
+        input_ids, attn = input_ids.to(device), attn.to(device)
+        pos = (attn[:, :L].cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         # prefill each prompt once, then copy its cache for the n samples
-        logits = self.model(input_ids=input_ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
-                            use_cache=True, logits_to_keep=1).logits[:, -1]  # [P, V]
+        logits = self._forward(input_ids=input_ids, attention_mask=attn[:, :L], position_ids=pos, cache=cache)
         cache.batch_repeat_interleave(n)
         logits = logits.repeat_interleave(n, 0)  # [R, V], R = P * n
-        attn = attn.repeat_interleave(n, 0)  # [R, L]
+        attn = attn.repeat_interleave(n, 0)  # [R, L + T]
         next_pos = attn.sum(-1)  # [R] position of the next token
         R = P * n
-        toks = [[] for _ in range(R)]
-        lps = [[] for _ in range(R)]
-        finish = ["length"] * R
-        active = torch.arange(R, device=device)  # row -> original sequence index
+        # Outputs stay on the device, written in place: one transfer at the end, no per-token Python lists.
+        out_tok = torch.full((R, T), pad, dtype=torch.long, device=device)  # [R, T]
+        out_lp = torch.zeros((R, T), dtype=torch.float32, device=device)  # [R, T]
+        n_tok = torch.full((R,), T, dtype=torch.long, device=device)  # [R] tokens kept, the stop token included
+        rows = torch.arange(R, device=device)  # [A] batch row -> sequence index
         stop = torch.tensor(self.stop_ids, device=device)
-        for t in range(max_new_tokens):
+        for t in range(T):
             tok, logp = sample_token(logits, temperature, top_p, gen)  # [A], [A]
-            for r, k, lp in zip(active.tolist(), tok.tolist(), logp.tolist()):
-                toks[r].append(k)
-                lps[r].append(lp)
+            out_tok[rows, t] = tok
+            out_lp[rows, t] = logp
             done = torch.isin(tok, stop)  # [A]
-            for r in active[done].tolist():
-                finish[r] = "stop"
-            if t == max_new_tokens - 1:
+            n_done = int(done.sum())  # the one host sync per step
+            if n_done:
+                n_tok[rows[done]] = t + 1
+            if t == T - 1 or n_done == rows.numel():
                 break
-            keep = (~done).nonzero().squeeze(-1)
-            if keep.numel() == 0:
-                break
-            if keep.numel() < active.numel():  # drop finished rows: they stop costing compute
+            if n_done:  # drop finished rows: they stop costing compute
+                keep = (~done).nonzero().squeeze(-1)
                 cache.batch_select_indices(keep)
-                active, tok, attn, next_pos = active[keep], tok[keep], attn[keep], next_pos[keep]
-            attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)  # [A, L + t + 1]
-            logits = self.model(input_ids=tok.unsqueeze(-1), attention_mask=attn, position_ids=next_pos.unsqueeze(-1),
-                                past_key_values=cache, use_cache=True).logits[:, -1]  # [A, V]
+                rows, tok, attn, next_pos = rows[keep], tok[keep], attn[keep], next_pos[keep]
+            attn[:, L + t] = 1
+            logits = self._forward(input_ids=tok.unsqueeze(-1), attention_mask=attn[:, :L + t + 1],
+                                   position_ids=next_pos.unsqueeze(-1), cache=cache)  # [A, V]
             next_pos = next_pos + 1
         self.model.train(was_training)
-        comps = [Completion(toks[r], lps[r], self.tok.decode(toks[r], skip_special_tokens=True), finish[r])
-                 for r in range(R)]
+        # a row ended on a stop token iff it kept fewer than T tokens or its last one is a stop token
+        out_tok, out_lp, n_tok = out_tok.tolist(), out_lp.tolist(), n_tok.tolist()
+        stop_set, comps = set(self.stop_ids), []
+        for r in range(R):
+            toks = out_tok[r][:n_tok[r]]
+            comps.append(Completion(toks, out_lp[r][:n_tok[r]], self.tok.decode(toks, skip_special_tokens=True),
+                                    "stop" if toks and toks[-1] in stop_set else "length"))
         return [comps[i * n:(i + 1) * n] for i in range(P)]
 
 

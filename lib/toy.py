@@ -33,7 +33,7 @@ import torch
 
 from lib.cli import atomic_write_json, atomic_write_text
 
-TOY_VERSION = 2  # bump when the task, tokenizer, model or recipe below changes: the cache key includes it
+TOY_VERSION = 4  # bump when the task, tokenizer, model or recipe below changes: the cache key includes it
 ROOT = Path(__file__).resolve().parent.parent
 
 # --- the task --------------------------------------------------------------------------------------------
@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # but errors compound along the chain: long chains are hard, which gives a spread of per-problem success.
 LEVELS = {1: 2, 2: 3, 3: 4, 4: 5, 5: 6, 6: 7}  # level -> operations. Levels 1-4 are trained, 5-6 are OOD.
 SPLITS = {  # split -> (how many problems, chain levels, family: chain / mul / mix = 3 chain : 1 mul)
-    "train": (512, (1, 2, 3, 4), "chain"),
-    "test": (256, (1, 2, 3, 4), "chain"),
+    "train": (512, (1, 2, 3, 4, 4), "chain"),  # level 4 drawn twice as often: the hard tail RLoop feeds on
+    "test": (256, (1, 2, 3, 4, 4), "chain"),
     "ood": (256, (5, 6), "chain"),
     "probe": (128, (), "mul"),
     "gold": (6000, (1, 2, 3, 4), "mix"),
@@ -156,7 +156,7 @@ def make_model(tokenizer, seed: int):
 
 # --- the cache -------------------------------------------------------------------------------------------
 # The warm-start recipe. Its budget is the knob that makes the base "partial" (see module docstring).
-BASE_SFT = dict(steps=300, batch_size=64, lr=3e-3, warmup=30, weight_decay=0.1, seed=0)
+BASE_SFT = dict(steps=400, batch_size=64, lr=3e-3, warmup=30, weight_decay=0.1, seed=0)
 
 
 def toy_dir(seed: int = 0) -> Path:

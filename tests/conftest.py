@@ -35,3 +35,42 @@ def toy_data_dir(tmp_path_factory) -> Path:
 
     os.environ["RLOOP_TOY_DIR"] = str(tmp_path_factory.mktemp("toycache"))
     return toy.data_path("train").parent
+
+
+MEMO_PROBLEMS = [(f"Compute {a}+{b}.", a + b) for a, b in ((1, 2), (3, 4), (2, 5), (6, 1), (4, 4), (7, 2), (5, 3), (8, 1))]
+
+
+@pytest.fixture(scope="session")
+def memo_data(tmp_path_factory) -> Path:
+    """Eight one-step problems in the plain schema (no template: short prompts keep the tests fast)."""
+    import json
+
+    f = tmp_path_factory.mktemp("memo") / "train.jsonl"
+    f.write_text("".join(json.dumps({"id": f"m{i}", "problem": p, "answer": str(a)}) + "\n"
+                         for i, (p, a) in enumerate(MEMO_PROBLEMS)))
+    return f
+
+
+@pytest.fixture(scope="session")
+def memo_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model after a few seconds of SFT on the eight problems' gold solutions: it solves them
+    sometimes but not always at temperature 1 — enough signal for the real reward in end-to-end tests."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lib import sft
+    from lib.modeling import save_policy
+    from lib.records import Trajectory
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    gold = []
+    for i, (p, a) in enumerate(MEMO_PROBLEMS):
+        prompt = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        expr = p[len("Compute "):-1]
+        gold.append(Trajectory(f"m{i}", prompt, f"{expr}={a}\nAnswer: {a}", 1.0, True))
+    cfg = sft.SFTConfig(steps=60, batch_size=8, lr=3e-3, warmup=5, seed=0)
+    sft.train(model, sft.tokenize(tok, gold), cfg, pad_id=tok.pad_token_id, progress=False)
+    out = tmp_path_factory.mktemp("memo_model") / "model"
+    save_policy(model, tok, out)
+    return out

@@ -1,0 +1,284 @@
+"""report.py — what an RLoop run shows: RLoop against vanilla RL at equal RL steps.
+
+    python report.py RUN_DIR          (RUN_DIR = loop.sh's OUT, default runs/loop)
+
+Reads the stages' own outputs (explore metrics.jsonl and rollouts.jsonl, filter_stats.json, evaluate.py's
+metrics.json) and writes RUN_DIR/report/summary.md with PNG plots:
+  rl_curves.png   per RL step, RLoop's iterations laid end to end against vanilla: train reward, pre-clip
+                  gradient norm, entropy, response length, share of groups kept by dynamic sampling
+  eval.png        mean accuracy and pass@k per split after each iteration, vanilla at the same RL steps
+  forgetting.png  accuracy on the probe split (a skill RL never trains): base -> each iteration
+and the diversity measure behind the paper's mechanism: how similar are successful solutions to the same
+problem drawn at the same RL step (intra-step) versus at different steps (inter-step)?
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import defaultdict
+from itertools import combinations
+from pathlib import Path
+
+from lib import cli
+
+CURVES = [("reward", "train reward"), ("grad_norm", "grad norm (pre-clip)"), ("entropy", "entropy"),
+          ("resp_len_mean", "response length"), ("groups_kept", "groups kept (dynamic sampling)")]
+WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+# --- diversity -------------------------------------------------------------------------------------------
+def ngrams(text: str, n: int = 3) -> frozenset:
+    """Word/symbol trigrams ("7+5=12" -> 7 + 5, + 5 =, 5 = 12): shared reasoning steps, not shared letters."""
+    toks = WORD.findall(text)
+    return frozenset(tuple(toks[i:i + n]) for i in range(max(1, len(toks) - n + 1)))
+
+
+def jaccard(a: frozenset, b: frozenset) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def diversity(rollouts: Path, max_pairs: int = 20000, seed: int = 0) -> dict | None:
+    """Mean pairwise trigram-Jaccard similarity of successful responses to the same problem:
+    intra = both drawn at the same RL step, inter = drawn at different steps. Pairs are subsampled
+    (deterministically) to at most max_pairs of each kind."""
+    by_problem: dict[str, list[tuple[int, frozenset]]] = defaultdict(list)
+    if not rollouts.exists():
+        return None
+    with open(rollouts, encoding="utf-8") as f:
+        for line in f:
+            t = json.loads(line)
+            if t.get("acc") and t.get("step") is not None:
+                by_problem[t["problem_id"]].append((t["step"], ngrams(t["response"])))
+    intra, inter = [], []
+    for items in by_problem.values():
+        for (s1, g1), (s2, g2) in combinations(items, 2):
+            (intra if s1 == s2 else inter).append((g1, g2))
+    rng = random.Random(seed)
+    out = {}
+    for name, pairs in (("intra_step", intra), ("inter_step", inter)):
+        if len(pairs) > max_pairs:
+            pairs = rng.sample(pairs, max_pairs)
+        out[name] = round(sum(jaccard(a, b) for a, b in pairs) / len(pairs), 4) if pairs else None
+        out[name + "_pairs"] = len(pairs)
+    return out
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+def load_run(run: Path) -> dict:
+    iters = sorted((int(p.name[4:]), p) for p in run.glob("iter*") if p.name[4:].isdigit())
+    r = {"iters": [], "vanilla": read_rows(run / "vanilla" / "metrics.jsonl"), "eval": {}}
+    for i, p in iters:
+        r["iters"].append({"i": i, "rl": read_rows(p / "explore" / "metrics.jsonl"),
+                           "filter": read_json(p / "filter" / "filter_stats.json"),
+                           "diversity": diversity(p / "explore" / "rollouts.jsonl")})
+    for d in sorted((run / "eval").glob("*")):
+        m = read_json(d / "metrics.json")
+        if m:
+            r["eval"][d.name] = m
+    return r
+
+
+def end_to_end(r: dict) -> list[dict]:
+    """RLoop's RL rows with a global step: iteration i's step s becomes (i-1) * steps_per_iter + s."""
+    rows, offset = [], 0
+    for it in r["iters"]:
+        for row in it["rl"]:
+            rows.append({**row, "global_step": offset + row["step"], "iter": it["i"]})
+        offset += max((row["step"] for row in it["rl"]), default=0)
+    return rows
+
+
+def plot_curves(r: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loop = end_to_end(r)
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
+    for ax, (key, title) in zip(axes, CURVES):
+        if r["vanilla"]:
+            ax.plot([x["step"] for x in r["vanilla"]], [x.get(key) for x in r["vanilla"]], label="vanilla RL",
+                    color="tab:gray", lw=1)
+        for it in sorted({x["iter"] for x in loop}):
+            seg = [x for x in loop if x["iter"] == it]
+            ax.plot([x["global_step"] for x in seg], [x.get(key) for x in seg], lw=1.2, label=f"RLoop iter {it}")
+        ax.set_title(title)
+        ax.set_xlabel("RL step")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "rl_curves.png", dpi=110)
+    plt.close(fig)
+
+
+def comparison(r: dict) -> list[dict]:
+    """Rows of (RL steps, RLoop RL policy, RLoop consolidated policy, vanilla) evaluations."""
+    rows = []
+    steps = 0
+    for it in r["iters"]:
+        steps += max((x["step"] for x in it["rl"]), default=0)
+        rows.append({"iter": it["i"], "rl_steps": steps, "rl": r["eval"].get(f"iter{it['i']}-rl"),
+                     "rft": r["eval"].get(f"iter{it['i']}-rft"), "vanilla": r["eval"].get(f"vanilla-{steps}")})
+    return rows
+
+
+def plot_eval(r: dict, comp: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = r["eval"].get("base")
+    splits = list((base or next((c["rl"] for c in comp if c["rl"]), {"benchmarks": {}}))["benchmarks"])
+    if not splits:
+        return
+    kmax = str(max(int(k) for k in next(iter((base or comp[0]["rl"])["benchmarks"].values()))["pass@k"]))
+    fig, axes = plt.subplots(2, len(splits), figsize=(4 * len(splits), 6), squeeze=False)
+    for j, split in enumerate(splits):
+        for row_i, (metric, label) in enumerate((("mean_acc", "mean acc"), ("pass", f"pass@{kmax}"))):
+            ax = axes[row_i][j]
+
+            def val(m):
+                if not m or split not in m["benchmarks"]:
+                    return None
+                b = m["benchmarks"][split]
+                return b["mean_acc"] if metric == "mean_acc" else b["pass@k"][kmax]
+
+            x = [0] + [c["rl_steps"] for c in comp]
+            for key, name, style in (("rl", "RLoop (RL policy)", "-o"), ("rft", "RLoop (consolidated)", "--s"),
+                                     ("vanilla", "vanilla RL", "-^")):
+                y = [val(base)] + [val(c[key]) for c in comp]
+                pts = [(a, b) for a, b in zip(x, y) if b is not None]
+                if len(pts) > 1 or (pts and pts[0][0] != 0):
+                    ax.plot(*zip(*pts), style, label=name, ms=4)
+            ax.set_title(f"{split}: {label}")
+            ax.set_xlabel("RL steps")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "eval.png", dpi=110)
+    if "probe" in splits:
+        fig2, ax = plt.subplots(figsize=(4.5, 3.2))
+        x = [0] + [c["rl_steps"] for c in comp]
+        for key, name in (("rl", "RLoop (RL policy)"), ("rft", "RLoop (consolidated)"), ("vanilla", "vanilla RL")):
+            y = [base["benchmarks"]["probe"]["mean_acc"] if base else None] + [
+                c[key]["benchmarks"]["probe"]["mean_acc"] if c[key] else None for c in comp]
+            pts = [(a, b) for a, b in zip(x, y) if b is not None]
+            if len(pts) > 1:
+                ax.plot(*zip(*pts), "-o", label=name, ms=4)
+        ax.set_title("forgetting: probe accuracy (never trained by RL)")
+        ax.set_xlabel("RL steps")
+        ax.legend(fontsize=7)
+        fig2.tight_layout()
+        fig2.savefig(out / "forgetting.png", dpi=110)
+        plt.close(fig2)
+    plt.close(fig)
+
+
+def fmt(x, digits=3):
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def summary(r: dict, comp: list[dict], run: Path) -> str:
+    base = r["eval"].get("base")
+    lines = [f"# RLoop report: `{run}`", ""]
+    last = comp[-1] if comp else None
+    # --- the headline table at equal RL steps
+    if last and (last["rl"] or last["rft"]):
+        splits = list((last["rl"] or last["rft"])["benchmarks"])
+        kmax = str(max(int(k) for k in (last["rl"] or last["rft"])["average"]["pass@k"]))
+        lines += [f"## RLoop vs vanilla RL at equal RL steps ({last['rl_steps']})", "",
+                  "| policy | " + " | ".join(f"{s} acc | {s} pass@{kmax}" for s in splits)
+                  + " | avg acc | avg pass@" + kmax + " | max grad norm |",
+                  "|---" * (2 * len(splits) + 4) + "|"]
+        loop_gn = max((x.get("grad_norm") or 0 for it in r["iters"] for x in it["rl"]), default=None)
+        van_gn = max((x.get("grad_norm") or 0 for x in r["vanilla"]), default=None)
+        for name, m, gn in (("base", base, None), ("RLoop, last RL policy", last["rl"], loop_gn),
+                            ("RLoop, last consolidated", last["rft"], loop_gn),
+                            ("vanilla RL", last["vanilla"], van_gn)):
+            if not m:
+                continue
+            cells = []
+            for s in splits:
+                b = m["benchmarks"].get(s)
+                cells += [fmt(b and b["mean_acc"]), fmt(b and b["pass@k"].get(kmax))]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {fmt(m['average']['mean_acc'])} | "
+                         f"{fmt(m['average']['pass@k'].get(kmax))} | {fmt(gn, 2)} |")
+        lines.append("")
+        # --- say plainly what it shows
+        a, v = last["rl"] or last["rft"], last["vanilla"]
+        if a and v:
+            d_acc = a["average"]["mean_acc"] - v["average"]["mean_acc"]
+            d_pk = a["average"]["pass@k"][kmax] - v["average"]["pass@k"][kmax]
+            verdict = lambda d: "higher" if d > 0.005 else ("lower" if d < -0.005 else "about the same")  # noqa: E731
+            lines += [f"**What this run shows.** After {last['rl_steps']} RL steps, RLoop's final RL policy has "
+                      f"{verdict(d_acc)} average accuracy than vanilla RL ({d_acc:+.3f}) and {verdict(d_pk)} "
+                      f"pass@{kmax} ({d_pk:+.3f})."]
+            if "probe" in splits and base:
+                pb = base["benchmarks"]["probe"]["mean_acc"]
+                lines.append(f"Probe accuracy (forgetting): base {pb:.3f} -> RLoop {a['benchmarks']['probe']['mean_acc']:.3f}"
+                             f", vanilla {v['benchmarks']['probe']['mean_acc']:.3f}.")
+            if loop_gn is not None and van_gn is not None:
+                lines.append(f"Largest pre-clip gradient norm: RLoop {loop_gn:.2f}, vanilla {van_gn:.2f}.")
+            lines.append("This is one seed of a toy-scale run: differences of a few points are within noise." if
+                         a["benchmarks"] and next(iter(a["benchmarks"].values()))["problems"] < 1000 else "")
+            lines.append("")
+    # --- by iteration
+    if comp:
+        lines += ["## By iteration", "", "| iter | RL steps | RL policy avg acc | consolidated avg acc | "
+                  "vanilla avg acc | hard problems | RFT set | intra-step sim | inter-step sim |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for c, it in zip(comp, r["iters"]):
+            f = it["filter"] or {}
+            d = it["diversity"] or {}
+            buckets = f.get("buckets", {})
+            lines.append(f"| {c['iter']} | {c['rl_steps']} | {fmt(c['rl'] and c['rl']['average']['mean_acc'])} | "
+                         f"{fmt(c['rft'] and c['rft']['average']['mean_acc'])} | "
+                         f"{fmt(c['vanilla'] and c['vanilla']['average']['mean_acc'])} | {buckets.get('hard', '–')} | "
+                         f"{f.get('kept', '–')} | {fmt(d.get('intra_step'))} | {fmt(d.get('inter_step'))} |")
+        lines += ["", "Similarity = mean pairwise Jaccard similarity of word/symbol trigram sets of two successful "
+                  "responses to the same problem, drawn at the same RL step (intra) or at different steps (inter). "
+                  "The paper's mechanism predicts inter < intra: intermediate checkpoints solve problems differently.",
+                  ""]
+    lines += ["## Plots", "", "![RL curves](rl_curves.png)", "", "![evaluation](eval.png)", "",
+              "![forgetting](forgetting.png)", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = cli.make_parser(__doc__)
+    p.add_argument("run", nargs="?", default="runs/loop", help="loop.sh's OUT folder")
+    args = p.parse_args(argv)
+    run = Path(args.run)
+    if not run.is_dir():
+        raise cli.UserError(f"{run}: no such run folder")
+    r = load_run(run)
+    if not r["iters"] and not r["vanilla"]:
+        raise cli.UserError(f"{run}: no iter*/ or vanilla/ results to report")
+    out = run / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    comp = comparison(r)
+    plot_curves(r, out)
+    plot_eval(r, comp, out)
+    text = summary(r, comp, run)
+    cli.atomic_write_text(out / "summary.md", text)
+    cli.atomic_write_json(out / "report.json", {"comparison": comp and [
+        {k: (v["average"] if isinstance(v, dict) and "average" in v else v) for k, v in c.items()} for c in comp],
+        "diversity": {it["i"]: it["diversity"] for it in r["iters"]},
+        "filter": {it["i"]: it["filter"] for it in r["iters"]}})
+    print(text)
+    print(f"wrote {out / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    cli.run_main(main)
