@@ -1,8 +1,8 @@
 """bench.py — is the lean repo faster than the big frameworks at the same work? Side by side, in one run.
 
 Each row runs OUR code and a PEER on the same model, prompts / data, batch and settings, in the same process,
-with the same thread count, alternating which side goes first on each repeat; every number is a median over
-the repeats, and the ratio is taken between medians measured minutes apart on the same (possibly busy) box.
+with the same thread count, alternating which side goes first on each repeat (slow drifts of a busy box then
+hit both sides alike); every number is a median over the repeats, ratio = median(ours) / median(peer).
 
   rollout   tokens/s   lib/rollout.HFEngine  vs  transformers `model.generate` (do_sample, num_return_sequences=n,
                        same temperature / top_p / max_new_tokens / stop tokens, top_k off). Tokens = sampled tokens
@@ -23,10 +23,12 @@ Configs: `toy` (the embedded toy base model, CPU or GPU) and, when a GPU is pres
 from scratch with random weights and the toy tokenizer; ~360M parameters by default, the Qwen2.5-0.5B body).
 Targets (toy): rollout >= 1.5x generate, RL step <= 0.5x TRL's, SFT >= 1.5x TRL's tokens/s.
 
-    python bench.py --quick                      # ~2 min on 2 CPU cores
-    python bench.py --threads 2                  # full mode
+    python bench.py --quick --threads 1          # ~1-2 min on 2 CPU cores
+    python bench.py --threads 1                  # full mode: more repeats and steps (~5 min)
 TRL rows need the dev requirements (pip install -r requirements-dev.txt); without TRL they are skipped.
-Writes runs/bench/bench.json (every raw timing too) and runs/bench/logs/ (explore.py's output).
+Writes --out/bench.json (the table, every raw timing, the machine) and --out/logs/ (the stages' own output).
+On a busy box, threads matter: with other work on the cores, 2-thread runs can be 10-100x slower than 1-thread
+runs (OpenMP workers wait on each other); compare --threads 1 first.
 """
 from __future__ import annotations
 
@@ -52,14 +54,15 @@ TRL_MISSING = "TRL not installed: pip install -r requirements-dev.txt"
 def get_args(argv=None):
     p = cli.make_parser(__doc__)
     a = p.add_argument
-    a("--quick", action="store_true", help="fewer repeats and steps (~2 min on 2 CPU cores)")
+    a("--quick", action="store_true", help="fewer repeats and steps (~1-2 min on 2 CPU cores, --threads 1)")
     a("--threads", type=int, default=torch.get_num_threads(),
-      help="torch intra-op threads for BOTH sides (default: torch's default on this machine)")
+      help="torch intra-op threads for BOTH sides; the default is torch's own on this machine")
     a("--repeats", type=int, default=0, help="interleaved repeats per row (0 = 3 with --quick, else 5)")
     a("--configs", default="auto", help="comma list of toy,big; auto = toy, plus big when a GPU is present")
     a("--sections", default="rollout,rl,sft", help="comma list of rollout,rl,sft (sft includes the MFU row)")
     a("--no-trl", action="store_true", help="skip the TRL rows even when TRL is installed")
-    a("--model", default="toy", help="the toy config's model: 'toy' = the embedded toy base, or a from_pretrained folder")
+    a("--model", default="toy",
+      help="the toy config's model: 'toy' = the embedded toy base, or a from_pretrained folder")
     a("--device", default="auto", help="cpu / cuda / auto")
     a("--out", default="runs/bench", help="output folder (bench.json, logs/)")
     a("--seed", type=int, default=0, help="seed of data order and sampling (repeat r uses seed + r)")
@@ -94,7 +97,8 @@ def get_args(argv=None):
     if args.rl_prompts % args.rl_mini_batch:
         raise cli.UserError(f"--rl-prompts ({args.rl_prompts}) must be a multiple of --rl-mini-batch")
     if (args.rl_mini_batch * args.rl_n) % min(args.rl_micro_batch, args.rl_mini_batch * args.rl_n):
-        raise cli.UserError("--rl-micro-batch must divide --rl-mini-batch * --rl-n (TRL accumulates equal micro-batches)")
+        raise cli.UserError("--rl-micro-batch must divide --rl-mini-batch * --rl-n "
+                            "(TRL accumulates equal micro-batches)")
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.rl_steps = args.rl_steps or (2 if args.quick else 4)
     args.sft_steps = args.sft_steps or (8 if args.quick else 20)
@@ -141,26 +145,29 @@ class StepClock:
     imports without transformers' Trainer machinery)."""
 
     def __init__(self, device):
-        self.device, self.ends, self.t0 = device, [], None
+        self.device, self.ends, self.threads = device, [], set()
 
     def __getattr__(self, name):  # every other callback event: do nothing
         if name.startswith("on_"):
             return lambda *a, **k: None
         raise AttributeError(name)
 
-    def on_train_begin(self, *a, **k):
-        sync(self.device)
-        self.t0 = time.perf_counter()
-
     def on_step_end(self, *a, **k):
         sync(self.device)
         self.ends.append(time.perf_counter())
+        self.threads.add(torch.get_num_threads())  # the peer ran with the thread count we set?
 
 
 def keep_threads(n: int) -> None:
     """Re-assert the thread count (a library may change it); the comparison is void if the sides differ."""
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+
+
+def check_threads(clock: StepClock, n: int) -> None:
+    if clock.threads != {n}:
+        raise RuntimeError(f"the peer's trainer ran with {sorted(clock.threads)} threads, not {n}: "
+                           f"the comparison is void")
 
 
 @contextlib.contextmanager
@@ -260,6 +267,8 @@ def bench_rollout(model_path: str, args, device, dtype) -> dict:
                             max_new_tokens=args.roll_max_new, num_return_sequences=args.roll_n,
                             eos_token_id=eng.stop_ids, pad_token_id=tok.pad_token_id)
 
+    lengths: dict[str, list[float]] = {"ours": [], "peer": []}  # mean completion length: same distribution?
+
     def ours(r: int) -> float:
         keep_threads(args.threads)
         sync(device)
@@ -268,7 +277,9 @@ def bench_rollout(model_path: str, args, device, dtype) -> dict:
                            top_p=args.top_p, seed=args.seed + r)
         sync(device)
         dt = time.perf_counter() - t
-        return sum(len(c.token_ids) for cs in out for c in cs) / dt
+        n_tok = sum(len(c.token_ids) for cs in out for c in cs)
+        lengths["ours"].append(n_tok / (len(prompts) * args.roll_n))
+        return n_tok / dt
 
     @torch.no_grad()
     def peer(r: int) -> float:
@@ -282,11 +293,12 @@ def bench_rollout(model_path: str, args, device, dtype) -> dict:
         # tokens up to and including each row's first stop token (generate pads finished rows)
         hit = torch.isin(g, stop)
         lens = torch.where(hit.any(-1), hit.int().argmax(-1) + 1, g.shape[1])
+        lengths["peer"].append(lens.float().mean().item())
         return int(lens.sum()) / dt
 
     ours(-1), peer(-1)  # warm-up: allocator, kernel choice, lazy imports
     a, b = interleave(args.repeats, ours, peer)
-    return {"ours": a, "peer": b}
+    return {"ours": a, "peer": b, "len_ours": med(lengths["ours"]), "len_peer": med(lengths["peer"])}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -309,7 +321,7 @@ def run_explore(model_path: str, args, device, r: int, work: Path) -> list[tuple
             "--top-p", str(args.top_p), "--lr", str(args.rl_lr), "--warmup-steps", "0",
             "--no-dynamic-sampling", "--no-overlong-shaping", "--backend", "hf", "--device", device.type]
     keep_threads(args.threads)
-    with quiet(work / "logs" / f"explore_r{r}.log"):
+    with quiet(work.parent / "logs" / f"explore_r{r}.log"):
         explore.main(argv)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     return [(row["step_time"], row["gen_time"]) for row in rows[1:]]  # the first step pays for warm-up
@@ -345,11 +357,12 @@ def run_trl_grpo(model_path: str, args, device, r: int, work: Path) -> list[floa
         report_to="none", save_strategy="no", disable_tqdm=True, dataloader_num_workers=0)
     clock = StepClock(device)
     keep_threads(args.threads)
-    with quiet(work / "logs" / f"trl_grpo_r{r}.log"):
+    with quiet(work.parent / "logs" / f"trl_grpo_r{r}.log"):
         trainer = GRPOTrainer(model=model, reward_funcs=score, args=cfg, train_dataset=ds, processing_class=tok,
                               callbacks=[clock])
         keep_threads(args.threads)
         trainer.train()
+    check_threads(clock, args.threads)
     e = clock.ends
     return [e[(c + 1) * updates - 1] - e[c * updates - 1] for c in range(1, 1 + args.rl_steps)]
 
@@ -414,10 +427,11 @@ def run_trl_sft(model_path: str, pairs, args, device, r: int, work: Path) -> dic
         dataloader_num_workers=0)
     clock = StepClock(device)
     keep_threads(args.threads)
-    with quiet(work / "logs" / f"trl_sft_r{r}.log"):
+    with quiet(work.parent / "logs" / f"trl_sft_r{r}.log"):
         trainer = CountingSFT(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[clock])
         keep_threads(args.threads)
         trainer.train()
+    check_threads(clock, args.threads)
     dt = clock.ends[-1] - clock.ends[0]
     return {"tokens_per_s": sum(counted[1:]) / dt, "params": n_params(model)}
 
@@ -442,8 +456,11 @@ def row(config, metric, unit, ours, peer, peer_name, target=None, higher_better=
     mo, mp = med(ours), med(peer)
     ratio = mo / mp if peer and mp else None
     status = ""
-    if target is not None and ratio is not None:
-        status = "PASS" if (ratio >= target if higher_better else ratio <= target) else "MISS"
+    if target is not None:
+        if ratio is None:
+            status = "SKIP"  # no peer measured (TRL missing or --no-trl)
+        else:
+            status = "PASS" if (ratio >= target if higher_better else ratio <= target) else "MISS"
     return {"config": config, "metric": metric, "unit": unit, "ours": mo, "peer": mp if peer else None,
             "peer_name": peer_name, "ratio": ratio, "target": target, "higher_better": higher_better,
             "status": status, "note": note, "raw_ours": ours, "raw_peer": peer}
@@ -511,7 +528,8 @@ def main(argv=None):
     device = cli.pick_device(args.device)
     out = Path(args.out)
     work = out / "work"
-    shutil.rmtree(work, ignore_errors=True)
+    for d in (work, out / "logs"):  # scratch (explore.py's run folder, TRL's output_dir) and this run's logs
+        shutil.rmtree(d, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     with_trl = trl_available() and not args.no_trl
     trl_note = "" if with_trl else ("TRL rows skipped (--no-trl)" if args.no_trl else TRL_MISSING)
@@ -549,14 +567,16 @@ def main(argv=None):
             t = time.time()
             res = bench_rollout(model_path, args, device, roll_dtype)
             rows.append(row(config, "rollout tokens/s", "tok/s", res["ours"], res["peer"], "model.generate",
-                            1.5 if tgt else None))
+                            1.5 if tgt else None, note=f"mean completion {res['len_ours']:.1f} tokens (ours) vs "
+                                                       f"{res['len_peer']:.1f} (generate)"))
             print(f"  [{config}] rollout done in {time.time() - t:.0f}s", flush=True)
         if "rl" in sections:
             t = time.time()
             res = bench_rl(model_path, args, device, work, with_trl)
+            note = f"explore.py: {med(res['ours_gen']):.3f} s of it rollouts + scoring" + (
+                f"; {trl_note}" if trl_note else "")
             rows.append(row(config, "RL step wall time", "s", res["ours"], res["peer"], "TRL GRPOTrainer",
-                            0.5 if tgt else None, higher_better=False,
-                            note=f"explore.py: {med(res['ours_gen']):.3f} s of it sampling" + (f"; {trl_note}" if trl_note else "")))
+                            0.5 if tgt else None, higher_better=False, note=note))
             print(f"  [{config}] RL done in {time.time() - t:.0f}s", flush=True)
         if "sft" in sections:
             t = time.time()

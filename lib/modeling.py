@@ -28,7 +28,9 @@ def load_policy(spec: str, device: torch.device | str = "cpu", dtype: torch.dtyp
                 trust_remote_code: bool = False):
     """(model, tokenizer) from a local folder or a hub id. Errors name the path and what is missing."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars in every stage's log
     path = resolve_model(spec)
     local = Path(path)
     if local.exists() or not _looks_like_hub_id(path):
