@@ -20,7 +20,7 @@ One training step (DAPO, arXiv 2503.14476, as verl's DAPO recipe runs it):
 The four DAPO tricks, each one flag: --clip-higher (eps_high 0.28 > eps_low 0.2), --dynamic-sampling,
 --loss-agg token-mean (token-level loss), --overlong-shaping.
 
-    python explore.py                                   # the toy: ~2-3 min on 2 CPU cores, reward goes up
+    python explore.py          # the toy: 60 steps in ~2 min on 2 CPU cores; train accuracy 0.31 -> ~0.40
     python explore.py --model Qwen/Qwen2.5-Math-7B --data dapo-17k.parquet --out runs/explore \\
         --steps 500 --prompts-per-step 512 --n 16 --mini-batch 32 --max-new-tokens 20480 \\
         --overlong-buffer 4096 --lr 1e-6 --warmup-steps 10 --backend vllm      # DAPO's recipe (GPU)
@@ -68,11 +68,11 @@ def get_args(argv=None):
     a("--limit", type=int, default=0, help="use only the first N problems (0 = all)")
     a("--out", default="runs/explore", help="output folder")
     a("--steps", type=int, default=60, help="training steps")
-    a("--save-every", type=int, default=20, help="checkpoint every N steps (and always at the last step)")
+    a("--save-every", type=int, default=10, help="checkpoint every N steps (and always at the last step)")
     a("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
     a("--seed", type=int, default=0, help="data order, sampling and init seed")
     # rollouts
-    a("--prompts-per-step", type=int, default=16, help="prompts trained on per step (DAPO: 512)")
+    a("--prompts-per-step", type=int, default=32, help="prompts trained on per step (DAPO: 512)")
     a("--gen-batch-size", type=int, default=0,
       help="prompts per generation batch; 0 = --prompts-per-step (DAPO: 1536, 3x the train batch)")
     a("--n", type=int, default=8, help="responses per prompt (DAPO: 16)")
@@ -100,7 +100,7 @@ def get_args(argv=None):
     a("--loss-agg", default="token-mean", choices=["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"],
       help="DAPO trick: token-mean (token-level loss); GRPO's original is seq-mean-token-mean")
     # optimisation
-    a("--mini-batch", type=int, default=8,
+    a("--mini-batch", type=int, default=16,
       help="prompts (with all their n responses) per optimiser update (DAPO: 32, i.e. 16 updates per step)")
     a("--micro-batch", type=int, default=64, help="sequences per forward/backward (gradient accumulation)")
     a("--lr", type=float, default=5e-5, help="AdamW learning rate (DAPO: 1e-6)")

@@ -164,10 +164,11 @@ def weights(folder):
 def test_consolidate_writes_a_folder_evaluate_loads(world, tmp_path, capsys):
     out = tmp_path / "consolidated"
     consolidate.main(cons_args(world, out))
-    names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["args.json", "chat_template.jinja", "config.json", "consolidate.json",
-                            "generation_config.json", "metrics.jsonl", "model.safetensors", "tokenizer.json",
-                            "tokenizer_config.json"])  # no ckpt_*: the resume points are gone
+    names = {p.name for p in out.iterdir()}
+    # (the tokenizer's extra files vary across transformers versions)
+    assert names >= {"args.json", "config.json", "consolidate.json", "generation_config.json", "metrics.jsonl",
+                     "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+    assert not [n for n in names if n.startswith(("ckpt_", "."))]  # the resume points are gone
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert json.loads((out / "consolidate.json").read_text())["steps"] == 6

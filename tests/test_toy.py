@@ -35,8 +35,10 @@ def test_literal_problems():
     assert p.startswith("Compute ") and p.endswith(".")
     assert s.count("\n") == toy.LEVELS[3]  # one line per operation, then the answer line
     p, a, s = toy.mul_problem(random.Random(0))
-    x, y = p[len("Compute "):-1].split("*")
-    assert int(a) == int(x) * int(y)
+    x, rest = p[len("Compute "):-1].split("*")
+    y, z = rest.split("+")
+    assert int(a) == int(x) * int(y) + int(z)
+    assert s == f"{x}*{y}={int(x) * int(y)}\n{int(x) * int(y)}+{z}={a}\nAnswer: {a}"
 
 
 def test_tokenizer_takes_any_text_and_round_trips(tmp_path):
