@@ -54,7 +54,7 @@ from lib.dapo import group_advantages, kept_group_ids, overlong_penalty, policy_
 from lib.modeling import load_policy, resolve_model, token_logprobs
 from lib.records import append_jsonl, truncate_to
 from lib.rollout import Completion, make_engine, to_trajectories
-from lib.sft import lr_factor
+from lib.sft import lr_factor, micro_batches
 
 RewardFn = Callable[[str, str], dict]  # (response, ground_truth) -> {"score", "acc", "pred"}
 
@@ -287,12 +287,17 @@ class LossConfig:
     temperature: float = 1.0  # log-probs under softmax(logits / T), the distribution that was sampled
 
 
-def make_micro_batches(seqs: list[Seq], size: int, pad_id: int, device) -> list[MicroBatch]:
-    """Length-sorted micro-batches of at most `size` sequences (neighbours in length waste little padding)."""
-    seqs = sorted(seqs, key=lambda s: len(s.prompt_ids) + len(s.response_ids))
+def make_micro_batches(seqs: list[Seq], size: int, pad_id: int, device, balance: bool = True) -> list[MicroBatch]:
+    """Length-sorted micro-batches of at most `size` sequences (neighbours in length waste little padding).
+    balance: choose the number of micro-batches that minimises padding (lib/sft.micro_batches, the SFT's rule);
+    else fixed chunks of `size`. The objective is the same either way (global_tokens normalises it)."""
+    if balance:
+        chunks = micro_batches(seqs, size)
+    else:
+        seqs = sorted(seqs, key=lambda s: len(s.prompt_ids) + len(s.response_ids))
+        chunks = [seqs[i:i + size] for i in range(0, len(seqs), size)]
     out = []
-    for i in range(0, len(seqs), size):
-        chunk = seqs[i:i + size]
+    for chunk in chunks:
         T = max(len(s.prompt_ids) + len(s.response_ids) for s in chunk)
         ids = torch.full((len(chunk), T), pad_id, dtype=torch.long)
         attn = torch.zeros((len(chunk), T), dtype=torch.long)

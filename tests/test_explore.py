@@ -90,7 +90,7 @@ def grads_of(model, seqs, micro, cfg, per_micro_mean=False):
 def with_old_logprobs(model, seqs, noise=0.3, seed=1):
     """Give each sequence 'old' log-probs = current ones + noise, so ratios leave 1 and every clip branch fires."""
     g = torch.Generator().manual_seed(seed)
-    (mb,) = explore.make_micro_batches(seqs, len(seqs), pad_id=0, device="cpu")
+    (mb,) = explore.make_micro_batches(seqs, len(seqs), pad_id=0, device="cpu", balance=False)
     with torch.no_grad():
         logp = explore.token_logprobs(model, mb.ids, mb.attn)
     order = sorted(seqs, key=lambda s: len(s.prompt_ids) + len(s.response_ids))  # make_micro_batches' order
