@@ -18,6 +18,11 @@ replaces it in one rename, so DIR has config.json only once it is complete. A re
 nothing; --resume continues an interrupted run from its checkpoint to the same final weights.
 Defaults are sized for the toy (a ~1M-parameter model, a few hundred trajectories); for a 7B policy use
 an lr around 1e-5 and a larger batch.
+
+Several GPUs / nodes: `torchrun --nproc_per_node N consolidate.py ...` (lib/dist.py). The policy (and the KL
+reference) are sharded with FSDP2; each rank trains on a contiguous slice of every optimiser step's examples,
+the loss normalised by the whole step's token count, so the run computes the single-process objective.
+Rank 0 alone writes; the folder is the same one from_pretrained model. --resume needs the same world size.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from lib import checkpoint, cli, sft
+from lib import checkpoint, cli, dist, sft
 from lib.modeling import load_policy, resolve_model
 from lib.records import read_jsonl, read_trajectories
 
@@ -51,10 +56,11 @@ def get_args(argv=None):
     p.add_argument("--steps", type=int, default=0, help="optimiser steps (0 = from --epochs)")
     p.add_argument("--batch-size", type=int, default=32, help="trajectories per optimiser step")
     p.add_argument("--micro-batch", type=int, default=0,
-                   help="trajectories per forward/backward (0 = the whole batch); does not change the objective")
-    p.add_argument("--lr", type=float, default=2e-4,
-                   help="peak learning rate (toy: 1e-4..2e-4 lowers the NLL; >= 1e-3 knocks the toy base off "
-                        "its minimum and the NLL rises; 7B: ~1e-5)")
+                   help="most trajectories per forward/backward (0 = no limit: the step is split into length-sorted "
+                        "micro-batches that minimise padding); does not change the objective")
+    p.add_argument("--lr", type=float, default=2e-5,
+                   help="peak learning rate (toy: 2e-5 -- on a loop's iteration-1 RFT set it lifted test accuracy, while "
+                        "2e-4 lowered it and made the probe skill fade; 7B: ~1e-5)")
     p.add_argument("--warmup", type=int, default=5,
                    help="linear warm-up steps (at most a quarter of the run), then cosine decay")
     p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decays to this fraction of --lr")
@@ -68,7 +74,11 @@ def get_args(argv=None):
     p.add_argument("--save-every", type=int, default=100, help="write a resume checkpoint every N steps (0 = never)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its checkpoint")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (default: on when training on a GPU that supports it)")
+                   help="bf16 autocast (default: on when training on a GPU that supports it); under torchrun "
+                        "also FSDP all-gathers in bf16 (fp32 master weights, AdamW states, gradient reduction)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute each decoder layer's activations in backward (model.gradient_checkpointing_"
+                        "enable): less memory for long sequences, ~30%% more compute")
     p.add_argument("--device", default="auto", help="cpu / cuda / auto")
     args = p.parse_args(argv)
     cli.check_positive(args, "batch_size")
@@ -111,26 +121,45 @@ def check_same_args(args, out: Path) -> None:
 
 def main(argv=None):
     args = get_args(argv)
-    out = Path(args.out)
+    distributed = dist.init()  # False without torchrun: nothing below touches torch.distributed then
+    try:
+        with dist.quiet_unless_main():
+            return run(args)
+    finally:
+        if distributed:
+            dist.teardown()
+
+
+def inspect_out(args, out: Path) -> tuple[str, Path | None]:
+    """(out_state, checkpoint to resume from); refuses a foreign folder or a forgotten --resume."""
     state = out_state(out)
-    if state == "finished":
-        print(f"{out}: already holds a finished consolidated model ({DONE}); nothing to do "
-              f"(delete it or pick another --out to retrain)")
-        return 0
     if state == "foreign":
         raise cli.UserError(f"{out}: exists and is not a consolidate.py output folder; pick another --out")
     ckpt = checkpoint.latest(out) if state == "ours" else None
     if ckpt and not args.resume:
         raise cli.UserError(f"{out}: holds an interrupted run ({ckpt.name}); pass --resume to continue it, "
                             f"or delete the folder to start over")
+    return state, ckpt
+
+
+def run(args):
+    out = Path(args.out)
+    main_rank = dist.is_main()
+    # under torchrun rank 0 looks, every rank gets the same answer (no rank sees a folder another just changed)
+    state, ckpt = dist.main_decides(lambda: inspect_out(args, out))
+    if state == "finished":
+        print(f"{out}: already holds a finished consolidated model ({DONE}); nothing to do "
+              f"(delete it or pick another --out to retrain)")
+        return 0
 
     # --- everything that can fail on bad input happens before anything is written ---------------------
     trajs = read_trajectories(args.data)
     n_wrong = sum(not t.acc for t in trajs)
-    device = cli.pick_device(args.device)
+    device = dist.device(args.device)
     if args.bf16 is None:
         args.bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    model, tok = load_policy(args.model, device=device)
+    load_device = "cpu" if dist.is_distributed() else device  # FSDP moves only this rank's shard to the GPU
+    model, tok = dist.main_first(lambda: load_policy(args.model, device=load_device))  # ('toy' may build it)
     max_len = args.max_len or int(getattr(model.config, "max_position_embeddings", 0) or 0)
     examples = sft.tokenize(tok, trajs, append_eos=True, max_len=max_len)
     if not examples:
@@ -148,10 +177,12 @@ def main(argv=None):
     cfg.warmup = min(args.warmup, total // 4)
 
     # --- the run ---------------------------------------------------------------------------------------
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint.clean_partial(out)
-    for d in out.parent.glob(f".{out.name}.final.*"):  # a final folder a kill left half-written
-        shutil.rmtree(d, ignore_errors=True)
+    dist.barrier()  # every rank has read --out before rank 0 changes it
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.clean_partial(out)
+        for d in out.parent.glob(f".{out.name}.final.*"):  # a final folder a kill left half-written
+            shutil.rmtree(d, ignore_errors=True)
     cli.seed_everything(args.seed)
     ref = None
     if args.kl_coef > 0:  # the starting policy, frozen
@@ -160,37 +191,48 @@ def main(argv=None):
     metrics = out / "metrics.jsonl"
     if ckpt:
         del model
-        model, _ = load_policy(str(ckpt), device=device)
+        model, _ = load_policy(str(ckpt), device=load_device)
         resume_state = checkpoint.load_state(ckpt)
         checkpoint.set_rng_state(resume_state["rng"])
         done = resume_state["step"]
-        # rows logged after the checkpoint are redone: drop them so each step has one row
-        rows = [r for _, r in read_jsonl(metrics, allow_empty=True) if r.get("step", 0) <= done] \
-            if metrics.exists() else []
-        cli.atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in rows))
+        if main_rank:
+            # rows logged after the checkpoint are redone: drop them so each step has one row
+            rows = [r for _, r in read_jsonl(metrics, allow_empty=True) if r.get("step", 0) <= done] \
+                if metrics.exists() else []
+            cli.atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in rows))
         print(f"resuming {out} from {ckpt.name} (step {done} of {total})")
     else:
         if args.resume and state != "missing":
             print(f"--resume: no checkpoint in {out} yet; starting from the beginning")
-        metrics.unlink(missing_ok=True)
-        for _, d in checkpoint.list_checkpoints(out):
-            shutil.rmtree(d)
-    cli.save_args(args, out)
+        if main_rank:
+            metrics.unlink(missing_ok=True)
+            for _, d in checkpoint.list_checkpoints(out):
+                shutil.rmtree(d)
+    if args.grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    dist.shard_model(model, device, bf16=args.bf16)
+    if ref is not None:
+        dist.shard_model(ref, device, bf16=args.bf16)  # (no optimizer state: sharding only saves its memory)
+    if main_rank:
+        cli.save_args(args, out)
     n_tok = sum(len(e.response_ids) for e in examples)
     print(f"consolidating {resolve_model(args.model)} on {len(examples)} trajectories ({n_tok} response tokens"
           f"{f', {truncated} truncated to {max_len} tokens' if truncated else ''}"
           f"{f', {n_wrong} marked incorrect' if n_wrong else ''}): {total} steps of {args.batch_size}, "
-          f"lr {args.lr}, warmup {cfg.warmup}, kl_coef {args.kl_coef}, {device}{' bf16' if args.bf16 else ''}")
+          f"lr {args.lr}, warmup {cfg.warmup}, kl_coef {args.kl_coef}, {device}{' bf16' if args.bf16 else ''}"
+          f"{f', {dist.world_size()} ranks (FSDP)' if dist.is_distributed() else ''}")
 
     def on_step(step, row, opt, sched):
         row["epoch"] = round(step * args.batch_size / len(examples), 3)
-        cli.log_metrics(metrics, "consolidate", row)
+        if main_rank:
+            cli.log_metrics(metrics, "consolidate", row)
         if args.save_every and step % args.save_every == 0 and step < total:
-            new = checkpoint.save(out, step, model, tok, {"optimizer": opt.state_dict(),
-                                                          "scheduler": sched.state_dict()})
-            for _, old in checkpoint.list_checkpoints(out):  # a resume point is all we need: keep the latest
-                if old != new:
-                    shutil.rmtree(old)
+            new = checkpoint.save(out, step, model, tok, {"optimizer": dist.optimizer_state(opt),
+                                                          "scheduler": sched.state_dict()})  # (every rank)
+            if main_rank:
+                for _, old in checkpoint.list_checkpoints(out):  # a resume point is all we need: keep the latest
+                    if old != new:
+                        shutil.rmtree(old)
 
     t0 = time.time()
     rows = sft.train(model, examples, cfg, pad_id=tok.pad_token_id, ref_model=ref, state=resume_state,
@@ -198,6 +240,10 @@ def main(argv=None):
 
     # --- the final folder: complete, then renamed over DIR in one step (drops the resume checkpoints) -------
     model.eval()
+    if not main_rank:
+        checkpoint.write_model(model, tok, None)  # the gather rank 0's write_model below needs
+        dist.barrier()
+        return 0
     all_rows = [r for _, r in read_jsonl(metrics, allow_empty=True)]
     summary = {"model": resolve_model(args.model), "data": args.data, "trajectories": len(trajs),
                "examples": len(examples), "response_tokens": n_tok, "truncated": truncated, "steps": total,
@@ -207,8 +253,7 @@ def main(argv=None):
                "seconds_this_run": round(time.time() - t0, 1), "steps_this_run": len(rows)}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.final.", dir=out.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        checkpoint.write_model(model, tok, tmp)  # under FSDP: the weights gathered from every rank's shard
         for name in ("args.json", "metrics.jsonl"):
             shutil.copy2(out / name, tmp / name)
         cli.atomic_write_json(tmp / DONE, summary)
@@ -216,6 +261,7 @@ def main(argv=None):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    dist.barrier()  # the other ranks wait for the finished folder
     sps = len(rows) / max(1e-9, time.time() - t0)
     print(f"loss {summary['loss_first']} -> {summary['loss_last']} over {total} steps ({sps:.2f} steps/s); "
           f"wrote {out}")

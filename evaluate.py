@@ -51,6 +51,7 @@ def get_args(argv=None):
     cli.check_positive(args, "limit", allow_zero=True)
     if not 0 < args.top_p <= 1:
         raise cli.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    cli.check_out_dir(args.out)
     return args
 
 

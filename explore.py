@@ -33,12 +33,21 @@ Writes, under --out:
   args.json            the resolved arguments
 --resume continues from the newest checkpoint; with the same arguments it ends with the weights an
 uninterrupted run ends with (data order and sampling seeds are functions of (seed, step), not of history).
+
+Several GPUs / nodes (lib/dist.py): `torchrun --nproc_per_node N explore.py ...`. The policy is sharded with
+FSDP2 (one shard per rank); every rank draws the same prompts and generates for its contiguous share of them
+(a group of --tp ranks shares one vLLM engine and one share); scores and token ids are gathered so that every
+rank takes the same dynamic-sampling decisions; each rank trains on its share of every mini-batch (all n
+responses of a prompt stay on one rank), with the token mean over ALL ranks' tokens. Rank 0 alone writes logs,
+JSONL files and checkpoints (one from_pretrained folder, gathered from the shards; optimizer shards per rank
+in resume/). --resume needs the same world size. A plain `python explore.py` never touches torch.distributed.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
+import os
 import random
 import re
 import time
@@ -49,11 +58,11 @@ from typing import Callable
 
 import torch
 
-from lib import checkpoint, cli, data, reward
+from lib import checkpoint, cli, data, dist, reward
 from lib.dapo import group_advantages, kept_group_ids, overlong_penalty, policy_loss
 from lib.modeling import load_policy, resolve_model, token_logprobs
 from lib.records import append_jsonl, truncate_to
-from lib.rollout import Completion, make_engine, to_trajectories
+from lib.rollout import Completion, HFEngine, VLLMEngine, make_engine, to_trajectories, vllm_available
 from lib.sft import lr_factor, micro_batches
 
 RewardFn = Callable[[str, str], dict]  # (response, ground_truth) -> {"score", "acc", "pred"}
@@ -75,7 +84,9 @@ def get_args(argv=None):
     a("--prompts-per-step", type=int, default=32, help="prompts trained on per step (DAPO: 512)")
     a("--gen-batch-size", type=int, default=0,
       help="prompts per generation batch; 0 = --prompts-per-step (DAPO: 1536, 3x the train batch)")
-    a("--n", type=int, default=8, help="responses per prompt (DAPO: 16)")
+    a("--n", "--n-responses", dest="n", type=int, default=8,
+      help="responses per prompt (DAPO: 16). Under torchrun spell it --n-responses: torchrun's own parser "
+           "rejects --n as an ambiguous abbreviation of its --nnodes / --nproc-per-node")
     a("--max-new-tokens", type=int, default=80, help="response length cap (DAPO: 20480)")
     a("--temperature", type=float, default=1.0, help="sampling temperature (DAPO: 1.0)")
     a("--top-p", type=float, default=1.0, help="nucleus sampling (DAPO: 1.0)")
@@ -114,12 +125,24 @@ def get_args(argv=None):
       help="rollout engine: vllm when importable and a GPU is present, else transformers")
     a("--gpu-memory-utilization", type=float, default=0.5,
       help="vLLM: share of GPU memory for the engine (the trainer lives on the same GPU)")
-    a("--device", default="auto", help="cpu / cuda / auto")
+    a("--tp", type=int, default=1,
+      help="vLLM: tensor-parallel size of each rollout engine; under torchrun each group of --tp ranks shares "
+           "one engine (the world size must be a multiple); > 1 needs torchrun")
+    a("--sleep-mode", action="store_true",
+      help="vLLM: free the engine's GPU memory (weights offloaded, KV cache dropped: llm.sleep(level=1)) while "
+           "the policy trains, wake it and push the new weights after each step")
+    a("--device", default="auto", help="cpu / cuda / auto (under torchrun on GPU: cuda:LOCAL_RANK)")
+    a("--bf16", action=argparse_bool(), default=None,
+      help="bf16 autocast for the training forward (and FSDP all-gathers in bf16; fp32 master weights, AdamW "
+           "states and gradient reduction); default: on for cuda")
+    a("--grad-checkpointing", action="store_true",
+      help="recompute each decoder layer's activations in backward (model.gradient_checkpointing_enable): "
+           "less memory for long responses, ~30%% more compute")
     a("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
     args = p.parse_args(argv)
 
     cli.check_positive(args, "steps", "save_every", "prompts_per_step", "n", "max_new_tokens", "mini_batch",
-                       "micro_batch", "max_nonfinite")
+                       "micro_batch", "max_nonfinite", "tp")
     cli.check_positive(args, "limit", "gen_batch_size", "max_gen_batches", "overlong_buffer", "warmup_steps",
                        allow_zero=True)
     if args.prompts_per_step % args.mini_batch:
@@ -135,6 +158,8 @@ def get_args(argv=None):
     if args.overlong_shaping and args.overlong_buffer >= args.max_new_tokens:
         raise cli.UserError(f"--overlong-buffer ({args.overlong_buffer}) must be < --max-new-tokens "
                             f"({args.max_new_tokens})")
+    if args.backend == "hf" and (args.tp > 1 or args.sleep_mode):
+        raise cli.UserError("--tp and --sleep-mode are vLLM options; they need --backend vllm (or auto on a GPU)")
     return args
 
 
@@ -166,10 +191,12 @@ class PromptStream:
         return out
 
 
-def sample_seed(seed: int, step: int, gen_batch: int) -> int:
+def sample_seed(seed: int, step: int, gen_batch: int, replica: int = 0) -> int:
     """Sampling seed of one generation batch: a function of (seed, step, batch), so a resumed run draws the
-    same responses as an uninterrupted one."""
-    return random.Random(f"{seed}-{step}-{gen_batch}").getrandbits(31)
+    same responses as an uninterrupted one. Under torchrun each rollout replica (rank, or group of --tp ranks)
+    gets its own stream; replica 0's is the single-process one."""
+    key = f"{seed}-{step}-{gen_batch}" + (f"-r{replica}" if replica else "")
+    return random.Random(key).getrandbits(31)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -214,6 +241,43 @@ def score_groups(problems, comps: list[list[Completion]], prompt_ids: list[list[
     return groups
 
 
+def rollout(engine, problems, tokenizer, reward_fn: RewardFn, args, step: int, gen: int, shaping: int) -> list[Group]:
+    """Generate and score one generation batch -> its groups, in draw order, on every rank.
+
+    Under torchrun each rollout replica (a rank; with --tp, a group of tp ranks sharing one vLLM engine) takes
+    a contiguous share of the prompts, samples and scores it (the verifier runs in parallel too), and the
+    shares are gathered in replica order, so every rank holds the same list of groups, in the order one process
+    would have produced them (the samples differ: each replica has its own seed)."""
+    replicas, replica = dist.world_size() // args.tp, dist.rank() // args.tp
+    mine = dist.shard(problems, replicas, replica)
+    prompt_ids = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in mine]
+    comps = engine.generate([p.prompt for p in mine], n=args.n, max_new_tokens=args.max_new_tokens,
+                            temperature=args.temperature, top_p=args.top_p,
+                            seed=sample_seed(args.seed, step, gen, replica))
+    groups = score_groups(mine, comps, prompt_ids, reward_fn, step, args.max_new_tokens, shaping,
+                          args.overlong_factor)
+    return gather_groups(groups, args.tp) if dist.is_distributed() else groups
+
+
+def gather_groups(groups: list[Group], tp: int = 1) -> list[Group]:
+    """Every replica's groups, on every rank, in replica order. What travels: scores and token ids to every
+    rank (any rank may train on any kept group: the next step splits mini-batches by rank, not by who sampled);
+    the rollouts.jsonl rows (with their text) to rank 0 only, the one writer. Completion text and sampled
+    log-probs stay behind (the update recomputes log-probs; the rows hold the text). At DAPO's scale this is
+    ~100 MB of pickled token ids per generation batch: small next to minutes of generation."""
+    rows = dist.gather_object([g.rows for g in groups])  # rank 0: one list per rank; elsewhere None
+    light = [dataclasses.replace(g, rows=[], completions=[Completion(c.token_ids, [], "", c.finish_reason)
+                                                          for c in g.completions]) for g in groups]
+    shares = dist.all_gather_object(light)
+    out = []
+    for r in range(0, len(shares), tp):  # the ranks of one tp group hold the same share: take its first
+        for j, g in enumerate(shares[r]):
+            if rows is not None:
+                g.rows = rows[r][j]
+            out.append(g)
+    return out
+
+
 def collect_batch(engine, stream: PromptStream, tokenizer, reward_fn: RewardFn, args, step: int,
                   log: Callable[[str], None] = print) -> StepBatch:
     """Draw generation batches until prompts_per_step groups pass the filter (or the cap is hit)."""
@@ -224,14 +288,9 @@ def collect_batch(engine, stream: PromptStream, tokenizer, reward_fn: RewardFn, 
     rows: list[dict] = []
     drawn = passed = gen = 0
     while True:
-        problems = stream.draw(per_gen)
-        prompt_ids = [tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
-        comps = engine.generate([p.prompt for p in problems], n=args.n, max_new_tokens=args.max_new_tokens,
-                                temperature=args.temperature, top_p=args.top_p,
-                                seed=sample_seed(args.seed, step, gen))
+        problems = stream.draw(per_gen)  # the same prompts on every rank (same seed, same position)
+        groups = rollout(engine, problems, tokenizer, reward_fn, args, step, gen, shaping)
         gen += 1
-        groups = score_groups(problems, comps, prompt_ids, reward_fn, step, args.max_new_tokens, shaping,
-                              args.overlong_factor)
         drawn += len(groups)
         if args.dynamic_sampling:
             # group g = the g-th prompt of this generation batch (a prompt drawn twice is two groups)
@@ -257,8 +316,10 @@ def collect_batch(engine, stream: PromptStream, tokenizer, reward_fn: RewardFn, 
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The update. Pure-ish functions of (model, optimizer, tensors) so that a distributed driver (issue 6: torchrun
-# + FSDP2) can reuse them: it only has to all-reduce `global_tokens` / `global_seqs` and scale the loss.
+# The update. Pure-ish functions of (model, optimizer, tensors). Under torchrun (FSDP2) the same functions
+# run on every rank, each on its share of the mini-batch: optimizer_update all-reduces `global_tokens` /
+# `global_seqs` and multiplies the loss by the world size (FSDP averages gradients over ranks; the token mean
+# over all ranks needs their sum), train_on_batch gives every rank the same number of forward passes.
 
 
 @dataclass
@@ -285,6 +346,7 @@ class LossConfig:
     clip_ratio_c: float = 10.0
     agg: str = "token-mean"
     temperature: float = 1.0  # log-probs under softmax(logits / T), the distribution that was sampled
+    bf16: bool | None = None  # bf16 autocast; None = on for cuda
 
 
 def make_micro_batches(seqs: list[Seq], size: int, pad_id: int, device, balance: bool = True) -> list[MicroBatch]:
@@ -319,20 +381,30 @@ def make_micro_batches(seqs: list[Seq], size: int, pad_id: int, device, balance:
     return out
 
 
-def autocast(device: torch.device):
-    """bf16 compute on GPU with fp32 master weights (an lr of 1e-6 is below bf16's resolution of a weight)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(device: torch.device, bf16: bool | None = None):
+    """bf16 compute (default: on GPU) with fp32 master weights (an lr of 1e-6 is below bf16's resolution)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=device.type == "cuda" if bf16 is None else bf16)
+
+
+def empty_micro_batch(pad_id: int, device) -> MicroBatch:
+    """A micro-batch with no response token: zero loss, zero gradient. Under FSDP every rank must run the same
+    number of forward/backward passes (each one all-gathers and reduce-scatters with the other ranks); a rank
+    with fewer sequences pads its plan with these."""
+    ids = torch.full((1, 2), pad_id, dtype=torch.long, device=device)
+    return MicroBatch(ids, torch.ones_like(ids), torch.zeros((1, 2), dtype=torch.bool, device=device),
+                      torch.zeros(1, device=device))
 
 
 @torch.no_grad()
-def fill_old_logprobs(model, mbs: list[MicroBatch], temperature: float) -> tuple[float, int]:
+def fill_old_logprobs(model, mbs: list[MicroBatch], temperature: float, bf16: bool | None = None) -> tuple[float, int]:
     """Score every micro-batch with the current (= sampling) policy, before any update, through the same
     forward and the same micro-batches the update uses, so the first update sees a ratio of exactly 1.
     Returns (entropy summed over response tokens, response tokens)."""
     device = mbs[0].ids.device
     ent_sum, n_tok = 0.0, 0
     for mb in mbs:
-        with autocast(device):
+        with autocast(device, bf16):
             logp, ent = token_logprobs(model, mb.ids, mb.attn, temperature, with_entropy=True)  # [b, T] x2
         mb.old_logp = logp.float()
         ent_sum += ent.float()[mb.mask].sum().item()
@@ -341,18 +413,19 @@ def fill_old_logprobs(model, mbs: list[MicroBatch], temperature: float) -> tuple
 
 
 def accumulate_gradients(model, mbs: list[MicroBatch], cfg: LossConfig, global_tokens: float,
-                         global_seqs: float) -> dict:
+                         global_seqs: float, loss_scale: float = 1.0) -> dict:
     """Forward + backward over one mini-batch's micro-batches. Each micro-batch's loss is its share of the
     mini-batch loss (divided by global_tokens / global_seqs, the mini-batch totals), so the accumulated
     gradient equals the one of a single pass over the whole mini-batch. Under data parallelism, pass the
-    totals over all ranks and multiply the loss by the world size (gradients are averaged over ranks).
-    Returns sums over the mini-batch: loss, token-weighted stats, entropy (when old_logp is None)."""
+    totals over all ranks and loss_scale = world size (FSDP averages gradients over ranks).
+    Returns sums over the mini-batch (this rank's part): loss (unscaled), token-weighted stats, entropy
+    (when old_logp is None)."""
     device = mbs[0].ids.device
     out = {"loss": 0.0, "tokens": 0, "clipfrac_high": 0.0, "clipfrac_low": 0.0, "clipfrac_dual": 0.0,
            "approx_kl": 0.0, "entropy_sum": 0.0}
     for mb in mbs:
         reuse = mb.old_logp is None  # one update per step: the sampling policy IS the current one
-        with autocast(device):
+        with autocast(device, cfg.bf16):
             if reuse:
                 logp, ent = token_logprobs(model, mb.ids, mb.attn, cfg.temperature, with_entropy=True)
                 out["entropy_sum"] += ent.float()[mb.mask].sum().item()
@@ -363,12 +436,13 @@ def accumulate_gradients(model, mbs: list[MicroBatch], cfg: LossConfig, global_t
         loss, st = policy_loss(logp, old, mb.adv, mb.mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
                                clip_ratio_c=cfg.clip_ratio_c, agg=cfg.agg, global_tokens=global_tokens,
                                global_seqs=global_seqs)
-        loss.backward()
+        (loss * loss_scale).backward()
         k = int(mb.mask.sum())
         out["loss"] += loss.item()
         out["tokens"] += k
-        for name in ("clipfrac_high", "clipfrac_low", "clipfrac_dual", "approx_kl"):
-            out[name] += st[name] * k  # stats are means over this micro-batch's tokens
+        if k:  # (an empty padding micro-batch has no stats)
+            for name in ("clipfrac_high", "clipfrac_low", "clipfrac_dual", "approx_kl"):
+                out[name] += st[name] * k  # stats are means over this micro-batch's tokens
     return out
 
 
@@ -378,9 +452,15 @@ def optimizer_update(model, optimizer, mbs: list[MicroBatch], cfg: LossConfig, g
     optimizer.zero_grad(set_to_none=True)
     global_tokens = float(sum(int(mb.mask.sum()) for mb in mbs))
     global_seqs = float(sum(int((mb.mask.sum(-1) > 0).sum()) for mb in mbs))
-    st = accumulate_gradients(model, mbs, cfg, global_tokens, global_seqs)
+    if dist.is_distributed():  # the mini-batch is spread over the ranks: normalise by its total over all
+        global_tokens, global_seqs = dist.all_reduce_sum([global_tokens, global_seqs])
+    st = accumulate_gradients(model, mbs, cfg, global_tokens, global_seqs, loss_scale=dist.loss_scale())
+    if dist.is_distributed():  # the whole mini-batch's sums, the same on every rank (so is the skip decision)
+        keys = ["loss", "tokens", "clipfrac_high", "clipfrac_low", "clipfrac_dual", "approx_kl", "entropy_sum"]
+        st.update(zip(keys, dist.all_reduce_sum([st[k] for k in keys])))
+        st["tokens"] = int(st["tokens"])
     # clip_grad_norm_ returns the norm BEFORE clipping: the number the paper's stability claim is about
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip).item()
+    grad_norm = dist.clip_grad_norm(model.parameters(), grad_clip)
     st["grad_norm"] = grad_norm
     st["skipped"] = not (math.isfinite(st["loss"]) and math.isfinite(grad_norm))
     if st["skipped"]:
@@ -403,20 +483,28 @@ def build_seqs(groups: list[Group]) -> list[list[Seq]]:
 
 
 def train_on_batch(model, optimizer, groups: list[Group], args, pad_id: int, device) -> dict:
-    """Split the step's groups into mini-batches of --mini-batch prompts and make one update on each."""
+    """Split the step's groups into mini-batches of --mini-batch prompts and make one update on each.
+    Under torchrun `groups` is the same list on every rank; each rank takes a contiguous share of every
+    mini-batch's groups (the update is still one update per mini-batch, over all ranks' shares)."""
     cfg = LossConfig(args.eps_low, args.eps_high if args.clip_higher else args.eps_low, args.clip_ratio_c,
-                     args.loss_agg, args.temperature)
-    per_group = build_seqs(groups)
-    minis = [[s for grp in per_group[i:i + args.mini_batch] for s in grp]
+                     args.loss_agg, args.temperature, getattr(args, "bf16", None))
+    per_group = build_seqs(groups)  # advantages are per group: the same wherever the group trains
+    minis = [[s for grp in dist.shard(per_group[i:i + args.mini_batch]) for s in grp]
              for i in range(0, len(per_group), args.mini_batch)]
-    plans = [make_micro_batches(m, args.micro_batch, pad_id, device) for m in minis]
+    plans = [make_micro_batches(m, args.micro_batch, pad_id, device) if m else [] for m in minis]
+    if dist.is_distributed():  # the same number of forward/backward passes on every rank (FSDP collectives)
+        most = dist.all_reduce_max([len(mbs) for mbs in plans])
+        plans = [mbs + [empty_micro_batch(pad_id, device) for _ in range(int(k) - len(mbs))]
+                 for mbs, k in zip(plans, most)]
     model.train()
     ent_sum = ent_tok = 0.0
     if len(plans) > 1:
         # old log-probs for ALL mini-batches before the first update changes the weights
         for mbs in plans:
-            e, k = fill_old_logprobs(model, mbs, cfg.temperature)
+            e, k = fill_old_logprobs(model, mbs, cfg.temperature, cfg.bf16)
             ent_sum, ent_tok = ent_sum + e, ent_tok + k
+        if dist.is_distributed():
+            ent_sum, ent_tok = dist.all_reduce_sum([ent_sum, ent_tok])
     # else: one update per step -> skip the extra forward; the update reuses its own detached log-probs
     # (identical to recomputing them: same weights, same micro-batches), so the ratio is exactly 1.
     results = [optimizer_update(model, optimizer, mbs, cfg, args.grad_clip) for mbs in plans]
@@ -440,11 +528,75 @@ def train_on_batch(model, optimizer, groups: list[Group], args, pad_id: int, dev
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Rollout engines next to an FSDP2 trainer
+
+
+class ShardedHFEngine(HFEngine):
+    """The HF engine over an FSDP2-sharded policy. Ranks decode different prompts for different numbers of
+    tokens, so FSDP's per-layer all-gathers inside forward could never line up across ranks; each generate()
+    gathers the full weights once on every rank (dist.unsharded), decodes without any collective, and frees
+    them again. Costs one full copy of the weights per rank while it runs: fine for the toy and small models;
+    at scale use --backend vllm."""
+
+    def generate(self, prompts, *a, **kw):
+        with dist.unsharded(self.model):  # a collective: every rank enters, even with no prompt of its own
+            return super().generate(prompts, *a, **kw)
+
+
+class ColocatedVLLM(VLLMEngine):
+    """vLLM on the trainer's GPUs: one engine per rank, or one per group of --tp ranks (tensor parallel).
+
+    Under torchrun the engine runs inside the rank (vLLM's "external_launcher" executor: no worker processes
+    of its own; with --tp its tensor-parallel shard lives in this rank and talks to the other ranks of its
+    group), so pushing weights is a function call on every rank. Every rank of a tp group must make the same
+    calls with the same prompts: they hold the same rollout share, and the same engine seed.
+    --sleep-mode: sleep() before the update frees the engine's GPU memory for the trainer (level 1: weights
+    offloaded to CPU, KV cache dropped), wake_up() + sync_weights() after it. Needs a GPU: the CPU tests
+    drive this glue through a fake LLM."""
+
+    def __init__(self, model_path: str, tokenizer, tp: int = 1, sleep_mode: bool = False,
+                 gpu_memory_utilization: float = 0.5, seed: int = 0, trust_remote_code: bool = False):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process (read by LLM(...))
+        from vllm import LLM
+
+        self.tok, self.dtype, self.in_process, self.tp, self.sleep_mode = tokenizer, torch.bfloat16, True, tp, sleep_mode
+        kw = {"distributed_executor_backend": "external_launcher"} if dist.is_distributed() else {}
+        self.llm = LLM(model=model_path, tensor_parallel_size=tp, gpu_memory_utilization=gpu_memory_utilization,
+                       dtype="bfloat16", seed=seed, enable_sleep_mode=sleep_mode, trust_remote_code=trust_remote_code,
+                       **kw)
+
+    def generate(self, prompts, *a, **kw):
+        return super().generate(prompts, *a, **kw) if prompts else []
+
+    def sleep(self) -> None:
+        if self.sleep_mode:
+            self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        if self.sleep_mode:
+            self.llm.wake_up()
+
+    @torch.no_grad()
+    def sync_weights(self, model) -> None:
+        """Push the policy's current weights into this rank's engine, in memory: full tensors gathered from
+        the FSDP shards one at a time (every rank walks the same names in the same order), cast to the engine
+        dtype; vLLM's load_weights maps HF names onto its fused layers and slices them for its tp shard. Then
+        the prefix cache is reset (KV blocks of the old weights)."""
+        dtype = self.dtype
+
+        def load(vllm_model):  # runs inside vLLM's worker, which lives in this process
+            vllm_model.load_weights(weights=((name, t.detach().to(dtype)) for name, t in dist.full_tensors(model)))
+
+        self.llm.apply_model(load)
+        self.llm.reset_prefix_cache()
+
+
+# ---------------------------------------------------------------------------------------------------------
 # main
 
 
-def prepare_out(args) -> tuple[Path | None, dict | None]:
-    """Decide between a fresh start and a resume. Returns (checkpoint to resume from, its state)."""
+def prepare_out(args, load: bool = True) -> tuple[Path | None, dict | None]:
+    """Decide between a fresh start and a resume. Returns (checkpoint to resume from, its state if load)."""
     out = Path(args.out)
     checkpoint.clean_partial(out)
     ckpts = checkpoint.list_checkpoints(out)
@@ -457,32 +609,72 @@ def prepare_out(args) -> tuple[Path | None, dict | None]:
     if last is None:
         print(f"--resume: no complete checkpoint in {out}; starting from the beginning")
         return None, None
-    return last, checkpoint.load_state(last)
+    return last, checkpoint.load_state(last) if load else None
 
 
 def main(argv=None, *, reward_fn: RewardFn | None = None, engine_fn: Callable | None = None):
     """`reward_fn` replaces the verifier and `engine_fn(model, tokenizer, model_path)` the rollout engine:
-    hooks for tests and experiments; the command line never sets them."""
+    hooks for tests and experiments; the command line never sets them. Under torchrun every rank runs this."""
     args = get_args(argv)
+    distributed = dist.init()  # False without torchrun: nothing below touches torch.distributed then
+    try:
+        with dist.quiet_unless_main():
+            return run(args, reward_fn, engine_fn)
+    finally:
+        if distributed:
+            dist.teardown()
+
+
+def build_engine(args, model, tok, model_path: str, engine_fn: Callable | None):
+    if engine_fn is not None:
+        return engine_fn(model, tok, model_path)
+    backend = args.backend
+    if backend == "auto":
+        backend = "vllm" if vllm_available() else "hf"
+    if backend == "hf" and (args.tp > 1 or args.sleep_mode):
+        raise cli.UserError("--tp and --sleep-mode are vLLM options; this run uses the HF engine (no vllm or no GPU)")
+    if backend == "vllm":
+        return ColocatedVLLM(model_path, tok, tp=args.tp, sleep_mode=args.sleep_mode,
+                             gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed,
+                             trust_remote_code=args.trust_remote_code)
+    if dist.is_sharded(model):
+        return ShardedHFEngine(model, tok)
+    return make_engine("hf", model, tok, model_path)
+
+
+def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
     out = Path(args.out)
-    # the prompt set first: a bad file fails in a second, before any model is loaded
-    problems = data.load_problems(args.data, split=args.split, limit=args.limit)
-    resume_from, state = prepare_out(args)
+    main_rank = dist.is_main()
+    if dist.world_size() % args.tp:
+        raise cli.UserError(f"--tp {args.tp} must divide the number of processes ({dist.world_size()}); "
+                            f"--tp > 1 needs torchrun")
+    # the prompt set first: a bad file fails in a second, before any model is loaded ('toy' may build files:
+    # rank 0 first)
+    problems = dist.main_first(lambda: data.load_problems(args.data, split=args.split, limit=args.limit))
+    if dist.is_distributed():
+        # rank 0 alone inspects and cleans --out; every rank then reads its own part of the resume state
+        resume_from = dist.main_decides(lambda: prepare_out(args, load=False)[0])
+        state = checkpoint.load_state(resume_from) if resume_from else None
+    else:
+        resume_from, state = prepare_out(args)
     if state is not None and state["step"] >= args.steps:
         print(f"{out}: finished run (checkpoint {resume_from.name} is at step {state['step']} >= --steps "
               f"{args.steps}); nothing to do")
         return 0
 
     cli.seed_everything(args.seed)
-    device = cli.pick_device(args.device)
-    model_path = str(resume_from) if resume_from else resolve_model(args.model)
-    model, tok = load_policy(model_path, device=device, trust_remote_code=args.trust_remote_code)
+    device = dist.device(args.device)
+    if args.bf16 is None:
+        args.bf16 = device.type == "cuda"
+    model_path = str(resume_from) if resume_from else dist.main_first(lambda: resolve_model(args.model))
+    # under FSDP: load on the CPU, shard_model moves only this rank's shard to the device
+    model, tok = load_policy(model_path, device="cpu" if dist.is_distributed() else device,
+                             trust_remote_code=args.trust_remote_code)
+    if args.grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    dist.shard_model(model, device, bf16=args.bf16)
     data.render_prompts(problems, tok)
-    if engine_fn is not None:
-        engine = engine_fn(model, tok, model_path)
-    else:
-        engine = make_engine(args.backend, model, tok, model_path, gpu_memory_utilization=args.gpu_memory_utilization,
-                             seed=args.seed, trust_remote_code=args.trust_remote_code, in_process=True)
+    engine = build_engine(args, model, tok, model_path, engine_fn)
     verifier = reward_fn or functools.partial(reward.score, mode=args.reward)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
@@ -494,34 +686,42 @@ def main(argv=None, *, reward_fn: RewardFn | None = None, engine_fn: Callable | 
     rollouts_path, metrics_path = out / "rollouts.jsonl", out / "metrics.jsonl"
     start, bad_streak = 0, 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        dist.load_optimizer_state(optimizer, state["optimizer"])  # (under FSDP: this rank's shard)
         scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
         stream.position = state["data_position"]
         start, bad_streak = state["step"], state["nonfinite_streak"]
-        # drop whatever a killed run wrote after its last checkpoint: no torn lines, no duplicate steps
-        truncate_to(rollouts_path, state["rollouts_bytes"])
-        truncate_to(metrics_path, state["metrics_bytes"])
+        if main_rank:
+            # drop whatever a killed run wrote after its last checkpoint: no torn lines, no duplicate steps
+            truncate_to(rollouts_path, state["rollouts_bytes"])
+            truncate_to(metrics_path, state["metrics_bytes"])
         print(f"resuming {out} from {resume_from.name} (step {start}, data position {stream.position})")
-        free = {"resume", "steps", "save_every", "device", "backend", "gpu_memory_utilization", "max_nonfinite"}
+        free = {"resume", "steps", "save_every", "device", "backend", "gpu_memory_utilization", "max_nonfinite",
+                "tp", "sleep_mode", "grad_checkpointing"}
         changed = [f"--{k.replace('_', '-')} {v!r} -> {getattr(args, k)!r}" for k, v in state["args"].items()
                    if k not in free and getattr(args, k, v) != v]
         if changed:  # allowed (e.g. a lower lr after a blow-up), but the run is no longer one recipe
             print("warning: resuming with changed arguments: " + ", ".join(changed))
-    else:
+    elif main_rank:
         out.mkdir(parents=True, exist_ok=True)
         for f in (rollouts_path, metrics_path):  # a run killed before its first checkpoint leaves these
             f.unlink(missing_ok=True)
-    cli.save_args(args, out)
-    print(f"explore: {len(problems)} prompts, model {model_path}, device {device}, engine "
+    if main_rank:
+        cli.save_args(args, out)
+    world = f", {dist.world_size()} ranks (FSDP)" if dist.is_distributed() else ""
+    print(f"explore: {len(problems)} prompts, model {model_path}, device {device}{world}, engine "
           f"{type(engine).__name__}, steps {start + 1}..{args.steps}")
 
-    rollouts_bytes = rollouts_path.stat().st_size if rollouts_path.exists() else 0
+    rollouts_bytes = rollouts_path.stat().st_size if main_rank and rollouts_path.exists() else 0
     for step in range(start + 1, args.steps + 1):
         t0 = time.time()
         batch = collect_batch(engine, stream, tok, verifier, args, step)
-        rollouts_bytes = append_jsonl(rollouts_path, batch.rows)
+        if main_rank:  # (the rows of every rank were gathered on rank 0)
+            rollouts_bytes = append_jsonl(rollouts_path, batch.rows)
         t_gen = time.time() - t0
+        sleep = getattr(engine, "sleep", None)
+        if sleep:  # vLLM --sleep-mode: hand the engine's GPU memory to the update
+            sleep()
         if batch.groups:
             st = train_on_batch(model, optimizer, batch.groups, args, tok.pad_token_id, device)
         else:
@@ -533,57 +733,69 @@ def main(argv=None, *, reward_fn: RewardFn | None = None, engine_fn: Callable | 
         with warnings.catch_warnings():  # a step without an update (nothing kept) is fine: the schedule is by step
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
             scheduler.step()
+        wake_up = getattr(engine, "wake_up", None)
+        if wake_up:
+            wake_up()
         engine.sync_weights(model)  # vLLM: push the new weights in memory; HF engine: no-op (same model)
         step_time = time.time() - t0
 
-        for skipped in st["skipped_flags"]:  # consecutive non-finite updates, across steps
+        for skipped in st["skipped_flags"]:  # consecutive non-finite updates, across steps (same on every rank)
             bad_streak = bad_streak + 1 if skipped else 0
-        lengths = [r["response_tokens"] for r in batch.rows]
-        row = {
-            "step": step,
-            "reward": _mean([r["reward"] for r in batch.rows]),  # over every rollout drawn this step
-            "acc": _mean([float(r["acc"]) for r in batch.rows]),
-            "train_reward": _mean([x for g in batch.groups for x in g.rewards]),  # the trained (filtered) groups
-            "groups_kept": batch.passed_filter / max(1, batch.drawn_groups),
-            "gen_batches": batch.gen_batches,
-            "train_prompts": len(batch.groups),
-            "capped": int(batch.capped),
-            "resp_len_mean": _mean(lengths),
-            "resp_len_max": max(lengths),
-            "truncated": _mean([float(r["finish_reason"] == "length") for r in batch.rows]),
-            "entropy": st["entropy"],
-            "pg_loss": st["pg_loss"],
-            "grad_norm": st["grad_norm"],
-            "grad_norm_max": st["grad_norm_max"],
-            "clipfrac_high": st["clipfrac_high"],
-            "clipfrac_low": st["clipfrac_low"],
-            "clipfrac_dual": st["clipfrac_dual"],
-            "approx_kl": st["approx_kl"],
-            "updates": st["updates"],
-            "skipped_updates": st["skipped"],
-            "lr": lr_used,
-            # verl's throughput: prompt + response tokens of every rollout drawn, per second of the whole step
-            "tokens_per_s": sum(r["prompt_tokens"] + r["response_tokens"] for r in batch.rows) / max(step_time, 1e-9),
-            "gen_time": t_gen,
-            "step_time": step_time,
-        }
-        cli.log_metrics(metrics_path, "explore", {k: _json_num(v) for k, v in row.items()})
+        if main_rank:
+            cli.log_metrics(metrics_path, "explore",
+                            {k: _json_num(v) for k, v in step_row(step, batch, st, lr_used, t_gen, step_time).items()})
         if bad_streak >= args.max_nonfinite:
             raise cli.UserError(f"step {step}: {bad_streak} consecutive updates had a non-finite loss or gradient "
                                 f"(--max-nonfinite {args.max_nonfinite}); stopping. Lower --lr or check the data; "
                                 f"--resume continues from the last checkpoint", code=1)
 
         if step % args.save_every == 0 or step == args.steps:
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            # under FSDP: "optimizer" is this rank's shard (resume/optim_rank{r}.pt), the rest is rank 0's
+            state = {"optimizer": dist.optimizer_state(optimizer), "scheduler": scheduler.state_dict(),
                      "data_position": stream.position, "nonfinite_streak": bad_streak,
-                     "rollouts_bytes": rollouts_bytes, "metrics_bytes": metrics_path.stat().st_size,
+                     "rollouts_bytes": rollouts_bytes,
+                     "metrics_bytes": metrics_path.stat().st_size if main_rank else 0,
                      "args": {k: v for k, v in vars(args).items()}}
-            saved = checkpoint.save(out, step, model, tok, state)
-            for _, older in checkpoint.list_checkpoints(out):  # one resume state is enough; weights stay
-                if older != saved:
-                    checkpoint.drop_resume_state(older)
+            saved = checkpoint.save(out, step, model, tok, state)  # (a collective under FSDP)
+            if main_rank:
+                for _, older in checkpoint.list_checkpoints(out):  # one resume state is enough; weights stay
+                    if older != saved:
+                        checkpoint.drop_resume_state(older)
             print(f"saved {saved}")
     return 0
+
+
+def step_row(step: int, batch: StepBatch, st: dict, lr_used: float, t_gen: float, step_time: float) -> dict:
+    """The metrics.jsonl row of one step (rank 0: it holds every rank's rollout rows)."""
+    lengths = [r["response_tokens"] for r in batch.rows]
+    return {
+        "step": step,
+        "reward": _mean([r["reward"] for r in batch.rows]),  # over every rollout drawn this step
+        "acc": _mean([float(r["acc"]) for r in batch.rows]),
+        "train_reward": _mean([x for g in batch.groups for x in g.rewards]),  # the trained (filtered) groups
+        "groups_kept": batch.passed_filter / max(1, batch.drawn_groups),
+        "gen_batches": batch.gen_batches,
+        "train_prompts": len(batch.groups),
+        "capped": int(batch.capped),
+        "resp_len_mean": _mean(lengths),
+        "resp_len_max": max(lengths),
+        "truncated": _mean([float(r["finish_reason"] == "length") for r in batch.rows]),
+        "entropy": st["entropy"],
+        "pg_loss": st["pg_loss"],
+        "grad_norm": st["grad_norm"],
+        "grad_norm_max": st["grad_norm_max"],
+        "clipfrac_high": st["clipfrac_high"],
+        "clipfrac_low": st["clipfrac_low"],
+        "clipfrac_dual": st["clipfrac_dual"],
+        "approx_kl": st["approx_kl"],
+        "updates": st["updates"],
+        "skipped_updates": st["skipped"],
+        "lr": lr_used,
+        # verl's throughput: prompt + response tokens of every rollout drawn, per second of the whole step
+        "tokens_per_s": sum(r["prompt_tokens"] + r["response_tokens"] for r in batch.rows) / max(step_time, 1e-9),
+        "gen_time": t_gen,
+        "step_time": step_time,
+    }
 
 
 def _json_num(v):

@@ -50,6 +50,7 @@ def get_args(argv=None):
     if not args.threshold > 0:
         raise cli.UserError(f"--threshold must be > 0, got {args.threshold}")
     cli.check_positive(args, "max_per_problem", allow_zero=True)
+    cli.check_out_dir(args.out)
     return args
 
 

@@ -67,6 +67,7 @@ def get_args(argv=None):
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise cli.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
     args.step_ranges = parse_steps(args.steps)
+    cli.check_out_file(args.out)
     return args
 
 
@@ -186,6 +187,8 @@ def resample_settings(args, run: Path) -> dict:
             explore = json.loads((run / "args.json").read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise cli.UserError(f"{run / 'args.json'}: not valid JSON ({e.msg})") from None
+        except UnicodeDecodeError:
+            raise cli.UserError(f"{run / 'args.json'}: not valid UTF-8") from None
     s = {}
     for key, default in (("data", None), ("split", "train"), ("limit", 0), ("max_new_tokens", None),
                          ("temperature", 1.0), ("top_p", 1.0), ("seed", 0), ("reward", "dapo")):

@@ -218,16 +218,21 @@ def summary(r: dict, comp: list[dict], run: Path) -> str:
         # --- say plainly what it shows
         a, v = last["rl"] or last["rft"], last["vanilla"]
         if a and v:
-            d_acc = a["average"]["mean_acc"] - v["average"]["mean_acc"]
-            d_pk = a["average"]["pass@k"][kmax] - v["average"]["pass@k"][kmax]
             verdict = lambda d: "higher" if d > 0.005 else ("lower" if d < -0.005 else "about the same")  # noqa: E731
-            lines += [f"**What this run shows.** After {last['rl_steps']} RL steps, RLoop's final RL policy has "
-                      f"{verdict(d_acc)} average accuracy than vanilla RL ({d_acc:+.3f}) and {verdict(d_pk)} "
-                      f"pass@{kmax} ({d_pk:+.3f})."]
+            said = []
+            for name, m in (("final RL policy", last["rl"]), ("final consolidated policy", last["rft"])):
+                if m:
+                    d_acc = m["average"]["mean_acc"] - v["average"]["mean_acc"]
+                    d_pk = m["average"]["pass@k"][kmax] - v["average"]["pass@k"][kmax]
+                    said.append(f"RLoop's {name} has {verdict(d_acc)} average accuracy than vanilla RL "
+                                f"({d_acc:+.3f}) and {verdict(d_pk)} pass@{kmax} ({d_pk:+.3f})")
+            lines += [f"**What this run shows.** After {last['rl_steps']} RL steps, " + "; ".join(said) + "."]
             if "probe" in splits and base:
                 pb = base["benchmarks"]["probe"]["mean_acc"]
-                lines.append(f"Probe accuracy (forgetting): base {pb:.3f} -> RLoop {a['benchmarks']['probe']['mean_acc']:.3f}"
-                             f", vanilla {v['benchmarks']['probe']['mean_acc']:.3f}.")
+                rl = ", ".join(f"RLoop {n} {m['benchmarks']['probe']['mean_acc']:.3f}"
+                               for n, m in (("RL", last["rl"]), ("consolidated", last["rft"])) if m)
+                lines.append(f"Probe accuracy (forgetting): base {pb:.3f} -> {rl}, vanilla "
+                             f"{v['benchmarks']['probe']['mean_acc']:.3f}.")
             if loop_gn is not None and van_gn is not None:
                 lines.append(f"Largest pre-clip gradient norm: RLoop {loop_gn:.2f}, vanilla {van_gn:.2f}.")
             lines.append("This is one seed of a toy-scale run: differences of a few points are within noise." if

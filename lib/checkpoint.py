@@ -1,11 +1,16 @@
 """Checkpoints that are also resume points.
 
 OUT/ckpt_{step:06d}/            a folder `from_pretrained` and vLLM load as it is (safetensors + tokenizer)
-OUT/ckpt_{step:06d}/resume/state.pt   optimizer, scheduler, RNG states, step, data position, ...
+OUT/ckpt_{step:06d}/resume/state.pt   optimizer, scheduler, RNG states, step, data position, world size, ...
+OUT/ckpt_{step:06d}/resume/optim_rank{r}.pt   under torchrun (FSDP): rank r's optimizer shard and RNG states;
+                                      state.pt then holds the rest. Resuming needs the same world size.
 
 The whole folder is written under a temp name and renamed into place, so a kill at any moment leaves only
 complete checkpoints; `latest` ignores anything else. state.pt holds only tensors and plain Python values,
 so it loads with torch.load(weights_only=True) — a checkpoint can never run code.
+Under torchrun, `save` and `write_model` are collectives (every rank calls them): the full weights are
+gathered from the FSDP shards onto rank 0, which alone writes the folder; --out must be on a filesystem every
+node sees.
 """
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib.cli import replace_dir
+from lib import dist
+from lib.cli import UserError, replace_dir
 
 CKPT_RE = re.compile(r"^ckpt_(\d{6,})$")
 
@@ -69,9 +75,35 @@ def _tuplify(x):
     return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
+def write_model(model, tokenizer, folder: str | Path) -> None:
+    """save_pretrained (safetensors) + the tokenizer into an existing folder. Under FSDP a collective: the
+    full weights are gathered onto rank 0's CPU (the folder is one ordinary from_pretrained model) and only
+    rank 0 writes."""
+    if not dist.is_sharded(model):
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        return
+    weights = dist.full_state_dict(model)  # every rank takes part; rank 0 gets the tensors
+    if dist.is_main():
+        # tied parameters (lm_head = embed_tokens) come back as separate copies: make them one tensor again,
+        # so save_pretrained sees the tie and writes the weight once, as it does for an unsharded model
+        first: dict[int, str] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if id(p) in first and name in weights:
+                weights[name] = weights[first[id(p)]]
+            first.setdefault(id(p), name)
+        # (transformers writes architectures without FSDP2's "FSDP" class-name prefix)
+        model.save_pretrained(folder, state_dict=weights, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+
 def save(out: str | Path, step: int, model, tokenizer, state: dict, keep_resume: bool = True) -> Path:
     """Write ckpt_{step}/ atomically: weights + tokenizer, and (keep_resume) resume/state.pt with `state`
-    plus the RNG states. `state` should hold optimizer / scheduler state_dicts and any data position."""
+    plus the RNG states. `state` should hold optimizer / scheduler state_dicts and any data position.
+    Under torchrun every rank calls it: state["optimizer"] is then that rank's shard, written with its RNG
+    states to resume/optim_rank{r}.pt; the rest of rank 0's `state` goes to state.pt."""
+    if dist.is_distributed():
+        return _save_sharded(out, step, model, tokenizer, state, keep_resume)
     final = ckpt_dir(out, step)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
@@ -80,7 +112,7 @@ def save(out: str | Path, step: int, model, tokenizer, state: dict, keep_resume:
         tokenizer.save_pretrained(tmp)
         if keep_resume:
             (tmp / "resume").mkdir()
-            torch.save({**state, "step": step, "rng": rng_state()}, tmp / "resume" / "state.pt")
+            torch.save({**state, "step": step, "rng": rng_state(), "world_size": 1}, tmp / "resume" / "state.pt")
         replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -88,9 +120,49 @@ def save(out: str | Path, step: int, model, tokenizer, state: dict, keep_resume:
     return final
 
 
+def _save_sharded(out, step: int, model, tokenizer, state: dict, keep_resume: bool) -> Path:
+    final = ckpt_dir(out, step)
+    tmp = None
+    if dist.is_main():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        (tmp / "resume").mkdir()
+    tmp = Path(dist.broadcast_object(str(tmp) if tmp else None))
+    try:
+        if keep_resume:  # every rank its own shard, into rank 0's temp folder (a shared filesystem)
+            torch.save({"optimizer": state["optimizer"], "rng": rng_state()},
+                       tmp / "resume" / f"optim_rank{dist.rank()}.pt")
+        write_model(model, tokenizer, tmp)  # gathers: also the point where every rank has written its shard
+        dist.barrier()
+        if dist.is_main():
+            if keep_resume:
+                rest = {k: v for k, v in state.items() if k != "optimizer"}
+                torch.save({**rest, "step": step, "rng": rng_state(), "world_size": dist.world_size()},
+                           tmp / "resume" / "state.pt")
+            else:
+                shutil.rmtree(tmp / "resume")
+            replace_dir(tmp, final)
+    except BaseException:
+        if dist.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    dist.barrier()  # nobody goes on (or looks for the checkpoint) before it is in place
+    return final
+
+
 def load_state(folder: str | Path) -> dict:
-    """The resume state of a checkpoint folder (weights_only: tensors and plain values only)."""
-    return torch.load(Path(folder) / "resume" / "state.pt", map_location="cpu", weights_only=True)
+    """The resume state of a checkpoint folder (weights_only: tensors and plain values only). Written by N
+    ranks, it resumes only with N ranks (the optimizer shards have N's shapes): this rank's optimizer shard
+    and RNG states are merged in."""
+    resume = Path(folder) / "resume"
+    state = torch.load(resume / "state.pt", map_location="cpu", weights_only=True)
+    saved, now = int(state.get("world_size", 1)), dist.world_size()
+    if saved != now:
+        raise UserError(f"{folder}: saved by a run of {saved} process(es), this run has {now}; resume with the "
+                        f"same world size (torchrun --nnodes * --nproc_per_node = {saved})")
+    if saved > 1:
+        state.update(torch.load(resume / f"optim_rank{dist.rank()}.pt", map_location="cpu", weights_only=True))
+    return state
 
 
 def drop_resume_state(folder: str | Path) -> None:

@@ -101,6 +101,31 @@ def replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Non
         os.replace(tmp_dir, final_dir)
 
 
+def check_out_dir(path: str | os.PathLike, flag: str = "--out") -> None:
+    """An output folder may be missing (it is created) or a folder; anything else fails now, before any work,
+    not with a traceback from mkdir at the end of a run."""
+    _check_out(Path(path), flag, want_dir=True)
+
+
+def check_out_file(path: str | os.PathLike, flag: str = "--out") -> None:
+    """An output file may be missing or a file; a folder (or a file where a parent folder should be) fails."""
+    _check_out(Path(path), flag, want_dir=False)
+
+
+def _check_out(path: Path, flag: str, want_dir: bool) -> None:
+    if path.exists():
+        if want_dir and not path.is_dir():
+            raise UserError(f"{path}: exists and is not a folder ({flag} takes a folder)")
+        if not want_dir and path.is_dir():
+            raise UserError(f"{path}: is a folder ({flag} takes a file name)")
+        return
+    for parent in path.parents:  # the nearest existing ancestor must be a folder, or mkdir fails later
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{path}: {parent} is not a folder ({flag})")
+            return
+
+
 def save_args(args: argparse.Namespace, out_dir: str | os.PathLike, name: str = "args.json") -> None:
     """Every stage writes its resolved arguments next to its outputs."""
     atomic_write_json(Path(out_dir) / name, {k: v for k, v in sorted(vars(args).items())})

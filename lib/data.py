@@ -100,7 +100,7 @@ def _rows(spec: str, split: str) -> list[tuple[str, Any]]:
             import json
 
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a byte-order mark is fine
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise UserError(f"{spec}: not a valid JSON file ({e})") from None
             if not isinstance(data, list):
@@ -157,5 +157,7 @@ def parse_benchmarks(spec: str) -> dict[str, str]:
         name, eq, path = item.partition("=")
         if not eq or not name or not path:
             raise UserError(f"--benchmarks: expected NAME=PATH[,NAME=PATH...], got '{item}'")
+        if name.strip() in out:  # the second would silently replace the first in metrics.json
+            raise UserError(f"--benchmarks: the name '{name.strip()}' is given twice")
         out[name.strip()] = path.strip()
     return out

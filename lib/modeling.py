@@ -27,10 +27,6 @@ def resolve_model(spec: str) -> str:
 def load_policy(spec: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                 trust_remote_code: bool = False):
     """(model, tokenizer) from a local folder or a hub id. Errors name the path and what is missing."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # no "Loading weights" bars in every stage's log
     path = resolve_model(spec)
     local = Path(path)
     if local.exists() or not _looks_like_hub_id(path):
@@ -40,12 +36,33 @@ def load_policy(spec: str, device: torch.device | str = "cpu", dtype: torch.dtyp
             raise UserError(f"{path}: not a model folder (no config.json)")
         if not any((local / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
             raise UserError(f"{path}: model folder has no tokenizer (tokenizer.json / tokenizer_config.json)")
+    # (imported only now: a wrong path fails in a blink, not after two seconds of importing transformers)
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars in every stage's log
+    # transformers only *warns* (a multi-line report) when weights are missing and then initialises them at
+    # random: a policy that silently is not the one on disk. We silence the report and fail on it instead.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                           output_loading_info=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        # OSError: missing files / hub; ValueError: bad JSON; SafetensorError: truncated weights;
+        # RuntimeError: weights whose shapes do not match config.json
         msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        if "mismatched" in msg:
+            msg = "weight shapes do not match config.json"
         raise UserError(f"{path}: cannot load model/tokenizer ({msg})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise UserError(f"{path}: cannot load model ({len(missing)} weights missing from the checkpoint, "
+                        f"e.g. {missing[0]})")
     if tok.pad_token_id is None:  # batching needs a pad id; it is always masked out
         tok.pad_token = tok.eos_token
     model.to(device)

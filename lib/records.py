@@ -72,13 +72,16 @@ def trajectory_from_dict(d: Any, where: str) -> Trajectory:
 def read_jsonl(path: str | os.PathLike, allow_empty: bool = False) -> Iterator[tuple[int, Any]]:
     """Yield (line_number, object) for each non-blank line. Errors name the file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, expected a JSONL file")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     n = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
-                line = raw.decode("utf-8")
+                # utf-8-sig on line 1: editors on Windows start a file with a byte-order mark
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError:
                 raise UserError(f"{path}:{lineno}: not valid UTF-8") from None
             if not line.strip():

@@ -8,6 +8,11 @@ The prompt is masked (it gets no gradient); the normalisation is over the whole 
 micro-batch, so gradient accumulation does not change the objective. Sequences are length-grouped into
 micro-batches and right-padded — never packed into one row, so no attention leaks across examples. How many
 micro-batches a step takes is chosen per step to cut padding (micro_batches); `micro_batch` only caps their size.
+
+Under torchrun (consolidate.py with an FSDP2 model) every rank takes a contiguous slice of each step's
+examples; the divisor stays the token count of the WHOLE step (every rank knows the step's examples), the
+loss is multiplied by the world size (FSDP averages gradients over ranks; the objective needs their sum), and
+every rank runs as many forward/backward passes as the busiest one (zero-weight passes pad the others).
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from lib import dist
 from lib.modeling import token_logprobs
 
 
@@ -133,11 +139,20 @@ def micro_batches(examples: list[Example], cap: int = 0) -> list[list[Example]]:
 
 def step_loss(model, examples: list[Example], cfg: SFTConfig, pad_id: int, n_tokens: float, ref_model=None):
     """Forward + backward over one optimiser step's examples in micro-batches. Returns (nll, kl) summed
-    over tokens / n_tokens, i.e. this step's share of the token-mean objective (already backpropagated)."""
+    over tokens / n_tokens, i.e. this step's share of the token-mean objective (already backpropagated).
+    Under torchrun: this rank's examples, n_tokens the whole step's count; the returned sums are this rank's."""
     device = next(model.parameters()).device
     nll_sum, kl_sum = 0.0, 0.0
-    for chunk in micro_batches(examples, cfg.micro_batch):
-        ids, attn, mask = collate(chunk, pad_id, device)  # [b, T] each
+    chunks: list = micro_batches(examples, cfg.micro_batch) if examples else []
+    if dist.is_distributed():  # FSDP: the same number of passes on every rank (None = a zero-weight pass)
+        chunks += [None] * (int(dist.all_reduce_max([len(chunks)])[0]) - len(chunks))
+    scale = dist.loss_scale()
+    for chunk in chunks:
+        if chunk is None:
+            ids = torch.full((1, 2), pad_id, dtype=torch.long, device=device)
+            attn, mask = torch.ones_like(ids), torch.zeros((1, 2), device=device)  # no token counts
+        else:
+            ids, attn, mask = collate(chunk, pad_id, device)  # [b, T] each
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             logp = token_logprobs(model, ids, attn)  # [b, T]
         nll = -(logp * mask).sum()
@@ -151,7 +166,7 @@ def step_loss(model, examples: list[Example], cfg: SFTConfig, pad_id: int, n_tok
             kl = ((d.exp() - d - 1) * mask).sum()
             loss = loss + cfg.kl_coef * kl
             kl_sum += kl.item()
-        (loss / n_tokens).backward()
+        (loss / n_tokens * scale).backward()
         nll_sum += nll.item()
     return nll_sum / n_tokens, kl_sum / n_tokens
 
@@ -165,7 +180,7 @@ def train(model, examples: list[Example], cfg: SFTConfig, pad_id: int, ref_model
     opt, sched = make_optimizer(model, cfg, len(batches))
     start = 0
     if state:
-        opt.load_state_dict(state["optimizer"])
+        dist.load_optimizer_state(opt, state["optimizer"])  # (under FSDP: this rank's shard)
         sched.load_state_dict(state["scheduler"])
         start = state["step"]
     rows = []
@@ -173,11 +188,13 @@ def train(model, examples: list[Example], cfg: SFTConfig, pad_id: int, ref_model
     for step in bar:
         t0 = time.time()
         batch = [examples[i] for i in batches[step]]
-        n_tokens = float(sum(len(e.response_ids) for e in batch))
+        n_tokens = float(sum(len(e.response_ids) for e in batch))  # the whole step's (every rank knows it)
         opt.zero_grad(set_to_none=True)
         lr = opt.param_groups[0]["lr"]  # the rate this step uses (get_last_lr after sched.step is the next one's)
-        nll, kl = step_loss(model, batch, cfg, pad_id, n_tokens, ref_model)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()  # pre-clip norm
+        nll, kl = step_loss(model, dist.shard(batch), cfg, pad_id, n_tokens, ref_model)
+        if dist.is_distributed():
+            nll, kl = dist.all_reduce_sum([nll, kl])
+        grad_norm = dist.clip_grad_norm(model.parameters(), cfg.grad_clip)  # pre-clip norm
         opt.step()
         sched.step()
         row = {"step": step + 1, "loss": round(nll, 5), "kl": round(kl, 6), "grad_norm": round(grad_norm, 4),

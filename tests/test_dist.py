@@ -1,0 +1,333 @@
+"""torchrun + FSDP2 on CPU (gloo): 2 ranks compute what 1 process computes, and whole runs under torchrun work.
+
+  * the same batch, split over 2 ranks (FSDP2-sharded tiny model), gives the loss and updated weights of one
+    process, for explore.py's update (train_on_batch: 3 mini-batches, one of them too small for both ranks) and
+    consolidate.py's SFT step (sft.train: an odd batch over 2 ranks, several micro-batches, the KL term on)
+  * the vLLM glue: full weights pushed from FSDP shards; sleep before the update, wake + sync after it
+  * `torchrun --nproc_per_node 2 explore.py` runs, its checkpoint is one from_pretrained folder, --resume is
+    exact with 2 ranks and refused with 1; `torchrun ... consolidate.py` ends with the 1-process weights
+Every process runs one intra-op thread (a shared 2-core box). Whole file: ~60 s on an idle 2-core box.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+import consolidate
+import explore
+from conftest import MEMO_PROBLEMS
+from lib import dist, sft, toy
+from lib.data import Problem
+from lib.records import Trajectory, read_jsonl, write_jsonl
+from lib.rollout import Completion
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+       "TOKENIZERS_PARALLELISM": "false"}
+TOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_model(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the same batch on 1 process and on 2 ranks
+
+
+def rl_groups(vocab: int) -> list:
+    """7 groups of 3 responses, lengths 2..40 tokens, mixed rewards: with --mini-batch 3 the mini-batches hold
+    3, 3 and 1 groups (the last leaves rank 1 nothing to train on: padding passes must keep FSDP in step)."""
+    g = torch.Generator().manual_seed(0)
+    groups = []
+    for i in range(7):
+        prompt = torch.randint(3, vocab, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
+        comps = [Completion(torch.randint(3, vocab, (2 + (5 * i + 7 * j) % 39,), generator=g).tolist(), [], "", "stop")
+                 for j in range(3)]
+        rewards = [1.0, -1.0, 1.0 if i % 2 else -1.0]
+        groups.append(explore.Group(Problem(f"p{i}", [], "0"), prompt, comps, rewards, [r > 0 for r in rewards], []))
+    return groups
+
+
+RL_FLAGS = ["--prompts-per-step", "6", "--mini-batch", "3", "--micro-batch", "2", "--lr", "1e-4", "--n", "3"]
+
+
+def sft_examples(tok) -> list:
+    exs = []
+    for i in range(9):
+        prompt = tok.apply_chat_template([{"role": "user", "content": f"Compute {i}+{2 * i}."}], tokenize=False,
+                                         add_generation_prompt=True)
+        exs.append(Trajectory(f"s{i}", prompt, f"{i}+{2 * i}={3 * i}" + "0" * (i * 3) + f"\nAnswer: {3 * i}", 1.0, True))
+    return sft.tokenize(tok, exs)
+
+
+SFT_CFG = dict(steps=2, batch_size=5, micro_batch=2, lr=1e-3, warmup=0, kl_coef=0.1, seed=0)
+
+
+def one_process_reference(model_dir):
+    """The single-process results (no process group): explore's update stats and weights, SFT rows and weights."""
+    torch.manual_seed(0)
+    model = load_model(model_dir)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+    args = explore.get_args(RL_FLAGS)
+    st = explore.train_on_batch(model, opt, rl_groups(model.config.vocab_size), args, pad_id=0, device="cpu")
+    rl = {k: v.clone() for k, v in model.state_dict().items()}
+    model = load_model(model_dir)
+    ref = load_model(model_dir).eval().requires_grad_(False)
+    tok = toy.make_tokenizer()
+    rows = sft.train(model, sft_examples(tok), sft.SFTConfig(**SFT_CFG), tok.pad_token_id, ref_model=ref,
+                     progress=False)
+    return st, rl, rows, {k: v.clone() for k, v in model.state_dict().items()}
+
+
+class FakeLLM:
+    """Records what the vLLM glue asks of the engine."""
+
+    def __init__(self):
+        self.log, self.loaded = [], {}
+
+    def apply_model(self, fn):
+        self.log.append("apply_model")
+        model = type("M", (), {"load_weights": lambda _, weights: self.loaded.update(weights)})()
+        return [fn(model)]
+
+    def reset_prefix_cache(self):
+        self.log.append("reset_prefix_cache")
+
+    def sleep(self, level):
+        self.log.append(f"sleep{level}")
+
+    def wake_up(self):
+        self.log.append("wake_up")
+
+
+def fake_colocated(sleep_mode: bool) -> explore.ColocatedVLLM:
+    eng = explore.ColocatedVLLM.__new__(explore.ColocatedVLLM)  # no vllm here: skip __init__
+    eng.llm, eng.dtype, eng.tp, eng.in_process, eng.sleep_mode = FakeLLM(), torch.bfloat16, 1, True, sleep_mode
+    return eng
+
+
+def _rank_worker(rank: int, world: int, port: int, model_dir: str, out_file: str):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    assert dist.init() and dist.world_size() == world
+    try:
+        torch.manual_seed(0)
+        model = dist.shard_model(load_model(model_dir), torch.device("cpu"))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+        args = explore.get_args(RL_FLAGS)
+        st = explore.train_on_batch(model, opt, rl_groups(model.config.vocab_size), args, pad_id=0, device="cpu")
+        rl = dist.full_state_dict(model)
+        # vLLM glue: the engine receives whole tensors (gathered from the shards), in bf16
+        eng = fake_colocated(sleep_mode=True)
+        eng.sync_weights(model)
+        pushed = {k: v.float() for k, v in eng.llm.loaded.items()}
+
+        model = dist.shard_model(load_model(model_dir), torch.device("cpu"))
+        ref = dist.shard_model(load_model(model_dir).eval().requires_grad_(False), torch.device("cpu"))
+        tok = toy.make_tokenizer()
+        rows = sft.train(model, sft_examples(tok), sft.SFTConfig(**SFT_CFG), tok.pad_token_id, ref_model=ref,
+                         progress=False)
+        sft_w = dist.full_state_dict(model)
+        if dist.is_main():
+            torch.save({"st": st, "rl": rl, "rows": rows, "sft": sft_w, "pushed": pushed, "log": eng.llm.log},
+                       out_file)
+    finally:
+        dist.teardown()
+
+
+def test_two_ranks_match_one_process(tiny_model_dir, tmp_path):
+    out_file = tmp_path / "rank0.pt"
+    mp.spawn(_rank_worker, args=(2, free_port(), str(tiny_model_dir), str(out_file)), nprocs=2)
+    got = torch.load(out_file, weights_only=False)
+    st, rl, rows, sft_w = one_process_reference(tiny_model_dir)
+
+    # explore.py's update: 3 optimiser updates, the same numbers
+    assert st["updates"] == got["st"]["updates"] == 3 and got["st"]["skipped"] == 0
+    assert got["st"]["train_tokens"] == st["train_tokens"]
+    for k in ("pg_loss", "entropy", "grad_norm", "grad_norm_max", "clipfrac_high", "clipfrac_low", "approx_kl"):
+        assert got["st"][k] == pytest.approx(st[k], rel=TOL, abs=TOL), k
+    assert st["approx_kl"] != 0 and st["grad_norm"] > 0  # later updates see a ratio != 1: the check has teeth
+    assert got["rl"].keys() == rl.keys()
+    base = load_model(tiny_model_dir).state_dict()
+    moved = max((rl[k] - base[k]).abs().max().item() for k in rl)
+    diff = max((got["rl"][k] - rl[k]).abs().max().item() for k in rl)
+    assert moved > 1e-3 and diff < TOL, (moved, diff)
+
+    # consolidate.py's SFT steps: the same losses and weights
+    assert [r["step"] for r in got["rows"]] == [1, 2]
+    for a, b in zip(got["rows"], rows):
+        for k in ("loss", "kl", "grad_norm", "tokens"):
+            assert a[k] == pytest.approx(b[k], rel=TOL, abs=TOL), k
+    diff = max((got["sft"][k] - sft_w[k]).abs().max().item() for k in sft_w)
+    assert diff < TOL, diff
+
+    # the vLLM weight push under FSDP: every state-dict entry, whole, in bf16, then the prefix cache reset
+    assert got["log"] == ["apply_model", "reset_prefix_cache"]
+    assert got["pushed"].keys() == rl.keys()
+    for k, v in got["pushed"].items():
+        torch.testing.assert_close(v, got["rl"][k].to(torch.bfloat16).float(), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the vLLM glue's order inside a step (no GPU: a recording engine)
+
+
+def test_sleep_before_the_update_wake_and_sync_after(tiny_model_dir, tmp_path):
+    from lib.rollout import HFEngine
+
+    events = []
+
+    class Recording(HFEngine):
+        def generate(self, *a, **kw):
+            events.append("generate")
+            return super().generate(*a, **kw)
+
+        def sleep(self):
+            events.append(("sleep", fingerprint(self.model)))
+
+        def wake_up(self):
+            events.append(("wake_up", fingerprint(self.model)))
+
+        def sync_weights(self, model=None):
+            events.append("sync")
+
+    def fingerprint(model):
+        return sum(p.detach().double().sum().item() for p in model.parameters())
+
+    digits = lambda response, gt: {"score": 1.0 if any(c.isdigit() for c in response) else -1.0,  # noqa: E731
+                                   "acc": any(c.isdigit() for c in response), "pred": ""}
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"{i}+{i}", "answer": "0"}) + "\n" for i in range(4)))
+    explore.main(["--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o"), "--steps", "2",
+                  "--prompts-per-step", "2", "--mini-batch", "2", "--n", "4", "--max-new-tokens", "16",
+                  "--overlong-buffer", "4", "--lr", "1e-2", "--warmup-steps", "0", "--device", "cpu"],
+                 reward_fn=digits, engine_fn=lambda m, t, p: Recording(m, t))
+    kinds = [e if isinstance(e, str) else e[0] for e in events]
+    for _ in range(2):  # per step: generation batch(es), then sleep, (the update), wake_up, sync
+        i = kinds.index("sleep")
+        assert i > 0 and set(kinds[:i]) == {"generate"} and kinds[i:i + 3] == ["sleep", "wake_up", "sync"]
+        kinds = kinds[i + 3:]
+    assert kinds == []
+    slept = [e[1] for e in events if e[0] == "sleep"]
+    woke = [e[1] for e in events if e[0] == "wake_up"]
+    assert woke[0] != slept[0] or woke[1] != slept[1]  # the weights changed while the engine slept
+
+    # ColocatedVLLM: level-1 sleep only with --sleep-mode
+    on, off = fake_colocated(True), fake_colocated(False)
+    for eng in (on, off):
+        eng.sleep()
+        eng.wake_up()
+    assert on.llm.log == ["sleep1", "wake_up"] and off.llm.log == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# whole runs under torchrun
+
+
+def torchrun(script: str, *args, nproc: int = 2, timeout: int = 240):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master-port",
+           str(free_port()), script, *[str(a) for a in args]]
+    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def memo_prompts(tmp_path_factory) -> Path:
+    """The eight memo problems as bare chat prompts (DAPO schema: no template), the format memo_model_dir
+    was fine-tuned on, so the real verifier sees right and wrong answers."""
+    f = tmp_path_factory.mktemp("memo_prompts") / "train.jsonl"
+    f.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": p}], "reward_model": {"ground_truth": str(a)},
+                                     "extra_info": {"index": f"m{i}"}}) + "\n" for i, (p, a) in enumerate(MEMO_PROBLEMS)))
+    return f
+
+
+def explore_args(model, data, out, *extra):
+    return ["--model", model, "--data", data, "--out", out, "--prompts-per-step", "4", "--n-responses", "4",
+            "--mini-batch", "2", "--micro-batch", "4", "--max-new-tokens", "24", "--overlong-buffer", "4",
+            "--lr", "1e-4", "--warmup-steps", "0", "--max-gen-batches", "4", "--backend", "hf", "--device", "cpu",
+            "--save-every", "2", *extra]
+
+
+def test_torchrun_explore_runs_saves_and_resumes(memo_model_dir, memo_prompts, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    r = torchrun("explore.py", *explore_args(memo_model_dir, memo_prompts, full, "--steps", "3"))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rows = [row for _, row in read_jsonl(full / "metrics.jsonl")]
+    assert [row["step"] for row in rows] == [1, 2, 3]  # rank 0 alone writes: one row per step
+    assert r.stdout.count("explore step 1 |") == 1 and "2 ranks (FSDP)" in r.stdout
+    assert sum(row["updates"] for row in rows) > 0
+    rolls = [row for _, row in read_jsonl(full / "rollouts.jsonl")]
+    assert len(rolls) == sum(row["gen_batches"] for row in rows) * 4 * 4  # every rank's rollouts, once
+    assert sum(x["kept"] for x in rolls) == sum(row["train_prompts"] for row in rows) * 4
+    # the checkpoint: one ordinary from_pretrained folder, gathered from the shards, + per-rank optimizer shards
+    ck = full / "ckpt_000003"
+    assert json.loads((ck / "config.json").read_text())["architectures"] == ["Qwen2ForCausalLM"]
+    assert {p.name for p in (ck / "resume").iterdir()} == {"state.pt", "optim_rank0.pt", "optim_rank1.pt"}
+    assert load_file(ck / "model.safetensors").keys() == load_file(memo_model_dir / "model.safetensors").keys()
+    model = AutoModelForCausalLM.from_pretrained(ck)
+    base = load_model(memo_model_dir).state_dict()
+    assert any(not torch.equal(v, base[k]) for k, v in model.state_dict().items())  # it trained
+
+    # kill after step 2's checkpoint, resume with 2 ranks: the uninterrupted run's weights and rollouts
+    r = torchrun("explore.py", *explore_args(memo_model_dir, memo_prompts, part, "--steps", "2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = torchrun("explore.py", *explore_args(memo_model_dir, memo_prompts, part, "--steps", "3", "--resume"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = load_file(ck / "model.safetensors"), load_file(part / "ckpt_000003" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (full / "rollouts.jsonl").read_bytes() == (part / "rollouts.jsonl").read_bytes()
+
+    # one process cannot resume a 2-rank run: one line, exit 2
+    r = subprocess.run([sys.executable, "explore.py", *explore_args(memo_model_dir, memo_prompts, part, "--steps", "4",
+                                                                      "--resume")],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: {part / 'ckpt_000003'}: saved by a run of 2 process(es), this run has 1; resume with the same "
+        f"world size (torchrun --nnodes * --nproc_per_node = 2)"]
+
+
+def test_torchrun_consolidate_matches_one_process(tiny_model_dir, tmp_path):
+    tok = toy.make_tokenizer()
+    trajs = []
+    for i in range(10):
+        prompt = tok.apply_chat_template([{"role": "user", "content": f"Compute {i}+7."}], tokenize=False,
+                                         add_generation_prompt=True)
+        trajs.append(Trajectory(f"c{i}", prompt, f"{i}+7={i + 7}" + "1" * i + f"\nAnswer: {i + 7}", 1.0, True))
+    write_jsonl(tmp_path / "rft.jsonl", trajs)
+    common = ["--model", tiny_model_dir, "--data", tmp_path / "rft.jsonl", "--batch-size", "5", "--micro-batch", "2",
+              "--steps", "3", "--lr", "1e-3", "--warmup", "0", "--device", "cpu"]
+    r = torchrun("consolidate.py", *common, "--out", tmp_path / "two")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    consolidate.main([str(x) for x in common] + ["--out", str(tmp_path / "one")])
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < TOL
+    la = [row["loss"] for _, row in read_jsonl(tmp_path / "one" / "metrics.jsonl")]
+    lb = [row["loss"] for _, row in read_jsonl(tmp_path / "two" / "metrics.jsonl")]
+    assert lb == pytest.approx(la, rel=TOL) and len(la) == 3

@@ -1,0 +1,327 @@
+"""kill -9 and resume: explore.py and consolidate.py run as subprocesses, are SIGKILLed at several moments
+(before the first checkpoint, with a half-written line, during a checkpoint write, after a step's log line,
+during the final model write, at a polled moment), rerun with --resume, and must end exactly where an
+uninterrupted run ends: same weights, every step logged once, no torn line, every checkpoint loadable.
+
+The exact moments come from a small driver (written below) that runs a stage's own main() with one pause
+point patched in: it creates a flag file and sleeps there, and the test kills it while it sleeps. One kill
+per stage is at a polled moment of the plain script instead (whatever it was doing then).
+loop.sh killed mid-stage is in tests/test_loop.py. About 35 s on 2 CPU cores.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lib.records import Trajectory, write_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+       "TOKENIZERS_PARALLELISM": "false"}
+
+DRIVER = '''
+import json, os, sys, time, importlib
+from pathlib import Path
+sys.path.insert(0, {root!r})
+stage, where, at, flag, argv = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]), sys.argv[5:]
+mod = importlib.import_module(stage)
+import torch
+from lib import cli, records
+
+def pause():
+    flag.write_text("paused")
+    time.sleep(600)  # the test SIGKILLs us here
+
+if where == "logged":  # step `at`'s metrics row is on disk; nothing after it has happened
+    real_log = cli.log_metrics
+    def log_metrics(path, tag, row, echo=True):
+        real_log(path, tag, row, echo)
+        if row.get("step") == at:
+            pause()
+    cli.log_metrics = log_metrics
+elif where == "ckpt":  # inside checkpoint.save: weights + tokenizer in the temp folder, resume state not yet
+    real_save = torch.save
+    def save(obj, f, *a, **kw):
+        if isinstance(obj, dict) and obj.get("step") == at:
+            pause()
+        return real_save(obj, f, *a, **kw)
+    torch.save = save
+elif where == "torn":  # explore: half of step `at`'s rollouts written -- a torn last line
+    def append_jsonl(path, rows):
+        rows = list(rows)
+        if rows and rows[0].get("step") == at:
+            data = "".join(json.dumps(r, ensure_ascii=False) + "\\n" for r in rows).encode()
+            with open(path, "ab") as f:
+                f.write(data[: len(data) // 2 + 7])
+                f.flush()
+                os.fsync(f.fileno())
+            pause()
+        return records.append_jsonl(path, rows)
+    mod.append_jsonl = append_jsonl
+elif where == "final":  # consolidate: the finished model is in its temp folder, not yet renamed over --out
+    out = Path(argv[argv.index("--out") + 1])
+    real_replace = cli.replace_dir
+    def replace_dir(tmp, final):
+        if Path(final) == out:
+            pause()
+        return real_replace(tmp, final)
+    cli.replace_dir = replace_dir
+sys.argv = [stage + ".py", *argv]
+cli.run_main(mod.main)
+'''
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("driver") / "driver.py"
+    path.write_text(DRIVER.format(root=str(ROOT)))
+    return path
+
+
+def run_plain(stage: str, args) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, str(ROOT / f"{stage}.py"), *map(str, args)], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return r
+
+
+def kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 180) -> None:
+    """Poll `ready()` every 5 ms; SIGKILL the process as soon as it holds. Fails if the process ends first."""
+    deadline = time.time() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"process ended (rc {proc.returncode}) before {what}:\n{out[-1500:]}\n{err[-1500:]}")
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def kill_at(driver: Path, stage: str, where: str, at: int, args, tmp: Path) -> None:
+    """Run `stage` under the driver and SIGKILL it while it waits at pause point (where, at)."""
+    flag = tmp / f"paused-{stage}-{where}-{at}"
+    proc = subprocess.Popen([sys.executable, str(driver), stage, where, str(at), str(flag), *map(str, args)],
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kill_when(proc, flag.exists, f"pause point {where} {at}")
+
+
+def strict_json(line: str):
+    def no_constant(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(line, parse_constant=no_constant)
+
+
+def clean_lines(path: Path) -> list[dict]:
+    """Every line whole (ends in a newline), strict JSON, an object."""
+    raw = path.read_bytes()
+    assert raw.endswith(b"\n"), f"{path}: torn last line {raw[-80:]!r}"
+    rows = [strict_json(line) for line in raw.decode("utf-8").splitlines()]
+    assert all(isinstance(r, dict) for r in rows)
+    return rows
+
+
+def ckpts(out: Path) -> list[Path]:
+    return sorted(d for d in out.iterdir() if d.name.startswith("ckpt_"))
+
+
+def temps(folder: Path) -> list[str]:
+    return sorted(d.name for d in folder.iterdir() if d.name.startswith("."))
+
+
+def assert_loads(folder: Path) -> None:
+    """A from_pretrained folder: safetensors weights (no pickle), config, tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin")), folder
+    AutoModelForCausalLM.from_pretrained(folder)
+    AutoTokenizer.from_pretrained(folder)
+
+
+def same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+# ---------------------------------------------------------------------------------------------------------
+# explore.py
+
+
+def memo_dapo(memo_data: Path, tmp: Path) -> Path:
+    """The memo problems in the DAPO schema: the prompt is used as it is (no instruction template), i.e. the
+    format the memo model was fine-tuned on, so the real verifier sees a reward spread and updates happen."""
+    rows = [json.loads(x) for x in memo_data.read_text().splitlines()]
+    path = tmp / "memo_dapo.jsonl"
+    path.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": r["problem"]}],
+                                        "reward_model": {"ground_truth": r["answer"]},
+                                        "extra_info": {"index": r["id"]}}) + "\n" for r in rows))
+    return path
+
+
+def explore_args(model, data, out, *extra):
+    """6 steps of 4 prompts x 4 responses x 24 tokens, 2 updates per step, checkpoints at 2, 4, 6."""
+    return ["--model", model, "--data", data, "--out", out, "--steps", "6", "--save-every", "2",
+            "--prompts-per-step", "4", "--n", "4", "--mini-batch", "2", "--micro-batch", "8",
+            "--max-new-tokens", "24", "--overlong-buffer", "4", "--lr", "3e-4", "--warmup-steps", "0",
+            "--max-gen-batches", "2", "--backend", "hf", "--device", "cpu", *extra]
+
+
+def strip_times(rows):
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "gen_time", "step_time")} for r in rows]
+
+
+def test_explore_killed_four_times_ends_like_an_uninterrupted_run(memo_model_dir, memo_data, driver, tmp_path):
+    data = memo_dapo(memo_data, tmp_path)
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    run_plain("explore", explore_args(memo_model_dir, data, ref))
+    ref_metrics = clean_lines(ref / "metrics.jsonl")
+    assert sum(r["updates"] - r["skipped_updates"] for r in ref_metrics) >= 4  # it did train
+
+    # 1. before the first checkpoint, with half of step 1's rollouts written
+    kill_at(driver, "explore", "torn", 1, explore_args(memo_model_dir, data, out), tmp_path)
+    assert not ckpts(out) and not (out / "rollouts.jsonl").read_bytes().endswith(b"\n")  # really torn
+
+    # 2. during the step-4 checkpoint write (the first kill left no checkpoint: this run starts over)
+    kill_at(driver, "explore", "ckpt", 4, explore_args(memo_model_dir, data, out, "--resume"), tmp_path)
+    assert [d.name for d in ckpts(out)] == ["ckpt_000002"]
+    (tmp,) = [out / n for n in temps(out)]  # the half-written checkpoint: weights, no resume state yet
+    assert tmp.name.startswith(".ckpt_000004") and (tmp / "model.safetensors").exists()
+    assert not (tmp / "resume" / "state.pt").exists()
+    assert [r["step"] for r in clean_lines(out / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert_loads(out / "ckpt_000002")
+
+    # 3. the plain script, killed as soon as step 5's metrics row shows up (somewhere in step 6)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "explore.py"),
+                             *map(str, explore_args(memo_model_dir, data, out, "--resume"))],
+                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    kill_when(proc, lambda: b'"step": 5,' in metrics.read_bytes(), "step 5's metrics row")
+    assert not [n for n in temps(out) if n.startswith(".ckpt_000004")]  # the resume cleaned the old temp
+    for d in ckpts(out):
+        if (d / "model.safetensors").exists() and (d / "tokenizer_config.json").exists():
+            assert_loads(d)
+
+    # 4. resume to the end
+    r = run_plain("explore", explore_args(memo_model_dir, data, out, "--resume"))
+    assert "resuming" in r.stdout or "nothing to do" in r.stdout
+
+    # the same run as the uninterrupted one: weights, metrics (times aside), rollouts byte for byte
+    same_weights(ref / "ckpt_000006", out / "ckpt_000006")
+    rows = clean_lines(metrics)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert strip_times(rows) == strip_times(ref_metrics)
+    rolls = clean_lines(out / "rollouts.jsonl")
+    steps = [r["step"] for r in rolls]
+    assert steps == sorted(steps) and set(steps) == set(range(1, 7))
+    assert (out / "rollouts.jsonl").read_bytes() == (ref / "rollouts.jsonl").read_bytes()
+    # checkpoints: all complete and loadable, no temp folder left, the newest alone keeps its resume state
+    assert [d.name for d in ckpts(out)] == ["ckpt_000002", "ckpt_000004", "ckpt_000006"]
+    for d in ckpts(out):
+        assert_loads(d)
+    assert temps(out) == []
+    assert [d.name for d in ckpts(out) if (d / "resume").exists()] == ["ckpt_000006"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# consolidate.py
+
+
+@pytest.fixture(scope="module")
+def rft(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("rft") / "rft.jsonl"
+    write_jsonl(path, [Trajectory(f"p{i}", f"Compute {i}+{i + 3}.", f"{i}+{i + 3}={2 * i + 3}\nAnswer: {2 * i + 3}",
+                                  1.0, True, step=1 + i % 3) for i in range(16)])
+    return path
+
+
+def cons_args(model, data, out, *extra):
+    """6 steps of 4 trajectories; resume checkpoints at steps 2 and 4; the final folder at 6."""
+    return ["--model", model, "--data", data, "--out", out, "--batch-size", "4", "--steps", "6",
+            "--save-every", "2", "--lr", "1e-3", "--warmup", "1", "--device", "cpu", *extra]
+
+
+def test_consolidate_killed_three_times_ends_like_an_uninterrupted_run(tiny_model_dir, rft, driver, tmp_path):
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    run_plain("consolidate", cons_args(tiny_model_dir, rft, ref))
+
+    # 1. right after step 3's log line, before anything else (the step-2 checkpoint is the resume point)
+    kill_at(driver, "consolidate", "logged", 3, cons_args(tiny_model_dir, rft, out), tmp_path)
+    assert sorted(p.name for p in out.iterdir()) == ["args.json", "ckpt_000002", "metrics.jsonl"]
+    assert [r["step"] for r in clean_lines(out / "metrics.jsonl")] == [1, 2, 3]
+    assert_loads(out / "ckpt_000002")
+
+    # 2. during the step-4 checkpoint write
+    kill_at(driver, "consolidate", "ckpt", 4, cons_args(tiny_model_dir, rft, out, "--resume"), tmp_path)
+    assert [d.name for d in ckpts(out)] == ["ckpt_000002"]  # the complete one is kept until a newer exists
+    (tmp,) = temps(out)
+    assert tmp.startswith(".ckpt_000004")
+    assert [r["step"] for r in clean_lines(out / "metrics.jsonl")] == [1, 2, 3, 4]  # step 3 redone once
+
+    # 3. during the final write: the finished model sits in a temp folder next to --out
+    kill_at(driver, "consolidate", "final", 0, cons_args(tiny_model_dir, rft, out, "--resume"), tmp_path)
+    assert not (out / "consolidate.json").exists()  # not finished, and nothing says it is
+    assert [n for n in temps(tmp_path) if n.startswith(f".{out.name}.final.")]
+    assert [d.name for d in ckpts(out)] == ["ckpt_000004"]
+    assert_loads(out / "ckpt_000004")
+
+    # 4. resume to the end
+    r = run_plain("consolidate", cons_args(tiny_model_dir, rft, out, "--resume"))
+    assert "resuming" in r.stdout and "ckpt_000004" in r.stdout
+
+    same_weights(ref, out)
+    assert_loads(out)
+    rows, ref_rows = clean_lines(out / "metrics.jsonl"), clean_lines(ref / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
+    assert json.loads((out / "consolidate.json").read_text())["steps"] == 6
+    assert not ckpts(out) and temps(out) == []
+    assert not [n for n in temps(tmp_path) if n.startswith((f".{out.name}.", f".{ref.name}."))]
+
+
+@pytest.mark.xfail(strict=True, reason="consolidate.py re-parses metrics.jsonl on --resume and refuses a torn "
+                                       "last line; fix: truncate to the byte size recorded in the checkpoint")
+def test_consolidate_resumes_over_a_torn_metrics_line(tiny_model_dir, rft, tmp_path, monkeypatch):
+    """A kill in the middle of a metrics row (a torn last line) must not make the run un-resumable."""
+    import consolidate
+    from lib import sft
+
+    class Killed(Exception):
+        pass
+
+    real_train = sft.train
+
+    def dies_after_step_3(*a, on_step=None, **kw):
+        def hook(step, row, opt, sched):
+            on_step(step, row, opt, sched)
+            if step == 3:
+                raise Killed
+
+        return real_train(*a, on_step=hook, **kw)
+
+    out = tmp_path / "out"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model on a shared 2-core box: a second thread only contends
+    monkeypatch.setattr(sft, "train", dies_after_step_3)
+    with pytest.raises(Killed):
+        consolidate.main([str(a) for a in cons_args(tiny_model_dir, rft, out)])
+    monkeypatch.setattr(sft, "train", real_train)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "loss": 5.1')  # the kill landed mid-row
+    try:
+        consolidate.main([str(a) for a in cons_args(tiny_model_dir, rft, out, "--resume")])
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["step"] for r in clean_lines(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
