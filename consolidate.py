@@ -77,8 +77,8 @@ def get_args(argv=None):
                    help="bf16 autocast (default: on when training on a GPU that supports it); under torchrun "
                         "also FSDP all-gathers in bf16 (fp32 master weights, AdamW states, gradient reduction)")
     p.add_argument("--grad-checkpointing", action="store_true",
-                   help="recompute each decoder layer's activations in backward (model.gradient_checkpointing_"
-                        "enable): less memory for long sequences, ~30%% more compute")
+                   help="recompute each decoder layer's activations in backward (activation checkpointing): "
+                        "less memory for long sequences, ~30%% more compute")
     p.add_argument("--device", default="auto", help="cpu / cuda / auto")
     args = p.parse_args(argv)
     cli.check_positive(args, "batch_size")
@@ -209,7 +209,7 @@ def run(args):
             for _, d in checkpoint.list_checkpoints(out):
                 shutil.rmtree(d)
     if args.grad_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        dist.enable_grad_checkpointing(model)
     dist.shard_model(model, device, bf16=args.bf16)
     if ref is not None:
         dist.shard_model(ref, device, bf16=args.bf16)  # (no optimizer state: sharding only saves its memory)

@@ -136,7 +136,7 @@ def get_args(argv=None):
       help="bf16 autocast for the training forward (and FSDP all-gathers in bf16; fp32 master weights, AdamW "
            "states and gradient reduction); default: on for cuda")
     a("--grad-checkpointing", action="store_true",
-      help="recompute each decoder layer's activations in backward (model.gradient_checkpointing_enable): "
+      help="recompute each decoder layer's activations in backward (activation checkpointing): "
            "less memory for long responses, ~30%% more compute")
     a("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
     args = p.parse_args(argv)
@@ -559,7 +559,8 @@ class ColocatedVLLM(VLLMEngine):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process (read by LLM(...))
         from vllm import LLM
 
-        self.tok, self.dtype, self.in_process, self.tp, self.sleep_mode = tokenizer, torch.bfloat16, True, tp, sleep_mode
+        self.tok, self.dtype, self.in_process, self.tp = tokenizer, torch.bfloat16, True, tp
+        self.sleep_mode = sleep_mode
         kw = {"distributed_executor_backend": "external_launcher"} if dist.is_distributed() else {}
         self.llm = LLM(model=model_path, tensor_parallel_size=tp, gpu_memory_utilization=gpu_memory_utilization,
                        dtype="bfloat16", seed=seed, enable_sleep_mode=sleep_mode, trust_remote_code=trust_remote_code,
@@ -671,7 +672,7 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
     model, tok = load_policy(model_path, device="cpu" if dist.is_distributed() else device,
                              trust_remote_code=args.trust_remote_code)
     if args.grad_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        dist.enable_grad_checkpointing(model)
     dist.shard_model(model, device, bf16=args.bf16)
     data.render_prompts(problems, tok)
     engine = build_engine(args, model, tok, model_path, engine_fn)

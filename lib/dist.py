@@ -95,14 +95,20 @@ def barrier() -> None:
 
 def main_first(fn: Callable[[], T]) -> T:
     """Run fn on rank 0, then on the other ranks: for work that caches files (building the toy base) which
-    every rank needs but only one should write."""
+    every rank needs but only one should write. If it fails on rank 0 (a bad data file), every rank raises
+    rank 0's exception, so all stop with the same one-line error instead of waiting on each other."""
+    if not is_distributed():
+        return fn()
+    out, err = None, None
     if is_main():
-        out = fn()
-        barrier()
-    else:
-        barrier()
-        out = fn()
-    return out
+        try:
+            out = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+            err = e
+    err = broadcast_object(err)  # (also the barrier: rank 0 has finished writing)
+    if err is not None:
+        raise err
+    return out if is_main() else fn()
 
 
 def main_decides(fn: Callable[[], T]) -> T:
@@ -243,6 +249,17 @@ def shard_model(model, dev: torch.device, bf16: bool = False):
         fully_shard(layer, **kw)
     fully_shard(model, **kw)
     return model
+
+
+def enable_grad_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in backward (memory for long responses; call before
+    shard_model). Non-reentrant checkpointing: the variant that composes with FSDP2's hooks. transformers 5
+    renamed gradient_checkpointing_enable to activation_checkpointing_enable; either works."""
+    kw = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
 
 
 def _fsdp_modules(model) -> list:

@@ -100,6 +100,8 @@ CASES = [
      ["--prompts-per-step (2) must be a multiple of --mini-batch (4)"]),
     ("explore-model-without-tokenizer", "explore", "--model {w}/notok --data {w}/problems.jsonl --out {o} " + TINY_RL,
      "", 2, ["{w}/notok: model folder has no tokenizer"]),
+    ("explore-out-is-a-file", "explore", "--model {w}/model --data {w}/problems.jsonl --out {o} " + TINY_RL, "file", 2,
+     ["{o}: exists and is not a folder"]),
     # harvest.py
     ("harvest-not-json", "harvest", "--run {w}/run_notjson --out {o}", "", 2,
      ["{w}/run_notjson/rollouts.jsonl:2: not valid JSON"]),
@@ -162,7 +164,14 @@ def ran(request, w, tmp_path_factory) -> dict:
     return {name: f.result() for name, f in futures.items()}
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+XFAIL = {  # known gaps in files another change owns; the fix is in the reason
+    "explore-out-is-a-file": "explore.py ends in a FileExistsError traceback after loading the model; "
+                             "fix: cli.check_out_dir(args.out) at the end of explore.get_args",
+}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c[0], marks=[pytest.mark.xfail(strict=True, reason=XFAIL[c[0]])]
+                                               if c[0] in XFAIL else []) for c in CASES])
 def test_bad_input_one_line_nothing_written(w, ran, case):
     name, stage, argv, pre, code, expect = case
     r, where, out = ran[name]
@@ -186,6 +195,37 @@ def test_bad_input_one_line_nothing_written(w, ran, case):
 def test_catalogue_covers_every_stage_and_twelve_kinds():
     assert {c[1] for c in CASES} == {"explore", "harvest", "filter", "consolidate", "evaluate"}
     assert len(CASES) >= 12
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(w, tmp_path):
+    """transformers would warn in a many-line report and initialise the misfits at random; we refuse, in one
+    line, and leave the logging level as it was."""
+    from transformers.utils import logging as hf_logging
+
+    from lib.cli import UserError
+    from lib.modeling import load_policy
+
+    folder = tmp_path / "wider"
+    folder.mkdir()
+    for f in (w / "model").iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["intermediate_size"] *= 2  # the MLP weights on disk are now the wrong shape
+    (folder / "config.json").write_text(json.dumps(cfg))
+    level = hf_logging.get_verbosity()
+    with pytest.raises(UserError, match="weight shapes do not match config.json"):
+        load_policy(str(folder))
+    with pytest.raises(UserError, match="weights missing from the checkpoint"):
+        load_policy(str(w / "missing_weights"))
+    assert hf_logging.get_verbosity() == level
+
+
+def test_a_byte_order_mark_is_not_an_error(tmp_path):
+    from lib.data import load_problems
+
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "p0", "problem": "1+1?", "answer": "2"}).encode() + b"\n")
+    assert [p.id for p in load_problems(str(path))] == ["p0"]  # (a Windows editor's file)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,7 @@ def rl_groups(vocab: int) -> list:
     return groups
 
 
+# lr 1e-4: big enough to move the weights 30x the tolerance, small enough for AdamW's noise (see below)
 RL_FLAGS = ["--prompts-per-step", "6", "--mini-batch", "3", "--micro-batch", "2", "--lr", "1e-4", "--n", "3"]
 
 
@@ -80,7 +82,8 @@ def sft_examples(tok) -> list:
     for i in range(9):
         prompt = tok.apply_chat_template([{"role": "user", "content": f"Compute {i}+{2 * i}."}], tokenize=False,
                                          add_generation_prompt=True)
-        exs.append(Trajectory(f"s{i}", prompt, f"{i}+{2 * i}={3 * i}" + "0" * (i * 3) + f"\nAnswer: {3 * i}", 1.0, True))
+        response = f"{i}+{2 * i}={3 * i}" + "0" * (i * 3) + f"\nAnswer: {3 * i}"  # 9 lengths
+        exs.append(Trajectory(f"s{i}", prompt, response, 1.0, True))
     return sft.tokenize(tok, exs)
 
 
@@ -162,7 +165,13 @@ def _rank_worker(rank: int, world: int, port: int, model_dir: str, out_file: str
 
 def test_two_ranks_match_one_process(tiny_model_dir, tmp_path):
     out_file = tmp_path / "rank0.pt"
-    mp.spawn(_rank_worker, args=(2, free_port(), str(tiny_model_dir), str(out_file)), nprocs=2)
+    ctx = mp.spawn(_rank_worker, args=(2, free_port(), str(tiny_model_dir), str(out_file)), nprocs=2, join=False)
+    deadline = time.time() + 240  # a collective that never matches would hang: fail instead
+    while not ctx.join(timeout=1):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the 2-rank worker did not finish in 240 s (a hang in a collective?)")
     got = torch.load(out_file, weights_only=False)
     st, rl, rows, sft_w = one_process_reference(tiny_model_dir)
 
@@ -176,7 +185,9 @@ def test_two_ranks_match_one_process(tiny_model_dir, tmp_path):
     base = load_model(tiny_model_dir).state_dict()
     moved = max((rl[k] - base[k]).abs().max().item() for k in rl)
     diff = max((got["rl"][k] - rl[k]).abs().max().item() for k in rl)
-    assert moved > 1e-3 and diff < TOL, (moved, diff)
+    # measured: moved 3.3e-4, diff 7.7e-7. The diff is AdamW's per-element normalisation of a few near-zero
+    # embedding gradients (float-sum order differs between 1 and 2 ranks): it scales with lr (7.7e-6 at 1e-3)
+    assert moved > 1e-4 and diff < TOL, (moved, diff)
 
     # consolidate.py's SFT steps: the same losses and weights
     assert [r["step"] for r in got["rows"]] == [1, 2]
@@ -260,8 +271,9 @@ def memo_prompts(tmp_path_factory) -> Path:
     """The eight memo problems as bare chat prompts (DAPO schema: no template), the format memo_model_dir
     was fine-tuned on, so the real verifier sees right and wrong answers."""
     f = tmp_path_factory.mktemp("memo_prompts") / "train.jsonl"
-    f.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": p}], "reward_model": {"ground_truth": str(a)},
-                                     "extra_info": {"index": f"m{i}"}}) + "\n" for i, (p, a) in enumerate(MEMO_PROBLEMS)))
+    rows = [{"prompt": [{"role": "user", "content": p}], "reward_model": {"ground_truth": str(a)},
+             "extra_info": {"index": f"m{i}"}} for i, (p, a) in enumerate(MEMO_PROBLEMS)]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return f
 
 

@@ -85,11 +85,16 @@ def driver(tmp_path_factory) -> Path:
     return path
 
 
-def run_plain(stage: str, args) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, str(ROOT / f"{stage}.py"), *map(str, args)], cwd=ROOT, env=ENV,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return r
+def start(stage: str, args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / f"{stage}.py"), *map(str, args)], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    """Wait for a run that must succeed; its stdout."""
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-2000:] + err[-2000:]
+    return out
 
 
 def kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 180) -> None:
@@ -186,9 +191,7 @@ def strip_times(rows):
 def test_explore_killed_four_times_ends_like_an_uninterrupted_run(memo_model_dir, memo_data, driver, tmp_path):
     data = memo_dapo(memo_data, tmp_path)
     ref, out = tmp_path / "ref", tmp_path / "killed"
-    run_plain("explore", explore_args(memo_model_dir, data, ref))
-    ref_metrics = clean_lines(ref / "metrics.jsonl")
-    assert sum(r["updates"] - r["skipped_updates"] for r in ref_metrics) >= 4  # it did train
+    reference = start("explore", explore_args(memo_model_dir, data, ref))  # uninterrupted, alongside (2 cores)
 
     # 1. before the first checkpoint, with half of step 1's rollouts written
     kill_at(driver, "explore", "torn", 1, explore_args(memo_model_dir, data, out), tmp_path)
@@ -204,9 +207,7 @@ def test_explore_killed_four_times_ends_like_an_uninterrupted_run(memo_model_dir
     assert_loads(out / "ckpt_000002")
 
     # 3. the plain script, killed as soon as step 5's metrics row shows up (somewhere in step 6)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "explore.py"),
-                             *map(str, explore_args(memo_model_dir, data, out, "--resume"))],
-                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start("explore", explore_args(memo_model_dir, data, out, "--resume"))
     metrics = out / "metrics.jsonl"
     kill_when(proc, lambda: b'"step": 5,' in metrics.read_bytes(), "step 5's metrics row")
     assert not [n for n in temps(out) if n.startswith(".ckpt_000004")]  # the resume cleaned the old temp
@@ -215,8 +216,11 @@ def test_explore_killed_four_times_ends_like_an_uninterrupted_run(memo_model_dir
             assert_loads(d)
 
     # 4. resume to the end
-    r = run_plain("explore", explore_args(memo_model_dir, data, out, "--resume"))
-    assert "resuming" in r.stdout or "nothing to do" in r.stdout
+    stdout = finish(start("explore", explore_args(memo_model_dir, data, out, "--resume")))
+    assert "resuming" in stdout or "nothing to do" in stdout
+    finish(reference)
+    ref_metrics = clean_lines(ref / "metrics.jsonl")
+    assert sum(r["updates"] - r["skipped_updates"] for r in ref_metrics) >= 4  # it did train
 
     # the same run as the uninterrupted one: weights, metrics (times aside), rollouts byte for byte
     same_weights(ref / "ckpt_000006", out / "ckpt_000006")
@@ -255,7 +259,7 @@ def cons_args(model, data, out, *extra):
 
 def test_consolidate_killed_three_times_ends_like_an_uninterrupted_run(tiny_model_dir, rft, driver, tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "killed"
-    run_plain("consolidate", cons_args(tiny_model_dir, rft, ref))
+    reference = start("consolidate", cons_args(tiny_model_dir, rft, ref))  # uninterrupted, alongside
 
     # 1. right after step 3's log line, before anything else (the step-2 checkpoint is the resume point)
     kill_at(driver, "consolidate", "logged", 3, cons_args(tiny_model_dir, rft, out), tmp_path)
@@ -278,8 +282,9 @@ def test_consolidate_killed_three_times_ends_like_an_uninterrupted_run(tiny_mode
     assert_loads(out / "ckpt_000004")
 
     # 4. resume to the end
-    r = run_plain("consolidate", cons_args(tiny_model_dir, rft, out, "--resume"))
-    assert "resuming" in r.stdout and "ckpt_000004" in r.stdout
+    stdout = finish(start("consolidate", cons_args(tiny_model_dir, rft, out, "--resume")))
+    assert "resuming" in stdout and "ckpt_000004" in stdout
+    finish(reference)
 
     same_weights(ref, out)
     assert_loads(out)

@@ -213,3 +213,100 @@ def test_math_verify_real():
     out = score("so x is \\boxed{3}", "4", mode="math_verify")
     assert out["acc"] is False and out["score"] == -1.0
     assert score("no math here", "4", mode="math_verify")["pred"] == "[INVALID]"
+
+
+# ---- verifier under attack (issue 7): < 10 ms per adversarial response, and nothing in it ever runs ----
+
+PWNED = "/tmp/rloop-reward-pwned"  # created only if some response text were executed
+ATTACKS = {
+    "1MB_of_text": "lorem ipsum " * 90_000,
+    "1MB_then_answer": "x" * 1_000_000 + "\nAnswer: 5",
+    "10k_nested_braces": "Answer: " + "{" * 10_000 + "5" + "}" * 10_000,
+    "10k_open_braces": "Answer: " + "{" * 10_000,
+    "10k_nested_boxed_unclosed": "Answer: " + "\\boxed{" * 10_000,
+    # regex backtracking bait: every pattern's closing token is missing, the opener repeated to the end
+    "answer_without_colon": "Answer " * 150_000,
+    "answer_whitespace_run": "Answer" + " \t" * 500_000 + "x",
+    "text_unclosed": "Answer: " + "\\text{" * 50_000,
+    "dollar_unpaired": "Answer: " + "$a" * 500_000,
+    "frac_shorthand": "Answer: " + "\\frac" * 200_000,
+    "NUL_bytes": "\x00" * 1_000_000,
+    "NUL_around_answer": "\x00" * 1_000 + "Answer: 5" + "\x00" * 100,
+    "code_import": f"Answer: __import__('os').system('touch {PWNED}')",
+    "code_boxed": f"Answer: \\boxed{{__import__('os').system('touch {PWNED}')}}",
+    "code_eval_chain": "Answer: ().__class__.__bases__[0].__subclasses__()",
+}
+
+
+class _Forbidden:
+    """Replaces eval / exec / compile / os.system / os.popen / subprocess.Popen while a dapo score runs.
+    (__import__ stays: the re module imports its template parser lazily inside re.sub.)"""
+
+    def __enter__(self):
+        import builtins
+        import os
+        import subprocess
+
+        def boom(*a, **kw):
+            raise AssertionError("the verifier tried to run code")
+
+        self.saved = [(builtins, n, getattr(builtins, n)) for n in ("eval", "exec", "compile")]
+        self.saved += [(os, "system", os.system), (os, "popen", os.popen), (subprocess, "Popen", subprocess.Popen)]
+        for mod, name, _ in self.saved:
+            setattr(mod, name, boom)
+
+    def __exit__(self, *exc):
+        for mod, name, fn in self.saved:
+            setattr(mod, name, fn)
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attack_scores_fast_and_runs_nothing(name):
+    import os
+
+    resp = ATTACKS[name]
+    best = float("inf")
+    for _ in range(3):  # best of 3: a busy shared machine must not turn a 0.05 ms call into a failure
+        with _Forbidden():
+            t0 = time.perf_counter()
+            out = score(resp, "5")
+            best = min(best, time.perf_counter() - t0)
+    assert best < 0.010, f"{name}: {best * 1e3:.1f} ms"
+    assert out["score"] in (1.0, -1.0) and isinstance(out["acc"], bool) and len(out["pred"]) <= reward.TAIL_CHARS
+    assert out["acc"] is (name in ("1MB_then_answer",))  # only the honest answer counts
+    assert not os.path.exists(PWNED)
+
+
+def test_code_in_an_answer_is_just_text():
+    out = score("Answer: __import__('os').getcwd()", "__import__('os').getcwd()")
+    assert out["acc"] is True and out["pred"] == "__import__('os').getcwd()"  # compared as strings, not run
+
+
+def test_math_verify_deadline_covers_parsing_and_is_cleared(monkeypatch):
+    import signal
+
+    fake = types.ModuleType("math_verify")
+
+    def slow_parse(text, parsing_timeout=None):
+        time.sleep(30)  # a parse that never ends (sympy on 9^9^9^9, say)
+        return [5, "5"]
+
+    fake.parse, fake.verify = slow_parse, lambda *a, **kw: True
+    monkeypatch.setitem(sys.modules, "math_verify", fake)
+    before = signal.getsignal(signal.SIGALRM)
+    t0 = time.perf_counter()
+    out = reward._score_math_verify("\\boxed{5}", "5", timeout_s=0.2)
+    assert time.perf_counter() - t0 < 2.0 and out["acc"] is False
+    # no alarm left armed, the previous handler back: the next rollout is not interrupted by our timer
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) is before
+
+
+def test_math_verify_real_attacks_are_cut_off():
+    import os
+
+    pytest.importorskip("math_verify")
+    for resp in ("\\boxed{9^{9^{9^{9}}}}", f"\\boxed{{__import__('os').system('touch {PWNED}')}}"):
+        t0 = time.perf_counter()
+        out = score(resp, "5", mode="math_verify")
+        assert time.perf_counter() - t0 < reward.MATH_VERIFY_TIMEOUT_S + 1.0 and out["acc"] is False
+    assert not os.path.exists(PWNED)
