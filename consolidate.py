@@ -38,7 +38,7 @@ import torch
 
 from lib import checkpoint, cli, dist, sft
 from lib.modeling import load_policy, resolve_model
-from lib.records import read_jsonl, read_trajectories
+from lib.records import read_jsonl, read_trajectories, truncate_to
 
 DONE = "consolidate.json"  # in DIR only when the final model is complete
 # the flags that change the final weights: a resumed run must use the same values
@@ -71,6 +71,8 @@ def get_args(argv=None):
     p.add_argument("--max-len", type=int, default=0,
                    help="truncate prompt + response to this many tokens (0 = the model's max_position_embeddings)")
     p.add_argument("--seed", type=int, default=0, help="data order (and torch) seed")
+    p.add_argument("--max-nonfinite", type=int, default=5,
+                   help="stop after this many consecutive steps with a non-finite loss or gradient (each is skipped)")
     p.add_argument("--save-every", type=int, default=100, help="write a resume checkpoint every N steps (0 = never)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its checkpoint")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -81,7 +83,7 @@ def get_args(argv=None):
                         "less memory for long sequences, ~30%% more compute")
     p.add_argument("--device", default="auto", help="cpu / cuda / auto")
     args = p.parse_args(argv)
-    cli.check_positive(args, "batch_size")
+    cli.check_positive(args, "batch_size", "max_nonfinite")
     cli.check_positive(args, "steps", "micro_batch", "warmup", "save_every", "max_len", "kl_coef",
                        "weight_decay", allow_zero=True)
     cli.check_positive(args, "lr", "grad_clip")
@@ -171,7 +173,7 @@ def run(args):
     cfg = sft.SFTConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
                         micro_batch=args.micro_batch, lr=args.lr, warmup=args.warmup, min_lr_ratio=args.min_lr_ratio,
                         weight_decay=args.weight_decay, grad_clip=args.grad_clip, kl_coef=args.kl_coef,
-                        seed=args.seed, bf16=args.bf16)
+                        seed=args.seed, bf16=args.bf16, max_nonfinite=args.max_nonfinite)
     total = sft.total_steps(len(examples), cfg)
     # a small RFT set makes a short run: a warm-up longer than the run would never reach --lr
     cfg.warmup = min(args.warmup, total // 4)
@@ -195,8 +197,11 @@ def run(args):
         resume_state = checkpoint.load_state(ckpt)
         checkpoint.set_rng_state(resume_state["rng"])
         done = resume_state["step"]
-        if main_rank:
-            # rows logged after the checkpoint are redone: drop them so each step has one row
+        if main_rank and "metrics_bytes" in resume_state:
+            # rows logged after the checkpoint are redone, and a kill may have torn the last one: cut the file
+            # back to its size at the checkpoint, so each step has one whole row
+            truncate_to(metrics, resume_state["metrics_bytes"])
+        elif main_rank:  # a checkpoint from before metrics_bytes was recorded
             rows = [r for _, r in read_jsonl(metrics, allow_empty=True) if r.get("step", 0) <= done] \
                 if metrics.exists() else []
             cli.atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in rows))
@@ -228,15 +233,22 @@ def run(args):
             cli.log_metrics(metrics, "consolidate", row)
         if args.save_every and step % args.save_every == 0 and step < total:
             new = checkpoint.save(out, step, model, tok, {"optimizer": dist.optimizer_state(opt),
-                                                          "scheduler": sched.state_dict()})  # (every rank)
+                                                          "scheduler": sched.state_dict(),
+                                                          "metrics_bytes": metrics.stat().st_size if main_rank
+                                                          else 0})  # (every rank)
             if main_rank:
                 for _, old in checkpoint.list_checkpoints(out):  # a resume point is all we need: keep the latest
                     if old != new:
                         shutil.rmtree(old)
 
     t0 = time.time()
-    rows = sft.train(model, examples, cfg, pad_id=tok.pad_token_id, ref_model=ref, state=resume_state,
-                     on_step=on_step)
+    try:
+        rows = sft.train(model, examples, cfg, pad_id=tok.pad_token_id, ref_model=ref, state=resume_state,
+                         on_step=on_step)
+    except sft.NonFiniteError as e:  # no final folder: a NaN model must never look finished
+        last = checkpoint.latest(out)
+        raise cli.UserError(f"{e}. Lower --lr or check the data; --resume continues from "
+                            f"{last.name if last else 'the start (no checkpoint yet)'}", code=1) from None
 
     # --- the final folder: complete, then renamed over DIR in one step (drops the resume checkpoints) -------
     model.eval()

@@ -158,6 +158,7 @@ def get_args(argv=None):
     if args.overlong_shaping and args.overlong_buffer >= args.max_new_tokens:
         raise cli.UserError(f"--overlong-buffer ({args.overlong_buffer}) must be < --max-new-tokens "
                             f"({args.max_new_tokens})")
+    cli.check_out_dir(args.out)
     if args.backend == "hf" and (args.tp > 1 or args.sleep_mode):
         raise cli.UserError("--tp and --sleep-mode are vLLM options; they need --backend vllm (or auto on a GPU)")
     return args

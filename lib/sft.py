@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -43,6 +45,11 @@ class SFTConfig:
     kl_coef: float = 0.0  # optional KL(policy || starting policy) on response tokens (needs ref_model)
     seed: int = 0
     bf16: bool = False  # autocast to bfloat16 (GPU)
+    max_nonfinite: int = 5  # stop after this many consecutive steps with a NaN/inf loss or gradient (each skipped)
+
+
+class NonFiniteError(RuntimeError):
+    """max_nonfinite consecutive steps had a non-finite loss or gradient: the run cannot recover by itself."""
 
 
 @dataclass
@@ -183,7 +190,7 @@ def train(model, examples: list[Example], cfg: SFTConfig, pad_id: int, ref_model
         dist.load_optimizer_state(opt, state["optimizer"])  # (under FSDP: this rank's shard)
         sched.load_state_dict(state["scheduler"])
         start = state["step"]
-    rows = []
+    rows, streak = [], 0  # streak: consecutive skipped steps (a resumed run counts afresh)
     bar = tqdm(range(start, len(batches)), desc="sft", disable=None if progress else True, leave=False)
     for step in bar:
         t0 = time.time()
@@ -195,12 +202,31 @@ def train(model, examples: list[Example], cfg: SFTConfig, pad_id: int, ref_model
         if dist.is_distributed():
             nll, kl = dist.all_reduce_sum([nll, kl])
         grad_norm = dist.clip_grad_norm(model.parameters(), cfg.grad_clip)  # pre-clip norm
-        opt.step()
-        sched.step()
-        row = {"step": step + 1, "loss": round(nll, 5), "kl": round(kl, 6), "grad_norm": round(grad_norm, 4),
-               "lr": lr, "tokens": int(n_tokens), "step_time": round(time.time() - t0, 3)}
+        # the same decision on every rank: nll and kl are all-reduced, grad_norm is the global norm
+        skipped = not all(math.isfinite(x) for x in (nll, kl, grad_norm))
+        if skipped:
+            # one NaN/inf gradient in AdamW's moments poisons every later step: drop this one; the weights and
+            # the optimizer state stay as they were, the schedule still advances (it is by step)
+            opt.zero_grad(set_to_none=True)
+            streak += 1
+        else:
+            opt.step()
+            streak = 0
+        with warnings.catch_warnings():  # skipped first steps: the schedule is by step, not by update
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
+            sched.step()
+        row = {"step": step + 1, "loss": _finite(nll, 5), "kl": _finite(kl, 6), "grad_norm": _finite(grad_norm, 4),
+               "lr": lr, "tokens": int(n_tokens), "skipped": int(skipped), "step_time": round(time.time() - t0, 3)}
         rows.append(row)
         bar.set_postfix(loss=f"{nll:.3f}")
         if on_step:
             on_step(step + 1, row, opt, sched)
+        if streak >= cfg.max_nonfinite:
+            raise NonFiniteError(f"step {step + 1}: {streak} consecutive steps had a non-finite loss or gradient "
+                                 f"(--max-nonfinite {cfg.max_nonfinite}); stopping")
     return rows
+
+
+def _finite(x: float, digits: int) -> float | None:
+    """Rounded, or None for NaN / inf (metrics.jsonl stays strict JSON: jq and friends reject NaN)."""
+    return round(x, digits) if math.isfinite(x) else None

@@ -6,8 +6,8 @@ traceback, and nothing partial in the output location (no result file, no temp f
 files check in more depth are repeated here on purpose: this is the catalogue. ~25 s on 2 CPU cores.
 
 Non-finite steps: explore.py skips an update whose loss or gradient is NaN/inf, counts it in metrics.jsonl
-and goes on; --max-nonfinite consecutive ones stop the run with a clear message (exit 1). consolidate.py must
-do the same (the xfail tests below pin the missing behaviour).
+and goes on; --max-nonfinite consecutive ones stop the run with a clear message (exit 1). consolidate.py does
+the same, and never writes a NaN model as finished.
 """
 import json
 import math
@@ -164,14 +164,7 @@ def ran(request, w, tmp_path_factory) -> dict:
     return {name: f.result() for name, f in futures.items()}
 
 
-XFAIL = {  # known gaps in files another change owns; the fix is in the reason
-    "explore-out-is-a-file": "explore.py ends in a FileExistsError traceback after loading the model; "
-                             "fix: cli.check_out_dir(args.out) at the end of explore.get_args",
-}
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, id=c[0], marks=[pytest.mark.xfail(strict=True, reason=XFAIL[c[0]])]
-                                               if c[0] in XFAIL else []) for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c[0]) for c in CASES])
 def test_bad_input_one_line_nothing_written(w, ran, case):
     name, stage, argv, pre, code, expect = case
     r, where, out = ran[name]
@@ -302,10 +295,7 @@ def test_explore_stops_after_k_consecutive_nonfinite_updates(tiny_model_dir, pro
 
 
 # ---------------------------------------------------------------------------------------------------------
-# non-finite steps: lib/sft.py and consolidate.py (not handled yet: see the xfail reasons)
-
-SFT_FIX = ("lib/sft.py trains on through NaN/inf (opt.step on NaN gradients poisons the weights and AdamW's "
-           "moments for good); fix: skip the step, count it, stop after --max-nonfinite consecutive ones")
+# non-finite steps: lib/sft.py and consolidate.py skip them, count them and stop after --max-nonfinite
 
 
 class NaNWhenTold(torch.nn.Module):
@@ -322,7 +312,6 @@ class NaNWhenTold(torch.nn.Module):
         return out
 
 
-@pytest.mark.xfail(strict=True, reason=SFT_FIX)
 def test_sft_skips_a_nonfinite_step_and_goes_on():
     from lib import sft, toy
 
@@ -344,7 +333,6 @@ def test_sft_skips_a_nonfinite_step_and_goes_on():
     assert any(not torch.equal(a, b) for a, b in zip(snap[2], snap[3]))  # and training went on
 
 
-@pytest.mark.xfail(strict=True, reason=SFT_FIX + "; consolidate.py also writes the NaN model as finished, exit 0")
 def test_consolidate_stops_on_nonfinite_steps_and_writes_no_model(tiny_model_dir, tmp_path):
     data = tmp_path / "rft.jsonl"
     write_jsonl(data, [Trajectory(f"p{i}", f"Compute {i}+1.", f"Answer: {i + 1}", 1.0, True) for i in range(8)])

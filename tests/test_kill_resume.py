@@ -296,8 +296,6 @@ def test_consolidate_killed_three_times_ends_like_an_uninterrupted_run(tiny_mode
     assert not [n for n in temps(tmp_path) if n.startswith((f".{out.name}.", f".{ref.name}."))]
 
 
-@pytest.mark.xfail(strict=True, reason="consolidate.py re-parses metrics.jsonl on --resume and refuses a torn "
-                                       "last line; fix: truncate to the byte size recorded in the checkpoint")
 def test_consolidate_resumes_over_a_torn_metrics_line(tiny_model_dir, rft, tmp_path, monkeypatch):
     """A kill in the middle of a metrics row (a torn last line) must not make the run un-resumable."""
     import consolidate
