@@ -25,13 +25,10 @@ stopped; the folder is removed once the output is written.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -126,23 +123,6 @@ def tally(trajs) -> Tally:
     return t
 
 
-@contextlib.contextmanager
-def atomic_lines(path: Path):
-    """A text file written line by line (a harvest need not fit in memory) and renamed into place only if
-    the block finishes: a reader never sees half a harvest, and bad input leaves no file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def step_chunks(steps: list[int], max_lines: int = 10) -> list[list[int]]:
     """Sorted steps cut into at most `max_lines` consecutive chunks (one summary line each)."""
     size = max(1, math.ceil(len(steps) / max_lines))
@@ -160,7 +140,7 @@ def from_rollouts(run: Path, ranges, out: Path) -> dict[int, Tally]:
         raise cli.UserError(f"{path}: no such file (is --run an explore.py output folder?)")
     tallies: dict[int, Tally] = {}
     lo, hi = math.inf, -math.inf  # the steps the run logged, for the error message
-    with atomic_lines(out) as f:
+    with cli.atomic_open(out) as f:
         for ln, d in read_jsonl(path):
             t = trajectory_from_dict(d, f"{path}:{ln}")
             if t.step is None:
@@ -280,7 +260,7 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally]:
         tallies[step] = tally(trajs)
         print(tallies[step].line(f"{ckpt.name} (step {step})") + f", {time.time() - t0:.1f}s")
 
-    with atomic_lines(out) as f:
+    with cli.atomic_open(out) as f:
         for _, ckpt in ckpts:
             with open(parts / f"{ckpt.name}.jsonl", encoding="utf-8") as part:
                 shutil.copyfileobj(part, f)

@@ -6,6 +6,7 @@ file / line / field / flag and exits with a non-zero code, never a traceback. Re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -66,20 +67,27 @@ def check_positive(args: argparse.Namespace, *names: str, allow_zero: bool = Fal
 # Atomic writes: a reader (or a resumed run) never sees half a file.
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to a temp file in the same folder, fsync, then rename over `path`."""
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike):
+    """A text file written through a temp file in the same folder, fsynced and renamed over `path` only if the
+    block finishes: a reader never sees half a file, and an error or a kill leaves no file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
