@@ -218,14 +218,16 @@ def summary(r: dict, comp: list[dict], run: Path) -> str:
         # --- say plainly what it shows
         a, v = last["rl"] or last["rft"], last["vanilla"]
         if a and v:
-            verdict = lambda d: "higher" if d > 0.005 else ("lower" if d < -0.005 else "about the same")  # noqa: E731
+            def compare(d):  # against vanilla RL
+                return ("higher" if d > 0 else "lower") + " than vanilla RL" if abs(d) > 0.005 else \
+                    "about the same as vanilla RL"
             said = []
             for name, m in (("final RL policy", last["rl"]), ("final consolidated policy", last["rft"])):
                 if m:
                     d_acc = m["average"]["mean_acc"] - v["average"]["mean_acc"]
                     d_pk = m["average"]["pass@k"][kmax] - v["average"]["pass@k"][kmax]
-                    said.append(f"RLoop's {name} has {verdict(d_acc)} average accuracy than vanilla RL "
-                                f"({d_acc:+.3f}) and {verdict(d_pk)} pass@{kmax} ({d_pk:+.3f})")
+                    said.append(f"RLoop's {name} has average accuracy {compare(d_acc)} ({d_acc:+.3f}) and "
+                                f"pass@{kmax} {compare(d_pk)} ({d_pk:+.3f})")
             lines += [f"**What this run shows.** After {last['rl_steps']} RL steps, " + "; ".join(said) + "."]
             if "probe" in splits and base:
                 pb = base["benchmarks"]["probe"]["mean_acc"]
