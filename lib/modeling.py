@@ -101,6 +101,31 @@ def save_policy(model, tokenizer, out_dir: str | os.PathLike) -> None:
     replace_dir(tmp, out_dir)
 
 
+def cache_keyword(model) -> str:
+    """The name the model's forward takes its KV cache under: `cache` (transformers >= 5.x) or
+    `past_key_values` (4.x; 5.x still accepts it, with a deprecation warning on every call)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                         with_entropy: bool = False):
+    """logits [B, T, V] predicting targets [B, T] -> log p(target) [B, T] under softmax(logits / temperature)
+    (and the entropy [B, T] of that distribution). No full-vocabulary log-softmax is materialised in float32:
+    logsumexp + gather suffice."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    lse = torch.logsumexp(logits.float(), dim=-1)  # [B, T]
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float() - lse  # [B, T]
+    if not with_entropy:
+        return logp
+    with torch.no_grad():  # entropy is logged, not optimised
+        p = torch.softmax(logits.float(), dim=-1)
+        ent = lse - (p * logits.float()).sum(-1)  # H = logsumexp(z) - sum p z
+    return logp, ent
+
+
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
                    with_entropy: bool = False):
     """Log-prob of every token given its prefix, under softmax(logits / temperature).
@@ -108,20 +133,42 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     input_ids, attention_mask: [B, T] (right padding or left padding both fine: positions come from the mask)
     returns logp [B, T] where logp[:, t] = log p(input_ids[:, t] | input_ids[:, :t]); logp[:, 0] = 0.
     With with_entropy, also the entropy [B, T] of the predictive distribution at each position.
-    The log-softmax is never materialised for the full vocabulary in float32: logsumexp + gather suffice.
     """
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                    use_cache=False).logits[:, :-1]  # [B, T-1, V]: position t predicts token t+1
-    if temperature != 1.0:
-        logits = logits / temperature
-    targets = input_ids[:, 1:]  # [B, T-1]
-    lse = torch.logsumexp(logits.float(), dim=-1)  # [B, T-1]
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()  # [B, T-1]
-    logp = F.pad(picked - lse, (1, 0))  # [B, T]
+    out = logprobs_from_logits(logits, input_ids[:, 1:], temperature, with_entropy)
     if not with_entropy:
-        return logp
-    with torch.no_grad():  # entropy is logged, not optimised
-        p = torch.softmax(logits.float(), dim=-1)
-        ent = lse - (p * logits.float()).sum(-1)  # H = logsumexp(z) - sum p z
-    return logp, F.pad(ent, (1, 0))
+        return F.pad(out, (1, 0))
+    return tuple(F.pad(x, (1, 0)) for x in out)
+
+
+def shared_prompt_logprobs(model, prompt_ids: torch.Tensor, prompt_attn: torch.Tensor, index: torch.Tensor,
+                           response_ids: torch.Tensor, response_attn: torch.Tensor, temperature: float = 1.0,
+                           with_entropy: bool = False):
+    """What token_logprobs gives the response part of prompt + response rows, when many responses continue
+    the same few prompts (a GRPO / DAPO group: n responses per prompt). Each prompt goes through the model
+    once and its keys / values are copied to its responses, instead of running it n times: on the toy, where
+    prompts are half of every row, an RL update does ~40% fewer FLOPs. Gradients flow through the shared
+    prompt activations into every response's loss (the copy's backward sums them), as in the unshared forward.
+
+    prompt_ids, prompt_attn: [G, P] LEFT-padded (the last column is every prompt's last token)
+    index: [B] the prompt row each response continues
+    response_ids, response_attn: [B, R] right-padded
+    returns logp [B, R] where logp[:, t] = log p(response[:, t] | prompt, response[:, :t]) (and entropy [B, R]).
+    Needs a KV cache in training mode: not with gradient checkpointing (transformers drops the cache there).
+    """
+    from transformers import DynamicCache
+
+    cache, kw = DynamicCache(), cache_keyword(model)
+    pos = (prompt_attn.long().cumsum(-1) - 1).clamp(min=0)  # [G, P]
+    first = model(input_ids=prompt_ids, attention_mask=prompt_attn, position_ids=pos, use_cache=True,
+                  logits_to_keep=1, **{kw: cache}).logits[:, -1]  # [G, V]: predicts each response's first token
+    cache.reorder_cache(index)  # keys / values [G, ...] -> [B, ...] (index_select: differentiable)
+    R = response_ids.shape[1]
+    attn = torch.cat([prompt_attn[index], response_attn], dim=1)  # [B, P + R]
+    rpos = pos[index, -1:] + 1 + torch.arange(R, device=pos.device)  # [B, R]: positions continue the prompt's
+    rest = model(input_ids=response_ids, attention_mask=attn, position_ids=rpos, use_cache=True,
+                 **{kw: cache}).logits[:, :-1]  # [B, R-1, V]: response position t predicts token t+1
+    logits = torch.cat([first[index].unsqueeze(1), rest], dim=1)  # [B, R, V]
+    return logprobs_from_logits(logits, response_ids, temperature, with_entropy)

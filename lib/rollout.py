@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from lib.modeling import stop_token_ids
+from lib.modeling import cache_keyword, stop_token_ids
 from lib.records import Trajectory
 
 
@@ -58,14 +58,6 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, gen: to
     tok = torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # [A]
     logp = z.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - lse
     return tok, logp
-
-
-def cache_keyword(model) -> str:
-    """The name the model's forward takes its KV cache under: `cache` (transformers >= 5.x) or
-    `past_key_values` (4.x; 5.x still accepts it, with a deprecation warning on every call)."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 class HFEngine:

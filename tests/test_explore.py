@@ -73,9 +73,22 @@ def random_seqs(vocab: int, count: int = 16, seed: int = 0) -> list:
     return seqs
 
 
-def grads_of(model, seqs, micro, cfg, per_micro_mean=False):
+def grouped_seqs(vocab: int, groups: int = 4, n: int = 4, seed: int = 0) -> list:
+    """groups prompts (3-9 tokens) x n responses each (1-30 tokens): what an RL step trains on."""
+    g = torch.Generator().manual_seed(seed)
+    seqs = []
+    for _ in range(groups):
+        prompt = torch.randint(3, vocab, (int(torch.randint(3, 10, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(n):
+            L = int(torch.randint(1, 31, (1,), generator=g))
+            seqs.append(explore.Seq(prompt, torch.randint(3, vocab, (L,), generator=g).tolist(),
+                                    float(torch.randn((), generator=g))))
+    return seqs
+
+
+def grads_of(model, seqs, micro, cfg, per_micro_mean=False, share_prompt=False):
     model.zero_grad(set_to_none=True)
-    mbs = explore.make_micro_batches(seqs, micro, pad_id=0, device="cpu")
+    mbs = explore.make_micro_batches(seqs, micro, pad_id=0, device="cpu", share_prompt=share_prompt)
     if per_micro_mean:  # the trl#5619 bug: each micro-batch normalised by its own token count, then averaged
         for mb in mbs:
             explore.accumulate_gradients(model, [mb], cfg, float(mb.mask.sum()), float(mb.ids.shape[0]))
@@ -103,12 +116,14 @@ def with_old_logprobs(model, seqs, noise=0.3, seed=1):
 
 
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
-def test_micro_batch_invariance(tiny_model_dir, agg):
+@pytest.mark.parametrize("share", [False, True])
+def test_micro_batch_invariance(tiny_model_dir, agg, share):
     model = load_model(tiny_model_dir)
-    seqs = with_old_logprobs(model, random_seqs(model.config.vocab_size))
+    seqs = with_old_logprobs(model, grouped_seqs(model.config.vocab_size) if share
+                             else random_seqs(model.config.vocab_size))
     cfg = explore.LossConfig(agg=agg)
-    one = grads_of(model, seqs, 16, cfg)
-    four = grads_of(model, seqs, 4, cfg)
+    one = grads_of(model, seqs, 16, cfg, share_prompt=share)
+    four = grads_of(model, seqs, 4, cfg, share_prompt=share)
     assert one.keys() == four.keys() and len(one) > 0
     for name in one:
         torch.testing.assert_close(four[name], one[name], rtol=1e-4, atol=1e-6)
@@ -118,10 +133,73 @@ def test_micro_batch_invariance(tiny_model_dir, agg):
         assert diff > 0.05
 
 
-def test_first_update_sees_ratio_one(tiny_model_dir):
+def test_shared_prompt_gives_the_full_rows_log_probs_and_gradients(tiny_model_dir):
     model = load_model(tiny_model_dir)
-    seqs = random_seqs(model.config.vocab_size, count=8)
-    mbs = explore.make_micro_batches(seqs, 3, pad_id=0, device="cpu")
+    seqs = grouped_seqs(model.config.vocab_size)  # 4 prompts of 3-9 tokens x 4 responses of 1-30 tokens
+
+    def response_logprobs(share):
+        """{id(seq): (its response tokens' log-probs, entropies)}"""
+        (mb,) = explore.make_micro_batches(seqs, len(seqs), pad_id=0, device="cpu", balance=False,
+                                           share_prompt=share)
+        with torch.no_grad():
+            logp, ent = explore.micro_batch_logprobs(model, mb, temperature=0.7, with_entropy=True)
+        key = (lambda s: len(s.response_ids)) if share else (lambda s: len(s.prompt_ids) + len(s.response_ids))
+        order = sorted(seqs, key=key)  # make_micro_batches' row order (a stable sort)
+        return mb, {id(s): (logp[j][mb.mask[j]], ent[j][mb.mask[j]]) for j, s in enumerate(order)}
+
+    (_, full), (mb, shared) = response_logprobs(False), response_logprobs(True)
+    assert mb.prompts.ids.shape[0] == 4 and mb.ids.shape[1] == 30  # 4 distinct prompts; rows hold responses
+    for s in seqs:
+        (a, c), (b, d) = full[id(s)], shared[id(s)]
+        assert a.numel() == b.numel() == len(s.response_ids)
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+        torch.testing.assert_close(d, c, rtol=0, atol=1e-5)
+    seqs = with_old_logprobs(model, seqs)  # ratios away from 1: every clip branch in the gradient
+    cfg = explore.LossConfig(temperature=0.7)
+    one, two = grads_of(model, seqs, 8, cfg), grads_of(model, seqs, 8, cfg, share_prompt=True)
+    assert one.keys() == two.keys() and len(one) > 0
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6)
+
+
+def test_train_on_batch_scores_old_log_probs_once_per_mini_batch_after_the_first(tiny_model_dir, monkeypatch):
+    """The first mini-batch reuses its update's own log-probs: same weights as a separate scoring pass of every
+    mini-batch (verl's way), one forward pass fewer."""
+    vocab = load_model(tiny_model_dir).config.vocab_size
+    seqs = grouped_seqs(vocab, groups=6, n=3)
+    groups = [explore.Group(None, seqs[i].prompt_ids, [Completion(s.response_ids, [], "", "stop")
+                                                        for s in seqs[i:i + 3]],
+                            [1.0, -1.0, 1.0 if i % 2 else -1.0], [], []) for i in range(0, 18, 3)]
+    args = explore.get_args(["--prompts-per-step", "6", "--mini-batch", "2", "--micro-batch", "4", "--lr", "1e-3"])
+    cfg = explore.LossConfig(temperature=args.temperature)
+
+    model = load_model(tiny_model_dir)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    scored = []
+    fill = explore.fill_old_logprobs
+    monkeypatch.setattr(explore, "fill_old_logprobs", lambda m, mbs, *a: scored.append(len(mbs)) or fill(m, mbs, *a))
+    st = explore.train_on_batch(model, opt, groups, args, pad_id=0, device="cpu")
+    assert st["updates"] == 3 and len(scored) == 2  # mini-batches 2 and 3 only
+
+    ref = load_model(tiny_model_dir)  # the reference: score every mini-batch first, then update
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=0.1)
+    per_group = explore.build_seqs(groups)
+    plans = [explore.make_micro_batches([s for g in per_group[i:i + 2] for s in g], 4, 0, "cpu", share_prompt=True)
+             for i in range(0, 6, 2)]
+    for mbs in plans:
+        fill(ref, mbs, cfg.temperature)
+    for mbs in plans:
+        explore.optimizer_update(ref, ref_opt, mbs, cfg, args.grad_clip)
+    for (name, a), b in zip(model.named_parameters(), ref.parameters()):
+        assert not torch.equal(a, load_model(tiny_model_dir).get_parameter(name))  # the weights moved
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_first_update_sees_ratio_one(tiny_model_dir, share):
+    model = load_model(tiny_model_dir)
+    seqs = grouped_seqs(model.config.vocab_size, groups=2) if share else random_seqs(model.config.vocab_size, 8)
+    mbs = explore.make_micro_batches(seqs, 3, pad_id=0, device="cpu", share_prompt=share)
     explore.fill_old_logprobs(model, mbs, temperature=0.7)
     st = explore.accumulate_gradients(model, mbs, explore.LossConfig(temperature=0.7), 100.0, 8.0)
     assert st["approx_kl"] == 0.0  # old == new bit for bit: log-ratio exactly 0 on every token
@@ -356,6 +434,14 @@ def test_bad_flag_combination_is_one_clear_line(tmp_path):
     r = run_cli("--prompts-per-step", "10", "--mini-batch", "4", tmp_path=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: --prompts-per-step (10) must be a multiple of --mini-batch (4)"]
+
+
+def test_share_prompt_is_on_unless_activations_are_recomputed():
+    assert explore.get_args([]).share_prompt is True
+    assert explore.get_args(["--no-share-prompt"]).share_prompt is False
+    assert explore.get_args(["--grad-checkpointing"]).share_prompt is False  # no KV cache under checkpointing
+    with pytest.raises(explore.cli.UserError, match="--share-prompt needs a KV cache"):
+        explore.get_args(["--grad-checkpointing", "--share-prompt"])
 
 
 # -----------------------------------------------------------------------------
