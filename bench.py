@@ -81,6 +81,8 @@ def get_args(argv=None):
     a("--rl-micro-batch", type=int, default=64, help="RL: sequences per forward/backward")
     a("--rl-max-new", type=int, default=64, help="RL: max new tokens")
     a("--rl-lr", type=float, default=2e-4, help="RL: learning rate (constant, no warm-up)")
+    a("--explore-args", default="",
+      help="RL: extra explore.py flags for our side, e.g. --explore-args=--no-share-prompt (to see what a trick buys)")
     # SFT
     a("--sft-steps", type=int, default=0, help="SFT: timed optimiser steps per run, after one warm-up step "
                                                "(0 = 8 with --quick, else 20)")
@@ -319,7 +321,8 @@ def run_explore(model_path: str, args, device, r: int, work: Path) -> list[tuple
             "--mini-batch", str(args.rl_mini_batch), "--micro-batch", str(args.rl_micro_batch),
             "--max-new-tokens", str(args.rl_max_new), "--temperature", str(args.temperature),
             "--top-p", str(args.top_p), "--lr", str(args.rl_lr), "--warmup-steps", "0",
-            "--no-dynamic-sampling", "--no-overlong-shaping", "--backend", "hf", "--device", device.type]
+            "--no-dynamic-sampling", "--no-overlong-shaping", "--backend", "hf", "--device", device.type,
+            *args.explore_args.split()]
     keep_threads(args.threads)
     with quiet(work.parent / "logs" / f"explore_r{r}.log"):
         explore.main(argv)

@@ -82,6 +82,7 @@ def get_args(argv=None):
                    help="recompute each decoder layer's activations in backward (activation checkpointing): "
                         "less memory for long sequences, ~30%% more compute")
     p.add_argument("--device", default="auto", help="cpu / cuda / auto")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
     args = p.parse_args(argv)
     cli.check_positive(args, "batch_size", "max_nonfinite")
     cli.check_positive(args, "steps", "micro_batch", "warmup", "save_every", "max_len", "kl_coef",
@@ -134,6 +135,7 @@ def main(argv=None):
 
 def inspect_out(args, out: Path) -> tuple[str, Path | None]:
     """(out_state, checkpoint to resume from); refuses a foreign folder or a forgotten --resume."""
+    cli.restore_dir(out)  # a kill inside the final folder swap must not lose the folder
     state = out_state(out)
     if state == "foreign":
         raise cli.UserError(f"{out}: exists and is not a consolidate.py output folder; pick another --out")
@@ -161,7 +163,9 @@ def run(args):
     if args.bf16 is None:
         args.bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     load_device = "cpu" if dist.is_distributed() else device  # FSDP moves only this rank's shard to the GPU
-    model, tok = dist.main_first(lambda: load_policy(args.model, device=load_device))  # ('toy' may build it)
+    # ('toy' may build the base: rank 0 first)
+    model, tok = dist.main_first(lambda: load_policy(args.model, device=load_device,
+                                                     trust_remote_code=args.trust_remote_code))
     max_len = args.max_len or int(getattr(model.config, "max_position_embeddings", 0) or 0)
     examples = sft.tokenize(tok, trajs, append_eos=True, max_len=max_len)
     if not examples:
@@ -193,7 +197,7 @@ def run(args):
     metrics = out / "metrics.jsonl"
     if ckpt:
         del model
-        model, _ = load_policy(str(ckpt), device=load_device)
+        model, _ = load_policy(str(ckpt), device=load_device, trust_remote_code=args.trust_remote_code)
         resume_state = checkpoint.load_state(ckpt)
         checkpoint.set_rng_state(resume_state["rng"])
         done = resume_state["step"]

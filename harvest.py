@@ -58,6 +58,7 @@ def get_args(argv=None):
                    help="rollout engine: vllm when importable and a GPU is present, else transformers")
     g.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vLLM: share of GPU memory")
     g.add_argument("--device", default="auto", help="cpu / cuda / auto (hf backend)")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
     args = p.parse_args(argv)
     cli.check_positive(args, "resample", "limit", allow_zero=True)
     cli.check_positive(args, "max_new_tokens")
@@ -179,7 +180,7 @@ def resample_settings(args, run: Path) -> dict:
     return s
 
 
-def load_for_sampling(ckpt: Path, backend: str, device, gpu_mem: float):
+def load_for_sampling(ckpt: Path, backend: str, device, gpu_mem: float, trust_remote_code: bool = False):
     """(engine, tokenizer) for one checkpoint. The vLLM path never loads the HF weights."""
     from lib.modeling import load_policy
     from lib.rollout import HFEngine, VLLMEngine
@@ -187,11 +188,11 @@ def load_for_sampling(ckpt: Path, backend: str, device, gpu_mem: float):
     if backend == "vllm":
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(ckpt)
+        tok = AutoTokenizer.from_pretrained(ckpt, trust_remote_code=trust_remote_code)
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
-        return VLLMEngine(str(ckpt), tok, gpu_memory_utilization=gpu_mem), tok
-    model, tok = load_policy(str(ckpt), device=device)
+        return VLLMEngine(str(ckpt), tok, gpu_memory_utilization=gpu_mem, trust_remote_code=trust_remote_code), tok
+    model, tok = load_policy(str(ckpt), device=device, trust_remote_code=trust_remote_code)
     return HFEngine(model, tok), tok
 
 
@@ -249,7 +250,7 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally]:
             print(tallies[step].line(f"{ckpt.name} (step {step}, from an earlier run)"))
             continue
         t0 = time.time()
-        engine, tok = load_for_sampling(ckpt, backend, device, args.gpu_memory_utilization)
+        engine, tok = load_for_sampling(ckpt, backend, device, args.gpu_memory_utilization, args.trust_remote_code)
         data.render_prompts(problems, tok)
         n_prompt = [len(tok(p.prompt, add_special_tokens=False)["input_ids"]) for p in problems]
         comps = engine.generate([p.prompt for p in problems], n=args.resample, max_new_tokens=s["max_new_tokens"],

@@ -96,7 +96,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:
     """Move a fully written folder into place. The old folder (if any) is removed only after the new one is
-    complete, so a kill at any moment leaves either the old or the new folder, never a mix."""
+    complete, so a kill at any moment leaves either the old or the new folder, never a mix. (A kill between
+    the two renames leaves the old one as .NAME.old and no NAME: restore_dir puts it back.)"""
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
     if final_dir.exists():
         trash = final_dir.with_name(f".{final_dir.name}.old")
@@ -107,6 +108,18 @@ def replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Non
         shutil.rmtree(trash)
     else:
         os.replace(tmp_dir, final_dir)
+
+
+def restore_dir(final_dir: str | os.PathLike) -> bool:
+    """Undo a replace_dir killed between its two renames: NAME is missing and .NAME.old holds the previous
+    folder -> rename it back. True if it did."""
+    final_dir = Path(final_dir)
+    trash = final_dir.with_name(f".{final_dir.name}.old")
+    if final_dir.exists() or not trash.is_dir():
+        return False
+    os.replace(trash, final_dir)
+    print(f"{final_dir}: restored from {trash.name} (a folder swap was interrupted)")
+    return True
 
 
 def check_out_dir(path: str | os.PathLike, flag: str = "--out") -> None:

@@ -12,6 +12,36 @@ sys.path.insert(0, str(ROOT))
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch intra-op thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny
+    models on a shared 2-core box, where a second thread only contends (20x slower under load)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class Killed(Exception):
+    """Stands in for a kill: raised by dying_train."""
+
+
+def dying_train(real_train, after_step: int):
+    """lib/sft.train that raises Killed right after optimiser step `after_step` (its metrics row written)."""
+
+    def train(*a, on_step=None, **kw):
+        def hook(step, row, opt, sched):
+            on_step(step, row, opt, sched)
+            if step == after_step:
+                raise Killed
+
+        return real_train(*a, on_step=hook, **kw)
+
+    return train
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """An untrained toy-architecture model folder (from_pretrained-loadable): for plumbing tests."""

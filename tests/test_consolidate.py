@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import consolidate
+from conftest import Killed, dying_train
 import evaluate
 from lib import sft, toy
 from lib.cli import EXIT_USER_ERROR, UserError
@@ -25,13 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core box: a second intra-op thread only contends (20x slower under load)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest) tiny models, shared 2-core box
 
 
 @pytest.fixture(scope="module")
@@ -186,25 +181,12 @@ def test_consolidate_writes_a_folder_evaluate_loads(world, tmp_path, capsys):
     assert all(torch.equal(before[k], v) for k, v in weights(out).items())
 
 
-class Killed(Exception):
-    pass
-
-
 def test_resume_reaches_the_same_weights(world, tmp_path, monkeypatch):
     consolidate.main(cons_args(world, tmp_path / "straight"))
 
     real_train = sft.train
-
-    def dies_after_step_3(*a, on_step=None, **kw):
-        def hook(step, row, opt, sched):
-            on_step(step, row, opt, sched)
-            if step == 3:
-                raise Killed
-
-        return real_train(*a, on_step=hook, **kw)
-
     out = tmp_path / "resumed"
-    monkeypatch.setattr(sft, "train", dies_after_step_3)
+    monkeypatch.setattr(sft, "train", dying_train(real_train, after_step=3))
     with pytest.raises(Killed):
         consolidate.main(cons_args(world, out))
     monkeypatch.setattr(sft, "train", real_train)

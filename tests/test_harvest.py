@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import harvest
 from lib import checkpoint, toy
@@ -21,12 +20,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM
 PIDS = ["t0", "t1", "t2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model, shared 2-core box: a second thread only contends
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest) tiny models, shared 2-core box
 
 
 def acc_of(step: int, pid: str, k: int) -> bool:

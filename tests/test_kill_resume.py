@@ -20,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import Killed, dying_train
 from lib.records import Trajectory, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -296,28 +297,44 @@ def test_consolidate_killed_three_times_ends_like_an_uninterrupted_run(tiny_mode
     assert not [n for n in temps(tmp_path) if n.startswith((f".{out.name}.", f".{ref.name}."))]
 
 
+def test_a_kill_between_the_two_renames_of_a_folder_swap_is_undone(tmp_path, monkeypatch):
+    import consolidate
+    from lib import cli
+
+    out, new = tmp_path / "c", tmp_path / ".c.final.x"
+    for d, text in ((out, "old"), (new, "new")):
+        d.mkdir()
+        (d / "config.json").write_text(text)
+    (out / consolidate.DONE).write_text("{}")
+    real_replace, calls = os.replace, []
+
+    def killed_at_the_second(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the kill: out is already .c.old, the new folder not yet renamed
+        real_replace(src, dst)
+
+    monkeypatch.setattr(cli.os, "replace", killed_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        cli.replace_dir(new, out)
+    monkeypatch.setattr(cli.os, "replace", real_replace)
+    assert not out.exists() and (tmp_path / ".c.old").is_dir()
+    # the rerun finds the finished folder again, instead of retraining from nothing
+    state, ckpt = consolidate.inspect_out(consolidate.get_args(["--data", "x", "--out", str(out)]), out)
+    assert state == "finished" and ckpt is None and (out / "config.json").read_text() == "old"
+    assert not (tmp_path / ".c.old").exists() and cli.restore_dir(out) is False
+
+
 def test_consolidate_resumes_over_a_torn_metrics_line(tiny_model_dir, rft, tmp_path, monkeypatch):
     """A kill in the middle of a metrics row (a torn last line) must not make the run un-resumable."""
     import consolidate
     from lib import sft
 
-    class Killed(Exception):
-        pass
-
     real_train = sft.train
-
-    def dies_after_step_3(*a, on_step=None, **kw):
-        def hook(step, row, opt, sched):
-            on_step(step, row, opt, sched)
-            if step == 3:
-                raise Killed
-
-        return real_train(*a, on_step=hook, **kw)
-
     out = tmp_path / "out"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny model on a shared 2-core box: a second thread only contends
-    monkeypatch.setattr(sft, "train", dies_after_step_3)
+    monkeypatch.setattr(sft, "train", dying_train(real_train, after_step=3))
     with pytest.raises(Killed):
         consolidate.main([str(a) for a in cons_args(tiny_model_dir, rft, out)])
     monkeypatch.setattr(sft, "train", real_train)

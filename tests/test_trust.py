@@ -111,13 +111,17 @@ def test_trust_remote_code_only_from_the_flag():
     assert not bad, bad
 
 
-@pytest.mark.parametrize("stage", ["explore", "evaluate"])
+REQUIRED = {"explore": [], "evaluate": [], "harvest": ["--run", "r", "--out", "h.jsonl"],
+            "consolidate": ["--data", "rft.jsonl", "--out", "c"]}  # each stage that loads a model
+
+
+@pytest.mark.parametrize("stage", sorted(REQUIRED))
 def test_trust_remote_code_flag_is_off_by_default(stage):
     import importlib
 
     mod = importlib.import_module(stage)
-    assert mod.get_args([]).trust_remote_code is False
-    assert mod.get_args(["--trust-remote-code"]).trust_remote_code is True
+    assert mod.get_args(REQUIRED[stage]).trust_remote_code is False
+    assert mod.get_args([*REQUIRED[stage], "--trust-remote-code"]).trust_remote_code is True
 
 
 def test_weights_are_written_as_safetensors_and_state_is_not_pickled_code():
