@@ -59,7 +59,9 @@ def get_args(argv=None):
       help="torch intra-op threads for BOTH sides; the default is torch's own on this machine")
     a("--repeats", type=int, default=0, help="interleaved repeats per row (0 = 3 with --quick, else 5)")
     a("--configs", default="auto", help="comma list of toy,big; auto = toy, plus big when a GPU is present")
-    a("--sections", default="rollout,rl,sft", help="comma list of rollout,rl,sft (sft includes the MFU row)")
+    a("--sections", default="rollout,rl,sft",
+      help="comma list of rollout,rl,sft (sft includes the MFU row); add 'profile' for torch.profiler's table of "
+           "one explore.py update (ops by self time, the matmuls' share and FLOP/s)")
     a("--no-trl", action="store_true", help="skip the TRL rows even when TRL is installed")
     a("--model", default="toy",
       help="the toy config's model: 'toy' = the embedded toy base, or a from_pretrained folder")
@@ -378,6 +380,39 @@ def bench_rl(model_path: str, args, device, work: Path, with_trl: bool) -> dict:
             "peer": [t for ts in b for t in ts]}
 
 
+def profile_update(model_path: str, args, device, work: Path) -> dict:
+    """torch.profiler over one explore.py update (train_on_batch of step 2: step 1 warms up): the ops that take
+    its time, and how much of it is matrix multiplies, at what FLOP/s."""
+    import explore
+    from torch.profiler import ProfilerActivity, profile
+
+    real, calls, res = explore.train_on_batch, [], {}
+
+    def profiled(*a, **kw):
+        calls.append(1)
+        if len(calls) != 2:
+            return real(*a, **kw)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=acts, with_flops=True) as prof:
+            st = real(*a, **kw)
+            sync(device)
+        key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        ops = prof.key_averages()
+        total = sum(getattr(e, key) for e in ops)  # microseconds
+        mm = [e for e in ops if e.key in ("aten::mm", "aten::addmm", "aten::bmm")]
+        mm_us = sum(getattr(e, key) for e in mm)
+        res.update(table=ops.table(sort_by=key, row_limit=15), total_s=total / 1e6, matmul_share=mm_us / total,
+                   matmul_flops=sum(e.flops for e in mm) / max(mm_us / 1e6, 1e-9))
+        return st
+
+    explore.train_on_batch = profiled
+    try:
+        run_explore(model_path, args, device, 0, work)
+    finally:
+        explore.train_on_batch = real
+    return res
+
+
 # ---------------------------------------------------------------------------------------------------------
 # SFT: lib/sft.train vs TRL SFTTrainer
 
@@ -554,6 +589,7 @@ def main(argv=None):
     print(f"  measured matmul peak: {peak / 1e9:,.1f} GFLOP/s ({str(peak_dtype).replace('torch.', '')})")
 
     rows: list[dict] = []
+    profiles: list[dict] = []
     t_start = time.time()
     for config in configs:
         if config == "toy":
@@ -590,12 +626,20 @@ def main(argv=None):
             rows.append(row(config, "SFT MFU", "%", mfu(res["ours"]), mfu(res["peer"]), "TRL SFTTrainer",
                             note=f"6 x {res['params'] / 1e6:.2f}M params x tokens/s over {peak / 1e9:,.1f} GFLOP/s"))
             print(f"  [{config}] SFT done in {time.time() - t:.0f}s", flush=True)
+        if "profile" in sections:
+            prof = profile_update(model_path, args, device, work)
+            (out / f"profile_update_{config}.txt").write_text(prof["table"], encoding="utf-8")
+            print(f"\n[{config}] torch.profiler, one explore.py update ({args.explore_args or 'default flags'}): "
+                  f"{prof['total_s']:.3f} s of ops, {100 * prof['matmul_share']:.0f}% of it matrix multiplies at "
+                  f"{prof['matmul_flops'] / 1e9:,.1f} GFLOP/s (peak {peak / 1e9:,.1f}); top ops:\n{prof['table']}")
+            profiles.append({"config": config, "explore_args": args.explore_args, "update_s": prof["total_s"],
+                             "matmul_share": prof["matmul_share"], "matmul_flops": prof["matmul_flops"]})
     print()
     print_table(rows)
     print(f"\n{time.time() - t_start:.0f}s; ratio = median(ours) / median(peer) over interleaved repeats")
     result = {"command": " ".join(["python bench.py"] + (sys.argv[1:] if argv is None else list(argv))),
               "threads": args.threads, "device": str(device), "machine": info, "repeats": args.repeats,
-              "peak_flops": peak, "peak_dtype": str(peak_dtype), "args": vars(args), "rows": rows,
+              "peak_flops": peak, "peak_dtype": str(peak_dtype), "args": vars(args), "rows": rows, "profiles": profiles,
               "seconds": round(time.time() - t_start, 1)}
     cli.atomic_write_json(out / "bench.json", result)
     print(f"wrote {out / 'bench.json'}")

@@ -27,6 +27,11 @@ CURVES = [("reward", "train reward"), ("grad_norm", "grad norm (pre-clip)"), ("e
 WORD = re.compile(r"\w+|[^\w\s]")
 
 
+def peak_norm(row: dict) -> float:
+    """A metrics row's largest pre-clip gradient norm over its updates (older rows: the step's mean)."""
+    return row.get("grad_norm_max") or row.get("grad_norm") or 0
+
+
 def read_rows(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -201,8 +206,9 @@ def summary(r: dict, comp: list[dict], run: Path) -> str:
                   "| policy | " + " | ".join(f"{s} acc | {s} pass@{kmax}" for s in splits)
                   + " | avg acc | avg pass@" + kmax + " | max grad norm |",
                   "|---" * (2 * len(splits) + 4) + "|"]
-        loop_gn = max((x.get("grad_norm") or 0 for it in r["iters"] for x in it["rl"]), default=None)
-        van_gn = max((x.get("grad_norm") or 0 for x in r["vanilla"]), default=None)
+        # the largest single update's pre-clip norm (a step's grad_norm is the mean over its updates)
+        loop_gn = max((peak_norm(x) for it in r["iters"] for x in it["rl"]), default=None)
+        van_gn = max((peak_norm(x) for x in r["vanilla"]), default=None)
         for name, m, gn in (("base", base, None), ("RLoop, last RL policy", last["rl"], loop_gn),
                             ("RLoop, last consolidated", last["rft"], loop_gn),
                             ("vanilla RL", last["vanilla"], van_gn)):
