@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 
 from lib import cli
+from lib.records import read_jsonl
 
 ROOT = Path(__file__).resolve().parent
 TRL_MISSING = "TRL not installed: pip install -r requirements-dev.txt"
@@ -328,7 +329,7 @@ def run_explore(model_path: str, args, device, r: int, work: Path) -> list[tuple
     keep_threads(args.threads)
     with quiet(work.parent / "logs" / f"explore_r{r}.log"):
         explore.main(argv)
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = [row for _, row in read_jsonl(out / "metrics.jsonl")]
     return [(row["step_time"], row["gen_time"]) for row in rows[1:]]  # the first step pays for warm-up
 
 

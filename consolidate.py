@@ -111,10 +111,7 @@ def out_state(out: Path) -> str:
 
 def check_same_args(args, out: Path) -> None:
     """A resumed run must be the same run: compare the flags that change the final weights."""
-    try:
-        old = json.loads((out / "args.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        old = {}  # no record of the old settings: nothing to compare
+    old = cli.read_json(out / "args.json") or {}  # no record of the old settings: nothing to compare
     new = vars(args)
     diff = [k for k in SAME_ON_RESUME if k in old and old[k] != new[k]]
     if diff:

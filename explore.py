@@ -61,7 +61,7 @@ import torch
 
 from lib import checkpoint, cli, data, dist, reward
 from lib.dapo import group_advantages, kept_group_ids, overlong_penalty, policy_loss
-from lib.modeling import load_policy, resolve_model, shared_prompt_logprobs, token_logprobs
+from lib.modeling import load_policy, pad_rows, resolve_model, shared_prompt_logprobs, token_logprobs
 from lib.records import append_jsonl, truncate_to
 from lib.rollout import Completion, HFEngine, VLLMEngine, make_engine, to_trajectories, vllm_available
 from lib.sft import lr_factor, micro_batches
@@ -369,18 +369,6 @@ class LossConfig:
     bf16: bool | None = None  # bf16 autocast; None = on for cuda
 
 
-def pad_rows(rows: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists -> (ids [b, T], attention mask [b, T]), padded on the right (or the left) to the longest."""
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), T), dtype=torch.long)
-    for j, r in enumerate(rows):
-        sl = slice(T - len(r), T) if left else slice(0, len(r))
-        ids[j, sl] = torch.tensor(r, dtype=torch.long)
-        attn[j, sl] = 1
-    return ids, attn
-
-
 def make_micro_batches(seqs: list[Seq], size: int, pad_id: int, device, balance: bool = True,
                        share_prompt: bool = False) -> list[MicroBatch]:
     """Length-sorted micro-batches of at most `size` sequences (neighbours in length waste little padding).
@@ -398,10 +386,10 @@ def make_micro_batches(seqs: list[Seq], size: int, pad_id: int, device, balance:
     for chunk in chunks:
         prompts = None
         if share_prompt:
-            distinct = {tuple(s.prompt_ids): None for s in chunk}  # first-seen order
-            row_of = {p: g for g, p in enumerate(distinct)}
-            p_ids, p_attn = pad_rows([list(p) for p in distinct], pad_id, left=True)
-            index = torch.tensor([row_of[tuple(s.prompt_ids)] for s in chunk])
+            keys = [tuple(s.prompt_ids) for s in chunk]
+            row_of = {k: g for g, k in enumerate(dict.fromkeys(keys))}  # distinct prompts, first-seen order
+            p_ids, p_attn = pad_rows([list(k) for k in row_of], pad_id, left=True)
+            index = torch.tensor([row_of[k] for k in keys])
             prompts = SharedPrompts(p_ids.to(device), p_attn.to(device), index.to(device))
             ids, attn = pad_rows([s.response_ids for s in chunk], pad_id)
             starts = [0] * len(chunk)  # response token t sits in column t
@@ -811,7 +799,7 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
                      "data_position": stream.position, "nonfinite_streak": bad_streak,
                      "rollouts_bytes": rollouts_bytes,
                      "metrics_bytes": metrics_path.stat().st_size if main_rank else 0,
-                     "args": {k: v for k, v in vars(args).items()}}
+                     "args": dict(vars(args))}
             saved = checkpoint.save(out, step, model, tok, state)  # (a collective under FSDP)
             if main_rank:
                 for _, older in checkpoint.list_checkpoints(out):  # one resume state is enough; weights stay

@@ -237,7 +237,7 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally]:
     # one finished file per checkpoint: a killed run resumes at the first checkpoint without one
     parts = out.with_name(f".{out.name}.parts")
     key = {**s, "k": args.resample, "run": str(run.resolve())}
-    if parts.is_dir() and _read_json(parts / "settings.json") != key:
+    if parts.is_dir() and cli.read_json(parts / "settings.json") != key:
         shutil.rmtree(parts)  # samples made with other settings must not mix in
     parts.mkdir(parents=True, exist_ok=True)
     cli.atomic_write_json(parts / "settings.json", key)
@@ -267,13 +267,6 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally]:
                 shutil.copyfileobj(part, f)
     shutil.rmtree(parts)
     return tallies
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def main(argv=None):

@@ -21,6 +21,7 @@ from itertools import combinations
 from pathlib import Path
 
 from lib import cli
+from lib.records import read_jsonl
 
 CURVES = [("reward", "train reward"), ("grad_norm", "grad norm (pre-clip)"), ("entropy", "entropy"),
           ("resp_len_mean", "response length"), ("groups_kept", "groups kept (dynamic sampling)")]
@@ -33,9 +34,7 @@ def peak_norm(row: dict) -> float:
 
 
 def read_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row for _, row in read_jsonl(path, allow_empty=True)] if path.exists() else []
 
 
 def read_json(path: Path) -> dict | None:

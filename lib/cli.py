@@ -94,6 +94,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's object, or None when it is missing or unreadable (for optional records like an earlier
+    run's args.json; inputs a stage needs get a one-line error instead)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
+        return None
+
+
 def replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:
     """Move a fully written folder into place. The old folder (if any) is removed only after the new one is
     complete, so a kill at any moment leaves either the old or the new folder, never a mix. (A kill between

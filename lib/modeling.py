@@ -101,6 +101,18 @@ def save_policy(model, tokenizer, out_dir: str | os.PathLike) -> None:
     replace_dir(tmp, out_dir)
 
 
+def pad_rows(rows: list[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (ids [b, T], attention mask [b, T]), padded on the right (or the left) to the longest."""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), T), dtype=torch.long)
+    for j, r in enumerate(rows):
+        sl = slice(T - len(r), T) if left else slice(0, len(r))
+        ids[j, sl] = torch.tensor(r, dtype=torch.long)
+        attn[j, sl] = 1
+    return ids, attn
+
+
 def cache_keyword(model) -> str:
     """The name the model's forward takes its KV cache under: `cache` (transformers >= 5.x) or
     `past_key_values` (4.x; 5.x still accepts it, with a deprecation warning on every call)."""
@@ -168,6 +180,8 @@ def shared_prompt_logprobs(model, prompt_ids: torch.Tensor, prompt_attn: torch.T
     R = response_ids.shape[1]
     attn = torch.cat([prompt_attn[index], response_attn], dim=1)  # [B, P + R]
     rpos = pos[index, -1:] + 1 + torch.arange(R, device=pos.device)  # [B, R]: positions continue the prompt's
+    # (the last response token goes in too although nothing scores its prediction: the call is never empty,
+    # so every FSDP rank makes the same two calls per micro-batch whatever its lengths)
     rest = model(input_ids=response_ids, attention_mask=attn, position_ids=rpos, use_cache=True,
                  **{kw: cache}).logits[:, :-1]  # [B, R-1, V]: response position t predicts token t+1
     logits = torch.cat([first[index].unsqueeze(1), rest], dim=1)  # [B, R, V]

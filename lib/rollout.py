@@ -15,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
-from lib.modeling import cache_keyword, stop_token_ids
+from lib.modeling import cache_keyword, pad_rows, stop_token_ids
 from lib.records import Trajectory
 
 
@@ -99,12 +100,9 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         P, pad, T = len(ids), self.tok.pad_token_id, max_new_tokens
-        L = max(len(x) for x in ids)
-        input_ids = torch.full((P, L), pad, dtype=torch.long)  # [P, L] left-padded
-        attn = torch.zeros((P, L + T), dtype=torch.long)  # [P, L + T]: column L + t turns on when token t is fed
-        for i, x in enumerate(ids):
-            input_ids[i, L - len(x):] = torch.tensor(x)
-            attn[i, L - len(x):L] = 1
+        input_ids, attn = pad_rows(ids, pad, left=True)  # [P, L] left-padded
+        L = input_ids.shape[1]
+        attn = F.pad(attn, (0, T))  # [P, L + T]: column L + t turns on when token t is fed
         input_ids, attn = input_ids.to(device), attn.to(device)
         pos = (attn[:, :L].cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from lib import dist
-from lib.modeling import token_logprobs
+from lib.modeling import pad_rows, token_logprobs
 
 
 @dataclass
@@ -94,15 +94,10 @@ def plan(n_examples: int, cfg: SFTConfig) -> list[list[int]]:
 
 def collate(examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> input_ids, attention_mask, loss_mask, each [B, T], right-padded; loss_mask marks response tokens."""
-    T = max(len(e.prompt_ids) + len(e.response_ids) for e in examples)
-    ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(examples), T), dtype=torch.long)
-    loss_mask = torch.zeros((len(examples), T), dtype=torch.float32)
+    ids, attn = pad_rows([e.prompt_ids + e.response_ids for e in examples], pad_id)
+    loss_mask = torch.zeros(ids.shape, dtype=torch.float32)
     for i, e in enumerate(examples):
-        seq = e.prompt_ids + e.response_ids
-        ids[i, :len(seq)] = torch.tensor(seq)
-        attn[i, :len(seq)] = 1
-        loss_mask[i, len(e.prompt_ids):len(seq)] = 1.0
+        loss_mask[i, len(e.prompt_ids):len(e.prompt_ids) + len(e.response_ids)] = 1.0
     return ids.to(device), attn.to(device), loss_mask.to(device)
 
 
