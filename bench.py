@@ -62,7 +62,11 @@ def get_args(argv=None):
     a("--configs", default="auto", help="comma list of toy,big; auto = toy, plus big when a GPU is present")
     a("--sections", default="rollout,rl,sft",
       help="comma list of rollout,rl,sft (sft includes the MFU row); add 'profile' for torch.profiler's table of "
-           "one explore.py update (ops by self time, the matmuls' share and FLOP/s)")
+           "one explore.py update (ops by self time, the matmuls' share and FLOP/s); 'memory' for the log-prob "
+           "step's peak memory at Qwen2.5's vocabulary, chunked LM head vs full logits (counted on the meta "
+           "device: fast, allocates nothing)")
+    a("--mem-tokens", default="4096,16384", help="memory: sequence lengths of the log-prob step")
+    a("--mem-hidden", type=int, default=3584, help="memory: hidden size (Qwen2.5-Math-7B: 3584)")
     a("--no-trl", action="store_true", help="skip the TRL rows even when TRL is installed")
     a("--model", default="toy",
       help="the toy config's model: 'toy' = the embedded toy base, or a from_pretrained folder")
@@ -249,6 +253,101 @@ def build_big(out: Path, shape: str) -> Path:
                                                pad_token_id=tok.pad_token_id)
     save_policy(model, tok, out)
     (out / "shape.txt").write_text(shape)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# memory: the log-prob step's transient memory, chunked LM head vs full logits
+
+
+class LiveBytes:
+    """Peak bytes of tensor storage alive at once inside the context, counted op by op through a dispatch mode
+    (forward and backward: autograd runs its ops under the same mode). Works on any device, "meta" included,
+    where nothing is allocated: a 16k-token x 152k-vocabulary step can be measured on a laptop. Counts tensor
+    storage, not the allocator's caching or fragmentation (on a GPU, torch.cuda.max_memory_allocated is the
+    real figure)."""
+
+    def __enter__(self):
+        import weakref
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        tracker = self
+        self.live = self.peak = 0
+        self._seen: dict[int, object] = {}
+
+        def forget(key: int, nbytes: int) -> None:
+            tracker.live -= nbytes
+            tracker._seen.pop(key, None)
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_flatten(out)[0]:
+                    if isinstance(t, torch.Tensor):
+                        st = t.untyped_storage()
+                        key = st._cdata  # one per storage: views and in-place results are not counted twice
+                        if key not in tracker._seen:
+                            nbytes = st.nbytes()
+                            tracker._seen[key] = weakref.ref(st, lambda _r, k=key, n=nbytes: forget(k, n))
+                            tracker.live += nbytes
+                            tracker.peak = max(tracker.peak, tracker.live)
+                return out
+
+        self._mode = Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+        return False
+
+
+def head_step_peak(T: int, V: int, H: int, chunked: bool, chunk: int = 0, device="meta",
+                   dtype=torch.float32) -> int:
+    """Transient bytes of one forward + backward of the log-prob step over one sequence: final hidden states
+    [1, T, H] (a leaf, standing in for the backbone's output) through the LM head [V, H] to log p and entropy, and
+    back to the hidden states' and the head's gradients. Returns the peak live bytes minus what stays alive after
+    it (those gradients: the model's own). chunked: lib/modeling.head_logprobs; else today's full-logits way
+    (lib/modeling.logprobs_from_logits over lm_head(hidden))."""
+    from lib import modeling
+
+    class Head(torch.nn.Module):  # the two methods head_logprobs asks of a causal LM
+        def __init__(self):
+            super().__init__()
+            self.lm_head = torch.nn.Linear(H, V, bias=False, device=device, dtype=dtype)
+
+        def get_output_embeddings(self):
+            return self.lm_head
+
+    model = Head()
+    hidden = torch.randn(1, T, H, device=device, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, V, (1, T), device=device)
+    with LiveBytes() as mem:
+        if chunked:
+            logp, ent = modeling.head_logprobs(model, hidden, targets, with_entropy=True, chunk=chunk)
+        else:
+            logp, ent = modeling.logprobs_from_logits(model.lm_head(hidden), targets, with_entropy=True)
+        logp.sum().backward()
+        del logp, ent
+    return mem.peak - mem.live
+
+
+def bench_memory(args) -> list[dict]:
+    """The memory section: the log-prob step at Qwen2.5's vocabulary, T = 4096 and 16,384, chunked vs full."""
+    from lib import modeling
+
+    V, H = 152_064, args.mem_hidden
+    out = []
+    for T in (int(x) for x in args.mem_tokens.split(",")):
+        full = head_step_peak(T, V, H, chunked=False)
+        part = head_step_peak(T, V, H, chunked=True)
+        tv = T * V * 4
+        out.append({"T": T, "V": V, "H": H, "chunk": modeling.LOGPROB_CHUNK, "full_bytes": full, "chunked_bytes": part,
+                    "tv_bytes": tv, "ratio": part / full, "chunked_over_tv": part / tv})
+        print(f"  [memory] T {T:,}: log-prob step {part / 2**30:.2f} GiB chunked vs {full / 2**30:.2f} GiB full "
+              f"logits ({part / full:.3f}x; {part / tv:.3f} of one fp32 [T, V] = {tv / 2**30:.2f} GiB)", flush=True)
     return out
 
 
@@ -592,6 +691,14 @@ def main(argv=None):
     rows: list[dict] = []
     profiles: list[dict] = []
     t_start = time.time()
+    if "memory" in sections:
+        for m in bench_memory(args):
+            rows.append(row("qwen2.5-vocab", f"log-prob step memory, T={m['T']}", "GiB", [m["chunked_bytes"] / 2**30],
+                            [m["full_bytes"] / 2**30], "full logits", higher_better=False,
+                            note=f"chunk {m['chunk']}; {m['chunked_over_tv']:.3f} of one fp32 [T, V] (target <= 0.25: "
+                                 f"{'met' if m['chunked_over_tv'] <= 0.25 else 'NOT met'})"))
+    if not set(sections) & {"rollout", "rl", "sft", "profile"}:
+        configs = []  # (the model sections only: no toy base needed)
     for config in configs:
         if config == "toy":
             model_path = str(resolve_model(args.model))

@@ -121,21 +121,148 @@ def cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+# Tokens per chunk of the LM head in the training forward. The full logits of a DAPO-length sequence do not fit:
+# 20,480 tokens x 152,064 vocabulary x 4 bytes = 12.5 GB in fp32, several times over in backward. Each chunk's
+# logits exist only inside its chunk ([LOGPROB_CHUNK, V], forward and again in backward), so the memory beyond the
+# backbone's own activations is a few chunk x V tensors whatever the sequence length. 256 tokens x 152k x 4 bytes =
+# 156 MB; the matmul per chunk (256 x hidden x V) is still large enough to run at full speed on a GPU.
+LOGPROB_CHUNK = 256
+
+
 def logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
                          with_entropy: bool = False):
-    """logits [B, T, V] predicting targets [B, T] -> log p(target) [B, T] under softmax(logits / temperature)
-    (and the entropy [B, T] of that distribution). No full-vocabulary log-softmax is materialised in float32:
-    logsumexp + gather suffice."""
+    """logits [..., V] predicting targets [...] -> log p(target) [...] under softmax(logits / temperature)
+    (and the entropy [...] of that distribution). No full-vocabulary log-softmax is kept: logsumexp + gather."""
+    z = logits.float()
     if temperature != 1.0:
-        logits = logits / temperature
-    lse = torch.logsumexp(logits.float(), dim=-1)  # [B, T]
-    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float() - lse  # [B, T]
+        z = z / temperature
+    lse = torch.logsumexp(z, dim=-1)  # [...]
+    logp = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse  # [...]
     if not with_entropy:
         return logp
     with torch.no_grad():  # entropy is logged, not optimised
-        p = torch.softmax(logits.float(), dim=-1)
-        ent = lse - (p * logits.float()).sum(-1)  # H = logsumexp(z) - sum p z
+        ent = lse - (torch.softmax(z, dim=-1) * z).sum(-1)  # H = logsumexp(z) - sum p z
     return logp, ent
+
+
+class _ChunkedHead(torch.autograd.Function):
+    """log p(y) (and entropy) through the LM head, a chunk of tokens at a time, in forward AND backward.
+
+    Forward keeps only the inputs and each token's logsumexp ([N] floats); backward recomputes one chunk's
+    logits at a time and writes its gradient straight into the head's gradient buffer (addmm_), so no [N, V]
+    tensor, and no second [V, H] gradient, ever exists. Under autocast the head's matmul runs in the autocast
+    dtype, as it would inside the model's own forward; softmax and logsumexp run in fp32.
+    For one chunk of logits z = (h W^T + b) / T:  d log p(y) / dz = onehot(y) - softmax(z).
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, y, temperature, chunk, with_entropy):
+        # h [N, H], weight [V, H], bias [V] or None, y [N] -> logp [N], entropy [N] (zeros unless with_entropy)
+        dev = h.device.type
+        dt = torch.get_autocast_dtype(dev) if _autocast_on(dev) else weight.dtype
+        N = h.shape[0]
+        logp = torch.empty(N, dtype=torch.float32, device=h.device)
+        lse = torch.empty(N, dtype=torch.float32, device=h.device)
+        ent = torch.zeros(N, dtype=torch.float32, device=h.device)
+        with _no_autocast(dev):
+            w, b = weight.to(dt), (bias.to(dt) if bias is not None else None)
+            for s in range(0, N, chunk):
+                z = _chunk_logits(h[s:s + chunk].to(dt), w, b, temperature)  # [c, V] fp32
+                lse[s:s + chunk] = torch.logsumexp(z, dim=-1)
+                logp[s:s + chunk] = z.gather(-1, y[s:s + chunk, None]).squeeze(-1) - lse[s:s + chunk]
+                if with_entropy:  # H = lse - sum p z; z becomes p in place, the dot product needs no [c, V] temp
+                    p_ = (z - lse[s:s + chunk, None]).exp_()
+                    ent[s:s + chunk] = lse[s:s + chunk] - torch.bmm(p_.unsqueeze(1), z.unsqueeze(2)).view(-1)
+                    del p_
+                del z
+        ctx.save_for_backward(h, weight, bias, y, lse)
+        ctx.temperature, ctx.chunk, ctx.dt = temperature, chunk, dt
+        ctx.mark_non_differentiable(ent)
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, g_logp, _g_ent):
+        h, weight, bias, y, lse = ctx.saved_tensors
+        T, chunk, dt = ctx.temperature, ctx.chunk, ctx.dt
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        g_h = torch.empty_like(h) if need_h else None  # [N, H]
+        g_w = torch.zeros_like(weight) if need_w else None  # [V, H]: the head's gradient, filled chunk by chunk
+        g_b = torch.zeros_like(bias) if need_b and bias is not None else None
+        with _no_autocast(h.device.type):
+            w, b = weight.to(dt), (bias.to(dt) if bias is not None else None)
+            for s in range(0, h.shape[0], chunk):
+                hc, g = h[s:s + chunk].to(dt), g_logp[s:s + chunk].float()  # [c, H], [c]
+                # dz = g * (onehot(y) - softmax(z)), built in place over the recomputed logits; d/dlogits = dz / T
+                dz = _chunk_logits(hc, w, b, T).sub_(lse[s:s + chunk, None]).exp_().mul_(-g[:, None])  # [c, V]
+                dz.scatter_add_(-1, y[s:s + chunk, None], g[:, None])
+                dz = dz.div_(T).to(dt)
+                if g_h is not None:
+                    g_h[s:s + chunk] = (dz @ w).to(h.dtype)
+                if g_w is not None:
+                    g_w.addmm_(dz.t().to(g_w.dtype), hc.to(g_w.dtype))
+                if g_b is not None:
+                    g_b += dz.sum(0).to(g_b.dtype)
+                del dz
+        return g_h, g_w, g_b, None, None, None, None
+
+
+def _autocast_on(device_type: str) -> bool:
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def _no_autocast(device_type: str):
+    """Autocast off inside (the casts are explicit); a no-op where the device has no autocast ("meta")."""
+    import contextlib
+
+    ok = torch.amp.is_autocast_available(device_type)
+    return torch.autocast(device_type, enabled=False) if ok else contextlib.nullcontext()
+
+
+def _chunk_logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, temperature: float) -> torch.Tensor:
+    """[c, H] x [V, H] (+ [V]) -> logits / temperature [c, V] in fp32."""
+    z = (F.linear(h, w, b)).float()
+    return z.div_(temperature) if temperature != 1.0 else z
+
+
+def head_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                  with_entropy: bool = False, chunk: int = 0):
+    """The LM head over final hidden states, a chunk of tokens at a time (_ChunkedHead).
+
+    hidden [B, T, H] (what the LM head reads), targets [B, T] -> logp [B, T] (and entropy [B, T]), the numbers
+    logprobs_from_logits(lm_head(hidden), targets) gives, with the same gradients. Memory beyond the inputs: a
+    few [chunk, V] tensors in forward and in backward, whatever T is.
+    """
+    head = model.get_output_embeddings()
+    B, T, H = hidden.shape
+    h, y = hidden.reshape(B * T, H), targets.reshape(B * T)  # [N, H], [N]: chunks may span rows
+    logp, ent = _ChunkedHead.apply(h, head.weight, head.bias, y, float(temperature), chunk or LOGPROB_CHUNK,
+                                   with_entropy)
+    return (logp.reshape(B, T), ent.reshape(B, T)) if with_entropy else logp.reshape(B, T)
+
+
+def final_hidden(model, **inputs) -> torch.Tensor:
+    """One model call -> the decoder's final hidden states [B, T, H] (after the final norm: what the LM head
+    reads), without the full-vocabulary logits. The call goes through the model's own forward (FSDP's hooks,
+    gradient checkpointing, KV cache all as usual) with logits_to_keep=1; a forward hook on the decoder keeps
+    its output."""
+    kept = {}
+
+    def keep(_module, _inputs, output):
+        kept["h"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    handle = model.get_decoder().register_forward_hook(keep)
+    try:
+        model(**inputs, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return kept["h"]
+
+
+def _unchunkable(model) -> bool:
+    """Models whose forward post-processes the logits (Gemma's soft-capping) keep the full-logits path."""
+    if not hasattr(model, "get_decoder") or not hasattr(model, "get_output_embeddings"):
+        return True  # not a transformers causal LM (a test's wrapper, say): the plain forward
+    return bool(getattr(model.config, "final_logit_softcapping", None))
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
@@ -145,11 +272,15 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     input_ids, attention_mask: [B, T] (right padding or left padding both fine: positions come from the mask)
     returns logp [B, T] where logp[:, t] = log p(input_ids[:, t] | input_ids[:, :t]); logp[:, 0] = 0.
     With with_entropy, also the entropy [B, T] of the predictive distribution at each position.
+    The LM head runs a chunk of positions at a time (head_logprobs): memory O(chunk x V), not O(T x V).
     """
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   use_cache=False).logits[:, :-1]  # [B, T-1, V]: position t predicts token t+1
-    out = logprobs_from_logits(logits, input_ids[:, 1:], temperature, with_entropy)
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    if _unchunkable(model):
+        out = logprobs_from_logits(model(**inputs).logits[:, :-1], input_ids[:, 1:], temperature, with_entropy)
+    else:
+        hidden = final_hidden(model, **inputs)[:, :-1]  # [B, T-1, H]: position t predicts token t+1
+        out = head_logprobs(model, hidden, input_ids[:, 1:], temperature, with_entropy)
     if not with_entropy:
         return F.pad(out, (1, 0))
     return tuple(F.pad(x, (1, 0)) for x in out)
@@ -169,6 +300,7 @@ def shared_prompt_logprobs(model, prompt_ids: torch.Tensor, prompt_attn: torch.T
     response_ids, response_attn: [B, R] right-padded
     returns logp [B, R] where logp[:, t] = log p(response[:, t] | prompt, response[:, :t]) (and entropy [B, R]).
     Needs a KV cache in training mode: not with gradient checkpointing (transformers drops the cache there).
+    The responses' LM head runs in chunks, as in token_logprobs.
     """
     from transformers import DynamicCache
 
@@ -182,7 +314,13 @@ def shared_prompt_logprobs(model, prompt_ids: torch.Tensor, prompt_attn: torch.T
     rpos = pos[index, -1:] + 1 + torch.arange(R, device=pos.device)  # [B, R]: positions continue the prompt's
     # (the last response token goes in too although nothing scores its prediction: the call is never empty,
     # so every FSDP rank makes the same two calls per micro-batch whatever its lengths)
-    rest = model(input_ids=response_ids, attention_mask=attn, position_ids=rpos, use_cache=True,
-                 **{kw: cache}).logits[:, :-1]  # [B, R-1, V]: response position t predicts token t+1
-    logits = torch.cat([first[index].unsqueeze(1), rest], dim=1)  # [B, R, V]
-    return logprobs_from_logits(logits, response_ids, temperature, with_entropy)
+    inputs = dict(input_ids=response_ids, attention_mask=attn, position_ids=rpos, use_cache=True, **{kw: cache})
+    head = logprobs_from_logits(first[index], response_ids[:, 0], temperature, with_entropy)  # [B] (x2)
+    if _unchunkable(model):
+        rest = logprobs_from_logits(model(**inputs).logits[:, :-1], response_ids[:, 1:], temperature, with_entropy)
+    else:  # [B, R-1, H]: response position t predicts token t+1
+        rest = head_logprobs(model, final_hidden(model, **inputs)[:, :-1], response_ids[:, 1:], temperature,
+                             with_entropy)
+    if not with_entropy:
+        return torch.cat([head.unsqueeze(1), rest], dim=1)
+    return tuple(torch.cat([a.unsqueeze(1), b], dim=1) for a, b in zip(head, rest))
