@@ -61,7 +61,8 @@ import torch
 
 from lib import checkpoint, cli, data, dist, reward
 from lib.dapo import group_advantages, kept_group_ids, overlong_penalty, policy_loss
-from lib.modeling import load_policy, pad_rows, resolve_model, shared_prompt_logprobs, token_logprobs
+from lib.modeling import (extend_context, load_config, load_policy, load_tokenizer, longest_prompt, pad_rows,
+                          plan_context, resolve_model, shared_prompt_logprobs, token_logprobs)
 from lib.records import append_jsonl, truncate_to
 from lib.rollout import Completion, HFEngine, VLLMEngine, make_engine, to_trajectories, vllm_available
 from lib.sft import lr_factor, micro_batches
@@ -79,6 +80,10 @@ def get_args(argv=None):
     a("--out", default="runs/explore", help="output folder")
     a("--steps", type=int, default=60, help="training steps")
     a("--save-every", type=int, default=10, help="checkpoint every N steps (and always at the last step)")
+    a("--keep-checkpoints", default="all",
+      help="which checkpoint folders stay on disk: 'all', 'last' (the newest only), or K (those at multiples of "
+           "K steps, and the newest). harvest.py --resample samples the folders that stay. With --bf16 every folder "
+           "but the newest is rewritten in bf16 (half the disk); the newest keeps fp32 weights + the resume state")
     a("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
     a("--seed", type=int, default=0, help="data order, sampling and init seed")
     # rollouts
@@ -136,6 +141,10 @@ def get_args(argv=None):
     a("--sleep-mode", action="store_true",
       help="vLLM: free the engine's GPU memory (weights offloaded, KV cache dropped: llm.sleep(level=1)) while "
            "the policy trains, wake it and push the new weights after each step")
+    a("--max-model-len", type=int, default=0,
+      help="context in tokens (prompt + response) of sampling and training; 0 = the model's max_position_embeddings. "
+           "Above the model's, its config is raised to N (vLLM hf_overrides; every checkpoint carries N). "
+           "DAPO on Qwen2.5-Math-7B (4096): 32768")
     a("--device", default="auto", help="cpu / cuda / auto (under torchrun on GPU: cuda:LOCAL_RANK)")
     a("--bf16", action=argparse_bool(), default=None,
       help="bf16 autocast for the training forward (and FSDP all-gathers in bf16; fp32 master weights, AdamW "
@@ -149,7 +158,8 @@ def get_args(argv=None):
     cli.check_positive(args, "steps", "save_every", "prompts_per_step", "n", "max_new_tokens", "mini_batch",
                        "micro_batch", "max_nonfinite", "tp")
     cli.check_positive(args, "limit", "gen_batch_size", "max_gen_batches", "overlong_buffer", "warmup_steps",
-                       allow_zero=True)
+                       "max_model_len", allow_zero=True)
+    args.keep_checkpoints = checkpoint.parse_keep(args.keep_checkpoints)
     if args.prompts_per_step % args.mini_batch:
         raise cli.UserError(f"--prompts-per-step ({args.prompts_per_step}) must be a multiple of "
                             f"--mini-batch ({args.mini_batch})")
@@ -669,7 +679,8 @@ def main(argv=None, *, reward_fn: RewardFn | None = None, engine_fn: Callable | 
             dist.teardown()
 
 
-def build_engine(args, model, tok, model_path: str, engine_fn: Callable | None):
+def build_engine(args, model, tok, model_path: str, engine_fn: Callable | None, context: int = 0,
+                 overrides: dict | None = None):
     if engine_fn is not None:
         return engine_fn(model, tok, model_path)
     backend = args.backend
@@ -711,14 +722,21 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
     if args.bf16 is None:
         args.bf16 = device.type == "cuda"
     model_path = str(resume_from) if resume_from else dist.main_first(lambda: resolve_model(args.model))
+    # The context (prompt + response) the engine samples and the trainer scores, checked from the config and the
+    # tokenizer alone, before any weight is loaded or anything written (lib/modeling.plan_context).
+    tok = load_tokenizer(model_path, args.trust_remote_code)
+    data.render_prompts(problems, tok)
+    context, overrides = plan_context(load_config(model_path, args.trust_remote_code),
+                                      longest_prompt(tok, [p.prompt for p in problems]), args.max_new_tokens,
+                                      args.max_model_len, model_path)
     # under FSDP: load on the CPU, shard_model moves only this rank's shard to the device
     model, tok = load_policy(model_path, device="cpu" if dist.is_distributed() else device,
                              trust_remote_code=args.trust_remote_code)
+    extend_context(model, overrides)  # saved with every checkpoint: later stages load the same context
     if args.grad_checkpointing:
         dist.enable_grad_checkpointing(model)
     dist.shard_model(model, device, bf16=args.bf16)
-    data.render_prompts(problems, tok)
-    engine = build_engine(args, model, tok, model_path, engine_fn)
+    engine = build_engine(args, model, tok, model_path, engine_fn, context, overrides)
     verifier = reward_fn or functools.partial(reward.score, mode=args.reward)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
@@ -741,7 +759,7 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
             truncate_to(metrics_path, state["metrics_bytes"])
         print(f"resuming {out} from {resume_from.name} (step {start}, data position {stream.position})")
         free = {"resume", "steps", "save_every", "device", "backend", "gpu_memory_utilization", "max_nonfinite",
-                "tp", "sleep_mode", "grad_checkpointing", "share_prompt"}
+                "tp", "sleep_mode", "grad_checkpointing", "share_prompt", "keep_checkpoints"}
         changed = [f"--{k.replace('_', '-')} {v!r} -> {getattr(args, k)!r}" for k, v in state["args"].items()
                    if k not in free and getattr(args, k, v) != v]
         if changed:  # allowed (e.g. a lower lr after a blow-up), but the run is no longer one recipe
@@ -773,6 +791,11 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
             st = {"updates": 0, "skipped": 0, "skipped_flags": [], "pg_loss": 0.0, "entropy": float("nan"),
                   "grad_norm": 0.0, "grad_norm_max": 0.0, "clipfrac_high": 0.0, "clipfrac_low": 0.0,
                   "clipfrac_dual": 0.0, "approx_kl": 0.0, "train_tokens": 0}
+        # the gradients are dead weight until the next update (7.6B fp32: 30 GB unsharded): free them, and hand
+        # the cached blocks back, before a sleeping vLLM engine wakes up and asks for its memory again
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         lr_used = scheduler.get_last_lr()[0]
         with warnings.catch_warnings():  # a step without an update (nothing kept) is fine: the schedule is by step
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
@@ -801,10 +824,9 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
                      "metrics_bytes": metrics_path.stat().st_size if main_rank else 0,
                      "args": dict(vars(args))}
             saved = checkpoint.save(out, step, model, tok, state)  # (a collective under FSDP)
-            if main_rank:
-                for _, older in checkpoint.list_checkpoints(out):  # one resume state is enough; weights stay
-                    if older != saved:
-                        checkpoint.drop_resume_state(older)
+            if main_rank:  # one resume state is enough (the newest); older folders: bf16 weights, or deleted
+                checkpoint.retire_older(out, saved, keep=args.keep_checkpoints,
+                                        dtype=torch.bfloat16 if args.bf16 else None)
             print(f"saved {saved}")
     return 0
 

@@ -24,10 +24,8 @@ def resolve_model(spec: str) -> str:
     return spec
 
 
-def load_policy(spec: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                trust_remote_code: bool = False):
-    """(model, tokenizer) from a local folder or a hub id. Errors name the path and what is missing."""
-    path = resolve_model(spec)
+def _check_folder(path: str) -> None:
+    """A local model folder must hold a config and a tokenizer: say which is missing before transformers does."""
     local = Path(path)
     if local.exists() or not _looks_like_hub_id(path):
         if not local.is_dir():
@@ -36,9 +34,49 @@ def load_policy(spec: str, device: torch.device | str = "cpu", dtype: torch.dtyp
             raise UserError(f"{path}: not a model folder (no config.json)")
         if not any((local / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
             raise UserError(f"{path}: model folder has no tokenizer (tokenizer.json / tokenizer_config.json)")
-    # (imported only now: a wrong path fails in a blink, not after two seconds of importing transformers)
+
+
+def _load_error(path: str, e: Exception) -> UserError:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+    if "mismatched" in msg:
+        msg = "weight shapes do not match config.json"
+    return UserError(f"{path}: cannot load model/tokenizer ({msg})")
+
+
+def load_tokenizer(spec: str, trust_remote_code: bool = False):
+    """The tokenizer alone (a vLLM stage needs no HF weights), with a pad id for batching."""
+    path = resolve_model(spec)
+    _check_folder(path)
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _load_error(path, e) from None
+    if tok.pad_token_id is None:  # batching needs a pad id; it is always masked out
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_config(spec: str, trust_remote_code: bool = False):
+    """The model's config.json (its context length, for one): no weights are read."""
+    path = resolve_model(spec)
+    _check_folder(path)
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _load_error(path, e) from None
+
+
+def load_policy(spec: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                trust_remote_code: bool = False):
+    """(model, tokenizer) from a local folder or a hub id. Errors name the path and what is missing."""
+    path = resolve_model(spec)
+    _check_folder(path)  # a wrong path fails in a blink, not after two seconds of importing transformers
     from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bars in every stage's log
@@ -47,26 +85,63 @@ def load_policy(spec: str, device: torch.device | str = "cpu", dtype: torch.dtyp
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tok = load_tokenizer(path, trust_remote_code)
         model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
                                                            output_loading_info=True)
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         # OSError: missing files / hub; ValueError: bad JSON; SafetensorError: truncated weights;
         # RuntimeError: weights whose shapes do not match config.json
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        if "mismatched" in msg:
-            msg = "weight shapes do not match config.json"
-        raise UserError(f"{path}: cannot load model/tokenizer ({msg})") from None
+        raise _load_error(path, e) from None
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise UserError(f"{path}: cannot load model ({len(missing)} weights missing from the checkpoint, "
                         f"e.g. {missing[0]})")
-    if tok.pad_token_id is None:  # batching needs a pad id; it is always masked out
-        tok.pad_token = tok.eos_token
     model.to(device)
     return model, tok
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Context length: prompt + response tokens. Qwen2.5-Math-7B's config says 4096 (max_position_embeddings), DAPO
+# samples 20,480-token responses: its recipe raises the config to 32768. vLLM caps every sequence at the model's
+# length unless told otherwise, so a stage that does not plan the context trains on silently shortened responses.
+
+
+def plan_context(config, longest_prompt: int, max_new_tokens: int, max_model_len: int = 0,
+                 model: str = "the model") -> tuple[int, dict | None]:
+    """(context, config overrides) for sampling up to max_new_tokens after the longest prompt.
+
+    Without max_model_len (--max-model-len 0) the model's own max_position_embeddings must hold the longest
+    prompt + max_new_tokens, or one line says both numbers and the flag. With it, the context is max_model_len
+    (it must hold them too), and when it exceeds the config the override {"max_position_embeddings": N} is
+    returned: vLLM gets it as hf_overrides, the trained model's config is raised (extend_context), and every
+    checkpoint saved from it carries N, so later stages load it at the same length without the flag."""
+    native = int(getattr(config, "max_position_embeddings", 0) or 0)
+    need = longest_prompt + max_new_tokens
+    if max_model_len:
+        if need > max_model_len:
+            raise UserError(f"the longest prompt ({longest_prompt} tokens) + --max-new-tokens ({max_new_tokens}) = "
+                            f"{need} tokens exceed --max-model-len {max_model_len}")
+        ctx = max_model_len
+    elif native and need > native:
+        raise UserError(f"the longest prompt ({longest_prompt} tokens) + --max-new-tokens ({max_new_tokens}) = {need} "
+                        f"tokens exceed {model}'s context ({native}, its max_position_embeddings); pass "
+                        f"--max-model-len N with N >= {need} (DAPO's recipe: 32768)")
+    else:
+        ctx = native or need
+    return ctx, ({"max_position_embeddings": ctx} if native and ctx > native else None)
+
+
+def extend_context(model, overrides: dict | None) -> None:
+    """Apply plan_context's overrides to a loaded model's config (saved with every checkpoint)."""
+    for k, v in (overrides or {}).items():
+        setattr(model.config, k, v)
+
+
+def longest_prompt(tokenizer, prompts: list[str]) -> int:
+    """Tokens of the longest prompt (as the engines tokenize them: no special tokens added)."""
+    return max((len(x) for x in tokenizer(prompts, add_special_tokens=False)["input_ids"]), default=0)
 
 
 def _looks_like_hub_id(path: str) -> bool:

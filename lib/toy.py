@@ -108,7 +108,7 @@ CHAT_TEMPLATE = (  # Qwen's ChatML layout, so real and toy prompts look alike
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 MODEL_CONFIG = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                    num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0, tie_word_embeddings=True)
+                    num_key_value_heads=2, max_position_embeddings=1024, rope_theta=10000.0, tie_word_embeddings=True)
 
 
 def make_tokenizer():
