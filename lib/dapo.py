@@ -5,8 +5,8 @@ What DAPO adds on top of GRPO, and where it lives here:
   * token-level policy-gradient loss ("token-mean") ........... policy_loss / agg
   * overlong reward shaping (soft length penalty) ............. overlong_penalty
   * dynamic sampling (drop groups with no reward spread) ...... keep_groups / kept_group_ids
-plus the GRPO group-normalised advantage (group_advantages) and two helpers
-(masked_mean, token_entropy).
+plus the GRPO group-normalised advantage (group_advantages) and a helper (masked_mean). The entropy explore.py
+logs is not here: lib/modeling.token_logprobs computes it in the same pass as the log-probs.
 
 Shapes: B = sequences in the call, T = padded response length, V = vocab, G = groups.
 Masks are 0/1 (bool, int or float); 1 marks a real response token.
@@ -256,18 +256,3 @@ def policy_loss(
             "approx_kl": masked_mean(-log_ratio, m).item(),
         }
     return loss, stats
-
-
-# -----------------------------------------------------------------------------
-# entropy
-
-
-def token_entropy(logits: Tensor) -> Tensor:
-    """Entropy of softmax(logits) per position: [..., T, V] -> [..., T].
-
-    H = logsumexp(x) - sum_v p_v x_v. Needs one [.., V] temporary (the probs) instead of
-    materialising both log_softmax and softmax; chunk over the batch for very large vocabularies.
-    """
-    lse = torch.logsumexp(logits, dim=-1)  # [..., T]
-    probs = torch.softmax(logits, dim=-1)  # [..., T, V]
-    return lse - (probs * logits).sum(dim=-1)  # [..., T]

@@ -6,7 +6,8 @@ Minerva/Hendrycks rules, and compare the two strings. +1.0 if equal, -1.0 otherw
 Nothing in dapo mode evaluates or parses model text as math; it is string surgery only, and every
 step is linear in the input length, so adversarial responses cannot stall a rollout.
 
-mode="math_verify" (optional) asks Hugging Face's math-verify for symbolic equivalence instead.
+mode="math_verify" asks Hugging Face's math-verify (requirements.txt; tested with 0.9.0) for symbolic
+equivalence instead, under one SIGALRM deadline.
 """
 
 import re
@@ -133,7 +134,8 @@ def _score_math_verify(response: str, ground_truth: str, timeout_s: float = MATH
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old_handler)
-    # parse() returns [sympy_obj, matched_text]; report the text (str() of a sympy object can be slow)
+    # parse() returns [sympy_obj, its string]: math-verify's normalised LaTeX of the extracted answer ("0.5"
+    # comes back as "\\frac{1}{2}"); report that string (str() of a sympy object can be slow)
     pred = next((a for a in answer if isinstance(a, str)), INVALID)
     return {"score": 1.0 if acc else -1.0, "acc": acc, "pred": pred}
 

@@ -1,6 +1,7 @@
 """lib/sft.py and consolidate.py: prompt masking, the token-mean objective, that SFT learns its data, the
 finished folder loading in evaluate.py, resume equivalence, and bad input refused before anything is written.
-Models are the toy architecture, untrained (plumbing, not quality)."""
+Models are the toy architecture, untrained (plumbing), except where a test needs a run that really trains
+or two models that really differ (the KL term)."""
 
 import copy
 import json
@@ -138,6 +139,53 @@ def test_kl_is_zero_against_itself_and_finite_with_padding(tok):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def sharpened(tok, seed: int, scale: float = 3.0):
+    """A toy-architecture model with its weights scaled up: peaked, position-dependent predictions (an
+    untrained model is near-uniform, and two of them would be near-equal distributions)."""
+    m = toy.make_model(tok, seed=seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(scale)
+    return m
+
+
+@pytest.mark.parametrize("micro_batch", [0, 1])
+def test_kl_term_equals_a_hand_computed_k3_between_two_different_models(tok, micro_batch):
+    """KL(pi || ref) on response tokens, k3 estimator: sum over response tokens of e^d - d - 1 with
+    d = log ref(token) - log pi(token), divided by the step's response tokens. Computed here from the two
+    models' logits with plain torch; and the gradient is that of (nll + kl_coef * kl) / tokens."""
+    policy, ref = sharpened(tok, seed=0), sharpened(tok, seed=1).eval()
+    exs = [sft.Example([5, 6, 7, 8], [10, 11, 12]), sft.Example([5], [13, 14]), sft.Example([9, 9], [15])]
+    n_tokens, coef = 6.0, 0.3
+    model = copy.deepcopy(policy)
+    nll, kl = sft.step_loss(model, exs, sft.SFTConfig(kl_coef=coef, micro_batch=micro_batch), tok.pad_token_id,
+                            n_tokens, ref_model=ref)
+    got_grad = torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    by_hand = copy.deepcopy(policy)
+    nll_sum, kl_sum = 0.0, 0.0
+    for e in exs:  # one unpadded row at a time
+        ids = torch.tensor([e.prompt_ids + e.response_ids])  # [1, T]
+        P = len(e.prompt_ids)
+        tgt = ids[0, P:]  # the response tokens, predicted by positions P-1 .. T-2
+        lp = torch.log_softmax(by_hand(input_ids=ids).logits[0, P - 1:-1].double(), -1)  # [R, V]
+        with torch.no_grad():
+            lr = torch.log_softmax(ref(input_ids=ids).logits[0, P - 1:-1].double(), -1)  # [R, V]
+        pi_tok = lp.gather(-1, tgt[:, None])[:, 0]  # [R]
+        ref_tok = lr.gather(-1, tgt[:, None])[:, 0]
+        d = ref_tok - pi_tok
+        nll_sum = nll_sum - pi_tok.sum()
+        kl_sum = kl_sum + (torch.exp(d) - d - 1).sum()
+    ((nll_sum + coef * kl_sum) / n_tokens).backward()
+    want_grad = torch.cat([p.grad.flatten() for p in by_hand.parameters()]).float()
+
+    assert kl_sum.item() / n_tokens > 0.05  # the two models disagree: a KL of 0 (or a dropped term) fails
+    assert kl == pytest.approx(kl_sum.item() / n_tokens, rel=1e-4)
+    assert nll == pytest.approx(nll_sum.item() / n_tokens, rel=1e-4)
+    err = (got_grad - want_grad).abs().max().item()
+    assert err < 1e-4 * want_grad.abs().max().item(), (err, want_grad.abs().max().item())
+
+
 def test_plan_refuses_no_examples():
     with pytest.raises(ValueError):
         sft.plan(0, sft.SFTConfig())
@@ -179,6 +227,42 @@ def test_consolidate_writes_a_folder_evaluate_loads(world, tmp_path, capsys):
     consolidate.main(cons_args(world, out))  # a rerun on a finished folder does nothing and says so
     assert "nothing to do" in capsys.readouterr().out
     assert all(torch.equal(before[k], v) for k, v in weights(out).items())
+
+
+def test_consolidate_really_trains(world, tok, tmp_path):
+    """The output is not the starting policy: its weights moved, the logged loss fell over the run, and the
+    NLL of the RFT data, measured here with both models, dropped."""
+    out = tmp_path / "trained"
+    consolidate.main(cons_args(world, out, "--steps", "16", "--lr", "3e-3", "--warmup", "0", "--save-every", "0"))
+    start, end = weights(world / "policy"), weights(out)
+    assert start.keys() == end.keys()
+    moved = max((end[k] - start[k]).abs().max().item() for k in start)
+    assert moved > 1e-3, moved
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows]
+    assert len(losses) == 16
+    # each step is a different batch of 4: compare the first and last 4 steps (one pass over the data each)
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 1.0, losses
+    summary = json.loads((out / "consolidate.json").read_text())
+    assert summary["loss_first"] == losses[0] and summary["loss_last"] == losses[-1]
+
+    examples = sft.tokenize(tok, trajectories(tok, 16))
+    from transformers import AutoModelForCausalLM
+
+    before = mean_nll(AutoModelForCausalLM.from_pretrained(world / "policy", dtype=torch.float32), examples,
+                      tok.pad_token_id)
+    after = mean_nll(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32), examples, tok.pad_token_id)
+    assert after < before - 1.0, (before, after)
+
+
+def test_consolidate_kl_is_zero_at_the_start_and_grows(world, tmp_path):
+    """--kl-coef: the reference is the starting policy, so step 1 (before any update) has KL exactly 0 and
+    later steps a positive KL."""
+    out = tmp_path / "kl"
+    consolidate.main(cons_args(world, out, "--steps", "4", "--lr", "3e-3", "--warmup", "0", "--save-every", "0",
+                               "--kl-coef", "0.1"))
+    kls = [json.loads(line)["kl"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert kls[0] == pytest.approx(0.0, abs=1e-7) and all(k > 1e-4 for k in kls[1:]), kls
 
 
 def test_resume_reaches_the_same_weights(world, tmp_path, monkeypatch):

@@ -12,7 +12,6 @@ from lib.dapo import (
     masked_mean,
     overlong_penalty,
     policy_loss,
-    token_entropy,
 )
 
 D = torch.float64
@@ -326,18 +325,3 @@ def test_masked_mean():
     assert masked_mean(x, mask).item() == pytest.approx(13 / 4)
     assert masked_mean(x, mask, dim=-1).tolist() == [1.5, 5.0]
     assert masked_mean(x, torch.zeros(2, 3)).item() == 0.0
-
-
-def test_token_entropy():
-    V = 8
-    uniform = torch.zeros(2, 3, V, dtype=D)
-    assert torch.allclose(token_entropy(uniform), torch.full((2, 3), math.log(V), dtype=D))
-    g = torch.Generator().manual_seed(5)
-    logits = 3 * torch.randn(2, 4, 50, generator=g, dtype=D)
-    logp = torch.log_softmax(logits, -1)
-    ref = -(logp.exp() * logp).sum(-1)
-    assert token_entropy(logits).shape == (2, 4)
-    assert torch.allclose(token_entropy(logits), ref, atol=1e-12)
-    assert torch.allclose(token_entropy(logits + 1000.0), ref, atol=1e-9)  # shift-invariant, no overflow
-    peaked = torch.tensor([[0.0, 100.0, 0.0]], dtype=D)
-    assert token_entropy(peaked).item() == pytest.approx(0.0, abs=1e-40)

@@ -168,15 +168,48 @@ def run_two_ranks(model_dir, out_file) -> None:
             pytest.fail("the 2-rank worker did not finish in 240 s (a hang in a collective?)")
 
 
+# What a rank's traceback says when the rendezvous could not start: free_port() picks a port, closes it, and
+# another process may take it before rank 0 listens on it (EADDRINUSE), or a rank cannot reach the store.
+# torch raises DistNetworkError for both ("The server socket has failed to listen on any local network
+# address. port: ..., code: -98, name: EADDRINUSE, message: address already in use"; "The client socket has
+# timed out after ...ms while trying to connect to ...").
+START_UP_ERRORS = ("DistNetworkError", "EADDRINUSE", "address already in use")
+
+
+def is_start_up_flake(e: BaseException) -> bool:
+    """A 2-rank failure worth one retry: only the rendezvous failing (a port race). Anything else — an
+    assertion in a worker, a crash, a rank killed by a signal — is a result, and is raised."""
+    return isinstance(e, mp.ProcessRaisedException) and any(m in str(e) for m in START_UP_ERRORS)
+
+
+def test_retry_only_on_start_up_errors():
+    def raised(tb: str):
+        return mp.ProcessRaisedException(f"\n\n-- Process 0 terminated with the following error:\n{tb}", 0, 123)
+
+    in_use = raised("Traceback (most recent call last):\n  ...\ntorch.distributed.DistNetworkError: The server socket "
+                    "has failed to listen on any local network address. port: 42135, useIpv6: false, code: -98, "
+                    "name: EADDRINUSE, message: address already in use\n")
+    timed_out = raised("Traceback (most recent call last):\n  ...\ntorch.distributed.DistNetworkError: The client "
+                       "socket has timed out after 2000ms while trying to connect to (127.0.0.1, 29500).\n")
+    assertion = raised("Traceback (most recent call last):\n  File \"tests/test_dist.py\", line 136, in "
+                       "_rank_worker\n    assert dist.init() and dist.world_size() == world\nAssertionError\n")
+    shape = raised("Traceback (most recent call last):\n  ...\nRuntimeError: The size of tensor a (4) must match "
+                   "the size of tensor b (8) at non-singleton dimension 0\n")
+    assert is_start_up_flake(in_use) and is_start_up_flake(timed_out)
+    assert not is_start_up_flake(assertion) and not is_start_up_flake(shape)
+    assert not is_start_up_flake(mp.ProcessExitedException("process 1 terminated with signal SIGSEGV", 1, 123,
+                                                           -11, "SIGSEGV"))
+    assert not is_start_up_flake(AssertionError("EADDRINUSE"))  # only a worker's start-up, not the test's own
+
+
 def test_two_ranks_match_one_process(tiny_model_dir, tmp_path):
     out_file = tmp_path / "rank0.pt"
     try:
         run_two_ranks(tiny_model_dir, out_file)
     except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
-        # Seen once in ~20 runs, not reproduced since: a rank died early (cause not found; the port free_port()
-        # picked being taken before the rendezvous is one candidate). The workers are deterministic: a real bug
-        # fails the second try too.
-        print(f"2-rank start failed, trying once more: {str(e)[:500]}")
+        if not is_start_up_flake(e):  # a worker's assertion or crash is the test's result
+            raise
+        print(f"2-rank rendezvous failed (a port race), trying once more on a new port: {str(e)[-500:]}")
         run_two_ranks(tiny_model_dir, out_file)
     got = torch.load(out_file, weights_only=True)
     st, rl, rows, sft_w = one_process_reference(tiny_model_dir)

@@ -81,3 +81,69 @@ def test_bad_input_one_line(tmp_path, tiny_model_dir, case, expect):
     assert lines[-1].startswith("error:") and expect in lines[-1], r.stderr
     assert "Traceback" not in r.stderr
     assert not (out / "metrics.json").exists()
+
+
+class ScriptedEngine:
+    """An engine whose completions are literal: for a prompt holding problem text P, SCRIPT[P] says which of
+    the n samples answer right (1) or wrong (0), in order. Records its calls."""
+
+    def __init__(self, script: dict[str, list[int]], answers: dict[str, str]):
+        self.script, self.answers, self.calls = script, answers, []
+
+    def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, seed=0):
+        from lib.rollout import Completion
+
+        self.calls.append({"prompts": len(prompts), "n": n, "max_new_tokens": max_new_tokens,
+                           "temperature": temperature, "top_p": top_p, "seed": seed})
+        out = []
+        for prompt in prompts:
+            (problem,) = [p for p in self.script if p in prompt]  # exactly one problem per prompt
+            assert len(self.script[problem]) == n
+            texts = [f"so\nAnswer: {self.answers[problem] if ok else 'wrong'}" for ok in self.script[problem]]
+            out.append([Completion([5, 6], [-0.5, -0.5], t, "stop") for t in texts])
+        return out
+
+
+def test_metrics_of_a_policy_that_solves_some_problems(tmp_path, tiny_model_dir, monkeypatch):
+    """n = 4, literal successes per problem; mean_acc and unbiased pass@k = 1 - C(4-c, k) / C(4, k) by hand."""
+    import evaluate
+
+    script = {"Compute 1+2.": [1, 0, 1, 1],  # c = 3: pass@1 3/4, pass@2 1 - C(1,2)/C(4,2) = 1, pass@4 1
+              "Compute 3+4.": [0, 0, 0, 0],  # c = 0: 0, 0, 0
+              "Compute 2+5.": [1, 1, 1, 1],  # c = 4: 1, 1, 1
+              "Compute 6+1.": [0, 0, 1, 0],  # c = 1: 1/4, 1 - C(3,2)/6 = 1/2, 1
+              "Compute 4+4.": [1, 0, 0, 1]}  # c = 2: 1/2, 1 - C(2,2)/6 = 5/6, 1
+    answers = {"Compute 1+2.": "3", "Compute 3+4.": "7", "Compute 2+5.": "7", "Compute 6+1.": "7",
+               "Compute 4+4.": "8"}
+    ids = {p: f"q{i}" for i, p in enumerate(script)}
+    rows = lambda ps: [{"id": ids[p], "problem": p, "answer": answers[p]} for p in ps]  # noqa: E731
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = bench_file(tmp_path / "a", rows(list(script)[:3]))
+    b = bench_file(tmp_path / "b", rows(list(script)[3:]))
+    engine = ScriptedEngine(script, answers)
+    monkeypatch.setattr(evaluate, "make_engine", lambda *args, **kw: engine)
+    out = tmp_path / "ev"
+    evaluate.main(["--model", str(tiny_model_dir), "--benchmarks", f"a={a},b={b}", "--n", "4", "--seed", "7",
+                   "--max-new-tokens", "8", "--device", "cpu", "--out", str(out)])
+    m = json.loads((out / "metrics.json").read_text())
+    A, B = m["benchmarks"]["a"], m["benchmarks"]["b"]
+    assert A["problems"] == 3 and B["problems"] == 2
+    assert A["mean_acc"] == pytest.approx((3 / 4 + 0 + 1) / 3)
+    assert A["pass@k"] == pytest.approx({"1": (3 / 4 + 0 + 1) / 3, "2": (1 + 0 + 1) / 3, "4": 2 / 3})
+    assert B["mean_acc"] == pytest.approx((1 / 4 + 1 / 2) / 2)
+    assert B["pass@k"] == pytest.approx({"1": 3 / 8, "2": (1 / 2 + 5 / 6) / 2, "4": 1.0})
+    # the average is over benchmarks (unweighted), not over problems
+    assert m["average"]["mean_acc"] == pytest.approx((7 / 12 + 3 / 8) / 2)
+    assert m["average"]["pass@k"] == pytest.approx({"1": (7 / 12 + 3 / 8) / 2, "2": (2 / 3 + 2 / 3) / 2,
+                                                    "4": (2 / 3 + 1) / 2})
+    # the flags reach the engine; one call per benchmark
+    assert engine.calls == [{"prompts": 3, "n": 4, "max_new_tokens": 8, "temperature": 1.0, "top_p": 0.7, "seed": 7},
+                            {"prompts": 2, "n": 4, "max_new_tokens": 8, "temperature": 1.0, "top_p": 0.7, "seed": 7}]
+    # every sample is recorded, in order, with the verifier's verdict
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    got = {}
+    for s in samples:
+        got.setdefault(s["problem_id"], []).append(int(s["acc"]))
+    assert got == {ids[p]: v for p, v in script.items()}
+    assert {s["source"] for s in samples} == {"eval:a", "eval:b"}

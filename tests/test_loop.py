@@ -78,3 +78,83 @@ def test_killed_loop_resumes_and_finishes(memo_model_dir, memo_data, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "iter1-explore: done, skipped" in r.stdout
     assert (out / "report" / "summary.md").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# loop.sh's control flow in seconds: the training and evaluation stages are stand-ins (PYTHON = a shim that
+# logs every command); harvest.py, filter.py and report.py are the real ones, so filter.py's exit code 3
+# ("kept nothing") reaches loop.sh exactly as in a real run.
+
+SHIM = '''#!{python}
+import json, os, sys
+from pathlib import Path
+
+script, args = sys.argv[1], sys.argv[2:]
+with open(os.environ["SHIM_LOG"], "a") as f:
+    f.write(json.dumps([script, *args]) + "\\n")
+if script in ("harvest.py", "filter.py", "report.py"):
+    os.execv(sys.executable, [sys.executable, script, *args])  # the real stage
+flag = lambda name: args[args.index(name) + 1]
+out = Path(flag("--out"))
+out.mkdir(parents=True, exist_ok=True)
+if script == "explore.py":
+    # SUCCESSES: per run, "problem@step" -> how many of its 6 samples at that step are correct
+    succ = json.loads(os.environ["SUCCESSES"])[out.parent.name if out.name == "explore" else out.name]
+    steps, every = int(flag("--steps")), int(flag("--save-every"))
+    with open(out / "rollouts.jsonl", "w") as f:
+        for (pid, step), c in ((tuple(k.split("@")), v) for k, v in succ.items()):
+            for j in range(6):
+                ok = j < c
+                f.write(json.dumps({{"problem_id": pid, "prompt": pid + "?", "response": f"{{pid}} s{{step}} r{{j}}",
+                                    "reward": 1.0 if ok else -1.0, "acc": ok, "step": int(step)}}) + "\\n")
+    with open(out / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps({{"step": s, "reward": 0.0, "grad_norm": 1.0}}) + "\\n" for s in range(1, steps + 1))
+    for s in range(every, steps + 1, every):
+        (out / f"ckpt_{{s:06d}}").mkdir(exist_ok=True)
+elif script == "consolidate.py":
+    (out / "config.json").write_text("{{}}")
+elif script == "evaluate.py":
+    b = {{"problems": 2, "mean_acc": 0.5, "pass@k": {{"1": 0.5, "2": 0.75}}}}
+    (out / "metrics.json").write_text(json.dumps({{"benchmarks": {{"memo": b}}, "average": b}}))
+'''
+
+
+def test_filter_keeps_nothing_at_the_default_threshold(tmp_path):
+    """THRESHOLD unset = 0.1. Iteration 1 solves `a` 2 times in 12 samples (rate 0.17 >= 0.1: medium) and `b`
+    never: nothing is hard, filter.py exits 3, iteration 1 keeps its initial policy (no RFT, no RFT
+    evaluation) and iteration 2 starts from it again. Iteration 2 solves `a` once in 12 (0.083: hard): RFT of
+    the initial policy on that one success, and its evaluation."""
+    shim = tmp_path / "py"
+    shim.write_text(SHIM.format(python=sys.executable))
+    shim.chmod(0o755)
+    log, out, model = tmp_path / "calls.jsonl", tmp_path / "run", "/models/initial"
+    successes = {"iter1": {"a@1": 1, "a@2": 1, "b@1": 0, "b@2": 0},
+                 "iter2": {"a@1": 0, "a@2": 1, "b@1": 0, "b@2": 0},
+                 "vanilla": {"a@1": 0, "a@2": 0, "a@3": 0, "a@4": 0}}
+    env = {k: v for k, v in os.environ.items() if k not in ("THRESHOLD", "TRAIN_LAUNCH", "VANILLA")}
+    env.update(PYTHON=str(shim), SHIM_LOG=str(log), SUCCESSES=json.dumps(successes), MODEL=model, DATA="d.jsonl",
+               EVAL="memo=m.jsonl", OUT=str(out), ITERS="2", RL_STEPS="2", SAVE_EVERY="2",
+               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    r = run_loop(env, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    flag = lambda call, name: call[call.index(name) + 1]  # noqa: E731
+    by = lambda script: [c for c in calls if c[0] == script]  # noqa: E731
+
+    assert [flag(c, "--threshold") for c in by("filter.py")] == ["0.1", "0.1"]  # the default
+    assert "iteration 2 starts again from /models/initial" in r.stdout
+    stats1 = json.loads((out / "iter1" / "filter" / "filter_stats.json").read_text())
+    assert stats1["kept"] == 0 and stats1["buckets"]["medium"] == 1 and stats1["buckets"]["never_solved"] == 1
+    assert not (out / "iter1" / "filter" / "rft.jsonl").exists() and not (out / "iter1" / "consolidated").exists()
+    assert (out / "iter1" / "next_policy").read_text().strip() == model
+    # iteration 2 explores from the initial policy again, and consolidates it (not iteration 1's RL policy)
+    assert [flag(c, "--model") for c in by("explore.py")] == [model, model, model]  # iter1, iter2, vanilla
+    (cons,) = by("consolidate.py")
+    assert flag(cons, "--model") == model and flag(cons, "--out") == str(out / "iter2" / "consolidated")
+    rft = [json.loads(line) for line in (out / "iter2" / "filter" / "rft.jsonl").read_text().splitlines()]
+    assert [(t["problem_id"], t["step"], t["response"]) for t in rft] == [("a", 2, "a s2 r0")]
+    assert (out / "iter2" / "next_policy").read_text().strip() == str(out / "iter2" / "consolidated")
+    # evaluations: no RFT one for iteration 1
+    assert sorted(Path(flag(c, "--out")).name for c in by("evaluate.py")) == \
+        ["base", "iter1-rl", "iter2-rft", "iter2-rl", "vanilla-2", "vanilla-4"]
+    assert (out / "report" / "summary.md").exists()

@@ -128,7 +128,10 @@ def test_constants_are_tuples():
     assert reward.SUBSTITUTIONS[0] == ("an ", "") and reward.SUBSTITUTIONS[1] == ("a ", "")
 
 
-# ---- adversarial inputs: every dapo call must stay fast (target < 10 ms; asserted < 50 ms) ----
+# ---- adversarial inputs: no dapo call may go quadratic ----
+# The bound is a generous 2 s, not a speed goal (a call takes ~1-50 ms; timing is no test's business on a
+# shared machine): the inputs are sized so that one quadratic pattern (the reference's lazy ".*?" with a
+# missing closing token, ~0.16 s on 3,000 openers, ~16 s on 30,000) blows far past it.
 
 ADVERSARIAL_RESPONSES = [
     "a" * 1_000_000,
@@ -145,13 +148,14 @@ ADVERSARIAL_RESPONSES = [
 # The ground truth is not truncated, so normalisation itself must be linear. The reference's
 # patterns take seconds on each of these (quadratic backtracking when the closing token is missing).
 ADVERSARIAL_GROUND_TRUTHS = [
-    "\\text{" * 3_000,
-    "\\boxed{" * 3_000,
-    "$" + "a" * 20_000,
-    ("\\text{" * 300 + "\n") * 10 + "}",
-    "\\overline{" * 2_000,
-    "frac" * 5_000,
+    "\\text{" * 30_000,
+    "\\boxed{" * 30_000,
+    "$" + "a" * 200_000,
+    ("\\text{" * 20_000 + "\n") * 3 + "}",
+    "\\overline{" * 20_000,
+    "frac" * 50_000,
 ]
+SLOW_S = 2.0  # catastrophic backtracking only
 
 
 def _timed(fn, *args):
@@ -163,15 +167,15 @@ def _timed(fn, *args):
 @pytest.mark.parametrize("i", range(len(ADVERSARIAL_RESPONSES)))
 def test_adversarial_response_is_fast(i):
     resp = ADVERSARIAL_RESPONSES[i]
-    assert _timed(score, resp, "5") < 0.05
+    assert _timed(score, resp, "5") < SLOW_S
     assert score(resp, "5")["acc"] in (True, False)
 
 
 @pytest.mark.parametrize("i", range(len(ADVERSARIAL_GROUND_TRUTHS)))
 def test_adversarial_ground_truth_is_fast(i):
     gt = ADVERSARIAL_GROUND_TRUTHS[i]
-    assert _timed(score, "Answer: 5", gt) < 0.05
-    assert _timed(normalize_final_answer, gt) < 0.05
+    assert _timed(score, "Answer: 5", gt) < SLOW_S
+    assert _timed(normalize_final_answer, gt) < SLOW_S
 
 
 def test_nested_braces_answer():
@@ -206,16 +210,48 @@ def test_math_verify_timeout_counts_as_incorrect(monkeypatch):
     assert out == {"score": -1.0, "acc": False, "pred": "[INVALID]"}
 
 
-def test_math_verify_real():
-    pytest.importorskip("math_verify")
-    assert score("so x is \\boxed{0.5}", "\\frac{1}{2}", mode="math_verify")["acc"] is True
-    assert score("so x is \\boxed{\\frac{2}{4}}", "0.5", mode="math_verify")["acc"] is True
-    out = score("so x is \\boxed{3}", "4", mode="math_verify")
-    assert out["acc"] is False and out["score"] == -1.0
-    assert score("no math here", "4", mode="math_verify")["pred"] == "[INVALID]"
+# The real package (requirements.txt): literal cases, each checked by hand against math-verify 0.9's
+# semantics. pred is math-verify's own string of the answer it extracted (its normalised LaTeX: "0.5" comes
+# back as "\\frac{1}{2}"), so it is asserted only where that string is the text itself.
+MATH_VERIFY_CASES = [
+    # (response, ground truth, acc, pred or None)
+    ("so x is \\boxed{0.5}", "\\frac{1}{2}", True, None),  # decimal vs fraction: symbolic, not string, equality
+    ("so x is \\boxed{\\frac{1}{2}}", "0.5", True, "\\frac{1}{2}"),
+    ("so x is \\boxed{\\frac{2}{4}}", "0.5", True, None),
+    ("\\boxed{3}", "3", True, "3"),
+    ("\\boxed{3}", "4", False, "3"),
+    ("Answer: 3", "3", True, "3"),  # no \\boxed: the last expression of the text
+    ("The answer is $\\sqrt{8}$", "2\\sqrt{2}", True, "\\sqrt{8}"),
+    ("\\boxed{x^2+2x+1}", "(x+1)^2", True, "x^2+2x+1"),
+    ("\\boxed{x=2}", "2", True, "x=2"),  # an equation's right-hand side is its value
+    ("\\boxed{\\{1,2\\}}", "\\{2,1\\}", True, None),  # sets: order does not matter
+    ("\\boxed{(1,2)}", "(2,1)", False, "(1,2)"),  # tuples / intervals: it does
+    ("\\boxed{0.33}", "\\frac{1}{3}", False, None),  # rounding to 6 places, not 2
+    ("no math here", "4", False, "[INVALID]"),
+]
 
 
-# ---- verifier under attack (issue 7): < 10 ms per adversarial response, and nothing in it ever runs ----
+@pytest.mark.parametrize("response,gt,acc,pred", MATH_VERIFY_CASES)
+def test_math_verify_real(response, gt, acc, pred):
+    out = score(response, gt, mode="math_verify")
+    assert out["acc"] is acc and out["score"] == (1.0 if acc else -1.0), out
+    if pred is not None:
+        assert out["pred"] == pred
+
+
+def test_math_verify_keywords_exist_in_the_installed_package():
+    """The deadline design needs math-verify's own timeouts off: parse(parsing_timeout=None) and
+    verify(timeout_seconds=None). A renamed keyword would be a TypeError inside every rollout."""
+    import inspect
+
+    import math_verify
+
+    assert "parsing_timeout" in inspect.signature(math_verify.parse).parameters
+    verify = inspect.signature(math_verify.verify).parameters
+    assert list(verify)[:2] == ["gold", "target"] and "timeout_seconds" in verify  # gold first, as we call it
+
+
+# ---- verifier under attack (issue 7): no adversarial response stalls a rollout, and nothing in it ever runs ----
 
 PWNED = "/tmp/rloop-reward-pwned"  # created only if some response text were executed
 ATTACKS = {
@@ -265,13 +301,11 @@ def test_attack_scores_fast_and_runs_nothing(name):
     import os
 
     resp = ATTACKS[name]
-    best = float("inf")
-    for _ in range(3):  # best of 3: a busy shared machine must not turn a 0.05 ms call into a failure
-        with _Forbidden():
-            t0 = time.perf_counter()
-            out = score(resp, "5")
-            best = min(best, time.perf_counter() - t0)
-    assert best < 0.010, f"{name}: {best * 1e3:.1f} ms"
+    with _Forbidden():
+        t0 = time.perf_counter()
+        out = score(resp, "5")
+        took = time.perf_counter() - t0
+    assert took < SLOW_S, f"{name}: {took:.1f} s"  # (~0.05 ms: a bound that only catches a quadratic scan)
     assert out["score"] in (1.0, -1.0) and isinstance(out["acc"], bool) and len(out["pred"]) <= reward.TAIL_CHARS
     assert out["acc"] is (name in ("1MB_then_answer",))  # only the honest answer counts
     assert not os.path.exists(PWNED)
@@ -304,7 +338,6 @@ def test_math_verify_deadline_covers_parsing_and_is_cleared(monkeypatch):
 def test_math_verify_real_attacks_are_cut_off():
     import os
 
-    pytest.importorskip("math_verify")
     for resp in ("\\boxed{9^{9^{9^{9}}}}", f"\\boxed{{__import__('os').system('touch {PWNED}')}}"):
         t0 = time.perf_counter()
         out = score(resp, "5", mode="math_verify")
