@@ -264,3 +264,21 @@ def test_from_vllm_reads_only_listed_output_fields():
     on_comp = {n.attr for n in ast.walk(gen) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
                and n.value.id == "c"}
     assert on_comp <= set(COMPLETION_OUTPUT_FIELDS)
+
+
+def test_sync_check_script_runs_without_a_gpu(fake_vllm, capsys):
+    """scripts/vllm_sync_check.py (the GPU check): its --dry-run passes on CPU and fails with --noise 0 (old and
+    new weights indistinguishable); its vLLM path runs end to end on the fake (which is not a language model,
+    so its verdict is FAIL)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vllm_sync_check", ROOT / "scripts" / "vllm_sync_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    assert check.main(["--dry-run", "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.startswith("PASS vllm_sync_check: HF (dry run")
+    assert check.main(["--dry-run", "--max-new-tokens", "8", "--noise", "0"]) == 1
+    assert "cannot tell old from new" in capsys.readouterr().out
+    assert check.main(["--max-new-tokens", "8"]) == 1
+    assert capsys.readouterr().out.startswith("FAIL vllm_sync_check: vLLM greedy")
+    assert fake_vllm.LLM.instances[-1].calls == ["generate", "apply_model", "reset_prefix_cache", "generate"]
