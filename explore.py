@@ -64,7 +64,7 @@ from lib.dapo import group_advantages, kept_group_ids, overlong_penalty, policy_
 from lib.modeling import (extend_context, load_config, load_policy, load_tokenizer, longest_prompt, pad_rows,
                           plan_context, resolve_model, shared_prompt_logprobs, token_logprobs)
 from lib.records import append_jsonl, truncate_to
-from lib.rollout import Completion, HFEngine, VLLMEngine, make_engine, to_trajectories, vllm_available
+from lib.rollout import ColocatedVLLM, Completion, HFEngine, make_engine, resolve_backend, to_trajectories
 from lib.sft import lr_factor, micro_batches
 
 RewardFn = Callable[[str, str], dict]  # (response, ground_truth) -> {"score", "acc", "pred"}
@@ -596,55 +596,6 @@ class ShardedHFEngine(HFEngine):
             return super().generate(prompts, *a, **kw)
 
 
-class ColocatedVLLM(VLLMEngine):
-    """vLLM on the trainer's GPUs: one engine per rank, or one per group of --tp ranks (tensor parallel).
-
-    Under torchrun the engine runs inside the rank (vLLM's "external_launcher" executor: no worker processes
-    of its own; with --tp its tensor-parallel shard lives in this rank and talks to the other ranks of its
-    group), so pushing weights is a function call on every rank. Every rank of a tp group must make the same
-    calls with the same prompts: they hold the same rollout share, and the same engine seed.
-    --sleep-mode: sleep() before the update frees the engine's GPU memory for the trainer (level 1: weights
-    offloaded to CPU, KV cache dropped), wake_up() + sync_weights() after it. Needs a GPU: the CPU tests
-    drive this glue through a fake LLM."""
-
-    def __init__(self, model_path: str, tokenizer, tp: int = 1, sleep_mode: bool = False,
-                 gpu_memory_utilization: float = 0.5, seed: int = 0, trust_remote_code: bool = False):
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine core in this process (read by LLM(...))
-        from vllm import LLM
-
-        self.tok, self.dtype, self.in_process, self.tp = tokenizer, torch.bfloat16, True, tp
-        self.sleep_mode = sleep_mode
-        kw = {"distributed_executor_backend": "external_launcher"} if dist.is_distributed() else {}
-        self.llm = LLM(model=model_path, tensor_parallel_size=tp, gpu_memory_utilization=gpu_memory_utilization,
-                       dtype="bfloat16", seed=seed, enable_sleep_mode=sleep_mode, trust_remote_code=trust_remote_code,
-                       **kw)
-
-    def generate(self, prompts, *a, **kw):
-        return super().generate(prompts, *a, **kw) if prompts else []
-
-    def sleep(self) -> None:
-        if self.sleep_mode:
-            self.llm.sleep(level=1)
-
-    def wake_up(self) -> None:
-        if self.sleep_mode:
-            self.llm.wake_up()
-
-    @torch.no_grad()
-    def sync_weights(self, model) -> None:
-        """Push the policy's current weights into this rank's engine, in memory: full tensors gathered from
-        the FSDP shards one at a time (every rank walks the same names in the same order), cast to the engine
-        dtype; vLLM's load_weights maps HF names onto its fused layers and slices them for its tp shard. Then
-        the prefix cache is reset (KV blocks of the old weights)."""
-        dtype = self.dtype
-
-        def load(vllm_model):  # runs inside vLLM's worker, which lives in this process
-            vllm_model.load_weights(weights=((name, t.detach().to(dtype)) for name, t in dist.full_tensors(model)))
-
-        self.llm.apply_model(load)
-        self.llm.reset_prefix_cache()
-
-
 # ---------------------------------------------------------------------------------------------------------
 # main
 
@@ -683,13 +634,11 @@ def build_engine(args, model, tok, model_path: str, engine_fn: Callable | None, 
                  overrides: dict | None = None):
     if engine_fn is not None:
         return engine_fn(model, tok, model_path)
-    backend = args.backend
-    if backend == "auto":
-        backend = "vllm" if vllm_available() else "hf"
+    backend = resolve_backend(args.backend)
     if backend == "hf" and (args.tp > 1 or args.sleep_mode):
         raise cli.UserError("--tp and --sleep-mode are vLLM options; this run uses the HF engine (no vllm or no GPU)")
     if backend == "vllm":
-        return ColocatedVLLM(model_path, tok, tp=args.tp, sleep_mode=args.sleep_mode,
+        return ColocatedVLLM(model_path, tok, max_model_len=None, tp=args.tp, sleep_mode=args.sleep_mode,
                              gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed,
                              trust_remote_code=args.trust_remote_code)
     if dist.is_sharded(model):

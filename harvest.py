@@ -226,9 +226,7 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally]:
         raise cli.UserError(f"{run}: no checkpoint at the requested --steps (found: {', '.join(have) or 'none'})")
     s = resample_settings(args, run)
     problems = data.load_problems(s["data"], split=s["split"], limit=s["limit"])  # fails before any model loads
-    backend = args.backend
-    if backend == "auto":
-        backend = "vllm" if rollout.vllm_available() else "hf"
+    backend = rollout.resolve_backend(args.backend)
     device = cli.pick_device(args.device)
     verifier = functools.partial(reward.score, mode=s["reward"])
     print(f"resampling {len(problems)} problems x {args.resample} from {len(ckpts)} checkpoint(s) "

@@ -6,18 +6,24 @@ One interface, two backends:
               costing compute), sampled tokens and log-probs stay on the device until the end (one host
               sync per step: how many rows finished), and the sampled token's log-prob is read off
               logsumexp — no full-vocabulary log-softmax is kept.
-  VLLMEngine  vLLM's offline `LLM` (GPU), used when vllm is importable and a GPU is present.
-`make_engine` picks one. Log-probs are under softmax(logits / temperature), before top-p truncation — the
-same quantity lib/modeling.token_logprobs computes in the training forward.
+  VLLMEngine  vLLM's offline `LLM` (GPU), used when vllm is importable and a GPU is present;
+              ColocatedVLLM, its subclass for explore.py, shares the trainer's GPUs (sleep / wake, FSDP).
+`make_engine` picks one (`resolve_backend` decides 'auto'). HFEngine's log-probs are under
+softmax(logits / temperature), before top-p truncation — the same quantity lib/modeling.token_logprobs
+computes in the training forward (VLLMEngine's: see its docstring).
 """
 from __future__ import annotations
 
+import os
+import random
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from lib import dist
 from lib.modeling import cache_keyword, pad_rows, stop_token_ids
 from lib.records import Trajectory
 
@@ -27,7 +33,9 @@ class Completion:
     token_ids: list[int]  # sampled tokens, the stop token included (it is part of what the policy chose)
     logprobs: list[float]  # log-prob of each sampled token, same length as token_ids
     text: str  # decoded, special tokens removed
-    finish_reason: str  # "stop" (a stop token was sampled) or "length" (max_new_tokens reached)
+    # "stop" (a stop token was sampled), "length" (max_new_tokens, or vLLM's max_model_len, reached) or
+    # "abort" (vLLM dropped the request before it finished: its tokens are a partial response)
+    finish_reason: str
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator):
@@ -149,20 +157,36 @@ class HFEngine:
 
 
 class VLLMEngine:
-    """vLLM's offline engine on GPU. Sampling is seeded per call; log-probs come back for sampled tokens.
+    """vLLM's offline `LLM` (GPU). Log-probs come back for the sampled tokens.
 
-    Colocated RL (explore.py): build it with in_process=True and call sync_weights(model) after the policy
-    changed. in_process keeps vLLM's engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so
+    Seeds: each prompt of a call gets its own SamplingParams with its own seed, a fixed function of (call
+    seed, prompt index) (`prompt_seed`); vLLM 0.33 splits a request with n > 1 into n child requests and
+    seeds child j with seed + j (vllm/v1/engine/parallel_sampling.py). With one seed for the whole call,
+    response j of every prompt would share one random stream: a prompt drawn twice in a batch would get two
+    identical groups. The same call twice gives the same outputs (resume stays exact).
+
+    Context length: `max_model_len` is the engine's prompt + response cap in tokens (None: the model config's
+    own limit). vLLM refuses a max_model_len above the config's max_position_embeddings (ValueError, unless
+    VLLM_ALLOW_LONG_MAX_MODEL_LEN=1, which only silences the check); callers that need more pass
+    hf_overrides={"max_position_embeddings": N}, which vLLM applies to the config before it derives the limit
+    and sizes its RoPE tables.
+
+    Log-probs: vLLM's default logprobs_mode "raw_logprobs", log-softmax of the raw logits, i.e. before
+    temperature and top-p. Equal to HFEngine's (softmax(logits / T), before top-p) at temperature 1 (the DAPO
+    recipe); nothing trains on them (explore.py recomputes old log-probs with the training forward).
+
+    Colocated RL: build it with in_process=True and call sync_weights(model) after the policy changed.
+    in_process keeps vLLM's engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so
     `LLM.apply_model` runs our function directly on vLLM's nn.Module and the trainer's tensors are handed
     over by reference: no disk round trip, no serialisation (in multi-process mode apply_model would have
-    to pickle the function and every weight across the process boundary).
+    to pickle the function and every weight across the process boundary). Under torchrun an in-process
+    engine uses vLLM's "external_launcher" executor: no worker processes of its own; with tp > 1 its
+    tensor-parallel shard lives in this rank and talks to the other ranks of its group.
     """
 
-    def __init__(self, model_path: str, tokenizer, gpu_memory_utilization: float = 0.5, tp: int = 1,
-                 dtype: str = "bfloat16", seed: int = 0, max_model_len: int | None = None,
+    def __init__(self, model_path: str, tokenizer, *, max_model_len: int | None, hf_overrides: dict | None = None,
+                 gpu_memory_utilization: float = 0.5, tp: int = 1, dtype: str = "bfloat16", seed: int = 0,
                  enable_sleep_mode: bool = False, trust_remote_code: bool = False, in_process: bool = False):
-        import os
-
         if in_process:
             # read when the engine is built; must be set before LLM(...)
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -171,48 +195,113 @@ class VLLMEngine:
         self.tok = tokenizer
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.in_process, self.tp = in_process, tp
+        self.external_launcher = in_process and dist.is_distributed()
         self.llm = LLM(model=model_path, tensor_parallel_size=tp, gpu_memory_utilization=gpu_memory_utilization,
-                       dtype=dtype, seed=seed, max_model_len=max_model_len, enable_sleep_mode=enable_sleep_mode,
-                       trust_remote_code=trust_remote_code)
+                       dtype=dtype, seed=seed, max_model_len=max_model_len, hf_overrides=hf_overrides or {},
+                       enable_sleep_mode=enable_sleep_mode, trust_remote_code=trust_remote_code,
+                       distributed_executor_backend="external_launcher" if self.external_launcher else None)
+
+    def weights(self, model) -> Iterator[tuple[str, torch.Tensor]]:
+        """(state-dict name, tensor) of the training model, one at a time; ColocatedVLLM gathers FSDP shards."""
+        yield from model.state_dict().items()
 
     @torch.no_grad()
     def sync_weights(self, model) -> None:
         """Copy the training model's current weights into the engine, in memory.
 
         Names are the transformers state-dict names; vLLM's `model.load_weights` maps them onto its fused
-        layers (q/k/v -> qkv_proj, gate/up -> gate_up_proj) and skips lm_head when embeddings are tied.
-        Tensors are cast to the engine dtype one at a time (a generator), so the peak extra memory is one
-        tensor, not a second copy of the model. Then the prefix cache is reset: KV blocks cached from
-        earlier prompts were computed by the old weights and would otherwise be reused.
+        layers (q/k/v -> qkv_proj, gate/up -> gate_up_proj), slices them for its tp shard and skips lm_head
+        when embeddings are tied. Tensors are cast to the engine dtype one at a time (a generator), so the
+        peak extra memory is one tensor, not a second copy of the model. Then the prefix cache is reset: KV
+        blocks cached from earlier prompts were computed by the old weights and would otherwise be reused.
         """
-        if not self.in_process or self.tp != 1:
+        if not self.in_process or (self.tp != 1 and not self.external_launcher):
             # with workers in other processes apply_model would pickle every weight across the boundary
-            raise RuntimeError("VLLMEngine.sync_weights needs in_process=True and tp=1 (one GPU, engine in process)")
-        dtype = self.dtype
+            raise RuntimeError("VLLMEngine.sync_weights needs in_process=True, and tp=1 unless under torchrun "
+                               "(the engine's workers must live in this process)")
+        dtype, weights = self.dtype, self.weights
 
         def load(vllm_model):  # runs inside vLLM's worker, which lives in this process
-            vllm_model.load_weights(weights=((name, t.detach().to(dtype)) for name, t in model.state_dict().items()))
+            vllm_model.load_weights(weights=((name, t.detach().to(dtype)) for name, t in weights(model)))
 
         self.llm.apply_model(load)
         self.llm.reset_prefix_cache()
 
     def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int = 0) -> list[list[Completion]]:
+        """Returns, for each prompt, its n completions (in order)."""
         from vllm import SamplingParams
 
-        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed,
-                                logprobs=0, skip_special_tokens=True)
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                 seed=prompt_seed(seed, i), logprobs=0, skip_special_tokens=True)
+                  for i in range(len(prompts))]
         ids = [{"prompt_token_ids": self.tok(p, add_special_tokens=False)["input_ids"]} for p in prompts]
         outs = self.llm.generate(ids, params, use_tqdm=False)
-        return [[_from_vllm(c) for c in o.outputs] for o in outs]
+        return [[_from_vllm(c) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]
+
+
+class ColocatedVLLM(VLLMEngine):
+    """vLLM on the trainer's GPUs (explore.py): one engine per rank, or one per group of --tp ranks.
+
+    Always in process (see VLLMEngine), so pushing weights is a function call on every rank. Every rank of a
+    tp group must make the same calls with the same prompts: they hold the same rollout share, and the same
+    engine seed. The weights pushed are full tensors gathered from the FSDP shards one at a time (every rank
+    walks the same names in the same order). --sleep-mode: sleep() before the update frees the engine's GPU
+    memory for the trainer (level 1: weights offloaded to CPU, KV cache dropped), wake_up() + sync_weights()
+    after it. Needs a GPU: the CPU tests drive it through tests/fake_vllm.py."""
+
+    def __init__(self, model_path: str, tokenizer, *, max_model_len: int | None, hf_overrides: dict | None = None,
+                 tp: int = 1, sleep_mode: bool = False, gpu_memory_utilization: float = 0.5, seed: int = 0,
+                 trust_remote_code: bool = False):
+        super().__init__(model_path, tokenizer, max_model_len=max_model_len, hf_overrides=hf_overrides,
+                         gpu_memory_utilization=gpu_memory_utilization, tp=tp, dtype="bfloat16", seed=seed,
+                         enable_sleep_mode=sleep_mode, trust_remote_code=trust_remote_code, in_process=True)
+        self.sleep_mode = sleep_mode
+
+    def weights(self, model) -> Iterator[tuple[str, torch.Tensor]]:
+        return dist.full_tensors(model)  # a collective per tensor under FSDP: every rank consumes it in step
+
+    def generate(self, prompts, *a, **kw):
+        return super().generate(prompts, *a, **kw) if prompts else []  # a rank may hold no prompt of a batch
+
+    def sleep(self) -> None:
+        if self.sleep_mode:
+            self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        if self.sleep_mode:
+            self.llm.wake_up()
+
+
+def prompt_seed(seed: int, i: int) -> int:
+    """The vLLM seed of prompt i of a call seeded `seed`: a fixed function of both (string seeding of
+    random.Random is stable across runs and Python versions), 31 bits so that seed + j (vLLM's seed of
+    response j) stays a valid int32 for every n."""
+    return random.Random(f"{seed}-{i}").getrandbits(31)
+
+
+FINISH_REASONS = ("stop", "length", "abort")
 
 
 def _from_vllm(c) -> Completion:
+    """One vLLM CompletionOutput -> Completion. Fails loudly instead of inventing numbers: a missing
+    log-prob list (or a sampled token without its entry) is a RuntimeError, and so is a finish reason other
+    than stop / length / abort (vLLM's "error" and "repetition" never arise with the settings used here)."""
     token_ids = list(c.token_ids)
-    # c.logprobs: one {token_id: Logprob} dict per sampled token; with logprobs=0 it holds the sampled one
-    lps = [float(d[t].logprob) for t, d in zip(token_ids, c.logprobs or [])] if c.logprobs else [0.0] * len(token_ids)
-    finish = "length" if c.finish_reason == "length" else "stop"
-    return Completion(token_ids, lps, c.text, finish)
+    if c.logprobs is None:
+        raise RuntimeError("vLLM returned no log-probs (CompletionOutput.logprobs is None): the request must ask "
+                           "for them with SamplingParams(logprobs=0)")
+    if len(c.logprobs) != len(token_ids):
+        raise RuntimeError(f"vLLM returned {len(c.logprobs)} log-prob entries for {len(token_ids)} sampled tokens")
+    lps = []
+    for pos, (t, d) in enumerate(zip(token_ids, c.logprobs)):
+        # one {token_id: Logprob} dict per sampled token; with logprobs=0 it holds the sampled one
+        if d is None or t not in d:
+            raise RuntimeError(f"vLLM returned no log-prob for sampled token {t} at position {pos}")
+        lps.append(float(d[t].logprob))
+    if c.finish_reason not in FINISH_REASONS:
+        raise RuntimeError(f"vLLM finish_reason {c.finish_reason!r}: expected one of {', '.join(FINISH_REASONS)}")
+    return Completion(token_ids, lps, c.text, c.finish_reason)
 
 
 def vllm_available() -> bool:
@@ -223,12 +312,23 @@ def vllm_available() -> bool:
     return torch.cuda.is_available()
 
 
-def make_engine(backend: str, model, tokenizer, model_path: str | None = None, **vllm_kwargs):
-    """backend: 'hf', 'vllm' or 'auto' (vllm when importable and a GPU is present, else hf)."""
+def resolve_backend(backend: str) -> str:
+    """'hf' / 'vllm' as given; 'auto' -> 'vllm' when vllm imports and CUDA is present, else 'hf'."""
+    if backend not in ("auto", "hf", "vllm"):
+        raise ValueError(f"unknown rollout backend {backend!r} (auto, hf or vllm)")
     if backend == "auto":
-        backend = "vllm" if vllm_available() and model_path else "hf"
-    if backend == "vllm":
+        return "vllm" if vllm_available() else "hf"
+    return backend
+
+
+def make_engine(backend: str, model, tokenizer, model_path: str | None = None, **vllm_kwargs):
+    """backend: 'hf', 'vllm' or 'auto' (vllm when importable, a GPU is present and model_path is given, else
+    hf). vllm_kwargs go to VLLMEngine (max_model_len among them)."""
+    resolved = resolve_backend(backend)
+    if resolved == "vllm" and model_path:
         return VLLMEngine(model_path, tokenizer, **vllm_kwargs)
+    if resolved == "vllm" and backend == "vllm":
+        raise ValueError("the vllm backend needs model_path (vLLM loads the weights from a folder or hub id)")
     return HFEngine(model, tokenizer)
 
 

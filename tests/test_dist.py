@@ -23,11 +23,13 @@ from safetensors.torch import load_file
 
 import consolidate
 import explore
+import fake_vllm as fv
 from conftest import MEMO_PROBLEMS
+from fake_vllm import fake_vllm  # noqa: F401 (a fixture)
 from lib import dist, sft, toy
 from lib.data import Problem
 from lib.records import Trajectory, read_jsonl, write_jsonl
-from lib.rollout import Completion
+from lib.rollout import ColocatedVLLM, Completion
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -101,31 +103,9 @@ def one_process_reference(model_dir):
     return st, rl, rows, {k: v.clone() for k, v in model.state_dict().items()}
 
 
-class FakeLLM:
-    """Records what the vLLM glue asks of the engine."""
-
-    def __init__(self):
-        self.log, self.loaded = [], {}
-
-    def apply_model(self, fn):
-        self.log.append("apply_model")
-        model = type("M", (), {"load_weights": lambda _, weights: self.loaded.update(weights)})()
-        return [fn(model)]
-
-    def reset_prefix_cache(self):
-        self.log.append("reset_prefix_cache")
-
-    def sleep(self, level):
-        self.log.append(f"sleep{level}")
-
-    def wake_up(self):
-        self.log.append("wake_up")
-
-
-def fake_colocated(sleep_mode: bool) -> explore.ColocatedVLLM:
-    eng = explore.ColocatedVLLM.__new__(explore.ColocatedVLLM)  # no vllm here: skip __init__
-    eng.llm, eng.dtype, eng.tp, eng.in_process, eng.sleep_mode = FakeLLM(), torch.bfloat16, 1, True, sleep_mode
-    return eng
+def install_fake_vllm():
+    """tests/fake_vllm.py as `vllm`, for a spawned rank (no pytest fixture there): the process exits after."""
+    sys.modules["vllm"] = fv.module()
 
 
 def _rank_worker(rank: int, world: int, port: int, model_dir: str, out_file: str):
@@ -140,10 +120,15 @@ def _rank_worker(rank: int, world: int, port: int, model_dir: str, out_file: str
         args = explore.get_args(RL_FLAGS)
         st = explore.train_on_batch(model, opt, rl_groups(model.config.vocab_size), args, pad_id=0, device="cpu")
         rl = dist.full_state_dict(model)
-        # vLLM glue: the engine receives whole tensors (gathered from the shards), in bf16
-        eng = fake_colocated(sleep_mode=True)
+        # vLLM glue: the engine (in this rank: external_launcher) receives whole tensors gathered from the
+        # shards, in bf16, into its fused parameters
+        install_fake_vllm()
+        eng = ColocatedVLLM(model_dir, toy.make_tokenizer(), max_model_len=None, sleep_mode=True)
+        assert eng.llm.kwargs["distributed_executor_backend"] == "external_launcher"
+        before = {k: eng.llm.model.hf_view(k).float() for k in rl}
         eng.sync_weights(model)
-        pushed = {k: v.float() for k, v in eng.llm.loaded.items()}
+        pushed = {k: eng.llm.model.hf_view(k).float() for k in rl}
+        changed = sum(not torch.equal(pushed[k], before[k]) for k in rl)
 
         model = dist.shard_model(load_model(model_dir), torch.device("cpu"))
         ref = dist.shard_model(load_model(model_dir).eval().requires_grad_(False), torch.device("cpu"))
@@ -152,7 +137,8 @@ def _rank_worker(rank: int, world: int, port: int, model_dir: str, out_file: str
                          progress=False)
         sft_w = dist.full_state_dict(model)
         if dist.is_main():
-            torch.save({"st": st, "rl": rl, "rows": rows, "sft": sft_w, "pushed": pushed, "log": eng.llm.log},
+            torch.save({"st": st, "rl": rl, "rows": rows, "sft": sft_w, "pushed": pushed, "log": eng.llm.calls,
+                        "changed": changed},
                        out_file)
     finally:
         dist.teardown()
@@ -238,7 +224,7 @@ def test_two_ranks_match_one_process(tiny_model_dir, tmp_path):
 
     # the vLLM weight push under FSDP: every state-dict entry, whole, in bf16, then the prefix cache reset
     assert got["log"] == ["apply_model", "reset_prefix_cache"]
-    assert got["pushed"].keys() == rl.keys()
+    assert got["pushed"].keys() == rl.keys() and got["changed"] > 0  # the engine's weights moved with the update
     for k, v in got["pushed"].items():
         torch.testing.assert_close(v, got["rl"][k].to(torch.bfloat16).float(), rtol=0, atol=0)
 
@@ -247,7 +233,7 @@ def test_two_ranks_match_one_process(tiny_model_dir, tmp_path):
 # the vLLM glue's order inside a step (no GPU: a recording engine)
 
 
-def test_sleep_before_the_update_wake_and_sync_after(tiny_model_dir, tmp_path):
+def test_sleep_before_the_update_wake_and_sync_after(fake_vllm, tiny_model_dir, tmp_path):
     from lib.rollout import HFEngine
 
     events = []
@@ -288,11 +274,12 @@ def test_sleep_before_the_update_wake_and_sync_after(tiny_model_dir, tmp_path):
     assert woke[0] != slept[0] or woke[1] != slept[1]  # the weights changed while the engine slept
 
     # ColocatedVLLM: level-1 sleep only with --sleep-mode
-    on, off = fake_colocated(True), fake_colocated(False)
+    tok = toy.make_tokenizer()
+    on, off = (ColocatedVLLM(str(tiny_model_dir), tok, max_model_len=None, sleep_mode=m) for m in (True, False))
     for eng in (on, off):
         eng.sleep()
         eng.wake_up()
-    assert on.llm.log == ["sleep1", "wake_up"] and off.llm.log == []
+    assert on.llm.calls == ["sleep1", "wake_up"] and off.llm.calls == []
 
 
 # ---------------------------------------------------------------------------------------------------------

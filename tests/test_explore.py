@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import explore
+from fake_vllm import fake_vllm  # noqa: F401 (a fixture)
 from lib.records import read_jsonl
 from lib.rollout import Completion, HFEngine, VLLMEngine
 
@@ -445,43 +446,18 @@ def test_share_prompt_is_on_unless_activations_are_recomputed():
 
 
 # -----------------------------------------------------------------------------
-# vLLM glue, against a fake engine that records what it is handed (CI has no GPU and no vllm)
+# vLLM glue, against tests/fake_vllm.py (CI has no GPU and no vllm; more in tests/test_vllm_fake.py)
 
 
-class FakeVLLMModel:
-    def __init__(self, log):
-        self.log = log
-
-    def load_weights(self, weights):
-        self.log.append(("load_weights", [(n, t.clone()) for n, t in weights]))  # consumes the iterable
-        return set()
-
-
-class FakeLLM:
-    def __init__(self):
-        self.log = []
-
-    def apply_model(self, func):
-        self.log.append(("apply_model",))
-        return [func(FakeVLLMModel(self.log))]  # one worker (tp = 1)
-
-    def reset_prefix_cache(self):
-        self.log.append(("reset_prefix_cache",))
-
-
-def fake_vllm_engine(in_process=True):
-    eng = VLLMEngine.__new__(VLLMEngine)  # skip __init__: it would import vllm
-    eng.llm, eng.dtype, eng.in_process, eng.tp = FakeLLM(), torch.bfloat16, in_process, 1
-    return eng
-
-
-def test_vllm_sync_weights_pushes_current_weights_in_memory(tiny_model_dir):
+def test_vllm_sync_weights_pushes_current_weights_in_memory(fake_vllm, tiny_model_dir):
     model = load_model(tiny_model_dir)
-    eng = fake_vllm_engine()
+    from transformers import AutoTokenizer
+
+    eng = VLLMEngine(str(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir), max_model_len=256,
+                     in_process=True)
     eng.sync_weights(model)
-    kinds = [e[0] for e in eng.llm.log]
-    assert kinds == ["apply_model", "load_weights", "reset_prefix_cache"]  # stale prefix KV dropped after load
-    sent = eng.llm.log[1][1]
+    assert eng.llm.calls == ["apply_model", "reset_prefix_cache"]  # stale prefix KV dropped after load
+    sent = eng.llm.model.received
     assert [n for n, _ in sent] == list(model.state_dict().keys())
     sd = model.state_dict()
     for n, t in sent:
@@ -490,8 +466,9 @@ def test_vllm_sync_weights_pushes_current_weights_in_memory(tiny_model_dir):
     with torch.no_grad():  # the next sync carries the new values, not a cached copy
         model.model.embed_tokens.weight.add_(1.0)
     eng.sync_weights(model)
-    sent2 = dict(eng.llm.log[4][1])
+    sent2 = dict(eng.llm.model.received)
     assert torch.equal(sent2["model.embed_tokens.weight"], model.model.embed_tokens.weight.to(torch.bfloat16))
+    assert torch.equal(eng.llm.model.params["model.embed_tokens.weight"], sent2["model.embed_tokens.weight"])
 
     with pytest.raises(RuntimeError, match="in_process"):
-        fake_vllm_engine(in_process=False).sync_weights(model)
+        VLLMEngine(str(tiny_model_dir), eng.tok, max_model_len=256, in_process=False).sync_weights(model)
