@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from lib import checkpoint, cli, dist, sft
-from lib.modeling import load_policy, resolve_model
+from lib.modeling import end_of_turn_id, extend_context, load_policy, resolve_model
 from lib.records import read_jsonl, read_trajectories, truncate_to
 
 DONE = "consolidate.json"  # in DIR only when the final model is complete
@@ -69,7 +69,8 @@ def get_args(argv=None):
     p.add_argument("--kl-coef", type=float, default=0.0,
                    help="weight of KL(policy || starting policy) on response tokens (0 = off; loads a 2nd copy)")
     p.add_argument("--max-len", type=int, default=0,
-                   help="truncate prompt + response to this many tokens (0 = the model's max_position_embeddings)")
+                   help="truncate prompt + response to this many tokens (0 = the model's max_position_embeddings; above it, "
+                        "the output's config is raised to N, as explore.py --max-model-len does)")
     p.add_argument("--seed", type=int, default=0, help="data order (and torch) seed")
     p.add_argument("--max-nonfinite", type=int, default=5,
                    help="stop after this many consecutive steps with a non-finite loss or gradient (each is skipped)")
@@ -163,12 +164,16 @@ def run(args):
     # ('toy' may build the base: rank 0 first)
     model, tok = dist.main_first(lambda: load_policy(args.model, device=load_device,
                                                      trust_remote_code=args.trust_remote_code))
-    max_len = args.max_len or int(getattr(model.config, "max_position_embeddings", 0) or 0)
-    examples = sft.tokenize(tok, trajs, append_eos=True, max_len=max_len)
+    native = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    max_len = args.max_len or native
+    if native and max_len > native:  # trained at a longer context: the output's config says so (as explore's do)
+        extend_context(model, {"max_position_embeddings": max_len})
+    # RFT trains on the tokens the policy sampled (records' response_ids, the stop token included); records
+    # without them get their text tokenised + the policy's end-of-turn token (not necessarily its eos_token)
+    examples = sft.tokenize(tok, trajs, append_eos=True, max_len=max_len, stop_id=end_of_turn_id(model, tok))
     if not examples:
         raise cli.UserError(f"{args.data}: no trainable trajectory (every response is empty or past --max-len)")
-    # a response cut by max_len lost its EOS (the appended stop token)
-    truncated = sum(e.response_ids[-1] != tok.eos_token_id for e in examples) if tok.eos_token_id is not None else 0
+    truncated = sum(e.truncated for e in examples)  # cut by max_len: they lost their end and their stop token
     if ckpt:
         check_same_args(args, out)
     cfg = sft.SFTConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from lib import cli, data, reward
 from lib.metrics import ks_up_to, mean_pass_at_k
-from lib.modeling import load_policy, resolve_model
+from lib.modeling import load_config, load_policy, load_tokenizer, longest_prompt, plan_context, resolve_model
 from lib.records import write_jsonl
-from lib.rollout import make_engine, to_trajectories
+from lib.rollout import make_engine, resolve_backend, to_trajectories
 
 
 def get_args(argv=None):
@@ -44,11 +44,15 @@ def get_args(argv=None):
                    help="rollout engine: vllm when importable and a GPU is present, else transformers")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vLLM: share of GPU memory")
     p.add_argument("--tp", type=int, default=1, help="vLLM: tensor-parallel size")
+    p.add_argument("--max-model-len", type=int, default=0,
+                   help="context (prompt + response) in tokens; 0 = the model's max_position_embeddings (explore.py's "
+                        "checkpoints carry its --max-model-len). Qwen2.5-Math-7B itself (4096) at DAPO's 20480 new "
+                        "tokens: 32768")
     p.add_argument("--device", default="auto", help="cpu / cuda / auto")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
     args = p.parse_args(argv)
     cli.check_positive(args, "n", "max_new_tokens", "tp")
-    cli.check_positive(args, "limit", allow_zero=True)
+    cli.check_positive(args, "limit", "max_model_len", allow_zero=True)
     if not 0 < args.top_p <= 1:
         raise cli.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
     cli.check_out_dir(args.out)
@@ -75,9 +79,22 @@ def main(argv=None):
     problems = {name: data.load_problems(path, split=args.split, limit=args.limit) for name, path in benches.items()}
     device = cli.pick_device(args.device)
     model_path = resolve_model(args.model)
-    model, tok = load_policy(model_path, device=device, trust_remote_code=args.trust_remote_code)
-    engine = make_engine(args.backend, model, tok, model_path, gpu_memory_utilization=args.gpu_memory_utilization,
-                         tp=args.tp, seed=args.seed, trust_remote_code=args.trust_remote_code)
+    # the context every benchmark needs, from the config and the tokenizer, before any weight loads
+    tok = load_tokenizer(model_path, args.trust_remote_code)
+    for probs in problems.values():
+        data.render_prompts(probs, tok)
+    context, overrides = plan_context(load_config(model_path, args.trust_remote_code),
+                                      longest_prompt(tok, [p.prompt for ps in problems.values() for p in ps]),
+                                      args.max_new_tokens, args.max_model_len, model_path)
+    # With vLLM the engine loads the weights itself: no HF copy of the policy may sit on the GPU beside it (7.6B in
+    # fp32 is 30 GB, and vLLM asks for --gpu-memory-utilization of the whole card)
+    backend = resolve_backend(args.backend)
+    model = None
+    if backend == "hf":
+        model, tok = load_policy(model_path, device=device, trust_remote_code=args.trust_remote_code)
+    engine = make_engine(backend, model, tok, model_path, max_model_len=context, hf_overrides=overrides,
+                         gpu_memory_utilization=args.gpu_memory_utilization, tp=args.tp, seed=args.seed,
+                         trust_remote_code=args.trust_remote_code)
     verifier = functools.partial(reward.score, mode=args.reward)
 
     out = Path(args.out)
@@ -86,10 +103,11 @@ def main(argv=None):
     samples, result = [], {}
     for name, probs in problems.items():
         t0 = time.time()
-        data.render_prompts(probs, tok)
         comps = engine.generate([p.prompt for p in probs], n=args.n, max_new_tokens=args.max_new_tokens,
                                 temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-        trajs = to_trajectories(probs, comps, verifier, source=f"eval:{name}")
+        trajs = to_trajectories(probs, comps, verifier, source=f"eval:{name}", keep_ids=False,
+                                prompt_tokens=[len(x) for x in tok([p.prompt for p in probs],
+                                                                   add_special_tokens=False)["input_ids"]])
         result[name] = summarize(trajs, args.n)
         result[name]["seconds"] = round(time.time() - t0, 1)
         samples += trajs

@@ -48,7 +48,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 import random
 import re
 import time
@@ -638,7 +637,8 @@ def build_engine(args, model, tok, model_path: str, engine_fn: Callable | None, 
     if backend == "hf" and (args.tp > 1 or args.sleep_mode):
         raise cli.UserError("--tp and --sleep-mode are vLLM options; this run uses the HF engine (no vllm or no GPU)")
     if backend == "vllm":
-        return ColocatedVLLM(model_path, tok, max_model_len=None, tp=args.tp, sleep_mode=args.sleep_mode,
+        return ColocatedVLLM(model_path, tok, max_model_len=context, hf_overrides=overrides, tp=args.tp,
+                             sleep_mode=args.sleep_mode,
                              gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed,
                              trust_remote_code=args.trust_remote_code)
     if dist.is_sharded(model):

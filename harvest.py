@@ -50,6 +50,9 @@ def get_args(argv=None):
     g.add_argument("--split", default=None, help="dataset split, for --data given as a hub dataset id")
     g.add_argument("--limit", type=int, default=None, help="only the first N problems (0 = all)")
     g.add_argument("--max-new-tokens", type=int, default=None, help="response length cap")
+    g.add_argument("--max-model-len", type=int, default=None,
+                   help="context (prompt + response) in tokens; 0 = the checkpoint's max_position_embeddings, which "
+                        "carries the explore run's --max-model-len")
     g.add_argument("--temperature", type=float, default=None, help="sampling temperature")
     g.add_argument("--top-p", type=float, default=None, help="nucleus sampling")
     g.add_argument("--seed", type=int, default=None, help="sampling seed (checkpoint at step s uses seed + s)")
@@ -60,7 +63,7 @@ def get_args(argv=None):
     g.add_argument("--device", default="auto", help="cpu / cuda / auto (hf backend)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
     args = p.parse_args(argv)
-    cli.check_positive(args, "resample", "limit", allow_zero=True)
+    cli.check_positive(args, "resample", "limit", "max_model_len", allow_zero=True)
     cli.check_positive(args, "max_new_tokens")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise cli.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
@@ -171,7 +174,7 @@ def resample_settings(args, run: Path) -> dict:
         except UnicodeDecodeError:
             raise cli.UserError(f"{run / 'args.json'}: not valid UTF-8") from None
     s = {}
-    for key, default in (("data", None), ("split", "train"), ("limit", 0), ("max_new_tokens", None),
+    for key, default in (("data", None), ("split", "train"), ("limit", 0), ("max_new_tokens", None), ("max_model_len", 0),
                          ("temperature", 1.0), ("top_p", 1.0), ("seed", 0), ("reward", "dapo")):
         v = getattr(args, key)
         s[key] = v if v is not None else explore.get(key, default)
@@ -180,18 +183,22 @@ def resample_settings(args, run: Path) -> dict:
     return s
 
 
-def load_for_sampling(ckpt: Path, backend: str, device, gpu_mem: float, trust_remote_code: bool = False):
-    """(engine, tokenizer) for one checkpoint. The vLLM path never loads the HF weights."""
-    from lib.modeling import load_policy
+def load_for_sampling(ckpt: Path, problems, s: dict, backend: str, device, gpu_mem: float,
+                      trust_remote_code: bool = False):
+    """(engine, tokenizer) for one checkpoint, its prompts rendered and their context planned (the checkpoint's
+    config carries the explore run's --max-model-len) before any weight loads. The vLLM path never loads the HF
+    weights."""
+    from lib.modeling import load_config, load_policy, load_tokenizer, longest_prompt, plan_context
     from lib.rollout import HFEngine, VLLMEngine
 
+    tok = load_tokenizer(str(ckpt), trust_remote_code)
+    data.render_prompts(problems, tok)
+    context, overrides = plan_context(load_config(str(ckpt), trust_remote_code),
+                                      longest_prompt(tok, [p.prompt for p in problems]), s["max_new_tokens"],
+                                      s["max_model_len"], str(ckpt))
     if backend == "vllm":
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(ckpt, trust_remote_code=trust_remote_code)
-        if tok.pad_token_id is None:
-            tok.pad_token = tok.eos_token
-        return VLLMEngine(str(ckpt), tok, gpu_memory_utilization=gpu_mem, trust_remote_code=trust_remote_code), tok
+        return VLLMEngine(str(ckpt), tok, max_model_len=context, hf_overrides=overrides, gpu_memory_utilization=gpu_mem,
+                          trust_remote_code=trust_remote_code), tok
     model, tok = load_policy(str(ckpt), device=device, trust_remote_code=trust_remote_code)
     return HFEngine(model, tok), tok
 
@@ -248,8 +255,8 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally]:
             print(tallies[step].line(f"{ckpt.name} (step {step}, from an earlier run)"))
             continue
         t0 = time.time()
-        engine, tok = load_for_sampling(ckpt, backend, device, args.gpu_memory_utilization, args.trust_remote_code)
-        data.render_prompts(problems, tok)
+        engine, tok = load_for_sampling(ckpt, problems, s, backend, device, args.gpu_memory_utilization,
+                                        args.trust_remote_code)
         n_prompt = [len(tok(p.prompt, add_special_tokens=False)["input_ids"]) for p in problems]
         comps = engine.generate([p.prompt for p in problems], n=args.resample, max_new_tokens=s["max_new_tokens"],
                                 temperature=s["temperature"], top_p=s["top_p"], seed=s["seed"] + step)

@@ -165,6 +165,19 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+def end_of_turn_id(model, tokenizer) -> int | None:
+    """The stop token a policy ends its answers with: the stop id (stop_token_ids) whose text the chat template
+    writes at the end of a turn (Qwen's ChatML: <|im_end|>, while its eos_token is <|endoftext|>), else the
+    tokenizer's eos. For RFT on records without sampled ids."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(template, str):
+        for i in stop_token_ids(model, tokenizer):
+            token = tokenizer.convert_ids_to_tokens(i)
+            if token and token in template:
+                return i
+    return tokenizer.eos_token_id
+
+
 def save_policy(model, tokenizer, out_dir: str | os.PathLike) -> None:
     """Write a folder that `from_pretrained` (and vLLM) load as it is: safetensors weights, config,
     generation config and tokenizer. Written to a temp folder, then renamed into place (atomic)."""

@@ -26,14 +26,20 @@ class Trajectory:
     ground_truth: str = ""
     prompt_tokens: int = 0
     response_tokens: int = 0
-    finish_reason: str = "stop"  # "stop" (EOS) or "length" (hit max_new_tokens)
+    finish_reason: str = "stop"  # "stop" (a stop token), "length" (hit max_new_tokens) or "abort" (vLLM aborted it)
     step: int | None = None  # RL step / checkpoint step that produced it; absent (None) outside RL
     source: str = ""  # where it came from: "rollout", "ckpt_000050", "eval", "gold", ...
+    # The sampled token ids, the stop token included, exactly as the policy produced them: set on correct
+    # responses (the ones RFT can train on), absent elsewhere (disk: ids take ~2x the text's bytes). RFT trains on
+    # these, not on a re-tokenisation of `response`, which drops the stop token (Qwen2.5's chat turns end with
+    # <|im_end|>, its tokenizer's eos_token is <|endoftext|>) and need not give the sampled ids back.
+    response_ids: list[int] | None = None
 
     def to_json(self) -> str:
         d = asdict(self)
-        if d["step"] is None:
-            del d["step"]  # the contract: `step` is absent outside RL
+        for k in ("step", "response_ids"):
+            if d[k] is None:
+                del d[k]  # the contract: `step` is absent outside RL, `response_ids` where not recorded
         return json.dumps(d, ensure_ascii=False)
 
 
@@ -62,6 +68,10 @@ def trajectory_from_dict(d: Any, where: str) -> Trajectory:
             kw[k] = d[k]
     if kw.get("step") is not None and (not isinstance(kw["step"], int) or isinstance(kw["step"], bool)):
         raise UserError(f"{where}: field 'step' should be int, got {type(kw['step']).__name__}")
+    ids = kw.get("response_ids")
+    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool)
+                                                              and i >= 0 for i in ids)):
+        raise UserError(f"{where}: field 'response_ids' should be a list of token ids (non-negative ints)")
     return Trajectory(**kw)
 
 

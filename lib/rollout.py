@@ -333,9 +333,11 @@ def make_engine(backend: str, model, tokenizer, model_path: str | None = None, *
 
 
 def to_trajectories(problems, completions: list[list[Completion]], reward_fn, step: int | None = None,
-                    source: str = "", prompt_tokens: list[int] | None = None) -> list[Trajectory]:
+                    source: str = "", prompt_tokens: list[int] | None = None,
+                    keep_ids: bool = True) -> list[Trajectory]:
     """Score each completion with reward_fn(response, ground_truth) -> {"score", "acc", "pred"} and wrap it
-    in the shared record. `problems[i]` pairs with `completions[i]` (its n samples)."""
+    in the shared record. `problems[i]` pairs with `completions[i]` (its n samples). keep_ids: correct responses
+    carry their sampled token ids (`response_ids`, the stop token included: what RFT trains on)."""
     out = []
     for i, (p, comps) in enumerate(zip(problems, completions)):
         for c in comps:
@@ -344,5 +346,6 @@ def to_trajectories(problems, completions: list[list[Completion]], reward_fn, st
                                   acc=bool(v["acc"]), pred=v["pred"], ground_truth=p.ground_truth,
                                   prompt_tokens=prompt_tokens[i] if prompt_tokens else 0,
                                   response_tokens=len(c.token_ids), finish_reason=c.finish_reason,
-                                  step=step, source=source))
+                                  step=step, source=source,
+                                  response_ids=list(c.token_ids) if keep_ids and v["acc"] else None))
     return out

@@ -56,20 +56,31 @@ class NonFiniteError(RuntimeError):
 class Example:
     prompt_ids: list[int]
     response_ids: list[int]
+    truncated: bool = False  # cut to max_len (it lost its end, the stop token included)
 
 
-def tokenize(tokenizer, trajectories, append_eos: bool = True, max_len: int = 0) -> list[Example]:
-    """Trajectories -> token ids. The EOS is appended to the response so the model learns to stop."""
+def tokenize(tokenizer, trajectories, append_eos: bool = True, max_len: int = 0,
+             stop_id: int | None = None) -> list[Example]:
+    """Trajectories -> token ids. The prompt is tokenised as the rollout engines did (no special tokens added).
+    The response: its recorded `response_ids` when it has them (the tokens the policy sampled, its stop token
+    included); otherwise its text, tokenised, plus the stop token (`stop_id`, default the tokenizer's eos) when
+    append_eos, so the model learns to stop. The stop token is one the policy samples: for a chat model the
+    end-of-turn token (lib/modeling.end_of_turn_id), which need not be the tokenizer's eos_token."""
+    stop = tokenizer.eos_token_id if stop_id is None else stop_id
     out = []
     for t in trajectories:
         p = tokenizer(t.prompt, add_special_tokens=False)["input_ids"]
-        r = tokenizer(t.response, add_special_tokens=False)["input_ids"]
-        if append_eos and tokenizer.eos_token_id is not None:
-            r = r + [tokenizer.eos_token_id]
-        if max_len and len(p) + len(r) > max_len:
+        if getattr(t, "response_ids", None):
+            r = list(t.response_ids)
+        else:
+            r = tokenizer(t.response, add_special_tokens=False)["input_ids"]
+            if append_eos and stop is not None:
+                r = r + [stop]
+        cut = bool(max_len) and len(p) + len(r) > max_len
+        if cut:
             r = r[: max(0, max_len - len(p))]
         if r:
-            out.append(Example(p, r))
+            out.append(Example(p, r, cut))
     return out
 
 

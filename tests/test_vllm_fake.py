@@ -62,14 +62,14 @@ def test_each_prompt_has_its_own_stream_and_calls_repeat(fake_vllm, tiny_model_d
 
 
 def test_llm_gets_max_model_len_and_hf_overrides(fake_vllm, tiny_model_dir):
-    _, tok = load(tiny_model_dir)  # the tiny model's config: max_position_embeddings 256
-    eng = VLLMEngine(str(tiny_model_dir), tok, max_model_len=512, hf_overrides={"max_position_embeddings": 512},
+    _, tok = load(tiny_model_dir)  # the tiny model's config: max_position_embeddings 1024
+    eng = VLLMEngine(str(tiny_model_dir), tok, max_model_len=2048, hf_overrides={"max_position_embeddings": 2048},
                      seed=3, in_process=True)
     kw = eng.llm.kwargs
-    assert kw["max_model_len"] == 512 and kw["hf_overrides"] == {"max_position_embeddings": 512}
+    assert kw["max_model_len"] == 2048 and kw["hf_overrides"] == {"max_position_embeddings": 2048}
     assert kw["seed"] == 3 and kw["dtype"] == "bfloat16" and kw["distributed_executor_backend"] is None
     with pytest.raises(ValueError, match="max_model_len"):  # vLLM refuses more than the config allows
-        VLLMEngine(str(tiny_model_dir), tok, max_model_len=512)
+        VLLMEngine(str(tiny_model_dir), tok, max_model_len=2048)
     small = VLLMEngine(str(tiny_model_dir), tok, max_model_len=8)
     with pytest.raises(ValueError, match="longer than the maximum model length"):
         small.generate(["Compute 12345+67890, then explain."], n=1, max_new_tokens=4)
