@@ -10,6 +10,7 @@ can be counted per problem across checkpoints, stages and iterations.
 from __future__ import annotations
 
 import hashlib
+from itertools import repeat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -155,16 +156,16 @@ def _candidates(batch) -> tuple[list[int], list[tuple | None]]:
     if no_id.any():  # the last message's text decides the id
         text = messages.field("content").take(pa.array(offsets[1:][good] - 1))
         cols["text"] = pc.if_else(pa.array(no_id), text, pa.nulls(len(good), text.type))
-    keys = [k for k in ("index", "id", "text") if k in cols]
-    found: list[tuple[int, tuple | None]] = []
+    pos = np.flatnonzero(bad)  # rows parse_row rejects: all of them parsed (and raising), no key
+    found: list[tuple | None] = [None] * len(pos)
     if len(good):
-        firsts = pa.table(cols).group_by(keys, use_threads=False).aggregate([("pos", "min")])
-        parts = {k: firsts.column(k).to_pylist() for k in keys}
-        found = [(pos, tuple(parts[k][j] if k in parts else None for k in ("index", "id", "text")))
-                 for j, pos in enumerate(firsts.column("pos_min").to_pylist())]
-    found += [(int(pos), None) for pos in np.flatnonzero(bad)]
-    found.sort(key=lambda pk: pk[0])
-    return [p for p, _ in found], [k for _, k in found]
+        firsts = pa.table(cols).group_by([k for k in ("index", "id", "text") if k in cols],
+                                         use_threads=False).aggregate([("pos", "min")])
+        pos = np.concatenate([pos, firsts.column("pos_min").to_numpy()])
+        found += zip(*(firsts.column(k).to_pylist() if k in cols else repeat(None, firsts.num_rows)
+                       for k in ("index", "id", "text")))
+    order = np.argsort(pos, kind="stable")
+    return pos[order].tolist(), [found[i] for i in order]
 
 
 def _arrow_rows(spec: str, batches: Iterator) -> Iterator[tuple[str, Any]]:
