@@ -5,7 +5,8 @@ Two row schemas are accepted as they are:
                    "data_source": ..., "extra_info": {"index": ...}}
   plain           {"id": ..., "problem": ..., "answer": ...}   (raw problems get DAPO's prompt template)
 Every problem gets a stable id (extra_info.index, else id, else a hash of its prompt) so that success rates
-can be counted per problem across checkpoints, stages and iterations.
+can be counted per problem across checkpoints, stages and iterations. Parquet files and hub datasets are read
+in Arrow, and only the first row of each id becomes a Python object (DAPO-Math-17k: 17,917 of 1,791,700 rows).
 """
 from __future__ import annotations
 

@@ -13,12 +13,11 @@ and realistic text lengths (lib.data.DAPO_TEMPLATE around a synthetic problem of
 loader meets the same bytes and rows as on the real file. Nothing is downloaded. Whether the real file holds a
 problem's copies contiguously or interleaved could not be checked offline: --order picks (default contiguous).
 
-    python scripts/make_dapo_parquet.py --out runs/bench/dapo-math-17k-synthetic.parquet      # full size, ~1 min
+    python scripts/make_dapo_parquet.py --out runs/bench/dapo-math-17k-synthetic.parquet      # full size, a few seconds
     python scripts/make_dapo_parquet.py --out /tmp/small.parquet --prompts 50 --repeats 3 --order interleaved
 """
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import sys
@@ -33,6 +32,7 @@ import pyarrow.parquet as pq
 if __package__ in (None, ""):  # run as a script: make `lib` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lib import cli  # noqa: E402
 from lib.data import DAPO_TEMPLATE  # noqa: E402
 
 SCHEMA = pa.schema([
@@ -115,7 +115,7 @@ def write_dapo_parquet(out: str | os.PathLike, prompts: int = 17917, repeats: in
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.make_parser(__doc__)
     p.add_argument("--out", required=True, help="parquet file to write")
     p.add_argument("--prompts", type=int, default=17917, help="distinct problems (DAPO-Math-17k: 17,917)")
     p.add_argument("--repeats", type=int, default=100, help="copies of each problem (DAPO-Math-17k: 100)")
@@ -123,8 +123,7 @@ def main(argv=None) -> int:
     p.add_argument("--order", choices=("contiguous", "interleaved"), default="contiguous",
                    help="a problem's copies next to each other, or one pass over all problems per copy")
     args = p.parse_args(argv)
-    if args.prompts < 1 or args.repeats < 1:
-        p.error("--prompts and --repeats must be >= 1")
+    cli.check_positive(args, "prompts", "repeats")
     out = write_dapo_parquet(args.out, args.prompts, args.repeats, args.seed, args.order)
     print(f"wrote {out} ({args.prompts * args.repeats:,} rows, {args.prompts:,} distinct, {args.order}; "
           f"{out.stat().st_size / 1e6:,.1f} MB)")
@@ -132,4 +131,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_main(main)
