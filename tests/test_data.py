@@ -246,8 +246,9 @@ def test_generator_writes_dapo_schema(tmp_path, order):
     assert len(rows) == 12 and len(set(ids)) == 4
     assert ids == ([i for i in ids[::3] for _ in range(3)] if order == "contiguous" else ids[:4] * 3)
     r = rows[0]
-    assert (r["data_source"], r["ability"], r["reward_model"]["style"]) == ("math_dapo", "MATH", "rule-lighteval/MATH_v2")
+    assert (r["data_source"], r["ability"]) == ("math_dapo", "MATH")
+    assert r["reward_model"]["style"] == "rule-lighteval/MATH_v2" and r["reward_model"]["ground_truth"].isdigit()
     assert r["prompt"][0]["role"] == "user" and r["prompt"][0]["content"].startswith(DAPO_TEMPLATE[:40])
-    assert 150 < len(r["prompt"][0]["content"]) - len(DAPO_TEMPLATE) < 800 and r["reward_model"]["ground_truth"].isdigit()
+    assert 150 < len(r["prompt"][0]["content"]) - len(DAPO_TEMPLATE) < 800  # a few hundred characters of problem
     probs = load_problems(str(path))
     assert [p.id for p in probs] == list(dict.fromkeys(ids)) and probs == every_row(str(path))
