@@ -18,10 +18,16 @@ hit both sides alike); every number is a median over the repeats, ratio = median
                        Tokens = non-padding tokens (prompt + response) of the optimiser step's batch.
   sft mfu   %          6 * parameters * tokens/s over the matmul peak measured in this run (a large fp32 matmul
                        on CPU, bf16 on GPU, at the same thread count).
+  data      s, GB      lib.data.load_problems on a generated parquet of DAPO-Math-17k's shape (1,791,700 rows,
+                       17,917 distinct; scripts/make_dapo_parquet.py, cached in --out), each run in a fresh
+                       process: its wall time and peak RSS (interpreter and imports included), per --data-order.
+                       Targets are absolute: <= 10 s and <= 1.5 GB. With --data-every-row the peer is the
+                       row-by-row way (every row a dict, every row parsed; ~25 s and ~6 GB at full size).
 
 Configs: `toy` (the embedded toy base model, CPU or GPU) and, when a GPU is present, `big` (a Qwen2 config built
 from scratch with random weights and the toy tokenizer; ~360M parameters by default, the Qwen2.5-0.5B body).
 Targets (toy): rollout >= 1.5x generate, RL step <= 0.5x TRL's, SFT >= 1.5x TRL's tokens/s.
+The data rows (config column `data`) need no model: `--sections data` runs them alone (~30 s, 2 cores).
 
     python bench.py --quick --threads 1          # ~1-2 min on 2 CPU cores
     python bench.py --threads 1                  # full mode: more repeats and steps (~5 min)
@@ -64,7 +70,8 @@ def get_args(argv=None):
       help="comma list of rollout,rl,sft (sft includes the MFU row); add 'profile' for torch.profiler's table of "
            "one explore.py update (ops by self time, the matmuls' share and FLOP/s); 'memory' for the log-prob "
            "step's peak memory at Qwen2.5's vocabulary, chunked LM head vs full logits (counted on the meta "
-           "device: fast, allocates nothing)")
+           "device: fast, allocates nothing); 'data' for prompt-set loading at DAPO-Math-17k's size (seconds and "
+           "peak memory of a fresh process)")
     a("--mem-tokens", default="4096,16384", help="memory: sequence lengths of the log-prob step")
     a("--mem-hidden", type=int, default=3584, help="memory: hidden size (Qwen2.5-Math-7B: 3584)")
     a("--no-trl", action="store_true", help="skip the TRL rows even when TRL is installed")
@@ -99,9 +106,21 @@ def get_args(argv=None):
     a("--big-shape", default="24,896,4864,14,2",
       help="big config: layers,hidden,intermediate,heads,kv_heads (random weights, toy tokenizer)")
     a("--peak-size", type=int, default=0, help="matmul size for the peak (0 = 2048 on CPU, 8192 on GPU)")
+    # data (prompt-set loading)
+    a("--data-prompts", type=int, default=17917, help="data: distinct problems in the generated file "
+                                                      "(DAPO-Math-17k: 17,917)")
+    a("--data-repeats", type=int, default=100, help="data: copies of each problem (DAPO-Math-17k: 100)")
+    a("--data-order", default="contiguous,interleaved",
+      help="data: comma list of contiguous,interleaved: a problem's copies next to each other or spread over "
+           "the file (the real file's order was not checked offline), one file and one pair of rows each")
+    a("--data-every-row", action="store_true",
+      help="data: also time the row-by-row way as the peer (~25 s and ~6 GB of memory per run at full size)")
     args = p.parse_args(argv)
     cli.check_positive(args, "threads", "roll_prompts", "roll_n", "roll_max_new", "rl_prompts", "rl_n",
-                       "rl_mini_batch", "rl_micro_batch", "rl_max_new", "sft_batch")
+                       "rl_mini_batch", "rl_micro_batch", "rl_max_new", "sft_batch", "data_prompts", "data_repeats")
+    for order in args.data_order.split(","):
+        if order.strip() not in ("contiguous", "interleaved"):
+            raise cli.UserError(f"--data-order: unknown order '{order}' (contiguous, interleaved)")
     cli.check_positive(args, "repeats", "rl_steps", "sft_steps", "peak_size", allow_zero=True)
     if args.rl_prompts % args.rl_mini_batch:
         raise cli.UserError(f"--rl-prompts ({args.rl_prompts}) must be a multiple of --rl-mini-batch")
@@ -586,6 +605,78 @@ def bench_sft(model_path: str, args, device, work: Path, with_trl: bool) -> dict
 
 
 # ---------------------------------------------------------------------------------------------------------
+# data: load_problems at DAPO-Math-17k's size, each run in a fresh process
+
+# The child loads the file and prints its own wall time and peak RSS (ru_maxrss of RUSAGE_SELF: RUSAGE_CHILDREN
+# would report the largest child so far, not this one). `every_row` is the row-by-row way the Arrow path
+# replaced: the whole table as Python dicts, every row through parse_row.
+_LOAD_CHILD = """
+import json, resource, sys, time
+t = time.perf_counter()
+from lib import data
+if sys.argv[2] == "every_row":
+    import pyarrow.parquet as pq
+    seen = {}
+    for i, row in enumerate(pq.read_table(sys.argv[1]).to_pylist()):
+        p = data.parse_row(row, f"{sys.argv[1]}:row {i}")
+        seen.setdefault(p.id, p)
+    n = len(seen)
+else:
+    n = len(data.load_problems(sys.argv[1]))
+peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
+print(json.dumps({"s": time.perf_counter() - t, "peak_gb": peak_gb, "problems": n}))
+"""
+
+
+def dapo_file(out: Path, prompts: int, repeats: int, order: str) -> Path:
+    """The generated DAPO-shape parquet, written once and reused (kept in --out, not in its scratch work/)."""
+    import pyarrow.parquet as pq
+
+    from scripts.make_dapo_parquet import write_dapo_parquet
+
+    path = out / f"dapo-synthetic-{prompts}x{repeats}-{order}.parquet"
+    try:
+        if pq.ParquetFile(path).metadata.num_rows == prompts * repeats:
+            return path
+    except Exception:  # noqa: BLE001 - missing or half-written: write it again
+        pass
+    return write_dapo_parquet(path, prompts, repeats, order=order)
+
+
+def load_in_child(path: Path, how: str, threads: int) -> dict:
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    res = subprocess.run([sys.executable, "-c", _LOAD_CHILD, str(path), how], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"loading {path} ({how}) failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def bench_data(args, out: Path) -> list[dict]:
+    """Two rows per --data-order: load seconds and peak GB of a fresh process, against 10 s / 1.5 GB."""
+    rows = []
+    for order in (o.strip() for o in args.data_order.split(",")):
+        path = dapo_file(out, args.data_prompts, args.data_repeats, order)
+        a, b = interleave(args.repeats, lambda r: load_in_child(path, "load_problems", args.threads),
+                          (lambda r: load_in_child(path, "every_row", args.threads)) if args.data_every_row else None)
+        if {x["problems"] for x in a + b} != {args.data_prompts}:
+            raise RuntimeError(f"{path}: loaded {sorted({x['problems'] for x in a + b})} problems, "
+                               f"not {args.data_prompts}")
+        rows_n = args.data_prompts * args.data_repeats
+        for metric, unit, key, target in (("load", "s", "s", 10.0), ("peak RSS", "GB", "peak_gb", 1.5)):
+            r = row("data", f"{metric} {order[:6]}.", unit, [x[key] for x in a], [x[key] for x in b],
+                    "parse every row" if b else "-",
+                    note=f"target <= {target:g} {unit}; {rows_n:,} rows, {path.stat().st_size / 1e6:,.0f} MB file"
+                         + ("" if b else "; peer with --data-every-row"))
+            r["target_abs"] = target
+            r["status"] = "PASS" if r["ours"] <= target else "MISS"
+            rows.append(r)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
 # the table
 
 
@@ -611,6 +702,8 @@ def fmt(x, unit) -> str:
         return f"{x:.2f}%"
     if unit == "s":
         return f"{x:.3f} s"
+    if unit in ("GB", "GiB"):
+        return f"{x:.2f} {unit}"
     return f"{x:,.0f} {unit}"
 
 
@@ -742,6 +835,10 @@ def main(argv=None):
                   f"{prof['matmul_flops'] / 1e9:,.1f} GFLOP/s (peak {peak / 1e9:,.1f}); top ops:\n{prof['table']}")
             profiles.append({"config": config, "explore_args": args.explore_args, "update_s": prof["total_s"],
                              "matmul_share": prof["matmul_share"], "matmul_flops": prof["matmul_flops"]})
+    if "data" in sections:
+        t = time.time()
+        rows += bench_data(args, out)
+        print(f"  [data] loading done in {time.time() - t:.0f}s", flush=True)
     print()
     print_table(rows)
     print(f"\n{time.time() - t_start:.0f}s; ratio = median(ours) / median(peer) over interleaved repeats")

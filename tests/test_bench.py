@@ -33,3 +33,19 @@ def test_bench_runs_every_section_and_writes_its_table(tiny_model_dir, toy_data_
     table = (out / "profile_update_toy.txt").read_text()
     assert "aten::mm" in table and "aten::mm" in printed
     assert "TRL rows skipped (--no-trl)" in printed and "RL step wall time" in printed
+
+
+def test_bench_data_section_loads_a_generated_dapo_file(tmp_path, capsys):
+    """--sections data alone: no model is built; a tiny DAPO-shape file per order, both loaders in children."""
+    out = tmp_path / "bench"
+    argv = ["--sections", "data", "--threads", "1", "--device", "cpu", "--repeats", "1", "--peak-size", "64",
+            "--data-prompts", "6", "--data-repeats", "3", "--data-every-row", "--out", str(out)]
+    assert bench.main(argv) == 0
+    res = json.loads((out / "bench.json").read_text())
+    assert [r["metric"] for r in res["rows"]] == ["load contig.", "peak RSS contig.", "load interl.",
+                                                  "peak RSS interl."]
+    for r in res["rows"]:
+        assert r["config"] == "data" and r["ours"] > 0 and r["peer"] > 0 and r["status"] in ("PASS", "MISS")
+    assert sorted(p.name for p in out.glob("*.parquet")) == ["dapo-synthetic-6x3-contiguous.parquet",
+                                                             "dapo-synthetic-6x3-interleaved.parquet"]
+    assert "parse every row" in capsys.readouterr().out

@@ -109,3 +109,146 @@ def test_trajectory_validation(d, msg):
     with pytest.raises(UserError) as e:
         trajectory_from_dict(d, "x:4")
     assert str(e.value).startswith(msg)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parquet / hub sets at DAPO-Math-17k's scale: the Arrow path must give what parsing every row gives.
+
+
+def every_row(path, limit=0):
+    """The straightforward loader: every row a dict, every row parsed, the first of each id kept."""
+    import pyarrow.parquet as pq
+
+    seen = {}
+    for i, row in enumerate(pq.read_table(path).to_pylist()):
+        p = parse_row(row, f"{path}:row {i}")
+        seen.setdefault(p.id, p)
+        if limit and len(seen) >= limit:
+            break
+    return list(seen.values())
+
+
+def dapo(i, gt=None, index="keep", id_=None, content=None, source="math_dapo"):
+    """A DAPO-schema row for problem i (its index "u<i>"; index=None drops it, id_ sets an `id` column)."""
+    return {"data_source": source,
+            "prompt": [{"content": content or DAPO_TEMPLATE.format(problem=f"What is {i} + {i}?"), "role": "user"}],
+            "ability": "MATH", "reward_model": {"ground_truth": gt or str(2 * i), "style": "rule-lighteval/MATH_v2"},
+            "extra_info": {"index": f"u{i}" if index == "keep" else index}, "id": id_}
+
+
+def write(tmp_path, name, rows, schema=None):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / name
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return str(path)
+
+
+@pytest.fixture
+def small_batches(monkeypatch):
+    """4-row Arrow batches: repeats then fall in other batches than their first row (the cross-batch case)."""
+    from lib import data
+
+    monkeypatch.setattr(data, "_BATCH_ROWS", 4)
+
+
+MIXED = [  # contiguous and interleaved repeats, ids from index / id / text hash, a repeat differing in its answer
+    dapo(0), dapo(0), dapo(0), dapo(1), dapo(2), dapo(1), dapo(2, gt="99"),
+    dapo(3, index=None, id_="7"), dapo(3, index=None, id_="7"),  # id column when index is null
+    dapo(4, index=None), dapo(4, index=None, source="other"),  # neither: the last message's hash
+    dapo(5, index="7"),  # index "7" = the id "7" above: same problem, kept once (the first)
+    dapo(1, content="a different text, same index"), dapo(6), dapo(0), dapo(6), dapo(4, index=None),
+]
+
+
+@pytest.mark.parametrize("limit", [0, 1, 3, 5, 7, 100])
+def test_parquet_dedup_equals_every_row(tmp_path, small_batches, limit):
+    path = write(tmp_path, "mixed.parquet", MIXED)
+    got = load_problems(path, limit=limit)
+    assert got == every_row(path, limit)  # same Problems (id, messages, ground_truth, data_source, extra), order
+    if not limit:
+        assert [p.id for p in got][:4] == ["u0", "u1", "u2", "7"] and len(got) == 6
+        assert got[2].ground_truth == "4" and got[3].ground_truth == "6"  # the first row of an id wins
+
+
+def test_parquet_without_extra_info_int_ids_and_null_structs(tmp_path, small_batches):
+    import pyarrow as pa
+
+    rows = [{"prompt": r["prompt"], "reward_model": r["reward_model"], "id": i % 3} for i, r in
+            enumerate([dapo(i) for i in range(8)])]
+    path = write(tmp_path, "intid.parquet", rows)
+    assert [p.id for p in load_problems(path)] == ["0", "1", "2"] and load_problems(path) == every_row(path)
+    schema = pa.schema([("prompt", pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))),
+                        ("reward_model", pa.struct([("ground_truth", pa.string())])),
+                        ("extra_info", pa.struct([("index", pa.int64())]))])
+    rows = [{"prompt": dapo(i)["prompt"], "reward_model": {"ground_truth": "1"},
+             "extra_info": None if i % 4 == 0 else {"index": i % 3}} for i in range(9)]  # null struct: hash id
+    path = write(tmp_path, "nullextra.parquet", rows, schema)
+    assert load_problems(path) == every_row(path) and len(load_problems(path)) == 6  # 3 indices + 3 hashes
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ({"reward_model": {"ground_truth": None, "style": "x"}}, "missing field 'reward_model.ground_truth'"),
+    ({"reward_model": None}, "missing field 'reward_model.ground_truth'"),
+    ({"prompt": []}, "field 'prompt' should be a list"),
+    ({"prompt": None}, "field 'prompt' should be a list"),
+    ({"prompt": [{"content": None, "role": "user"}]}, "field 'prompt' should be a list"),
+])
+def test_parquet_bad_repeat_still_raises_at_its_row(tmp_path, small_batches, bad, msg):
+    rows = [dapo(0), dapo(1), dapo(0), dapo(1), dapo(0), dapo(2), {**dapo(1), **bad}, dapo(3)]  # row 6: a repeat
+    path = write(tmp_path, "bad.parquet", rows)
+    for p in (lambda: load_problems(path), lambda: every_row(path)):
+        with pytest.raises(UserError) as e:
+            p()
+        assert str(e.value).startswith(f"{path}:row 6: {msg}")
+    assert load_problems(path, limit=3) == every_row(path, limit=3)  # the limit is met first: no error
+
+
+def test_plain_schema_parquet_equals_every_row(tmp_path, small_batches):
+    rows = [{"id": i % 4, "problem": f"q{i % 4}", "answer": str(i), "level": "L1"} for i in range(10)]
+    path = write(tmp_path, "plain.parquet", rows)
+    assert load_problems(path) == every_row(path) and len(load_problems(path)) == 4
+
+
+def test_hub_dataset_goes_through_arrow(tmp_path, monkeypatch, small_batches):
+    datasets = pytest.importorskip("datasets")
+    path = write(tmp_path, "mixed.parquet", MIXED)
+    ds = datasets.Dataset.from_list(MIXED)  # in memory: nothing written to a cache
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config, split: ds)
+    got = load_problems("someone/dapo-like", limit=0)
+    assert [p.id for p in got] == [p.id for p in every_row(path)] and len(got) == 6
+    assert [p.messages for p in got] == [p.messages for p in every_row(path)]
+    bad = datasets.Dataset.from_list([{**r, "reward_model": {"ground_truth": None, "style": "x"}} if i == 5 else r
+                                      for i, r in enumerate(MIXED)])
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config, split: bad)
+    with pytest.raises(UserError, match=r"^someone/dapo-like:row 5: missing field 'reward_model.ground_truth'"):
+        load_problems("someone/dapo-like")
+
+
+@pytest.mark.parametrize("order", ["contiguous", "interleaved"])
+def test_generator_writes_dapo_schema(tmp_path, order):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scripts.make_dapo_parquet import write_dapo_parquet
+
+    path = write_dapo_parquet(tmp_path / "d.parquet", prompts=4, repeats=3, seed=1, order=order, chunk_rows=5)
+    t = pq.read_table(path)
+    assert t.schema == pa.schema([
+        ("data_source", pa.string()),
+        ("prompt", pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))),
+        ("ability", pa.string()),
+        ("reward_model", pa.struct([("ground_truth", pa.string()), ("style", pa.string())])),
+        ("extra_info", pa.struct([("index", pa.string())]))])
+    rows = t.to_pylist()
+    ids = [r["extra_info"]["index"] for r in rows]
+    assert len(rows) == 12 and len(set(ids)) == 4
+    assert ids == ([i for i in ids[::3] for _ in range(3)] if order == "contiguous" else ids[:4] * 3)
+    r = rows[0]
+    assert (r["data_source"], r["ability"]) == ("math_dapo", "MATH")
+    assert r["reward_model"]["style"] == "rule-lighteval/MATH_v2" and r["reward_model"]["ground_truth"].isdigit()
+    assert r["prompt"][0]["role"] == "user" and r["prompt"][0]["content"].startswith(DAPO_TEMPLATE[:40])
+    assert 150 < len(r["prompt"][0]["content"]) - len(DAPO_TEMPLATE) < 800  # a few hundred characters of problem
+    probs = load_problems(str(path))
+    assert [p.id for p in probs] == list(dict.fromkeys(ids)) and probs == every_row(str(path))
