@@ -58,8 +58,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm import tqdm
 
-from lib import checkpoint, cli, data, dist, reward
+from lib import checkpoint, cli, data, dist, reward, tracking, validation
 from lib.dapo import group_advantages, kept_group_ids, overlong_penalty, policy_loss
 from lib.modeling import load_policy, pad_rows, resolve_model, shared_prompt_logprobs, token_logprobs
 from lib.records import append_jsonl, truncate_to
@@ -91,7 +92,9 @@ def get_args(argv=None):
     a("--max-new-tokens", type=int, default=80, help="response length cap (DAPO: 20480)")
     a("--temperature", type=float, default=1.0, help="sampling temperature (DAPO: 1.0)")
     a("--top-p", type=float, default=1.0, help="nucleus sampling (DAPO: 1.0)")
-    a("--reward", default="dapo", choices=["dapo", "math_verify"], help="verifier (lib/reward.py)")
+    a("--reward", default="dapo",
+      help="verifier: dapo | math_verify (lib/reward.py) | path/to/file.py:function (runs that file; same "
+           "signature as lib/reward.score: (response, ground_truth) -> {score, acc, pred})")
     # DAPO tricks
     a("--dynamic-sampling", action=argparse_bool(), default=True,
       help="DAPO trick: drop prompts whose responses all have the same accuracy, draw more until full")
@@ -144,7 +147,24 @@ def get_args(argv=None):
       help="recompute each decoder layer's activations in backward (activation checkpointing): "
            "less memory for long responses, ~30%% more compute")
     a("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
+    # tracking and validation during RL (lib/tracking.py, lib/validation.py)
+    a("--logger", default="", help="live tracking, comma-separated: tensorboard (OUT/tensorboard), wandb; every "
+                                   "metrics.jsonl row mirrored as explore/KEY, plus a table of sampled responses "
+                                   "every --save-every steps")
+    a("--eval-data", default="", metavar="SPEC",
+      help="validate during RL on these benchmarks (evaluate.py's --benchmarks: 'toy' or NAME=PATH[@SPLIT],...): "
+           "val/<bench>/mean_acc (avg@n) and val/<bench>/pass@k in metrics.jsonl; '' = off")
+    a("--eval-every", type=int, default=0, help="validate every K steps and at the last (0 = at the last step only)")
+    a("--eval-n", type=int, default=4, help="samples per validation problem (avg@n, pass@k up to n)")
+    a("--eval-before-train", action="store_true", help="also validate the initial policy: a metrics row at step 0")
+    a("--eval-limit", type=int, default=0, help="validate on the first N problems of each benchmark (0 = all)")
+    a("--eval-split", default="test", help="split of hub benchmarks given without @SPLIT")
+    a("--eval-temperature", type=float, default=1.0, help="validation sampling temperature (evaluate.py's default)")
+    a("--eval-top-p", type=float, default=0.7, help="validation nucleus sampling (evaluate.py's default)")
     args = p.parse_args(argv)
+    tracking.parse_loggers(args.logger)  # an unknown name or a missing package: one line, now
+    cli.check_positive(args, "eval_n")
+    cli.check_positive(args, "eval_every", "eval_limit", allow_zero=True)
 
     cli.check_positive(args, "steps", "save_every", "prompts_per_step", "n", "max_new_tokens", "mini_batch",
                        "micro_batch", "max_nonfinite", "tp")
@@ -695,6 +715,9 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
     # the prompt set first: a bad file fails in a second, before any model is loaded ('toy' may build files:
     # rank 0 first)
     problems = dist.main_first(lambda: data.load_problems(args.data, split=args.split, limit=args.limit))
+    verifier = reward_fn or reward.load_reward(args.reward)  # a bad --reward fails here too
+    val_sets = dist.main_first(lambda: validation.load_benchmarks(args.eval_data, args.eval_split, args.eval_limit)
+                               if args.eval_data else {})
     if dist.is_distributed():
         # rank 0 alone inspects and cleans --out; every rank then reads its own part of the resume state
         resume_from = dist.main_decides(lambda: prepare_out(args, load=False)[0])
@@ -718,8 +741,9 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
         dist.enable_grad_checkpointing(model)
     dist.shard_model(model, device, bf16=args.bf16)
     data.render_prompts(problems, tok)
+    for val_problems in val_sets.values():
+        data.render_prompts(val_problems, tok)
     engine = build_engine(args, model, tok, model_path, engine_fn)
-    verifier = reward_fn or functools.partial(reward.score, mode=args.reward)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                   betas=(0.9, 0.999))
@@ -741,7 +765,9 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
             truncate_to(metrics_path, state["metrics_bytes"])
         print(f"resuming {out} from {resume_from.name} (step {start}, data position {stream.position})")
         free = {"resume", "steps", "save_every", "device", "backend", "gpu_memory_utilization", "max_nonfinite",
-                "tp", "sleep_mode", "grad_checkpointing", "share_prompt"}
+                "tp", "sleep_mode", "grad_checkpointing", "share_prompt", "config", "logger", "eval_data",
+                "eval_every", "eval_n", "eval_before_train", "eval_limit", "eval_split", "eval_temperature",
+                "eval_top_p"}  # (validation and tracking only watch the run)
         changed = [f"--{k.replace('_', '-')} {v!r} -> {getattr(args, k)!r}" for k, v in state["args"].items()
                    if k not in free and getattr(args, k, v) != v]
         if changed:  # allowed (e.g. a lower lr after a blow-up), but the run is no longer one recipe
@@ -757,7 +783,20 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
           f"{type(engine).__name__}, steps {start + 1}..{args.steps}")
 
     rollouts_bytes = rollouts_path.stat().st_size if main_rank and rollouts_path.exists() else 0
-    for step in range(start + 1, args.steps + 1):
+    tracker = tracking.Tracker(tracking.parse_loggers(args.logger) if main_rank else [], out, "explore", vars(args),
+                               resume_step=start)
+
+    def val_keys() -> dict:  # every rank runs the validation (an engine call may be a collective)
+        return validation.validate(engine, val_sets, args.eval_n, verifier, args.max_new_tokens,
+                                   args.eval_temperature, args.eval_top_p, args.seed)
+
+    if val_sets and args.eval_before_train and start == 0:
+        row0 = {"step": 0, **{k: _json_num(v) for k, v in val_keys().items()}}
+        if main_rank:
+            cli.log_metrics(metrics_path, "explore", row0)
+            tracker.log(row0, 0)
+    bar = tqdm(range(start + 1, args.steps + 1), desc="explore", disable=None if main_rank else True, leave=False)
+    for step in bar:
         t0 = time.time()
         batch = collect_batch(engine, stream, tok, verifier, args, step)
         if main_rank:  # (the rows of every rank were gathered on rank 0)
@@ -785,9 +824,16 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
 
         for skipped in st["skipped_flags"]:  # consecutive non-finite updates, across steps (same on every rank)
             bad_streak = bad_streak + 1 if skipped else 0
+        row = step_row(step, batch, st, lr_used, t_gen, step_time)
+        if val_sets and validation.due(step, args.eval_every, args.steps):
+            row.update(val_keys())
+        row = {k: _json_num(v) for k, v in row.items()}
         if main_rank:
-            cli.log_metrics(metrics_path, "explore",
-                            {k: _json_num(v) for k, v in step_row(step, batch, st, lr_used, t_gen, step_time).items()})
+            cli.log_metrics(metrics_path, "explore", row)
+            tracker.log(row, step)
+            if step % args.save_every == 0 or step == args.steps:
+                tracker.table("samples", tracking.SAMPLE_COLUMNS, tracking.sample_rows(batch.rows), step)
+        bar.set_postfix(reward=row["reward"], acc=row["acc"], tok_s=round(row["tokens_per_s"] or 0))
         if bad_streak >= args.max_nonfinite:
             raise cli.UserError(f"step {step}: {bad_streak} consecutive updates had a non-finite loss or gradient "
                                 f"(--max-nonfinite {args.max_nonfinite}); stopping. Lower --lr or check the data; "
@@ -806,6 +852,7 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
                     if older != saved:
                         checkpoint.drop_resume_state(older)
             print(f"saved {saved}")
+    tracker.close()
     return 0
 
 
