@@ -101,3 +101,22 @@ def test_every_stage_args_json_replays(tmp_path, stage, argv, derived):
     cli.save_args(b, tmp_path / "again")
     c = stage.get_args(["--config", str(tmp_path / "again" / "args.json")])
     assert {k: v for k, v in vars(c).items() if k != "config"} == {k: v for k, v in vars(a).items() if k != "config"}
+
+
+def test_explore_replays_from_its_args_json(tiny_model_dir, tmp_path):
+    """`explore.py --config runs/x/args.json --out runs/y` repeats run x: the same metrics, step for step."""
+    from test_explore import digit_reward, run_args, strip_times, write_problems
+
+    from lib.records import read_jsonl
+
+    data = write_problems(tmp_path / "train.jsonl")
+    x, y = tmp_path / "x", tmp_path / "y"
+    explore.main(run_args(tiny_model_dir, data, x, "--steps", "2", "--seed", "3", "--no-overlong-shaping"),
+                 reward_fn=digit_reward)
+    explore.main(["--config", str(x / "args.json"), "--out", str(y)], reward_fn=digit_reward)
+    rows = [strip_times([r for _, r in read_jsonl(d / "metrics.jsonl")]) for d in (x, y)]
+    assert rows[0] == rows[1] and len(rows[0]) == 2
+    ax, ay = (json.loads((d / "args.json").read_text()) for d in (x, y))
+    assert {k: v for k, v in ay.items() if k not in ("out", "config")} == \
+        {k: v for k, v in ax.items() if k not in ("out", "config")}
+    assert (ay["config"], ay["seed"], ay["overlong_shaping"]) == (str(x / "args.json"), 3, False)
