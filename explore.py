@@ -27,7 +27,8 @@ prompt's n responses read one forward pass of it through its KV cache; lib/model
         --overlong-buffer 4096 --lr 1e-6 --warmup-steps 10 --backend vllm      # DAPO's recipe (GPU)
 
 Writes, under --out:
-  metrics.jsonl        one row per step, keyed by `step` (1, 2, ...); the same numbers as the log line
+  metrics.jsonl        one row per step, keyed by `step` (1, 2, ...); the same numbers as the log line; with
+                       --eval-data also val/<bench>/mean_acc and val/<bench>/pass@k (step 0: the initial policy)
   rollouts.jsonl       every sampled response (shared trajectory record + `kept`: trained on or not)
   ckpt_{step:06d}/     every --save-every steps and at the end: a from_pretrained / vLLM-loadable folder;
                        the newest one also holds resume/ (optimizer, scheduler, RNG, data position)
@@ -165,6 +166,9 @@ def get_args(argv=None):
     tracking.parse_loggers(args.logger)  # an unknown name or a missing package: one line, now
     cli.check_positive(args, "eval_n")
     cli.check_positive(args, "eval_every", "eval_limit", allow_zero=True)
+    if not 0 < args.eval_top_p <= 1 or args.eval_temperature <= 0:
+        raise cli.UserError(f"--eval-top-p must be in (0, 1] and --eval-temperature > 0, got {args.eval_top_p} "
+                            f"and {args.eval_temperature}")
 
     cli.check_positive(args, "steps", "save_every", "prompts_per_step", "n", "max_new_tokens", "mini_batch",
                        "micro_batch", "max_nonfinite", "tp")
