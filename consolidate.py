@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from lib import checkpoint, cli, dist, sft
+from lib import checkpoint, cli, dist, sft, tracking
 from lib.modeling import end_of_turn_id, extend_context, load_policy, resolve_model
 from lib.records import read_jsonl, read_trajectories, truncate_to
 
@@ -84,7 +84,10 @@ def get_args(argv=None):
                         "less memory for long sequences, ~30%% more compute")
     p.add_argument("--device", default="auto", help="cpu / cuda / auto")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
+    p.add_argument("--logger", default="", help="live tracking, comma-separated: tensorboard (DIR/tensorboard), "
+                                                "wandb; every metrics.jsonl row mirrored as consolidate/KEY")
     args = p.parse_args(argv)
+    tracking.parse_loggers(args.logger)  # an unknown name or a missing package: one line, now
     cli.check_positive(args, "batch_size", "max_nonfinite")
     cli.check_positive(args, "steps", "micro_batch", "warmup", "save_every", "max_len", "kl_coef",
                        "weight_decay", allow_zero=True)
@@ -105,7 +108,7 @@ def out_state(out: Path) -> str:
     names = [d.name for d in out.iterdir()]
     if not names:
         return "empty"
-    ours = all(n in ("args.json", "metrics.jsonl") or checkpoint.CKPT_RE.match(n) or n.startswith(".ckpt_")
+    ours = all(n in ("args.json", "metrics.jsonl", *tracking.DIRS) or checkpoint.CKPT_RE.match(n) or n.startswith(".ckpt_")
                for n in names)
     return "ours" if ours else "foreign"
 
@@ -233,10 +236,14 @@ def run(args):
           f"lr {args.lr}, warmup {cfg.warmup}, kl_coef {args.kl_coef}, {device}{' bf16' if args.bf16 else ''}"
           f"{f', {dist.world_size()} ranks (FSDP)' if dist.is_distributed() else ''}")
 
+    tracker = tracking.Tracker(tracking.parse_loggers(args.logger) if main_rank else [], out, "consolidate",
+                               vars(args), resume_step=resume_state["step"] if resume_state else 0)
+
     def on_step(step, row, opt, sched):
         row["epoch"] = round(step * args.batch_size / len(examples), 3)
         if main_rank:
             cli.log_metrics(metrics, "consolidate", row)
+            tracker.log(row, step)
         if args.save_every and step % args.save_every == 0 and step < total:
             new = checkpoint.save(out, step, model, tok, {"optimizer": dist.optimizer_state(opt),
                                                           "scheduler": sched.state_dict(),
@@ -257,6 +264,7 @@ def run(args):
                             f"{last.name if last else 'the start (no checkpoint yet)'}", code=1) from None
 
     # --- the final folder: complete, then renamed over DIR in one step (drops the resume checkpoints) -------
+    tracker.close()  # (its files travel into the final folder below)
     model.eval()
     if not main_rank:
         checkpoint.write_model(model, tok, None)  # the gather rank 0's write_model below needs
@@ -274,6 +282,9 @@ def run(args):
         checkpoint.write_model(model, tok, tmp)  # under FSDP: the weights gathered from every rank's shard
         for name in ("args.json", "metrics.jsonl"):
             shutil.copy2(out / name, tmp / name)
+        for name in tracking.DIRS:  # the live-tracking logs, if any
+            if (out / name).is_dir():
+                shutil.copytree(out / name, tmp / name)
         cli.atomic_write_json(tmp / DONE, summary)
         cli.replace_dir(tmp, out)
     except BaseException:

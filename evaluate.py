@@ -13,13 +13,11 @@ Writes OUT/samples.jsonl (every scored sample, the shared trajectory record), OU
 """
 from __future__ import annotations
 
-import functools
 import time
-from collections import defaultdict
 from pathlib import Path
 
 from lib import cli, data, reward
-from lib.metrics import ks_up_to, mean_pass_at_k
+from lib.metrics import ks_up_to, summarize
 from lib.modeling import load_config, load_policy, load_tokenizer, longest_prompt, plan_context, resolve_model
 from lib.records import write_jsonl
 from lib.rollout import make_engine, resolve_backend, to_trajectories
@@ -29,15 +27,19 @@ def get_args(argv=None):
     p = cli.make_parser(__doc__)
     p.add_argument("--model", default="toy", help="policy folder or hub id; 'toy' = the embedded toy base model")
     p.add_argument("--benchmarks", default="toy",
-                   help="NAME=PATH[,NAME=PATH...] (JSONL / JSON / parquet files or dataset ids); "
+                   help="NAME=PATH[@SPLIT][,NAME=PATH[@SPLIT]...] (JSONL / JSON / parquet files or dataset ids; "
+                        "@SPLIT picks a hub set's split, e.g. aime24=HuggingFaceH4/aime_2024@train); "
                         "'toy' = the toy's test, ood and probe splits")
-    p.add_argument("--split", default="test", help="dataset split, for benchmarks given as hub dataset ids")
+    p.add_argument("--split", default="test", help="dataset split, for hub dataset ids given without @SPLIT")
     p.add_argument("--n", type=int, default=8, help="samples per problem (avg@n, pass@k up to k = n)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (DAPO eval: 1.0)")
     p.add_argument("--top-p", type=float, default=0.7, help="nucleus sampling (DAPO eval: 0.7)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="response length cap (DAPO: 20480)")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems per benchmark (0 = all)")
-    p.add_argument("--reward", default="dapo", choices=["dapo", "math_verify"], help="verifier (lib/reward.py)")
+    p.add_argument("--reward", default="dapo",
+                   help="verifier: dapo (DAPO's string match, what RL trains on), math_verify (symbolic "
+                        "equivalence: compares with published MATH-500 / AIME scores; pip install math-verify), "
+                        "or path/to/file.py:function (runs that file; same signature as lib/reward.score)")
     p.add_argument("--out", default="runs/eval/toy-base", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"],
@@ -59,24 +61,12 @@ def get_args(argv=None):
     return args
 
 
-def summarize(trajectories, n: int) -> dict:
-    """Per-benchmark numbers from scored samples: problems, mean_acc, pass@k."""
-    correct = defaultdict(int)
-    total = defaultdict(int)
-    for t in trajectories:
-        total[t.problem_id] += 1
-        correct[t.problem_id] += int(t.acc)
-    counts = [(total[p], correct[p]) for p in total]
-    return {"problems": len(counts),
-            "mean_acc": sum(c / m for m, c in counts) / len(counts),
-            "pass@k": {str(k): mean_pass_at_k(counts, k) for k in ks_up_to(n)}}
-
-
 def main(argv=None):
     args = get_args(argv)
-    benches = data.parse_benchmarks(args.benchmarks)
+    benches = data.benchmark_splits(args.benchmarks, args.split)
     # load every benchmark before any sampling: a bad file fails in a second, not after an hour of generation
-    problems = {name: data.load_problems(path, split=args.split, limit=args.limit) for name, path in benches.items()}
+    problems = {name: data.load_problems(path, split=split, limit=args.limit) for name, (path, split) in benches.items()}
+    verifier = reward.load_reward(args.reward)  # (a bad --reward fails here too, before the model loads)
     device = cli.pick_device(args.device)
     model_path = resolve_model(args.model)
     # the context every benchmark needs, from the config and the tokenizer, before any weight loads
@@ -95,7 +85,6 @@ def main(argv=None):
     engine = make_engine(backend, model, tok, model_path, max_model_len=context, hf_overrides=overrides,
                          gpu_memory_utilization=args.gpu_memory_utilization, tp=args.tp, seed=args.seed,
                          trust_remote_code=args.trust_remote_code)
-    verifier = functools.partial(reward.score, mode=args.reward)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,8 @@ prompt's n responses read one forward pass of it through its KV cache; lib/model
         --overlong-buffer 4096 --lr 1e-6 --warmup-steps 10 --backend vllm      # DAPO's recipe (GPU)
 
 Writes, under --out:
-  metrics.jsonl        one row per step, keyed by `step` (1, 2, ...); the same numbers as the log line
+  metrics.jsonl        one row per step, keyed by `step` (1, 2, ...); the same numbers as the log line; with
+                       --eval-data also val/<bench>/mean_acc and val/<bench>/pass@k (step 0: the initial policy)
   rollouts.jsonl       every sampled response (shared trajectory record + `kept`: trained on or not)
   ckpt_{step:06d}/     every --save-every steps and at the end: a from_pretrained / vLLM-loadable folder;
                        the newest one also holds resume/ (optimizer, scheduler, RNG, data position)
@@ -46,7 +47,6 @@ in resume/). --resume needs the same world size. A plain `python explore.py` nev
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import random
 import re
@@ -57,8 +57,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from tqdm import tqdm
 
-from lib import checkpoint, cli, data, dist, reward
+from lib import checkpoint, cli, data, dist, reward, tracking, validation
 from lib.dapo import group_advantages, kept_group_ids, overlong_penalty, policy_loss
 from lib.modeling import (extend_context, load_config, load_policy, load_tokenizer, longest_prompt, pad_rows,
                           plan_context, resolve_model, shared_prompt_logprobs, token_logprobs)
@@ -95,7 +96,9 @@ def get_args(argv=None):
     a("--max-new-tokens", type=int, default=80, help="response length cap (DAPO: 20480)")
     a("--temperature", type=float, default=1.0, help="sampling temperature (DAPO: 1.0)")
     a("--top-p", type=float, default=1.0, help="nucleus sampling (DAPO: 1.0)")
-    a("--reward", default="dapo", choices=["dapo", "math_verify"], help="verifier (lib/reward.py)")
+    a("--reward", default="dapo",
+      help="verifier: dapo | math_verify (lib/reward.py) | path/to/file.py:function (runs that file; same "
+           "signature as lib/reward.score: (response, ground_truth) -> {score, acc, pred})")
     # DAPO tricks
     a("--dynamic-sampling", action=argparse_bool(), default=True,
       help="DAPO trick: drop prompts whose responses all have the same accuracy, draw more until full")
@@ -152,7 +155,27 @@ def get_args(argv=None):
       help="recompute each decoder layer's activations in backward (activation checkpointing): "
            "less memory for long responses, ~30%% more compute")
     a("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
+    # tracking and validation during RL (lib/tracking.py, lib/validation.py)
+    a("--logger", default="", help="live tracking, comma-separated: tensorboard (OUT/tensorboard), wandb; every "
+                                   "metrics.jsonl row mirrored as explore/KEY, plus a table of sampled responses "
+                                   "every --save-every steps")
+    a("--eval-data", default="", metavar="SPEC",
+      help="validate during RL on these benchmarks (evaluate.py's --benchmarks: 'toy' or NAME=PATH[@SPLIT],...): "
+           "val/<bench>/mean_acc (avg@n) and val/<bench>/pass@k in metrics.jsonl; '' = off")
+    a("--eval-every", type=int, default=0, help="validate every K steps and at the last (0 = at the last step only)")
+    a("--eval-n", type=int, default=4, help="samples per validation problem (avg@n, pass@k up to n)")
+    a("--eval-before-train", action="store_true", help="also validate the initial policy: a metrics row at step 0")
+    a("--eval-limit", type=int, default=0, help="validate on the first N problems of each benchmark (0 = all)")
+    a("--eval-split", default="test", help="split of hub benchmarks given without @SPLIT")
+    a("--eval-temperature", type=float, default=1.0, help="validation sampling temperature (evaluate.py's default)")
+    a("--eval-top-p", type=float, default=0.7, help="validation nucleus sampling (evaluate.py's default)")
     args = p.parse_args(argv)
+    tracking.parse_loggers(args.logger)  # an unknown name or a missing package: one line, now
+    cli.check_positive(args, "eval_n")
+    cli.check_positive(args, "eval_every", "eval_limit", allow_zero=True)
+    if not 0 < args.eval_top_p <= 1 or args.eval_temperature <= 0:
+        raise cli.UserError(f"--eval-top-p must be in (0, 1] and --eval-temperature > 0, got {args.eval_top_p} "
+                            f"and {args.eval_temperature}")
 
     cli.check_positive(args, "steps", "save_every", "prompts_per_step", "n", "max_new_tokens", "mini_batch",
                        "micro_batch", "max_nonfinite", "tp")
@@ -655,6 +678,9 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
     # the prompt set first: a bad file fails in a second, before any model is loaded ('toy' may build files:
     # rank 0 first)
     problems = dist.main_first(lambda: data.load_problems(args.data, split=args.split, limit=args.limit))
+    verifier = reward_fn or reward.load_reward(args.reward)  # a bad --reward fails here too
+    val_sets = dist.main_first(lambda: validation.load_benchmarks(args.eval_data, args.eval_split, args.eval_limit)
+                               if args.eval_data else {})
     if dist.is_distributed():
         # rank 0 alone inspects and cleans --out; every rank then reads its own part of the resume state
         resume_from = dist.main_decides(lambda: prepare_out(args, load=False)[0])
@@ -675,9 +701,11 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
     # tokenizer alone, before any weight is loaded or anything written (lib/modeling.plan_context).
     tok = load_tokenizer(model_path, args.trust_remote_code)
     data.render_prompts(problems, tok)
-    context, overrides = plan_context(load_config(model_path, args.trust_remote_code),
-                                      longest_prompt(tok, [p.prompt for p in problems]), args.max_new_tokens,
-                                      args.max_model_len, model_path)
+    for val_problems in val_sets.values():
+        data.render_prompts(val_problems, tok)
+    prompts = [p.prompt for p in problems] + [p.prompt for ps in val_sets.values() for p in ps]
+    context, overrides = plan_context(load_config(model_path, args.trust_remote_code), longest_prompt(tok, prompts),
+                                      args.max_new_tokens, args.max_model_len, model_path)
     # under FSDP: load on the CPU, shard_model moves only this rank's shard to the device
     model, tok = load_policy(model_path, device="cpu" if dist.is_distributed() else device,
                              trust_remote_code=args.trust_remote_code)
@@ -686,7 +714,6 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
         dist.enable_grad_checkpointing(model)
     dist.shard_model(model, device, bf16=args.bf16)
     engine = build_engine(args, model, tok, model_path, engine_fn, context, overrides)
-    verifier = reward_fn or functools.partial(reward.score, mode=args.reward)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                   betas=(0.9, 0.999))
@@ -708,7 +735,9 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
             truncate_to(metrics_path, state["metrics_bytes"])
         print(f"resuming {out} from {resume_from.name} (step {start}, data position {stream.position})")
         free = {"resume", "steps", "save_every", "device", "backend", "gpu_memory_utilization", "max_nonfinite",
-                "tp", "sleep_mode", "grad_checkpointing", "share_prompt", "keep_checkpoints"}
+                "tp", "sleep_mode", "grad_checkpointing", "share_prompt", "keep_checkpoints", "config", "logger",
+                "eval_data", "eval_every", "eval_n", "eval_before_train", "eval_limit", "eval_split",
+                "eval_temperature", "eval_top_p"}  # (validation and tracking only watch the run)
         changed = [f"--{k.replace('_', '-')} {v!r} -> {getattr(args, k)!r}" for k, v in state["args"].items()
                    if k not in free and getattr(args, k, v) != v]
         if changed:  # allowed (e.g. a lower lr after a blow-up), but the run is no longer one recipe
@@ -724,7 +753,20 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
           f"{type(engine).__name__}, steps {start + 1}..{args.steps}")
 
     rollouts_bytes = rollouts_path.stat().st_size if main_rank and rollouts_path.exists() else 0
-    for step in range(start + 1, args.steps + 1):
+    tracker = tracking.Tracker(tracking.parse_loggers(args.logger) if main_rank else [], out, "explore", vars(args),
+                               resume_step=start)
+
+    def val_keys() -> dict:  # every rank runs the validation (an engine call may be a collective)
+        return validation.validate(engine, val_sets, args.eval_n, verifier, args.max_new_tokens,
+                                   args.eval_temperature, args.eval_top_p, args.seed)
+
+    if val_sets and args.eval_before_train and start == 0:
+        row0 = {"step": 0, **{k: _json_num(v) for k, v in val_keys().items()}}
+        if main_rank:
+            cli.log_metrics(metrics_path, "explore", row0)
+            tracker.log(row0, 0)
+    bar = tqdm(range(start + 1, args.steps + 1), desc="explore", disable=None if main_rank else True, leave=False)
+    for step in bar:
         t0 = time.time()
         batch = collect_batch(engine, stream, tok, verifier, args, step)
         if main_rank:  # (the rows of every rank were gathered on rank 0)
@@ -757,9 +799,16 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
 
         for skipped in st["skipped_flags"]:  # consecutive non-finite updates, across steps (same on every rank)
             bad_streak = bad_streak + 1 if skipped else 0
+        row = step_row(step, batch, st, lr_used, t_gen, step_time)
+        if val_sets and validation.due(step, args.eval_every, args.steps):
+            row.update(val_keys())
+        row = {k: _json_num(v) for k, v in row.items()}
         if main_rank:
-            cli.log_metrics(metrics_path, "explore",
-                            {k: _json_num(v) for k, v in step_row(step, batch, st, lr_used, t_gen, step_time).items()})
+            cli.log_metrics(metrics_path, "explore", row)
+            tracker.log(row, step)
+            if step % args.save_every == 0 or step == args.steps:
+                tracker.table("samples", tracking.SAMPLE_COLUMNS, tracking.sample_rows(batch.rows), step)
+        bar.set_postfix(reward=row["reward"], acc=row["acc"], tok_s=round(row["tokens_per_s"] or 0))
         if bad_streak >= args.max_nonfinite:
             raise cli.UserError(f"step {step}: {bad_streak} consecutive updates had a non-finite loss or gradient "
                                 f"(--max-nonfinite {args.max_nonfinite}); stopping. Lower --lr or check the data; "
@@ -777,6 +826,7 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
                 checkpoint.retire_older(out, saved, keep=args.keep_checkpoints,
                                         dtype=torch.bfloat16 if args.bf16 else None)
             print(f"saved {saved}")
+    tracker.close()
     return 0
 
 

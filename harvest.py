@@ -25,7 +25,6 @@ stopped; the folder is removed once the output is written.
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import shutil
@@ -56,7 +55,9 @@ def get_args(argv=None):
     g.add_argument("--temperature", type=float, default=None, help="sampling temperature")
     g.add_argument("--top-p", type=float, default=None, help="nucleus sampling")
     g.add_argument("--seed", type=int, default=None, help="sampling seed (checkpoint at step s uses seed + s)")
-    g.add_argument("--reward", default=None, choices=["dapo", "math_verify"], help="verifier (lib/reward.py)")
+    g.add_argument("--reward", default=None,
+                   help="verifier: dapo, math_verify or path/to/file.py:function (runs that file; signature of "
+                        "lib/reward.score)")
     g.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"],
                    help="rollout engine: vllm when importable and a GPU is present, else transformers")
     g.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vLLM: share of GPU memory")
@@ -233,9 +234,9 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally]:
         raise cli.UserError(f"{run}: no checkpoint at the requested --steps (found: {', '.join(have) or 'none'})")
     s = resample_settings(args, run)
     problems = data.load_problems(s["data"], split=s["split"], limit=s["limit"])  # fails before any model loads
+    verifier = reward.load_reward(s["reward"])  # (so does a bad --reward)
     backend = rollout.resolve_backend(args.backend)
     device = cli.pick_device(args.device)
-    verifier = functools.partial(reward.score, mode=s["reward"])
     print(f"resampling {len(problems)} problems x {args.resample} from {len(ckpts)} checkpoint(s) "
           f"({backend}; max_new_tokens {s['max_new_tokens']}, temperature {s['temperature']}, top_p {s['top_p']})")
 

@@ -26,7 +26,10 @@ DATA=${DATA:-toy}                # RL prompt set: JSONL / parquet / dataset id; 
 EVAL=${EVAL:-toy}                # NAME=PATH,... benchmarks for evaluate.py; 'toy' = test, ood and probe splits
 ITERS=${ITERS:-3}                # RLoop iterations
 RL_STEPS=${RL_STEPS:-20}         # RL steps per iteration (vanilla runs ITERS x RL_STEPS)
-SAVE_EVERY=${SAVE_EVERY:-5}      # checkpoint interval of every RL run (must divide RL_STEPS)
+# checkpoint interval of every RL run (must divide RL_STEPS); default: the largest of 5, 4, 3, 2, 1 dividing it
+if [[ -z "${SAVE_EVERY:-}" ]]; then
+  for SAVE_EVERY in 5 4 3 2 1; do (( RL_STEPS % SAVE_EVERY == 0 )) && break; done
+fi
 OUT=${OUT:-runs/loop}            # everything goes here
 SEED=${SEED:-0}
 VANILLA=${VANILLA:-1}            # 0 = skip the vanilla-RL baseline
@@ -38,6 +41,9 @@ HARVEST_ARGS=${HARVEST_ARGS:-}
 FILTER_ARGS=${FILTER_ARGS:-}
 CONSOLIDATE_ARGS=${CONSOLIDATE_ARGS:-}
 EVAL_ARGS=${EVAL_ARGS:---n 8}
+LOGGER=${LOGGER:-}               # live tracking of explore / consolidate: tensorboard, wandb or both (comma list)
+log_flag=()
+if [[ -n "$LOGGER" ]]; then log_flag=(--logger "$LOGGER"); fi
 
 if (( RL_STEPS % SAVE_EVERY != 0 )); then
   echo "error: SAVE_EVERY=$SAVE_EVERY must divide RL_STEPS=$RL_STEPS (vanilla is evaluated at multiples of RL_STEPS)" >&2
@@ -46,7 +52,7 @@ fi
 mkdir -p "$OUT/.done"
 exec > >(tee -a "$OUT/loop.log") 2>&1
 echo "== RLoop $(date -u +%FT%TZ)"
-for v in MODEL DATA EVAL ITERS RL_STEPS SAVE_EVERY OUT SEED VANILLA THRESHOLD PYTHON TRAIN_LAUNCH \
+for v in MODEL DATA EVAL ITERS RL_STEPS SAVE_EVERY OUT SEED VANILLA THRESHOLD PYTHON TRAIN_LAUNCH LOGGER \
          EXPLORE_ARGS HARVEST_ARGS FILTER_ARGS CONSOLIDATE_ARGS EVAL_ARGS; do
   printf '   %-16s %s\n' "$v" "${!v}"
 done
@@ -67,7 +73,7 @@ for ((i = 1; i <= ITERS; i++)); do
   it=$OUT/iter$i
   # shellcheck disable=SC2086  # *_ARGS are deliberately word-split into flags
   stage "iter$i-explore" $TRAIN_LAUNCH explore.py --model "$policy" --data "$DATA" --out "$it/explore" \
-    --steps "$RL_STEPS" --save-every "$SAVE_EVERY" --seed $((SEED + i - 1)) --resume $EXPLORE_ARGS
+    --steps "$RL_STEPS" --save-every "$SAVE_EVERY" --seed $((SEED + i - 1)) --resume "${log_flag[@]}" $EXPLORE_ARGS
   # shellcheck disable=SC2086
   stage "iter$i-harvest" $PYTHON harvest.py --run "$it/explore" --out "$it/harvest.jsonl" $HARVEST_ARGS
   if [[ ! -e "$OUT/.done/iter$i-filter" ]]; then
@@ -86,7 +92,7 @@ for ((i = 1; i <= ITERS; i++)); do
   fi
   # shellcheck disable=SC2086
   stage "iter$i-consolidate" $TRAIN_LAUNCH consolidate.py --model "$policy" --data "$it/filter/rft.jsonl" \
-    --out "$it/consolidated" --seed "$SEED" --resume $CONSOLIDATE_ARGS
+    --out "$it/consolidated" --seed "$SEED" --resume "${log_flag[@]}" $CONSOLIDATE_ARGS
   [[ -e "$it/next_policy" ]] || echo "$it/consolidated" > "$it/next_policy"
   policy=$(cat "$it/next_policy")
 done
@@ -95,7 +101,7 @@ done
 if (( VANILLA )); then
   # shellcheck disable=SC2086
   stage vanilla-explore $TRAIN_LAUNCH explore.py --model "$MODEL" --data "$DATA" --out "$OUT/vanilla" \
-    --steps $((ITERS * RL_STEPS)) --save-every "$SAVE_EVERY" --seed "$SEED" --resume $EXPLORE_ARGS
+    --steps $((ITERS * RL_STEPS)) --save-every "$SAVE_EVERY" --seed "$SEED" --resume "${log_flag[@]}" $EXPLORE_ARGS
 fi
 
 # --- evaluation ----------------------------------------------------------------------------------------

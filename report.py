@@ -103,6 +103,13 @@ def end_to_end(r: dict) -> list[dict]:
     return rows
 
 
+def val_curves(rows: list[dict]) -> list[tuple[str, str]]:
+    """Panels for explore.py's validation keys (val/<bench>/mean_acc, lib/validation.py), when a run has them."""
+    names = dict.fromkeys(k for row in rows for k in row if k.startswith("val/") and k.endswith("/mean_acc")
+                          and k != "val/mean_acc")
+    return [(k, f"val {k[4:-9]} avg@n") for k in names]
+
+
 def plot_curves(r: dict, out: Path) -> None:
     import matplotlib
 
@@ -110,14 +117,17 @@ def plot_curves(r: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     loop = end_to_end(r)
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
-    for ax, (key, title) in zip(axes, CURVES):
-        if r["vanilla"]:
-            ax.plot([x["step"] for x in r["vanilla"]], [x.get(key) for x in r["vanilla"]], label="vanilla RL",
-                    color="tab:gray", lw=1)
+    curves = CURVES + val_curves(r["vanilla"] + loop)
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2))
+    for ax, (key, title) in zip(axes, curves):
+        vanilla = [x for x in r["vanilla"] if key in x]  # (validation rows are sparse; a step-0 row has only them)
+        if vanilla:
+            ax.plot([x["step"] for x in vanilla], [x.get(key) for x in vanilla], label="vanilla RL",
+                    color="tab:gray", lw=1, marker="." if key.startswith("val/") else None)
         for it in sorted({x["iter"] for x in loop}):
-            seg = [x for x in loop if x["iter"] == it]
-            ax.plot([x["global_step"] for x in seg], [x.get(key) for x in seg], lw=1.2, label=f"RLoop iter {it}")
+            seg = [x for x in loop if x["iter"] == it and key in x]
+            ax.plot([x["global_step"] for x in seg], [x.get(key) for x in seg], lw=1.2, label=f"RLoop iter {it}",
+                    marker="." if key.startswith("val/") else None)
         ax.set_title(title)
         ax.set_xlabel("RL step")
     axes[0].legend(fontsize=7)

@@ -49,7 +49,98 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def make_parser(doc: str | None) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(description=doc, formatter_class=HelpFormatter)
+    """A stage's parser; it takes `--config FILE` (see StageParser)."""
+    p = StageParser(description=doc, formatter_class=HelpFormatter)
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="JSON (an args.json as a stage writes it) or YAML file of flag values, keyed by flag name "
+                        "(max_new_tokens or max-new-tokens); flags given on the command line win")
+    return p
+
+
+class StageParser(argparse.ArgumentParser):
+    """An ArgumentParser whose values may come from a `--config FILE` first.
+
+    The file's values become the parser's defaults, so any flag on the command line wins over them, and a
+    run replays from its own record: `explore.py --config runs/x/args.json --out runs/y`. Each value goes
+    through the flag's own argparse type and choices (a float for an int flag fails, as on the command line);
+    a key that names no flag of this stage fails with one line naming the file and the key."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        pre.add_argument("--config", default=None)
+        path = pre.parse_known_args(args)[0].config
+        if path:
+            self._apply_config(path, read_config(path))
+        return super().parse_known_args(args, namespace)
+
+    def _apply_config(self, path: str, values: dict) -> None:
+        actions = {a.dest: a for a in self._actions if a.dest not in ("help", "config")}
+        defaults = {}
+        for key, value in values.items():
+            dest = str(key).replace("-", "_")
+            if dest == "config":  # an args.json names the file its run was configured from: not a value
+                continue
+            action = actions.get(dest)
+            if action is None:
+                raise UserError(f"{path}: unknown key '{key}' (this stage has no --{dest.replace('_', '-')} flag)")
+            defaults[dest] = self._config_value(path, key, action, value)
+            action.required = False  # given by the file; the command line may still override it
+        self.set_defaults(**defaults)
+
+    def _config_value(self, path: str, key: str, action: argparse.Action, value: Any) -> Any:
+        flag = action.option_strings[-1] if action.option_strings else action.dest
+        where = f"{path}: key '{key}' ({flag})"
+        if value is None:
+            if action.default is None:
+                return None  # an unset optional value, as args.json records it
+            raise UserError(f"{where}: null is not a value of this flag (default {action.default!r})")
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
+                               argparse.BooleanOptionalAction)):
+            if not isinstance(value, bool):
+                raise UserError(f"{where}: expected true or false, got {value!r}")
+            return value
+        if isinstance(value, (dict, list)) or isinstance(value, bool):
+            raise UserError(f"{where}: expected a single value, got {value!r}")
+        try:  # the same conversion and choices check as a command-line string
+            out = self._get_value(action, str(value))
+            self._check_value(action, out)
+        except argparse.ArgumentError as e:
+            raise UserError(f"{where}: {e.message}") from None
+        return out
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """A --config file's {flag: value} mapping: JSON (.json) or YAML (.yaml / .yml; PyYAML comes with
+    `datasets`). One-line errors for a missing, unreadable or non-mapping file."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{path}: no such file (--config)")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read --config file ({e.__class__.__name__})") from None
+    if p.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise UserError(f"{path}: a YAML --config needs PyYAML: pip install pyyaml") from None
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    elif p.suffix == ".json":
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    else:
+        raise UserError(f"{path}: --config takes a .json or .yaml / .yml file")
+    if values is None:
+        values = {}  # an empty YAML file sets nothing
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a mapping of flag names to values, got {type(values).__name__}")
+    return values
 
 
 def check_positive(args: argparse.Namespace, *names: str, allow_zero: bool = False) -> None:

@@ -11,6 +11,7 @@ in Arrow, and only the first row of each id becomes a Python object (DAPO-Math-1
 from __future__ import annotations
 
 import hashlib
+import re
 from itertools import repeat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,3 +295,26 @@ def parse_benchmarks(spec: str) -> dict[str, str]:
             raise UserError(f"--benchmarks: the name '{name.strip()}' is given twice")
         out[name.strip()] = path.strip()
     return out
+
+
+# A split suffix: a word, optionally with the hub's slicing syntax ("train", "test[:100]", "train[10%:]").
+_SPLIT_RE = re.compile(r"^(?P<path>.*[^/@])@(?P<split>[A-Za-z_][\w.\-]*(\[[\w%:.\-]*\])?)$")
+
+
+def split_spec(spec: str, default: str) -> tuple[str, str]:
+    """'PATH@SPLIT' -> (PATH, SPLIT); anything else -> (spec, default). Hub sets ship different splits
+    (AIME 2024 only 'train', MATH-500 only 'test'), so each benchmark may name its own. Only a trailing
+    '@word' after the last '/' counts, and never on an existing local file, so '@' elsewhere in a path is
+    safe ('runs/v@2/test.jsonl', 'data/set@home.jsonl' when that file exists)."""
+    if Path(spec).exists():
+        return spec, default
+    m = _SPLIT_RE.match(spec)
+    if not m or "/" in m["split"]:
+        return spec, default
+    return m["path"], m["split"]
+
+
+def benchmark_splits(spec: str, default_split: str) -> dict[str, tuple[str, str]]:
+    """--benchmarks 'NAME=PATH[@SPLIT],...' -> {name: (path, split)}; a name without @SPLIT gets
+    `default_split` (the stage's --split). 'toy' -> the toy's held-out files."""
+    return {name: split_spec(path, default_split) for name, path in parse_benchmarks(spec).items()}

@@ -45,3 +45,18 @@ def ks_up_to(n: int) -> list[int]:
     if ks[-1] != n:
         ks.append(n)
     return ks
+
+
+def summarize(trajectories, n: int) -> dict:
+    """Per-benchmark numbers from scored samples (objects with .problem_id and .acc): problems, mean_acc
+    (avg@n: the mean over problems of correct / samples), pass@k for k in ks_up_to(n). evaluate.py and
+    explore.py's validation report the same numbers through this one function."""
+    correct: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for t in trajectories:
+        total[t.problem_id] = total.get(t.problem_id, 0) + 1
+        correct[t.problem_id] = correct.get(t.problem_id, 0) + int(t.acc)
+    counts = [(total[p], correct[p]) for p in total]
+    return {"problems": len(counts),
+            "mean_acc": sum(c / m for m, c in counts) / len(counts),
+            "pass@k": {str(k): mean_pass_at_k(counts, k) for k in ks_up_to(n)}}

@@ -10,6 +10,7 @@ mode="math_verify" asks Hugging Face's math-verify (requirements.txt; tested wit
 equivalence instead, under one SIGALRM deadline.
 """
 
+import functools
 import re
 import signal
 import threading
@@ -147,3 +148,83 @@ def score(response: str, ground_truth: str, mode: str = "dapo") -> dict:
     if mode == "math_verify":
         return _score_math_verify(response, ground_truth)
     raise ValueError(f"unknown reward mode {mode!r}; expected 'dapo' or 'math_verify'")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Choosing a verifier by name: the built-in modes, or a function in the user's own Python file.
+
+BUILTIN = ("dapo", "math_verify")
+PROBE = ("Answer: 1", "1")  # a literal (response, ground_truth) every verifier must be able to score
+
+
+def load_reward(spec: str):
+    """The verifier a --reward value names: 'dapo' | 'math_verify' | 'path/to/file.py:function'.
+
+    A file spec RUNS that file (an import, as `python file.py` would): the user's own choice of code, so it
+    needs no extra flag. The function must take (response, ground_truth) and return {"score": number,
+    "acc": bool, "pred": str}, like `score`; one probe call on a literal input checks that now, so a bad
+    path, a missing function or a wrong return shape fails in one line before any model loads."""
+    from lib.cli import UserError  # (lib.cli is below every stage; imported here to keep this module light)
+
+    if spec in BUILTIN:
+        fn = functools.partial(score, mode=spec)
+    else:
+        path, colon, name = spec.rpartition(":")
+        if not colon or not path.endswith(".py") or not name.isidentifier():
+            raise UserError(f"--reward: expected 'dapo', 'math_verify' or 'path/to/file.py:function', got '{spec}'")
+        fn = _function_from_file(path, name, UserError)
+    try:
+        out = fn(*PROBE)
+    except RuntimeError as e:  # e.g. math_verify not installed: say what to install
+        raise UserError(f"--reward {spec}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the user's function failed on the probe input
+        raise UserError(f"--reward {spec}: the probe call {name_of(fn)}{PROBE!r} raised "
+                        f"{e.__class__.__name__}: {e}") from None
+    problem = check_result(out)
+    if problem:
+        raise UserError(f"--reward {spec}: {problem} (the probe call {name_of(fn)}{PROBE!r} returned {out!r})")
+    return fn
+
+
+def check_result(out) -> str:
+    """'' if `out` has the shape of `score`'s result, else what is wrong with it."""
+    if not isinstance(out, dict):
+        return f'expected a dict {{"score", "acc", "pred"}}, got {type(out).__name__}'
+    missing = [k for k in ("score", "acc", "pred") if k not in out]
+    if missing:
+        return f"the result lacks {', '.join(repr(k) for k in missing)}"
+    if isinstance(out["score"], bool) or not isinstance(out["score"], (int, float)):
+        return f"'score' should be a number, got {type(out['score']).__name__}"
+    if not isinstance(out["acc"], bool) and out["acc"] not in (0, 1):
+        return f"'acc' should be a bool, got {out['acc']!r}"
+    if not isinstance(out["pred"], str):
+        return f"'pred' should be a str, got {type(out['pred']).__name__}"
+    return ""
+
+
+def name_of(fn) -> str:
+    return getattr(fn, "__name__", None) or getattr(getattr(fn, "func", None), "__name__", "reward")
+
+
+def _function_from_file(path: str, name: str, error):
+    """Import `path` as a module of its own (not added to sys.modules: two files may share a stem) and
+    return its callable `name`."""
+    import importlib.util
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise error(f"--reward: {path}: no such file")
+    mod_spec = importlib.util.spec_from_file_location(f"rloop_reward_{file.stem}", file)
+    module = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - any failure while importing the user's file is their input
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise error(f"--reward: {path}: importing it raised {e.__class__.__name__}: {msg}") from None
+    fn = getattr(module, name, None)
+    if fn is None:
+        raise error(f"--reward: {path} has no function '{name}'")
+    if not callable(fn):
+        raise error(f"--reward: {path}: '{name}' is not a function")
+    return fn

@@ -226,7 +226,8 @@ def train(model, examples: list[Example], cfg: SFTConfig, pad_id: int, ref_model
         row = {"step": step + 1, "loss": _finite(nll, 5), "kl": _finite(kl, 6), "grad_norm": _finite(grad_norm, 4),
                "lr": lr, "tokens": int(n_tokens), "skipped": int(skipped), "step_time": round(time.time() - t0, 3)}
         rows.append(row)
-        bar.set_postfix(loss=f"{nll:.3f}")
+        bar.set_postfix(loss=f"{nll:.3f}", grad_norm=f"{grad_norm:.3g}", lr=f"{lr:.2g}",
+                        tok_s=round(n_tokens / max(row["step_time"], 1e-9)))
         if on_step:
             on_step(step + 1, row, opt, sched)
         if streak >= cfg.max_nonfinite:
