@@ -279,7 +279,7 @@ def score_groups(problems, comps: list[list[Completion]], prompt_ids: list[list[
         pen = overlong_penalty([len(c.token_ids) for c in cs], max_new_tokens, overlong_buffer, overlong_factor)
         for t, d in zip(ts, pen.tolist()):
             t.reward += d  # the record's reward is what the advantage sees
-        rows = [{**dataclasses.asdict(t), "kept": False} for t in ts]
+        rows = [{**t.to_dict(), "kept": False} for t in ts]
         groups.append(Group(p, ids, cs, [t.reward for t in ts], [t.acc for t in ts], rows))
     return groups
 

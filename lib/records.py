@@ -35,12 +35,15 @@ class Trajectory:
     # <|im_end|>, its tokenizer's eos_token is <|endoftext|>) and need not give the sampled ids back.
     response_ids: list[int] | None = None
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict:
         d = asdict(self)
         for k in ("step", "response_ids"):
             if d[k] is None:
                 del d[k]  # the contract: `step` is absent outside RL, `response_ids` where not recorded
-        return json.dumps(d, ensure_ascii=False)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
 
 
 # field -> accepted python types, checked on read so that a bad harvest fails at the line, not deep inside.
