@@ -799,16 +799,14 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
 
         for skipped in st["skipped_flags"]:  # consecutive non-finite updates, across steps (same on every rank)
             bad_streak = bad_streak + 1 if skipped else 0
-        row = step_row(step, batch, st, lr_used, t_gen, step_time)
-        if val_sets and validation.due(step, args.eval_every, args.steps):
-            row.update(val_keys())
-        row = {k: _json_num(v) for k, v in row.items()}
-        if main_rank:
+        val = val_keys() if val_sets and validation.due(step, args.eval_every, args.steps) else {}
+        if main_rank:  # (rank 0 holds every rank's rollout rows: the step's numbers are computed there)
+            row = {k: _json_num(v) for k, v in {**step_row(step, batch, st, lr_used, t_gen, step_time), **val}.items()}
             cli.log_metrics(metrics_path, "explore", row)
             tracker.log(row, step)
             if step % args.save_every == 0 or step == args.steps:
                 tracker.table("samples", tracking.SAMPLE_COLUMNS, tracking.sample_rows(batch.rows), step)
-        bar.set_postfix(reward=row["reward"], acc=row["acc"], tok_s=round(row["tokens_per_s"] or 0))
+            bar.set_postfix(reward=row["reward"], acc=row["acc"], tok_s=round(row["tokens_per_s"] or 0))
         if bad_streak >= args.max_nonfinite:
             raise cli.UserError(f"step {step}: {bad_streak} consecutive updates had a non-finite loss or gradient "
                                 f"(--max-nonfinite {args.max_nonfinite}); stopping. Lower --lr or check the data; "

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# scripts/gpu_check.sh — the toy loop's stages on CUDA in bf16, with wall-clock timings (~3-5 min on one GPU).
+# scripts/gpu_check.sh — the toy loop's stages on CUDA in bf16, with wall-clock timings (<= 8 min on one GPU).
 #
 #   bash scripts/gpu_check.sh                 # OUT=runs/gpu_check; every stage's log in $OUT/<stage>.log
 #
-# 1. explore.py  --backend hf   (HF engine, bf16 autocast training)
+# Needs torch (CUDA), transformers, safetensors, tokenizers, numpy, tqdm, matplotlib, pandas, pyarrow; vLLM is
+# optional (its rows run when it imports). One PASS / FAIL line per stage and per check, then a summary.
+# 0. scripts/logprob_check.py: the chunked LM head against the full logits on CUDA (fp32 exact, bf16), and its peak
+#    CUDA memory at Qwen2.5's vocabulary, T = 4096 and 16384, against the bound (1/4 of one fp32 [T, V])
+# 1. explore.py  --backend hf   (HF engine, bf16 autocast training, shared-prompt forward, chunked log-probs)
 # 2. explore.py  --backend vllm, then --backend vllm --sleep-mode   (when vllm imports)
 # 3. harvest.py + filter.py (CPU) -> consolidate.py --bf16 on the explore run's successes
-# 4. evaluate.py on the consolidated model, --backend hf (and vllm when it imports)
+# 4. evaluate.py on the consolidated model, --backend hf (and vllm when it imports, with
+#    scripts/vllm_sync_check.py: after sync_weights vLLM's greedy decode is the updated HF model's)
 # 5. with >= 2 GPUs: the same under `torchrun --nproc_per_node 2` (FSDP2): explore hf, explore vllm
 #    (one colocated engine per rank), consolidate
 # The toy base is the cached one (runs/toy/, built by `python -c "from lib import toy; toy.ensure_base()"`,
@@ -44,9 +49,9 @@ run() {
   echo "+ $*"
   local t0=$SECONDS rc=0
   timeout "$STAGE_TIMEOUT" "$@" > "$OUT/$name.log" 2>&1 || rc=$?
-  local dt=$((SECONDS - t0)) status=ok
+  local dt=$((SECONDS - t0)) status=PASS
   if (( rc != 0 )); then
-    status="FAILED rc=$rc"; FAILED=$((FAILED + 1))
+    status="FAIL rc=$rc"; FAILED=$((FAILED + 1))
     tail -n 15 "$OUT/$name.log" | sed 's/^/    | /'
   fi
   SUMMARY+=("$(printf '%-24s %5ds  %s' "$name" "$dt" "$status")")
@@ -63,6 +68,9 @@ print(f"    steps {len(rows)}, last: acc {r['acc']}, updates {r['updates']}, gen
       f"step {r['step_time']:.2f}s, {r['tokens_per_s']:.0f} tok/s; mean step {sum(x['step_time'] for x in rows) / len(rows):.2f}s")
 EOF
 }
+
+# --- the chunked log-probs on CUDA --------------------------------------------------------------------------
+run logprob-check $PYTHON scripts/logprob_check.py --device cuda; sed 's/^/    /' "$OUT/logprob-check.log"
 
 # --- the base policy -------------------------------------------------------------------------------------
 BASE=$($PYTHON -c "
@@ -105,6 +113,7 @@ fi
 run evaluate-hf $PYTHON evaluate.py --model "$POLICY" --benchmarks toy --limit 64 --n 4 --device cuda --backend hf \
   --out "$OUT/eval_hf" && grep -i "mean_acc\|average" "$OUT/evaluate-hf.log" | tail -n 3 | sed 's/^/    /'
 if (( HAS_VLLM )); then
+  run vllm-sync-check $PYTHON scripts/vllm_sync_check.py; tail -n 1 "$OUT/vllm-sync-check.log" | sed 's/^/    /'
   run evaluate-vllm $PYTHON evaluate.py --model "$POLICY" --benchmarks toy --limit 64 --n 4 --backend vllm \
     --gpu-memory-utilization 0.3 --out "$OUT/eval_vllm" && grep -i "mean_acc\|average" "$OUT/evaluate-vllm.log" | tail -n 3 | sed 's/^/    /'
 fi

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# scripts/rehearse.sh — the full-scale recipe (recipes/qwen2.5-math-7b-dapo.sh), run on CPU with its sizes shrunk.
+#
+#   bash scripts/rehearse.sh [OUT]          # default OUT=runs/rehearse; ~5-10 min on 2 cores
+#   FAST=1 bash scripts/rehearse.sh OUT     # the test suite's: one process instead of torchrun, no vanilla run,
+#                                           # a 2,048-entry vocabulary (same layout) instead of 152,064
+#
+# What stays real: the recipe file and every flag it passes (only values change); Qwen2.5-Math-7B's vocabulary
+# (152,064), its special tokens (<|endoftext|> eos, ChatML turns ending in <|im_end|>, a generation config stopping on
+# both) and a config context (256) shorter than prompt + response, so --max-model-len is what makes the run work;
+# DAPO-Math-17k's parquet schema with repeated rows; plain {problem, answer} benchmarks; torchrun with 2 ranks
+# (gloo, FSDP2); bf16 training (autocast; older checkpoints rewritten in bf16); gradient checkpointing; math-verify
+# scoring for evaluation. What is not: vLLM (the HF engine samples; vLLM needs a GPU), NCCL, the model's size.
+# Then it checks what it can, one line each (exit 1 if any fails):
+#   - the stages all finished and the report exists; a rerun of the recipe skips every stage
+#   - without --max-model-len the same recipe stops before any weight loads, with one line naming the flag
+#   - checkpoints, the consolidated policy load with from_pretrained, and carry the raised context
+#   - RFT trains on sequences ending with <|im_end|>, the stop token the policy sampled (not the eos_token)
+#   - the older checkpoint's weights are bf16, the newest's fp32 with the resume state
+#   - the largest process's peak memory stays under PEAK_GB
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${1:-runs/rehearse}
+PYTHON=${PYTHON:-python}
+FAST=${FAST:-0}
+PEAK_GB=${PEAK_GB:-3}   # bound on the largest single process (measured: see README)
+if (( FAST )); then VOCAB=${VOCAB:-2048}; else VOCAB=${VOCAB:-152064}; fi   # the fast variant: a small vocabulary
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+FIX=$($PYTHON scripts/miniature.py --out "$OUT/fixtures" --vocab-size "$VOCAB" | tail -n 1) || { echo "FAIL building the miniature"; exit 1; }
+RUN=$OUT/run
+rm -rf "$RUN"
+if (( FAST )); then
+  launch="$PYTHON"; vanilla=0
+else
+  launch="$PYTHON -m torch.distributed.run --nproc_per_node 2 --master-port ${MASTER_PORT:-29517}"; vanilla=1
+fi
+# the recipe's values, shrunk for 2 CPU cores (every flag stays)
+shrunk=(MODEL="$FIX/model" DATA="$FIX/train.parquet" EVAL="a=$FIX/bench_a.jsonl,b=$FIX/bench_b.jsonl" OUT="$RUN"
+  ITERS=1 RL_STEPS=2 SAVE_EVERY=1 VANILLA=$vanilla THRESHOLD=0.5 PYTHON="$PYTHON" TRAIN_LAUNCH="$launch"
+  BACKEND=hf PROMPTS_PER_STEP=4 GEN_BATCH=4 MAX_GEN_BATCHES=2 N=4 MAX_NEW_TOKENS=40 OVERLONG_BUFFER=8
+  MAX_MODEL_LEN=512 MINI_BATCH=2 MICRO_BATCH=4 LR=1e-4 WARMUP=0
+  RFT_LR=1e-4 RFT_EPOCHS=1 RFT_BATCH=4 RFT_MICRO=2 MAX_PER_PROBLEM=2 EVAL_N=2)
+
+fails=0
+check() {  # check NAME CMD...: one PASS / FAIL line
+  local name=$1; shift
+  if "$@" > "$OUT/check.log" 2>&1; then
+    echo "PASS  $name"
+  else
+    echo "FAIL  $name"; sed 's/^/      | /' "$OUT/check.log" | tail -n 8; fails=$((fails + 1))
+  fi
+}
+fail_without_flag() {  # the recipe without --max-model-len must stop at once, naming the flag, writing nothing
+  local out rc=0
+  out=$(env "${shrunk[@]}" OUT="$OUT/noflag" MAX_MODEL_LEN=0 bash recipes/qwen2.5-math-7b-dapo.sh 2>&1) || rc=$?
+  (( rc != 0 )) && grep -q -- "--max-model-len" <<<"$out" && ! ls "$OUT"/noflag/iter1/explore/ckpt_* >/dev/null 2>&1 \
+    && grep -q "exceed" <<<"$out"
+}
+
+rerun_skips() {  # the same recipe again: every stage is found finished, none runs a command
+  env "${shrunk[@]}" bash recipes/qwen2.5-math-7b-dapo.sh > "$OUT/rerun.log" 2>&1 &&
+    ! grep -q '^+ ' "$OUT/rerun.log" && grep -q 'done, skipped' "$OUT/rerun.log"
+}
+
+t0=$SECONDS
+$PYTHON - "$OUT/peak.json" env "${shrunk[@]}" bash recipes/qwen2.5-math-7b-dapo.sh <<'EOF' > "$OUT/recipe.log" 2>&1
+import json, resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest descendant's peak RSS
+json.dump({"rc": rc, "peak_bytes": peak}, open(sys.argv[1], "w"))
+sys.exit(rc)
+EOF
+rc=$?
+echo "recipe: rc $rc in $((SECONDS - t0)) s (log: $OUT/recipe.log)"
+if (( rc != 0 )); then tail -n 30 "$OUT/recipe.log"; echo "FAIL  the recipe ran"; exit 1; fi
+echo "PASS  the recipe ran every stage (report: $RUN/report/summary.md)"
+
+t1=$SECONDS
+check "a rerun skips every stage" rerun_skips
+echo "      (rerun: $((SECONDS - t1)) s)"
+check "without --max-model-len: one line, before any weight loads" fail_without_flag
+check "checkpoints load, carry the context, bf16 older / fp32 newest; RFT ends on <|im_end|>; peak < ${PEAK_GB} GB" \
+  $PYTHON - "$RUN" "$OUT/peak.json" "$PEAK_GB" "$VOCAB" <<'EOF'
+import json, sys
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+run, peak, bound = Path(sys.argv[1]), json.load(open(sys.argv[2]))["peak_bytes"], float(sys.argv[3])
+vocab = int(sys.argv[4])
+tok = AutoTokenizer.from_pretrained(run / "iter1/explore/ckpt_000002")
+eot, eos = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
+assert tok.eos_token_id == eos != eot, (tok.eos_token, eot)
+for folder in [run / "iter1/explore/ckpt_000001", run / "iter1/explore/ckpt_000002", run / "iter1/consolidated"]:
+    if not folder.exists():
+        continue
+    m = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    assert m.config.max_position_embeddings == 512 and m.config.vocab_size == vocab, (folder, m.config)
+    print(f"{folder.name}: loads, context {m.config.max_position_embeddings}")
+dtypes = lambda f: {s.get_slice(k).get_dtype() for s in [safe_open(str(f / "model.safetensors"), "pt")] for k in s.keys()}
+assert dtypes(run / "iter1/explore/ckpt_000001") == {"BF16"}, dtypes(run / "iter1/explore/ckpt_000001")
+assert dtypes(run / "iter1/explore/ckpt_000002") == {"F32"} and (run / "iter1/explore/ckpt_000002/resume").is_dir()
+rft = run / "iter1/filter/rft.jsonl"
+if rft.exists():
+    rows = [json.loads(l) for l in rft.read_text().splitlines() if l.strip()]
+    assert rows and all(r["response_ids"][-1] == eot for r in rows if r["finish_reason"] == "stop"), rows[:2]
+    assert all(eos not in r["response_ids"] for r in rows)
+    assert (run / "iter1/consolidated/config.json").exists()
+    print(f"rft.jsonl: {len(rows)} sequences, every stopped one ends with <|im_end|> ({eot})")
+else:
+    print("rft.jsonl: the filter kept nothing (no RFT this time)")
+print(f"peak RSS of the largest process: {peak / 2**30:.2f} GB (bound {bound} GB)")
+assert peak < bound * 2**30
+EOF
+sed -n '/peak RSS/p;/rft.jsonl/p' "$OUT/check.log" | sed 's/^/      /'
+echo "rehearsal: $fails failed, $((SECONDS - t0)) s in all"
+exit $(( fails > 0 ))
