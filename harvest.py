@@ -209,7 +209,8 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally]:
         have = [d.name for _, d in list_checkpoints(run)]
         raise cli.UserError(f"{run}: no checkpoint at the requested --steps (found: {', '.join(have) or 'none'})")
     s = resample_settings(args, run)
-    problems = data.load_problems(toy.resolve(s["data"], "data"), split=s["split"], limit=s["limit"])  # fails before any model loads
+    # fails before any model loads
+    problems = data.load_problems(toy.resolve(s["data"], "data"), split=s["split"], limit=s["limit"])
     verifier = reward.load_reward(s["reward"])  # (so does a bad --reward)
     backend = resolve_backend(args.backend)  # (for the summary line; make_engine takes it as it is)
     device = cli.pick_device(args.device)

@@ -4,10 +4,11 @@ consolidate.py uses it for rejection-sampling fine-tuning (RFT) of the iteration
 filtered successful trajectories; lib/toy.py uses it to warm-start the toy base on gold solutions.
 
   loss = sum over response tokens of -log p(token | prefix)  /  response tokens in the whole optimiser step
-(the numerator is `loss_fn`, NLL by default; consolidate.py passes its RFT loss). The prompt is masked (it gets no gradient); the normalisation is over the whole optimiser step, not each
-micro-batch, so gradient accumulation does not change the objective. Sequences are length-grouped into
-micro-batches and right-padded — never packed into one row, so no attention leaks across examples. How many
-micro-batches a step takes is chosen per step to cut padding (lib/train.micro_batches); `micro_batch` only caps their size.
+(the numerator is `loss_fn`, NLL by default; consolidate.py passes its RFT loss). The prompt is masked (it gets
+no gradient); the normalisation is over the whole optimiser step, not each micro-batch, so gradient
+accumulation does not change the objective. Sequences are length-grouped into micro-batches and right-padded —
+never packed into one row, so no attention leaks across examples. How many micro-batches a step takes is chosen
+per step to cut padding (lib/train.micro_batches); `micro_batch` only caps their size.
 
 Under torchrun (consolidate.py with an FSDP2 model) every rank takes a contiguous slice of each step's
 examples; the divisor stays the token count of the WHOLE step (every rank knows the step's examples), the

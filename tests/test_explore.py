@@ -372,6 +372,14 @@ def test_resume_matches_an_uninterrupted_run(tiny_model_dir, data_file, tmp_path
         f.write('{"problem_id": "torn')
     with open(part / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "reward": 0.1}\n')
+    # one policy for changed arguments (lib/checkpoint.check_same_args, as consolidate.py): a flag that shapes the
+    # weights is refused, in one line naming it, before anything is written; --steps / --save-every are free
+    before = (part / "metrics.jsonl").read_bytes()
+    refused = r"cannot --resume with different settings: the run used --lr 0.001 \(now 0.002\)$"
+    with pytest.raises(explore.cli.UserError, match=refused):
+        explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "4", "--resume", "--lr", "2e-3"),
+                     reward_fn=digit_reward)
+    assert (part / "metrics.jsonl").read_bytes() == before  # the torn line is still there: nothing was touched
     explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "4", "--save-every", "2", "--resume"),
                  reward_fn=digit_reward)
 
