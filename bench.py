@@ -754,7 +754,6 @@ def main(argv=None):
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     from lib import toy
-    from lib.modeling import resolve_model
 
     device = cli.pick_device(args.device)
     out = Path(args.out)
@@ -794,7 +793,7 @@ def main(argv=None):
         configs = []  # (the model sections only: no toy base needed)
     for config in configs:
         if config == "toy":
-            model_path = str(resolve_model(args.model))
+            model_path = toy.resolve(args.model, "model")
             roll_dtype = torch.float32
         elif config == "big":
             model_path = str(build_big(out / "big_model", args.big_shape))

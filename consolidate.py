@@ -26,9 +26,7 @@ Rank 0 alone writes; the folder is the same one from_pretrained model. --resume 
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import shutil
 import tempfile
 import time
@@ -36,14 +34,27 @@ from pathlib import Path
 
 import torch
 
-from lib import checkpoint, cli, dist, sft, tracking
-from lib.modeling import end_of_turn_id, extend_context, load_policy, resolve_model
-from lib.records import read_jsonl, read_trajectories, truncate_to
+from lib import checkpoint, cli, dist, sft, toy, tracking, train
+from lib.modeling import end_of_turn_id, extend_context, load_policy
+from lib.records import read_jsonl, read_trajectories
+
+
+def rft_loss(logp: torch.Tensor, mask: torch.Tensor, examples: list[sft.Example]) -> torch.Tensor:
+    """RFT's objective on one micro-batch: the NLL of the successes' response tokens, summed (lib/sft.train
+    divides by the step's response tokens). Every success weighs the same: an absolute signal.
+    logp, mask: [b, T] (mask 1.0 on response tokens); examples[i] is row i (its .reward: the trajectory's).
+    To fork (e.g. reward-weighted RFT): weigh each row here, e.g.
+        w = torch.tensor([e.reward for e in examples], device=logp.device)[:, None]  # [b, 1]
+        return -(logp * mask * w).sum()
+    (a padding pass has no examples and an all-zero mask: return something that is 0 there)."""
+    return -(logp * mask).sum()
+
 
 DONE = "consolidate.json"  # in DIR only when the final model is complete
-# the flags that change the final weights: a resumed run must use the same values
-SAME_ON_RESUME = ("model", "data", "epochs", "steps", "batch_size", "lr", "warmup", "min_lr_ratio",
-                  "weight_decay", "grad_clip", "kl_coef", "seed", "max_len")
+# the flags that only place, watch or pace the run: free to change on --resume (lib/checkpoint.check_same_args);
+# every other flag changes the final weights and must keep its value
+FREE_ON_RESUME = {"out", "resume", "micro_batch", "max_nonfinite", "save_every", "bf16", "grad_checkpointing",
+                  "device", "trust_remote_code", "logger", "config"}
 
 
 def get_args(argv=None):
@@ -76,13 +87,7 @@ def get_args(argv=None):
                    help="stop after this many consecutive steps with a non-finite loss or gradient (each is skipped)")
     p.add_argument("--save-every", type=int, default=100, help="write a resume checkpoint every N steps (0 = never)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its checkpoint")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (default: on when training on a GPU that supports it); under torchrun "
-                        "also FSDP all-gathers in bf16 (fp32 master weights, AdamW states, gradient reduction)")
-    p.add_argument("--grad-checkpointing", action="store_true",
-                   help="recompute each decoder layer's activations in backward (activation checkpointing): "
-                        "less memory for long sequences, ~30%% more compute")
-    p.add_argument("--device", default="auto", help="cpu / cuda / auto")
+    train.add_trainer_args(p)  # --device, --bf16, --grad-checkpointing
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
     p.add_argument("--logger", default="", help="live tracking, comma-separated: tensorboard (DIR/tensorboard), "
                                                 "wandb; every metrics.jsonl row mirrored as consolidate/KEY")
@@ -113,16 +118,6 @@ def out_state(out: Path) -> str:
     return "ours" if ours else "foreign"
 
 
-def check_same_args(args, out: Path) -> None:
-    """A resumed run must be the same run: compare the flags that change the final weights."""
-    old = cli.read_json(out / "args.json") or {}  # no record of the old settings: nothing to compare
-    new = vars(args)
-    diff = [k for k in SAME_ON_RESUME if k in old and old[k] != new[k]]
-    if diff:
-        what = ", ".join(f"--{k.replace('_', '-')} {old[k]} (now {new[k]})" for k in diff)
-        raise cli.UserError(f"{out}: cannot --resume with different settings: the run used {what}")
-
-
 def main(argv=None):
     args = get_args(argv)
     distributed = dist.init()  # False without torchrun: nothing below touches torch.distributed then
@@ -140,10 +135,7 @@ def inspect_out(args, out: Path) -> tuple[str, Path | None]:
     state = out_state(out)
     if state == "foreign":
         raise cli.UserError(f"{out}: exists and is not a consolidate.py output folder; pick another --out")
-    ckpt = checkpoint.latest(out) if state == "ours" else None
-    if ckpt and not args.resume:
-        raise cli.UserError(f"{out}: holds an interrupted run ({ckpt.name}); pass --resume to continue it, "
-                            f"or delete the folder to start over")
+    ckpt = checkpoint.resume_point(out, args.resume) if state == "ours" else None
     return state, ckpt
 
 
@@ -162,11 +154,10 @@ def run(args):
     n_wrong = sum(not t.acc for t in trajs)
     device = dist.device(args.device)
     if args.bf16 is None:
-        args.bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    load_device = "cpu" if dist.is_distributed() else device  # FSDP moves only this rank's shard to the GPU
-    # ('toy' may build the base: rank 0 first)
-    model, tok = dist.main_first(lambda: load_policy(args.model, device=load_device,
-                                                     trust_remote_code=args.trust_remote_code))
+        args.bf16 = train.default_bf16(device)
+    load_device = train.load_device(device)  # FSDP moves only this rank's shard to the GPU
+    model_path = dist.main_first(lambda: toy.resolve(args.model, "model"))  # ('toy' may build the base: rank 0 first)
+    model, tok = load_policy(model_path, device=load_device, trust_remote_code=args.trust_remote_code)
     native = int(getattr(model.config, "max_position_embeddings", 0) or 0)
     max_len = args.max_len or native
     if native and max_len > native:  # trained at a longer context: the output's config says so (as explore's do)
@@ -177,8 +168,8 @@ def run(args):
     if not examples:
         raise cli.UserError(f"{args.data}: no trainable trajectory (every response is empty or past --max-len)")
     truncated = sum(e.truncated for e in examples)  # cut by max_len: they lost their end and their stop token
-    if ckpt:
-        check_same_args(args, out)
+    if ckpt:  # a resumed run is the same run (no record of the old settings: nothing to compare)
+        checkpoint.check_same_args(cli.read_json(out / "args.json") or {}, vars(args), FREE_ON_RESUME, out)
     cfg = sft.SFTConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
                         micro_batch=args.micro_batch, lr=args.lr, warmup=args.warmup, min_lr_ratio=args.min_lr_ratio,
                         weight_decay=args.weight_decay, grad_clip=args.grad_clip, kl_coef=args.kl_coef,
@@ -205,32 +196,18 @@ def run(args):
         model, _ = load_policy(str(ckpt), device=load_device, trust_remote_code=args.trust_remote_code)
         resume_state = checkpoint.load_state(ckpt)
         checkpoint.set_rng_state(resume_state["rng"])
-        done = resume_state["step"]
-        if main_rank and "metrics_bytes" in resume_state:
-            # rows logged after the checkpoint are redone, and a kill may have torn the last one: cut the file
-            # back to its size at the checkpoint, so each step has one whole row
-            truncate_to(metrics, resume_state["metrics_bytes"])
-        elif main_rank:  # a checkpoint from before metrics_bytes was recorded
-            rows = [r for _, r in read_jsonl(metrics, allow_empty=True) if r.get("step", 0) <= done] \
-                if metrics.exists() else []
-            cli.atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in rows))
-        print(f"resuming {out} from {ckpt.name} (step {done} of {total})")
-    else:
-        if args.resume and state != "missing":
-            print(f"--resume: no checkpoint in {out} yet; starting from the beginning")
-        if main_rank:
-            metrics.unlink(missing_ok=True)
-            for _, d in checkpoint.list_checkpoints(out):
-                shutil.rmtree(d)
-    if args.grad_checkpointing:
-        dist.enable_grad_checkpointing(model)
-    dist.shard_model(model, device, bf16=args.bf16)
+        if main_rank:  # rows logged after the checkpoint are redone; a kill may have torn the last one
+            checkpoint.restore_logs(resume_state, {"metrics_bytes": metrics})
+        print(f"resuming {out} from {ckpt.name} (step {resume_state['step']} of {total})")
+    elif main_rank:
+        checkpoint.start_fresh(out, [metrics], drop_checkpoints=True)
+    train.prepare(model, device, args.bf16, args.grad_checkpointing)
     if ref is not None:
         dist.shard_model(ref, device, bf16=args.bf16)  # (no optimizer state: sharding only saves its memory)
     if main_rank:
         cli.save_args(args, out)
     n_tok = sum(len(e.response_ids) for e in examples)
-    print(f"consolidating {resolve_model(args.model)} on {len(examples)} trajectories ({n_tok} response tokens"
+    print(f"consolidating {model_path} on {len(examples)} trajectories ({n_tok} response tokens"
           f"{f', {truncated} truncated to {max_len} tokens' if truncated else ''}"
           f"{f', {n_wrong} marked incorrect' if n_wrong else ''}): {total} steps of {args.batch_size}, "
           f"lr {args.lr}, warmup {cfg.warmup}, kl_coef {args.kl_coef}, {device}{' bf16' if args.bf16 else ''}"
@@ -245,19 +222,15 @@ def run(args):
             cli.log_metrics(metrics, "consolidate", row)
             tracker.log(row, step)
         if args.save_every and step % args.save_every == 0 and step < total:
-            new = checkpoint.save(out, step, model, tok, {"optimizer": dist.optimizer_state(opt),
-                                                          "scheduler": sched.state_dict(),
-                                                          "metrics_bytes": metrics.stat().st_size if main_rank
-                                                          else 0})  # (every rank)
-            if main_rank:
-                for _, old in checkpoint.list_checkpoints(out):  # a resume point is all we need: keep the latest
-                    if old != new:
-                        shutil.rmtree(old)
+            state = checkpoint.trainer_state(opt, sched, metrics_bytes=metrics.stat().st_size if main_rank else 0)
+            new = checkpoint.save(out, step, model, tok, state)  # (every rank)
+            if main_rank:  # a resume point is all we need: keep the latest
+                checkpoint.retire_older(out, new, keep="last")
 
     t0 = time.time()
     try:
         rows = sft.train(model, examples, cfg, pad_id=tok.pad_token_id, ref_model=ref, state=resume_state,
-                         on_step=on_step)
+                         on_step=on_step, loss_fn=rft_loss)
     except sft.NonFiniteError as e:  # no final folder: a NaN model must never look finished
         last = checkpoint.latest(out)
         raise cli.UserError(f"{e}. Lower --lr or check the data; --resume continues from "
@@ -271,7 +244,7 @@ def run(args):
         dist.barrier()
         return 0
     all_rows = [r for _, r in read_jsonl(metrics, allow_empty=True)]
-    summary = {"model": resolve_model(args.model), "data": args.data, "trajectories": len(trajs),
+    summary = {"model": model_path, "data": args.data, "trajectories": len(trajs),
                "examples": len(examples), "response_tokens": n_tok, "truncated": truncated, "steps": total,
                "warmup": cfg.warmup,
                "loss_first": all_rows[0]["loss"] if all_rows else None,

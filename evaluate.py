@@ -16,11 +16,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from lib import cli, data, reward
+from lib import cli, data, reward, toy
 from lib.metrics import ks_up_to, summarize
-from lib.modeling import load_config, load_policy, load_tokenizer, longest_prompt, plan_context, resolve_model
+from lib.modeling import load_config, load_policy, load_tokenizer, longest_prompt, plan_context
 from lib.records import write_jsonl
-from lib.rollout import make_engine, resolve_backend, to_trajectories
+from lib.rollout import add_engine_args, check_engine_args, make_engine, sample_and_score, trajectories
 
 
 def get_args(argv=None):
@@ -42,10 +42,7 @@ def get_args(argv=None):
                         "or path/to/file.py:function (runs that file; same signature as lib/reward.score)")
     p.add_argument("--out", default="runs/eval/toy-base", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"],
-                   help="rollout engine: vllm when importable and a GPU is present, else transformers")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vLLM: share of GPU memory")
-    p.add_argument("--tp", type=int, default=1, help="vLLM: tensor-parallel size")
+    add_engine_args(p, gpu_memory_utilization=0.85)  # --backend, --gpu-memory-utilization, --tp
     p.add_argument("--max-model-len", type=int, default=0,
                    help="context (prompt + response) in tokens; 0 = the model's max_position_embeddings (explore.py's "
                         "checkpoints carry its --max-model-len). Qwen2.5-Math-7B itself (4096) at DAPO's 20480 new "
@@ -53,7 +50,8 @@ def get_args(argv=None):
     p.add_argument("--device", default="auto", help="cpu / cuda / auto")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
     args = p.parse_args(argv)
-    cli.check_positive(args, "n", "max_new_tokens", "tp")
+    cli.check_positive(args, "n", "max_new_tokens")
+    check_engine_args(args)
     cli.check_positive(args, "limit", "max_model_len", allow_zero=True)
     if not 0 < args.top_p <= 1:
         raise cli.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
@@ -63,12 +61,12 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
-    benches = data.benchmark_splits(args.benchmarks, args.split)
+    benches = data.benchmark_splits(toy.resolve(args.benchmarks, "benchmarks"), args.split)
     # load every benchmark before any sampling: a bad file fails in a second, not after an hour of generation
     problems = {name: data.load_problems(path, split=split, limit=args.limit) for name, (path, split) in benches.items()}
     verifier = reward.load_reward(args.reward)  # (a bad --reward fails here too, before the model loads)
     device = cli.pick_device(args.device)
-    model_path = resolve_model(args.model)
+    model_path = toy.resolve(args.model, "model")
     # the context every benchmark needs, from the config and the tokenizer, before any weight loads
     tok = load_tokenizer(model_path, args.trust_remote_code)
     for probs in problems.values():
@@ -77,12 +75,10 @@ def main(argv=None):
                                       longest_prompt(tok, [p.prompt for ps in problems.values() for p in ps]),
                                       args.max_new_tokens, args.max_model_len, model_path)
     # With vLLM the engine loads the weights itself: no HF copy of the policy may sit on the GPU beside it (7.6B in
-    # fp32 is 30 GB, and vLLM asks for --gpu-memory-utilization of the whole card)
-    backend = resolve_backend(args.backend)
-    model = None
-    if backend == "hf":
-        model, tok = load_policy(model_path, device=device, trust_remote_code=args.trust_remote_code)
-    engine = make_engine(backend, model, tok, model_path, max_model_len=context, hf_overrides=overrides,
+    # fp32 is 30 GB, and vLLM asks for --gpu-memory-utilization of the whole card): make_engine calls the loader
+    # only for the HF engine
+    load = lambda: load_policy(model_path, device=device, trust_remote_code=args.trust_remote_code)[0]  # noqa: E731
+    engine = make_engine(args.backend, load, tok, model_path, max_model_len=context, hf_overrides=overrides,
                          gpu_memory_utilization=args.gpu_memory_utilization, tp=args.tp, seed=args.seed,
                          trust_remote_code=args.trust_remote_code)
 
@@ -92,11 +88,9 @@ def main(argv=None):
     samples, result = [], {}
     for name, probs in problems.items():
         t0 = time.time()
-        comps = engine.generate([p.prompt for p in probs], n=args.n, max_new_tokens=args.max_new_tokens,
-                                temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-        trajs = to_trajectories(probs, comps, verifier, source=f"eval:{name}", keep_ids=False,
-                                prompt_tokens=[len(x) for x in tok([p.prompt for p in probs],
-                                                                   add_special_tokens=False)["input_ids"]])
+        trajs = trajectories(sample_and_score(engine, probs, verifier, n=args.n, max_new_tokens=args.max_new_tokens,
+                                              temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                                              tokenizer=tok, source=f"eval:{name}", keep_ids=False))
         result[name] = summarize(trajs, args.n)
         result[name]["seconds"] = round(time.time() - t0, 1)
         samples += trajs

@@ -37,6 +37,14 @@ from lib.records import Trajectory, read_jsonl, trajectory_from_dict, write_json
 BUCKETS = ("never_solved", "hard", "medium", "always_solved")
 
 
+def is_selected(correct: int, total: int, threshold: float) -> bool:
+    """The selection rule, the one place it lives: hard = 0 < success rate < threshold (strict; compared as a
+    float: c / n == threshold exactly when they are equal reals); threshold >= 1: any problem with a success.
+    To fork (another notion of "worth imitating", e.g. a band lo < rate < hi): change this function; the
+    buckets (`bucket`), the stats and the kept set all follow from it."""
+    return correct > 0 and (threshold >= 1 or correct / total < threshold)
+
+
 def get_args(argv=None):
     p = cli.make_parser(__doc__)
     p.add_argument("--in", dest="inp", required=True, help="harvest JSONL (harvest.py's output)")
@@ -55,18 +63,13 @@ def get_args(argv=None):
 
 
 def bucket(correct: int, total: int, threshold: float) -> str:
-    """Difficulty bucket of a problem with `correct` successes out of `total` trajectories."""
-    rate = correct / total  # compared as a float: c / n == threshold exactly when they are equal reals
+    """Difficulty bucket of a problem with `correct` successes out of `total` trajectories, derived from the
+    selection rule: between never and always solved, a selected problem is "hard", the rest "medium"."""
     if correct == 0:
         return "never_solved"
     if correct == total:
         return "always_solved"
-    return "hard" if rate < threshold else "medium"
-
-
-def is_selected(correct: int, total: int, threshold: float) -> bool:
-    """Hard = 0 < rate < threshold (strict); threshold >= 1: any problem with a success."""
-    return correct > 0 and (threshold >= 1 or correct / total < threshold)
+    return "hard" if is_selected(correct, total, threshold) else "medium"
 
 
 def spread_cap(trajs: list[Trajectory], cap: int) -> list[Trajectory]:

@@ -31,8 +31,10 @@ import shutil
 import time
 from pathlib import Path
 
-from lib import cli, data, reward
+from lib import cli, data, reward, toy
 from lib.checkpoint import list_checkpoints
+from lib.rollout import (add_engine_args, check_engine_args, make_engine, resolve_backend, sample_and_score,
+                         trajectories)
 from lib.records import Trajectory, read_jsonl, read_trajectories, trajectory_from_dict, write_jsonl
 
 
@@ -58,9 +60,7 @@ def get_args(argv=None):
     g.add_argument("--reward", default=None,
                    help="verifier: dapo, math_verify or path/to/file.py:function (runs that file; signature of "
                         "lib/reward.score)")
-    g.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"],
-                   help="rollout engine: vllm when importable and a GPU is present, else transformers")
-    g.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vLLM: share of GPU memory")
+    add_engine_args(g, gpu_memory_utilization=0.85, tp=False)  # --backend, --gpu-memory-utilization
     g.add_argument("--device", default="auto", help="cpu / cuda / auto (hf backend)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
     args = p.parse_args(argv)
@@ -68,6 +68,7 @@ def get_args(argv=None):
     cli.check_positive(args, "max_new_tokens")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise cli.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    check_engine_args(args)
     args.step_ranges = parse_steps(args.steps)
     cli.check_out_file(args.out)
     return args
@@ -190,52 +191,28 @@ def load_for_sampling(ckpt: Path, problems, s: dict, backend: str, device, gpu_m
     config carries the explore run's --max-model-len) before any weight loads. The vLLM path never loads the HF
     weights."""
     from lib.modeling import load_config, load_policy, load_tokenizer, longest_prompt, plan_context
-    from lib.rollout import HFEngine, VLLMEngine
 
     tok = load_tokenizer(str(ckpt), trust_remote_code)
     data.render_prompts(problems, tok)
     context, overrides = plan_context(load_config(str(ckpt), trust_remote_code),
                                       longest_prompt(tok, [p.prompt for p in problems]), s["max_new_tokens"],
                                       s["max_model_len"], str(ckpt))
-    if backend == "vllm":
-        return VLLMEngine(str(ckpt), tok, max_model_len=context, hf_overrides=overrides, gpu_memory_utilization=gpu_mem,
-                          trust_remote_code=trust_remote_code), tok
-    model, tok = load_policy(str(ckpt), device=device, trust_remote_code=trust_remote_code)
-    return HFEngine(model, tok), tok
-
-
-def release(engine) -> None:
-    """Free one checkpoint's engine before the next is loaded (vLLM holds GPU memory until told)."""
-    import gc
-
-    import torch
-
-    if hasattr(engine, "llm"):
-        del engine.llm
-        try:
-            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
-
-            destroy_model_parallel()
-            destroy_distributed_environment()
-        except Exception:  # noqa: BLE001 - best effort: older / newer vLLMs differ here
-            pass
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    load = lambda: load_policy(str(ckpt), device=device, trust_remote_code=trust_remote_code)[0]  # noqa: E731
+    return make_engine(backend, load, tok, str(ckpt), max_model_len=context, hf_overrides=overrides,
+                       gpu_memory_utilization=gpu_mem, trust_remote_code=trust_remote_code), tok
 
 
 def resample(args, run: Path, out: Path) -> dict[int, Tally]:
     """Sample every checkpoint within --steps into its own part file, then join the parts into `out`."""
-    from lib import rollout
-
     ckpts = [(s, d) for s, d in list_checkpoints(run) if in_steps(s, args.step_ranges)]
     if not ckpts:
         have = [d.name for _, d in list_checkpoints(run)]
         raise cli.UserError(f"{run}: no checkpoint at the requested --steps (found: {', '.join(have) or 'none'})")
     s = resample_settings(args, run)
-    problems = data.load_problems(s["data"], split=s["split"], limit=s["limit"])  # fails before any model loads
+    # fails before any model loads
+    problems = data.load_problems(toy.resolve(s["data"], "data"), split=s["split"], limit=s["limit"])
     verifier = reward.load_reward(s["reward"])  # (so does a bad --reward)
-    backend = rollout.resolve_backend(args.backend)
+    backend = resolve_backend(args.backend)  # (for the summary line; make_engine takes it as it is)
     device = cli.pick_device(args.device)
     print(f"resampling {len(problems)} problems x {args.resample} from {len(ckpts)} checkpoint(s) "
           f"({backend}; max_new_tokens {s['max_new_tokens']}, temperature {s['temperature']}, top_p {s['top_p']})")
@@ -258,11 +235,10 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally]:
         t0 = time.time()
         engine, tok = load_for_sampling(ckpt, problems, s, backend, device, args.gpu_memory_utilization,
                                         args.trust_remote_code)
-        n_prompt = [len(tok(p.prompt, add_special_tokens=False)["input_ids"]) for p in problems]
-        comps = engine.generate([p.prompt for p in problems], n=args.resample, max_new_tokens=s["max_new_tokens"],
-                                temperature=s["temperature"], top_p=s["top_p"], seed=s["seed"] + step)
-        trajs = rollout.to_trajectories(problems, comps, verifier, step=step, source=ckpt.name, prompt_tokens=n_prompt)
-        release(engine)
+        trajs = trajectories(sample_and_score(engine, problems, verifier, n=args.resample, tokenizer=tok,
+                                              max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
+                                              top_p=s["top_p"], seed=s["seed"] + step, step=step, source=ckpt.name))
+        engine.close()
         write_jsonl(part, trajs)
         tallies[step] = tally(trajs)
         print(tallies[step].line(f"{ckpt.name} (step {step})") + f", {time.time() - t0:.1f}s")

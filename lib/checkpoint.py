@@ -5,6 +5,11 @@ OUT/ckpt_{step:06d}/resume/state.pt   optimizer, scheduler, RNG states, step, da
 OUT/ckpt_{step:06d}/resume/optim_rank{r}.pt   under torchrun (FSDP): rank r's optimizer shard and RNG states;
                                       state.pt then holds the rest. Resuming needs the same world size.
 
+The run-folder protocol both trainers follow (explore.py, consolidate.py): `resume_point` decides between a
+fresh start and a resume, `check_same_args` is the one policy for changed arguments (refused, naming them),
+`restore_logs` cuts the logs back to the checkpoint, `start_fresh` clears a fresh start's leftovers, and
+`retire_older` keeps one resume state (the newest).
+
 The whole folder is written under a temp name and renamed into place, so a kill at any moment leaves only
 complete checkpoints; `latest` ignores anything else. state.pt holds only tensors and plain Python values,
 so it loads with torch.load(weights_only=True) — a checkpoint can never run code.
@@ -14,6 +19,7 @@ node sees.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -26,6 +32,7 @@ import torch
 
 from lib import dist
 from lib.cli import UserError, atomic_write_text, replace_dir
+from lib.records import read_jsonl, truncate_to
 
 CKPT_RE = re.compile(r"^ckpt_(\d{6,})$")
 
@@ -247,3 +254,70 @@ def clean_partial(out: str | Path) -> None:
     if out.is_dir():
         for d in out.glob(".ckpt_*"):
             shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The run-folder protocol
+
+
+def trainer_state(optimizer, scheduler, **extra) -> dict:
+    """The `state` a trainer saves: its optimizer (under FSDP: this rank's shard) and scheduler, plus extra."""
+    return {"optimizer": dist.optimizer_state(optimizer), "scheduler": scheduler.state_dict(), **extra}
+
+
+def restore_trainer(state: dict, optimizer, scheduler) -> None:
+    """Load a trainer_state back into the optimizer (under FSDP: this rank's shard) and scheduler."""
+    dist.load_optimizer_state(optimizer, state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+
+
+def resume_point(out: str | Path, resume: bool) -> Path | None:
+    """Fresh start or resume: the checkpoint to resume from, or None. Temp folders a kill left behind go first.
+    Without --resume a folder holding checkpoints is refused (never silently restarted over); --resume
+    without a complete checkpoint starts from the beginning, and says so."""
+    out = Path(out)
+    clean_partial(out)
+    ckpts = list_checkpoints(out)
+    if not resume:
+        if ckpts:
+            raise UserError(f"{out} already holds checkpoints (newest {ckpts[-1][1].name}); pass --resume to "
+                            f"continue that run, or choose another --out (or delete the folder to start over)")
+        return None
+    last = latest(out)
+    if last is None:
+        print(f"--resume: no complete checkpoint in {out}; starting from the beginning")
+    return last
+
+
+def check_same_args(old: dict, new: dict, free, where: str | Path) -> None:
+    """A resumed run is the same run: every flag but the `free` ones (those that only place, watch or pace
+    the run: --steps, --out, logging, devices, ...) must keep its value; a change is refused in one line that
+    names each flag. (To change one deliberately, e.g. a lower --lr after a blow-up, start a new --out from
+    the checkpoint folder.)"""
+    diff = [k for k, v in old.items() if k not in free and k in new and new[k] != v]
+    if diff:
+        what = ", ".join(f"--{k.replace('_', '-')} {old[k]} (now {new[k]})" for k in diff)
+        raise UserError(f"{where}: cannot --resume with different settings: the run used {what}")
+
+
+def restore_logs(state: dict, logs: dict[str, Path]) -> None:
+    """Resume: cut each log (state key of its size in bytes -> path) back to its size at the checkpoint, so
+    whatever a killed run wrote after it goes (no torn line, no step logged twice). A checkpoint from before
+    the sizes were recorded: the log keeps its rows with step <= the checkpoint's."""
+    for key, path in logs.items():
+        if key in state:
+            truncate_to(path, state[key])
+        elif path.exists():
+            rows = [r for _, r in read_jsonl(path, allow_empty=True) if r.get("step", 0) <= state["step"]]
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def start_fresh(out: str | Path, logs, drop_checkpoints: bool = False) -> None:
+    """A fresh start in `out`: the logs a run killed before its first checkpoint left go (and with
+    drop_checkpoints, checkpoints that cannot be resumed from)."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    for f in logs:
+        Path(f).unlink(missing_ok=True)
+    if drop_checkpoints:
+        for _, d in list_checkpoints(out):
+            shutil.rmtree(d)

@@ -11,6 +11,7 @@ in Arrow, and only the first row of each id becomes a Python object (DAPO-Math-1
 from __future__ import annotations
 
 import hashlib
+import random
 import re
 from itertools import repeat
 from dataclasses import dataclass, field
@@ -255,10 +256,6 @@ def load_problems(spec: str, split: str = "train", template: str = DAPO_TEMPLATE
     The result, and the first bad row's error, are those of parsing every row in order; parquet files and hub
     datasets get there without parsing repeats (see _rows): DAPO-Math-17k's 1.8M rows load in seconds, under a
     gigabyte. A bad row is still reported as `file:row i` even where it repeats an earlier problem."""
-    if spec == "toy":
-        from lib import toy
-
-        spec = str(toy.data_path("train"))
     seen: dict[str, Problem] = {}
     for where, row in _rows(spec, split):
         p = parse_row(row, where, template)
@@ -281,11 +278,7 @@ def render_prompts(problems: list[Problem], tokenizer) -> list[Problem]:
 
 
 def parse_benchmarks(spec: str) -> dict[str, str]:
-    """'NAME=PATH[,NAME=PATH...]' -> {name: path}; 'toy' -> the toy's held-out splits."""
-    if spec == "toy":
-        from lib import toy
-
-        return {s: str(toy.data_path(s)) for s in ("test", "ood", "probe")}
+    """'NAME=PATH[,NAME=PATH...]' -> {name: path} (a stage turns 'toy' into this form: lib/toy.resolve)."""
     out = {}
     for item in spec.split(","):
         name, eq, path = item.partition("=")
@@ -316,5 +309,26 @@ def split_spec(spec: str, default: str) -> tuple[str, str]:
 
 def benchmark_splits(spec: str, default_split: str) -> dict[str, tuple[str, str]]:
     """--benchmarks 'NAME=PATH[@SPLIT],...' -> {name: (path, split)}; a name without @SPLIT gets
-    `default_split` (the stage's --split). 'toy' -> the toy's held-out files."""
+    `default_split` (the stage's --split)."""
     return {name: split_spec(path, default_split) for name, path in parse_benchmarks(spec).items()}
+
+
+class PromptStream:
+    """The RL prompt order: epoch e is a permutation of the problems seeded by (seed, e); the position is one
+    integer (saved in checkpoints), so a resumed run draws what an uninterrupted one would have."""
+
+    def __init__(self, problems: list[Problem], seed: int, position: int = 0):
+        self.problems, self.seed, self.position = problems, seed, position
+        self._epoch, self._order = -1, []
+
+    def draw(self, k: int) -> list[Problem]:
+        out = []
+        for _ in range(k):
+            epoch, i = divmod(self.position, len(self.problems))
+            if epoch != self._epoch:
+                self._order = list(range(len(self.problems)))
+                random.Random(f"{self.seed}-epoch-{epoch}").shuffle(self._order)
+                self._epoch = epoch
+            out.append(self.problems[self._order[i]])
+            self.position += 1
+        return out

@@ -1,5 +1,6 @@
 """pass@k: the unbiased estimator of Chen et al. 2021 (Codex paper), and helpers."""
 
+import math
 import operator
 
 
@@ -60,3 +61,50 @@ def summarize(trajectories, n: int) -> dict:
     return {"problems": len(counts),
             "mean_acc": sum(c / m for m, c in counts) / len(counts),
             "pass@k": {str(k): mean_pass_at_k(counts, k) for k in ks_up_to(n)}}
+
+
+def json_num(v, digits: int = 5):
+    """A metrics value for JSONL: floats rounded, nan / inf as null (strict JSON: jq and friends reject NaN)."""
+    if isinstance(v, float):
+        return round(v, digits) if math.isfinite(v) else None
+    return v
+
+
+def mean(xs) -> float:
+    """The mean, nan for no values."""
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def rl_step_row(step: int, batch, st: dict, lr_used: float, t_gen: float, step_time: float) -> dict:
+    """explore.py's metrics.jsonl row of one step: its rollouts (batch: explore.StepBatch), the update's stats
+    (st: explore.train_on_batch's) and timings."""
+    lengths = [r["response_tokens"] for r in batch.rows]
+    return {
+        "step": step,
+        "reward": mean([r["reward"] for r in batch.rows]),  # over every rollout drawn this step
+        "acc": mean([float(r["acc"]) for r in batch.rows]),
+        "train_reward": mean([x for g in batch.groups for x in g.rewards]),  # the trained (filtered) groups
+        "groups_kept": batch.passed_filter / max(1, batch.drawn_groups),
+        "gen_batches": batch.gen_batches,
+        "train_prompts": len(batch.groups),
+        "capped": int(batch.capped),
+        "resp_len_mean": mean(lengths),
+        "resp_len_max": max(lengths),
+        "truncated": mean([float(r["finish_reason"] == "length") for r in batch.rows]),
+        "entropy": st["entropy"],
+        "pg_loss": st["pg_loss"],
+        "grad_norm": st["grad_norm"],
+        "grad_norm_max": st["grad_norm_max"],
+        "clipfrac_high": st["clipfrac_high"],
+        "clipfrac_low": st["clipfrac_low"],
+        "clipfrac_dual": st["clipfrac_dual"],
+        "approx_kl": st["approx_kl"],
+        "updates": st["updates"],
+        "skipped_updates": st["skipped"],
+        "lr": lr_used,
+        # verl's throughput: prompt + response tokens of every rollout drawn, per second of the whole step
+        "tokens_per_s": sum(r["prompt_tokens"] + r["response_tokens"] for r in batch.rows) / max(step_time, 1e-9),
+        "gen_time": t_gen,
+        "step_time": step_time,
+    }

@@ -15,15 +15,6 @@ import torch.nn.functional as F
 from lib.cli import UserError, replace_dir
 
 
-def resolve_model(spec: str) -> str:
-    """'toy' -> the embedded toy base model (built once, cached); anything else is returned unchanged."""
-    if spec == "toy":
-        from lib import toy
-
-        return str(toy.ensure_base())
-    return spec
-
-
 def _check_folder(path: str) -> None:
     """A local model folder must hold a config and a tokenizer: say which is missing before transformers does."""
     local = Path(path)
@@ -45,7 +36,7 @@ def _load_error(path: str, e: Exception) -> UserError:
 
 def load_tokenizer(spec: str, trust_remote_code: bool = False):
     """The tokenizer alone (a vLLM stage needs no HF weights), with a pad id for batching."""
-    path = resolve_model(spec)
+    path = str(spec)
     _check_folder(path)
     from transformers import AutoTokenizer
 
@@ -60,7 +51,7 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
 
 def load_config(spec: str, trust_remote_code: bool = False):
     """The model's config.json (its context length, for one): no weights are read."""
-    path = resolve_model(spec)
+    path = str(spec)
     _check_folder(path)
     from transformers import AutoConfig
 
@@ -73,7 +64,7 @@ def load_config(spec: str, trust_remote_code: bool = False):
 def load_policy(spec: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                 trust_remote_code: bool = False):
     """(model, tokenizer) from a local folder or a hub id. Errors name the path and what is missing."""
-    path = resolve_model(spec)
+    path = str(spec)
     _check_folder(path)  # a wrong path fails in a blink, not after two seconds of importing transformers
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM

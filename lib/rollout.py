@@ -8,22 +8,31 @@ One interface, two backends:
               logsumexp — no full-vocabulary log-softmax is kept.
   VLLMEngine  vLLM's offline `LLM` (GPU), used when vllm is importable and a GPU is present;
               ColocatedVLLM, its subclass for explore.py, shares the trainer's GPUs (sleep / wake, FSDP).
-`make_engine` picks one (`resolve_backend` decides 'auto'). HFEngine's log-probs are under
-softmax(logits / temperature), before top-p truncation — the same quantity lib/modeling.token_logprobs
-computes in the training forward (VLLMEngine's: see its docstring).
+  ShardedHFEngine  the HF engine over an FSDP2-sharded policy (explore.py under torchrun without vLLM).
+`make_engine` picks one (`resolve_backend` decides 'auto', once); `close()` frees an engine. HFEngine's
+log-probs are under softmax(logits / temperature), before top-p truncation — the same quantity
+lib/modeling.token_logprobs computes in the training forward (VLLMEngine's: see its docstring).
+
+`sample_and_score` is the one sample-and-score of the project (explore, harvest, evaluate, validation): n
+responses per prompt, each scored by the verifier into the shared trajectory record, token counts filled.
+Under torchrun, explore.py splits a batch over rollout replicas (`replica_share`, `sample_seed`) and joins
+the scored shares again (`gather_replicas`).
 """
 from __future__ import annotations
 
+import dataclasses
+import gc
 import os
 import random
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from lib import dist
+from lib.cli import UserError, check_positive
 from lib.modeling import cache_keyword, pad_rows, stop_token_ids
 from lib.records import Trajectory
 
@@ -81,6 +90,10 @@ class HFEngine:
 
     def sync_weights(self, model=None) -> None:
         """The HF engine samples from the training model's own parameters: nothing to copy."""
+
+    def close(self) -> None:
+        """Drop the engine's reference to the model (a stage that loaded it for sampling alone frees it)."""
+        self.model = None
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
@@ -156,6 +169,18 @@ class HFEngine:
         return [comps[i * n:(i + 1) * n] for i in range(P)]
 
 
+class ShardedHFEngine(HFEngine):
+    """The HF engine over an FSDP2-sharded policy. Ranks decode different prompts for different numbers of
+    tokens, so FSDP's per-layer all-gathers inside forward could never line up across ranks; each generate()
+    gathers the full weights once on every rank (dist.unsharded), decodes without any collective, and frees
+    them again. Costs one full copy of the weights per rank while it runs: fine for the toy and small models;
+    at scale use --backend vllm."""
+
+    def generate(self, prompts, *a, **kw):
+        with dist.unsharded(self.model):  # a collective: every rank enters, even with no prompt of its own
+            return super().generate(prompts, *a, **kw)
+
+
 class VLLMEngine:
     """vLLM's offline `LLM` (GPU). Log-probs come back for the sampled tokens.
 
@@ -226,6 +251,21 @@ class VLLMEngine:
 
         self.llm.apply_model(load)
         self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        """Free the engine's GPU memory before another is built (vLLM holds it until told)."""
+        if hasattr(self, "llm"):
+            del self.llm
+            try:
+                from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+                destroy_model_parallel()
+                destroy_distributed_environment()
+            except Exception:  # noqa: BLE001 - best effort: older / newer vLLMs differ here
+                pass
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, seed: int = 0) -> list[list[Completion]]:
@@ -321,15 +361,54 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def make_engine(backend: str, model, tokenizer, model_path: str | None = None, **vllm_kwargs):
-    """backend: 'hf', 'vllm' or 'auto' (vllm when importable, a GPU is present and model_path is given, else
-    hf). vllm_kwargs go to VLLMEngine (max_model_len among them)."""
+def add_engine_args(p, *, gpu_memory_utilization: float, tp: bool = True, colocated: bool = False) -> None:
+    """The rollout-engine flags of a stage (p: a parser or an argument group); colocated: explore.py's engine,
+    on the trainer's GPUs (--tp groups of ranks, --sleep-mode). Checked by check_engine_args."""
+    a = p.add_argument
+    a("--backend", default="auto", choices=["auto", "hf", "vllm"],
+      help="rollout engine: vllm when importable and a GPU is present, else transformers")
+    a("--gpu-memory-utilization", type=float, default=gpu_memory_utilization,
+      help="vLLM: share of GPU memory for the engine" + (" (the trainer lives on the same GPU)" if colocated else ""))
+    if tp and colocated:
+        a("--tp", type=int, default=1,
+          help="vLLM: tensor-parallel size of each rollout engine; under torchrun each group of --tp ranks shares "
+               "one engine (the world size must be a multiple); > 1 needs torchrun")
+    elif tp:
+        a("--tp", type=int, default=1, help="vLLM: tensor-parallel size")
+    if colocated:
+        a("--sleep-mode", action="store_true",
+          help="vLLM: free the engine's GPU memory (weights offloaded, KV cache dropped: llm.sleep(level=1)) while "
+               "the policy trains, wake it and push the new weights after each step")
+
+
+def check_engine_args(args) -> None:
+    """add_engine_args' flags, checked: one line naming the flag."""
+    if hasattr(args, "tp"):
+        check_positive(args, "tp")
+    if args.backend == "hf" and (getattr(args, "tp", 1) > 1 or getattr(args, "sleep_mode", False)):
+        raise UserError("--tp and --sleep-mode are vLLM options; they need --backend vllm (or auto on a GPU)")
+
+
+def make_engine(backend: str, model, tokenizer, model_path: str | None = None, *, colocated: bool = False,
+                tp: int = 1, sleep_mode: bool = False, **vllm_kwargs):
+    """The rollout engine of a stage. backend: 'hf', 'vllm' or 'auto' (vllm when importable, a GPU is present and
+    model_path is given, else hf), decided here, once. `model`: the policy, or a function that loads it, called
+    only for the HF engine (a vLLM stage never holds a second, HF copy of the weights on the GPU).
+    colocated: the engine shares the trainer's GPUs (explore.py: ColocatedVLLM, --tp / --sleep-mode; with the
+    HF engine over an FSDP2-sharded policy, ShardedHFEngine). vllm_kwargs go to VLLMEngine (max_model_len,
+    hf_overrides, gpu_memory_utilization, seed, trust_remote_code)."""
     resolved = resolve_backend(backend)
     if resolved == "vllm" and model_path:
-        return VLLMEngine(model_path, tokenizer, **vllm_kwargs)
+        if colocated:
+            return ColocatedVLLM(model_path, tokenizer, tp=tp, sleep_mode=sleep_mode, **vllm_kwargs)
+        return VLLMEngine(model_path, tokenizer, tp=tp, **vllm_kwargs)
     if resolved == "vllm" and backend == "vllm":
         raise ValueError("the vllm backend needs model_path (vLLM loads the weights from a folder or hub id)")
-    return HFEngine(model, tokenizer)
+    if colocated and (tp > 1 or sleep_mode):
+        raise UserError("--tp and --sleep-mode are vLLM options; this run uses the HF engine (no vllm or no GPU)")
+    if not isinstance(model, torch.nn.Module):
+        model = model()  # the loader: only the HF engine needs the weights
+    return ShardedHFEngine(model, tokenizer) if colocated and dist.is_sharded(model) else HFEngine(model, tokenizer)
 
 
 def to_trajectories(problems, completions: list[list[Completion]], reward_fn, step: int | None = None,
@@ -348,4 +427,74 @@ def to_trajectories(problems, completions: list[list[Completion]], reward_fn, st
                                   response_tokens=len(c.token_ids), finish_reason=c.finish_reason,
                                   step=step, source=source,
                                   response_ids=list(c.token_ids) if keep_ids and v["acc"] else None))
+    return out
+
+
+@dataclass
+class Scored:
+    """One prompt's n samples, scored: what sample_and_score returns per problem."""
+    problem: Any  # lib.data.Problem
+    prompt_ids: list[int]  # the prompt as the engine tokenised it (no special tokens added)
+    completions: list[Completion]
+    trajectories: list[Trajectory]  # one record per completion, same order
+
+
+def sample_and_score(engine, problems, reward_fn: Callable[[str, str], dict], *, n: int, max_new_tokens: int,
+                     temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, tokenizer=None,
+                     step: int | None = None, source: str = "", keep_ids: bool = True) -> list[Scored]:
+    """Sample n responses to every problem (prompts already rendered) and score each into the shared record,
+    prompt and response token counts filled. tokenizer: the one the engine tokenises prompts with (default:
+    the engine's `tok`; an engine without one gets prompt_tokens 0)."""
+    tok = tokenizer if tokenizer is not None else getattr(engine, "tok", None)
+    prompts = [p.prompt for p in problems]
+    ids = [tok(x, add_special_tokens=False)["input_ids"] if tok is not None else [] for x in prompts]
+    comps = engine.generate(prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            seed=seed)
+    trajs = to_trajectories(problems, comps, reward_fn, step=step, source=source,
+                            prompt_tokens=[len(x) for x in ids], keep_ids=keep_ids)
+    out, k = [], 0
+    for p, x, cs in zip(problems, ids, comps):
+        out.append(Scored(p, x, cs, trajs[k:k + len(cs)]))
+        k += len(cs)
+    return out
+
+
+def trajectories(scored: list[Scored]) -> list[Trajectory]:
+    """Every record of a sample_and_score result, problem by problem."""
+    return [t for s in scored for t in s.trajectories]
+
+
+def replica_share(items: list, tp: int = 1) -> tuple[list, int]:
+    """(this rollout replica's contiguous share of `items`, the replica's index). A replica is one rank, or
+    with --tp one group of tp ranks sharing a vLLM engine (they hold the same share). One process: all, 0."""
+    replicas, replica = dist.world_size() // tp, dist.rank() // tp
+    return dist.shard(items, replicas, replica), replica
+
+
+def sample_seed(seed: int, step: int, gen_batch: int, replica: int = 0) -> int:
+    """Sampling seed of one generation batch: a function of (seed, step, batch), so a resumed run draws the
+    same responses as an uninterrupted one. Under torchrun each rollout replica gets its own stream; replica
+    0's is the single-process one."""
+    key = f"{seed}-{step}-{gen_batch}" + (f"-r{replica}" if replica else "")
+    return random.Random(key).getrandbits(31)
+
+
+def gather_replicas(scored: list[Scored], tp: int = 1) -> list[Scored]:
+    """Every replica's share, on every rank, in replica order (the order one process would have produced).
+    What travels: token ids, scores and counts to every rank (any rank may train on any prompt); the full
+    records (with their text) to rank 0 only, the one writer. Completion text and sampled log-probs stay
+    behind (the update recomputes log-probs). At DAPO's scale this is ~100 MB of pickled token ids per
+    generation batch: small next to minutes of generation."""
+    full = dist.gather_object([s.trajectories for s in scored])  # rank 0: one list per rank; elsewhere None
+    light = [dataclasses.replace(
+        s, completions=[Completion(c.token_ids, [], "", c.finish_reason) for c in s.completions],
+        trajectories=[dataclasses.replace(t, prompt="", response="", response_ids=None) for t in s.trajectories])
+        for s in scored]
+    shares = dist.all_gather_object(light)
+    out = []
+    for r in range(0, len(shares), tp):  # the ranks of one tp group hold the same share: take its first
+        for j, s in enumerate(shares[r]):
+            if full is not None:
+                s.trajectories = full[r][j]
+            out.append(s)
     return out

@@ -4,10 +4,11 @@ consolidate.py uses it for rejection-sampling fine-tuning (RFT) of the iteration
 filtered successful trajectories; lib/toy.py uses it to warm-start the toy base on gold solutions.
 
   loss = sum over response tokens of -log p(token | prefix)  /  response tokens in the whole optimiser step
-The prompt is masked (it gets no gradient); the normalisation is over the whole optimiser step, not each
-micro-batch, so gradient accumulation does not change the objective. Sequences are length-grouped into
-micro-batches and right-padded — never packed into one row, so no attention leaks across examples. How many
-micro-batches a step takes is chosen per step to cut padding (micro_batches); `micro_batch` only caps their size.
+(the numerator is `loss_fn`, NLL by default; consolidate.py passes its RFT loss). The prompt is masked (it gets
+no gradient); the normalisation is over the whole optimiser step, not each micro-batch, so gradient
+accumulation does not change the objective. Sequences are length-grouped into micro-batches and right-padded —
+never packed into one row, so no attention leaks across examples. How many micro-batches a step takes is chosen
+per step to cut padding (lib/train.micro_batches); `micro_batch` only caps their size.
 
 Under torchrun (consolidate.py with an FSDP2 model) every rank takes a contiguous slice of each step's
 examples; the divisor stays the token count of the WHOLE step (every rank knows the step's examples), the
@@ -27,8 +28,19 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from lib import dist
-from lib.modeling import pad_rows, token_logprobs
+from lib import checkpoint, dist
+from lib.metrics import json_num
+from lib.modeling import token_logprobs
+from lib.train import autocast, empty_batch, equal_passes, lr_factor, micro_batches, right_padded
+
+# loss_fn(logp [b, T], mask [b, T], examples) -> the loss summed over the micro-batch's response tokens (train
+# divides by the step's token count). The default is plain NLL; consolidate.py passes its RFT loss.
+LossFn = Callable[[torch.Tensor, torch.Tensor, list], torch.Tensor]
+
+
+def nll_loss(logp: torch.Tensor, mask: torch.Tensor, examples: list) -> torch.Tensor:
+    """Negative log-likelihood summed over response tokens: every example weighs the same."""
+    return -(logp * mask).sum()
 
 
 @dataclass
@@ -57,6 +69,7 @@ class Example:
     prompt_ids: list[int]
     response_ids: list[int]
     truncated: bool = False  # cut to max_len (it lost its end, the stop token included)
+    reward: float = 1.0  # the trajectory's reward (what a reward-weighted RFT loss would weigh by)
 
 
 def tokenize(tokenizer, trajectories, append_eos: bool = True, max_len: int = 0,
@@ -80,7 +93,7 @@ def tokenize(tokenizer, trajectories, append_eos: bool = True, max_len: int = 0,
         if cut:
             r = r[: max(0, max_len - len(p))]
         if r:
-            out.append(Example(p, r, cut))
+            out.append(Example(p, r, cut, float(getattr(t, "reward", 1.0))))
     return out
 
 
@@ -105,19 +118,8 @@ def plan(n_examples: int, cfg: SFTConfig) -> list[list[int]]:
 
 def collate(examples: list[Example], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> input_ids, attention_mask, loss_mask, each [B, T], right-padded; loss_mask marks response tokens."""
-    ids, attn = pad_rows([e.prompt_ids + e.response_ids for e in examples], pad_id)
-    loss_mask = torch.zeros(ids.shape, dtype=torch.float32)
-    for i, e in enumerate(examples):
-        loss_mask[i, len(e.prompt_ids):len(e.prompt_ids) + len(e.response_ids)] = 1.0
-    return ids.to(device), attn.to(device), loss_mask.to(device)
-
-
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay to min_ratio (step counts from 0)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    ids, attn, mask = right_padded([e.prompt_ids for e in examples], [e.response_ids for e in examples], pad_id)
+    return ids.to(device), attn.to(device), mask.float().to(device)
 
 
 def make_optimizer(model, cfg: SFTConfig, total: int):
@@ -126,54 +128,28 @@ def make_optimizer(model, cfg: SFTConfig, total: int):
     return opt, sched
 
 
-def micro_batches(examples: list, cap: int = 0, length=None) -> list[list]:
-    """One optimiser step's examples as length-sorted micro-batches of at most `cap` sequences (0 = no cap).
-
-    Padding is compute thrown away (23% of a toy SFT batch of 32 padded to its longest row). Neighbours in
-    length share a micro-batch; the number k of equal-size micro-batches minimises
-        padded tokens + k * longest sequence
-    i.e. one more forward/backward must save at least one longest row of padding to pay for its fixed cost and
-    smaller matmuls. Toy, CPU: 2-4 micro-batches instead of 1, a step ~15-20% faster. The objective does not
-    change (step_loss normalises by the step's token count). length(example) -> its padded length; default
-    prompt + response tokens."""
-    length = length or (lambda e: len(e.prompt_ids) + len(e.response_ids))
-    ex = sorted(examples, key=length)
-    lens = [length(e) for e in ex]  # ascending
-    B, longest = len(ex), lens[-1] if lens else 0
-    best_cost, best_size = None, B
-    k = max(1, math.ceil(B / cap)) if cap else 1
-    while k <= B and (best_cost is None or sum(lens) + k * longest < best_cost):  # later k cannot win
-        size = math.ceil(B / k)
-        if math.ceil(B / size) == k:  # (else: the same chunks as a smaller k)
-            padded = sum((min(s + size, B) - s) * lens[min(s + size, B) - 1] for s in range(0, B, size))
-            if best_cost is None or padded + k * longest < best_cost:
-                best_cost, best_size = padded + k * longest, size
-        k += 1
-    return [ex[s:s + best_size] for s in range(0, B, best_size)]
-
-
-def step_loss(model, examples: list[Example], cfg: SFTConfig, pad_id: int, n_tokens: float, ref_model=None):
-    """Forward + backward over one optimiser step's examples in micro-batches. Returns (nll, kl) summed
+def step_loss(model, examples: list[Example], cfg: SFTConfig, pad_id: int, n_tokens: float, ref_model=None,
+              loss_fn: LossFn = nll_loss):
+    """Forward + backward over one optimiser step's examples in micro-batches. Returns (loss, kl) summed
     over tokens / n_tokens, i.e. this step's share of the token-mean objective (already backpropagated).
     Under torchrun: this rank's examples, n_tokens the whole step's count; the returned sums are this rank's."""
     device = next(model.parameters()).device
-    nll_sum, kl_sum = 0.0, 0.0
+    loss_sum, kl_sum = 0.0, 0.0
     chunks: list = micro_batches(examples, cfg.micro_batch) if examples else []
-    if dist.is_distributed():  # FSDP: the same number of passes on every rank (None = a zero-weight pass)
-        chunks += [None] * (int(dist.all_reduce_max([len(chunks)])[0]) - len(chunks))
+    chunks = equal_passes([chunks], lambda: [])[0]  # FSDP: the same number of passes on every rank
     scale = dist.loss_scale()
     for chunk in chunks:
-        if chunk is None:
-            ids = torch.full((1, 2), pad_id, dtype=torch.long, device=device)
-            attn, mask = torch.ones_like(ids), torch.zeros((1, 2), device=device)  # no token counts
-        else:
+        if chunk:
             ids, attn, mask = collate(chunk, pad_id, device)  # [b, T] each
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        else:  # a zero-weight pass: no token counts
+            ids, attn, mask = empty_batch(pad_id, device)
+            mask = mask.float()
+        with autocast(device, cfg.bf16):
             logp = token_logprobs(model, ids, attn)  # [b, T]
-        nll = -(logp * mask).sum()
-        loss = nll
+        main = loss_fn(logp, mask, chunk)
+        loss = main
         if cfg.kl_coef > 0 and ref_model is not None:
-            with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            with torch.no_grad(), autocast(device, cfg.bf16):
                 ref_logp = token_logprobs(ref_model, ids, attn)  # [b, T]
             # k3 estimator of KL(pi || ref): e^d - d - 1 >= 0, low variance. d is masked *before* exp: at pad
             # positions the two models may disagree wildly, and inf * 0 would be nan.
@@ -182,21 +158,22 @@ def step_loss(model, examples: list[Example], cfg: SFTConfig, pad_id: int, n_tok
             loss = loss + cfg.kl_coef * kl
             kl_sum += kl.item()
         (loss / n_tokens * scale).backward()
-        nll_sum += nll.item()
-    return nll_sum / n_tokens, kl_sum / n_tokens
+        loss_sum += main.item()
+    return loss_sum / n_tokens, kl_sum / n_tokens
 
 
 def train(model, examples: list[Example], cfg: SFTConfig, pad_id: int, ref_model=None,
-          state: dict | None = None, on_step: Callable | None = None, progress: bool = True) -> list[dict]:
+          state: dict | None = None, on_step: Callable | None = None, progress: bool = True,
+          loss_fn: LossFn = nll_loss) -> list[dict]:
     """Run (or resume) SFT. `state` is a dict from a checkpoint (optimizer, scheduler, step); `on_step(step,
-    row, optimizer, scheduler)` is called after each optimiser step (logging, checkpoints). Returns the rows."""
+    row, optimizer, scheduler)` is called after each optimiser step (logging, checkpoints); `loss_fn` is the
+    per-micro-batch objective (default: NLL). Returns the rows."""
     model.train()
     batches = plan(len(examples), cfg)
     opt, sched = make_optimizer(model, cfg, len(batches))
     start = 0
     if state:
-        dist.load_optimizer_state(opt, state["optimizer"])  # (under FSDP: this rank's shard)
-        sched.load_state_dict(state["scheduler"])
+        checkpoint.restore_trainer(state, opt, sched)
         start = state["step"]
     rows, streak = [], 0  # streak: consecutive skipped steps (a resumed run counts afresh)
     bar = tqdm(range(start, len(batches)), desc="sft", disable=None if progress else True, leave=False)
@@ -206,7 +183,7 @@ def train(model, examples: list[Example], cfg: SFTConfig, pad_id: int, ref_model
         n_tokens = float(sum(len(e.response_ids) for e in batch))  # the whole step's (every rank knows it)
         opt.zero_grad(set_to_none=True)
         lr = opt.param_groups[0]["lr"]  # the rate this step uses (get_last_lr after sched.step is the next one's)
-        nll, kl = step_loss(model, dist.shard(batch), cfg, pad_id, n_tokens, ref_model)
+        nll, kl = step_loss(model, dist.shard(batch), cfg, pad_id, n_tokens, ref_model, loss_fn)
         if dist.is_distributed():
             nll, kl = dist.all_reduce_sum([nll, kl])
         grad_norm = dist.clip_grad_norm(model.parameters(), cfg.grad_clip)  # pre-clip norm
@@ -223,7 +200,7 @@ def train(model, examples: list[Example], cfg: SFTConfig, pad_id: int, ref_model
         with warnings.catch_warnings():  # skipped first steps: the schedule is by step, not by update
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
             sched.step()
-        row = {"step": step + 1, "loss": _finite(nll, 5), "kl": _finite(kl, 6), "grad_norm": _finite(grad_norm, 4),
+        row = {"step": step + 1, "loss": json_num(nll, 5), "kl": json_num(kl, 6), "grad_norm": json_num(grad_norm, 4),
                "lr": lr, "tokens": int(n_tokens), "skipped": int(skipped), "step_time": round(time.time() - t0, 3)}
         rows.append(row)
         bar.set_postfix(loss=f"{nll:.3f}", grad_norm=f"{grad_norm:.3g}", lr=f"{lr:.2g}",
@@ -234,8 +211,3 @@ def train(model, examples: list[Example], cfg: SFTConfig, pad_id: int, ref_model
             raise NonFiniteError(f"step {step + 1}: {streak} consecutive steps had a non-finite loss or gradient "
                                  f"(--max-nonfinite {cfg.max_nonfinite}); stopping")
     return rows
-
-
-def _finite(x: float, digits: int) -> float | None:
-    """Rounded, or None for NaN / inf (metrics.jsonl stays strict JSON: jq and friends reject NaN)."""
-    return round(x, digits) if math.isfinite(x) else None

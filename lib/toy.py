@@ -225,40 +225,26 @@ def build_base(out: Path, seed: int = 0, quiet: bool = False, **overrides) -> Pa
     return out
 
 
-def report(seed: int = 0, n: int = 16) -> dict:
-    """Measure the toy base as the README reports it: accuracy per split (n samples, temperature 1.0,
-    top_p 1.0), the share of hard train problems (0 < success < 0.1) and the build time."""
-    import evaluate  # the stage script: the README's figures come from the same code path users run
-    from collections import defaultdict
+BENCHMARKS = ("test", "ood", "probe")  # what '--benchmarks toy' / '--eval-data toy' evaluate on
 
-    base = ensure_base(seed)
-    out = toy_dir(seed) / "base_report"
-    benches = ",".join(f"{s}={data_path(s, seed)}" for s in ("train", "test", "ood", "probe"))
-    evaluate.main(["--model", str(base), "--benchmarks", benches, "--n", str(n), "--top-p", "1.0",
-                   "--max-new-tokens", "96", "--out", str(out)])
-    metrics = json.loads((out / "metrics.json").read_text())
-    per = defaultdict(list)
-    for line in open(out / "samples.jsonl", encoding="utf-8"):
-        t = json.loads(line)
-        if t["source"] == "eval:train":
-            per[t["problem_id"]].append(t["acc"])
-    rates = [sum(v) / len(v) for v in per.values()]
-    rep = {"n": n, "mean_acc": {k: round(v["mean_acc"], 3) for k, v in metrics["benchmarks"].items()},
-           f"pass@{n}": {k: round(v["pass@k"][str(n)], 3) for k, v in metrics["benchmarks"].items()},
-           "train_hard_share": round(sum(0 < r < 0.1 for r in rates) / len(rates), 3),
-           "train_never_solved_share": round(sum(r == 0 for r in rates) / len(rates), 3),
-           "build_seconds": json.loads((toy_dir(seed) / "base_build.json").read_text())["seconds"]}
-    atomic_write_json(toy_dir(seed) / "base_report.json", rep)
-    print(json.dumps(rep, indent=2))
-    return rep
+
+def resolve(spec: str, kind: str) -> str:
+    """A stage flag's 'toy' -> the toy's files; any other value is returned unchanged. The stages call this
+    where they first use the flag (lib/data and lib/modeling know nothing of the toy):
+      kind 'model'       the toy base model folder (built once, then cached: minutes on first use)
+      kind 'data'        the train split's JSONL
+      kind 'benchmarks'  'test=PATH,ood=PATH,probe=PATH' (the --benchmarks / --eval-data form)"""
+    if spec != "toy":
+        return spec
+    if kind == "model":
+        return str(ensure_base())
+    if kind == "data":
+        return str(data_path("train"))
+    if kind == "benchmarks":
+        return ",".join(f"{s}={data_path(s)}" for s in BENCHMARKS)
+    raise ValueError(f"unknown kind {kind!r} (model, data or benchmarks)")
 
 
 if __name__ == "__main__":
-    # python -m lib.toy   builds the toy base (if not cached) and prints the figures the README quotes
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Build (once) and measure the toy base model.")
-    ap.add_argument("--seed", type=int, default=0, help="toy world seed")
-    ap.add_argument("--n", type=int, default=16, help="samples per problem")
-    a = ap.parse_args()
-    report(a.seed, a.n)
+    # python -m lib.toy   builds the toy base (if not cached); scripts/toy_base_report.py measures it
+    print(ensure_base())

@@ -10,11 +10,40 @@ ckpt_s with the same n, sampling settings and seed. They go into that step's met
 """
 from __future__ import annotations
 
-from lib import data
+from lib import cli, data
 from lib.metrics import summarize
-from lib.rollout import to_trajectories
+from lib.rollout import sample_and_score, trajectories
 
 PREFIX = "val/"
+
+
+def add_args(p) -> None:
+    """explore.py's validation flags (their defaults are evaluate.py's sampling settings)."""
+    a = p.add_argument
+    a("--eval-data", default="", metavar="SPEC",
+      help="validate during RL on these benchmarks (evaluate.py's --benchmarks: 'toy' or NAME=PATH[@SPLIT],...): "
+           "val/<bench>/mean_acc (avg@n) and val/<bench>/pass@k in metrics.jsonl; '' = off")
+    a("--eval-every", type=int, default=0, help="validate every K steps and at the last (0 = at the last step only)")
+    a("--eval-n", type=int, default=4, help="samples per validation problem (avg@n, pass@k up to n)")
+    a("--eval-before-train", action="store_true", help="also validate the initial policy: a metrics row at step 0")
+    a("--eval-limit", type=int, default=0, help="validate on the first N problems of each benchmark (0 = all)")
+    a("--eval-split", default="test", help="split of hub benchmarks given without @SPLIT")
+    a("--eval-temperature", type=float, default=1.0, help="validation sampling temperature (evaluate.py's default)")
+    a("--eval-top-p", type=float, default=0.7, help="validation nucleus sampling (evaluate.py's default)")
+
+
+def check_args(args) -> None:
+    """add_args' flags, checked: one line naming the flag."""
+    cli.check_positive(args, "eval_n")
+    cli.check_positive(args, "eval_every", "eval_limit", allow_zero=True)
+    if not 0 < args.eval_top_p <= 1 or args.eval_temperature <= 0:
+        raise cli.UserError(f"--eval-top-p must be in (0, 1] and --eval-temperature > 0, got {args.eval_top_p} "
+                            f"and {args.eval_temperature}")
+
+
+# the flags that only watch an RL run (free to change on --resume)
+FLAGS = ("eval_data", "eval_every", "eval_n", "eval_before_train", "eval_limit", "eval_split", "eval_temperature",
+         "eval_top_p")
 
 
 def load_benchmarks(spec: str, default_split: str = "test", limit: int = 0) -> dict[str, list[data.Problem]]:
@@ -31,9 +60,9 @@ def validate(engine, benchmarks: dict[str, list[data.Problem]], n: int, reward_f
     row: dict[str, float] = {}
     accs = []
     for name, problems in benchmarks.items():
-        comps = engine.generate([p.prompt for p in problems], n=n, max_new_tokens=max_new_tokens,
-                                temperature=temperature, top_p=top_p, seed=seed)
-        s = summarize(to_trajectories(problems, comps, reward_fn, source=f"val:{name}"), n)
+        scored = sample_and_score(engine, problems, reward_fn, n=n, max_new_tokens=max_new_tokens,
+                                  temperature=temperature, top_p=top_p, seed=seed, source=f"val:{name}")
+        s = summarize(trajectories(scored), n)
         row[f"{PREFIX}{name}/mean_acc"] = s["mean_acc"]
         for k, v in s["pass@k"].items():
             row[f"{PREFIX}{name}/pass@{k}"] = v

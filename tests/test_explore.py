@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 import explore
+from lib import data, train
+from lib.modeling import token_logprobs
 from fake_vllm import fake_vllm  # noqa: F401 (a fixture)
 from lib.records import read_jsonl
 from lib.rollout import Completion, HFEngine, VLLMEngine
@@ -70,7 +72,7 @@ def random_seqs(vocab: int, count: int = 16, seed: int = 0) -> list:
         L = 2 + 5 * (i % 4) ** 2  # 2, 7, 22, 47 tokens: per-micro-batch normalisation would weigh them unequally
         ids = torch.randint(3, vocab, (P + L,), generator=g).tolist()
         adv = float(torch.randn((), generator=g))
-        seqs.append(explore.Seq(ids[:P], ids[P:], adv))
+        seqs.append(train.Seq(ids[:P], ids[P:], adv))
     return seqs
 
 
@@ -82,14 +84,14 @@ def grouped_seqs(vocab: int, groups: int = 4, n: int = 4, seed: int = 0) -> list
         prompt = torch.randint(3, vocab, (int(torch.randint(3, 10, (1,), generator=g)),), generator=g).tolist()
         for _ in range(n):
             L = int(torch.randint(1, 31, (1,), generator=g))
-            seqs.append(explore.Seq(prompt, torch.randint(3, vocab, (L,), generator=g).tolist(),
+            seqs.append(train.Seq(prompt, torch.randint(3, vocab, (L,), generator=g).tolist(),
                                     float(torch.randn((), generator=g))))
     return seqs
 
 
 def grads_of(model, seqs, micro, cfg, per_micro_mean=False, share_prompt=False):
     model.zero_grad(set_to_none=True)
-    mbs = explore.make_micro_batches(seqs, micro, pad_id=0, device="cpu", share_prompt=share_prompt)
+    mbs = train.make_micro_batches(seqs, micro, pad_id=0, device="cpu", share_prompt=share_prompt)
     if per_micro_mean:  # the trl#5619 bug: each micro-batch normalised by its own token count, then averaged
         for mb in mbs:
             explore.accumulate_gradients(model, [mb], cfg, float(mb.mask.sum()), float(mb.ids.shape[0]))
@@ -104,15 +106,15 @@ def grads_of(model, seqs, micro, cfg, per_micro_mean=False, share_prompt=False):
 def with_old_logprobs(model, seqs, noise=0.3, seed=1):
     """Give each sequence 'old' log-probs = current ones + noise, so ratios leave 1 and every clip branch fires."""
     g = torch.Generator().manual_seed(seed)
-    (mb,) = explore.make_micro_batches(seqs, len(seqs), pad_id=0, device="cpu", balance=False)
+    (mb,) = train.make_micro_batches(seqs, len(seqs), pad_id=0, device="cpu", balance=False)
     with torch.no_grad():
-        logp = explore.token_logprobs(model, mb.ids, mb.attn)
+        logp = token_logprobs(model, mb.ids, mb.attn)
     order = sorted(seqs, key=lambda s: len(s.prompt_ids) + len(s.response_ids))  # make_micro_batches' order
     out = []
     for j, s in enumerate(order):
         cur = logp[j][mb.mask[j]]
         old = (cur + noise * torch.randn(cur.shape, generator=g)).tolist()
-        out.append(explore.Seq(s.prompt_ids, s.response_ids, s.advantage, old))
+        out.append(train.Seq(s.prompt_ids, s.response_ids, s.advantage, old))
     return out
 
 
@@ -140,10 +142,10 @@ def test_shared_prompt_gives_the_full_rows_log_probs_and_gradients(tiny_model_di
 
     def response_logprobs(share):
         """{id(seq): (its response tokens' log-probs, entropies)}"""
-        (mb,) = explore.make_micro_batches(seqs, len(seqs), pad_id=0, device="cpu", balance=False,
+        (mb,) = train.make_micro_batches(seqs, len(seqs), pad_id=0, device="cpu", balance=False,
                                            share_prompt=share)
         with torch.no_grad():
-            logp, ent = explore.micro_batch_logprobs(model, mb, temperature=0.7, with_entropy=True)
+            logp, ent = train.micro_batch_logprobs(model, mb, temperature=0.7, with_entropy=True)
         key = (lambda s: len(s.response_ids)) if share else (lambda s: len(s.prompt_ids) + len(s.response_ids))
         order = sorted(seqs, key=key)  # make_micro_batches' row order (a stable sort)
         return mb, {id(s): (logp[j][mb.mask[j]], ent[j][mb.mask[j]]) for j, s in enumerate(order)}
@@ -185,7 +187,7 @@ def test_train_on_batch_scores_old_log_probs_once_per_mini_batch_after_the_first
     ref = load_model(tiny_model_dir)  # the reference: score every mini-batch first, then update
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=0.1)
     per_group = explore.build_seqs(groups)
-    plans = [explore.make_micro_batches([s for g in per_group[i:i + 2] for s in g], 4, 0, "cpu", share_prompt=True)
+    plans = [train.make_micro_batches([s for g in per_group[i:i + 2] for s in g], 4, 0, "cpu", share_prompt=True)
              for i in range(0, 6, 2)]
     for mbs in plans:
         fill(ref, mbs, cfg.temperature)
@@ -200,8 +202,8 @@ def test_train_on_batch_scores_old_log_probs_once_per_mini_batch_after_the_first
 def test_first_update_sees_ratio_one(tiny_model_dir, share):
     model = load_model(tiny_model_dir)
     seqs = grouped_seqs(model.config.vocab_size, groups=2) if share else random_seqs(model.config.vocab_size, 8)
-    mbs = explore.make_micro_batches(seqs, 3, pad_id=0, device="cpu", share_prompt=share)
-    explore.fill_old_logprobs(model, mbs, temperature=0.7)
+    mbs = train.make_micro_batches(seqs, 3, pad_id=0, device="cpu", share_prompt=share)
+    train.fill_old_logprobs(model, mbs, temperature=0.7)
     st = explore.accumulate_gradients(model, mbs, explore.LossConfig(temperature=0.7), 100.0, 8.0)
     assert st["approx_kl"] == 0.0  # old == new bit for bit: log-ratio exactly 0 on every token
     assert st["clipfrac_high"] == st["clipfrac_low"] == st["clipfrac_dual"] == 0.0
@@ -213,7 +215,7 @@ def test_nonfinite_update_is_skipped(tiny_model_dir):
     seqs[0].advantage = float("nan")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    mbs = explore.make_micro_batches(seqs, 2, pad_id=0, device="cpu")
+    mbs = train.make_micro_batches(seqs, 2, pad_id=0, device="cpu")
     st = explore.optimizer_update(model, opt, mbs, explore.LossConfig(), grad_clip=1.0)
     assert st["skipped"] is True
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
@@ -250,7 +252,7 @@ def collect(problem_ids, script, *extra, answers=None):
     problems = [Problem(pid, [], answers[pid] if answers else "5", prompt=pid) for pid in problem_ids]
     args = explore.get_args(["--n", "4", "--max-new-tokens", "24", "--overlong-buffer", "8", *extra])
     logs = []
-    batch = explore.collect_batch(ScriptedEngine(script), explore.PromptStream(problems, seed=0), make_tokenizer(),
+    batch = explore.collect_batch(ScriptedEngine(script), data.PromptStream(problems, seed=0), make_tokenizer(),
                                   explore.reward.score, args, step=1, log=logs.append)
     return batch, logs
 
@@ -307,10 +309,10 @@ def test_data_order_is_a_function_of_seed_and_position():
     from lib.data import Problem
 
     probs = [Problem(str(i), [], "0") for i in range(5)]
-    a = explore.PromptStream(probs, seed=3)
+    a = data.PromptStream(probs, seed=3)
     first = [p.id for p in a.draw(12)]  # crosses two epoch boundaries
     assert sorted(first[:5]) == sorted(first[5:10]) == [str(i) for i in range(5)]
-    b = explore.PromptStream(probs, seed=3, position=7)
+    b = data.PromptStream(probs, seed=3, position=7)
     assert [p.id for p in b.draw(5)] == first[7:12]
 
 
@@ -370,6 +372,14 @@ def test_resume_matches_an_uninterrupted_run(tiny_model_dir, data_file, tmp_path
         f.write('{"problem_id": "torn')
     with open(part / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "reward": 0.1}\n')
+    # one policy for changed arguments (lib/checkpoint.check_same_args, as consolidate.py): a flag that shapes the
+    # weights is refused, in one line naming it, before anything is written; --steps / --save-every are free
+    before = (part / "metrics.jsonl").read_bytes()
+    refused = r"cannot --resume with different settings: the run used --lr 0.001 \(now 0.002\)$"
+    with pytest.raises(explore.cli.UserError, match=refused):
+        explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "4", "--resume", "--lr", "2e-3"),
+                     reward_fn=digit_reward)
+    assert (part / "metrics.jsonl").read_bytes() == before  # the torn line is still there: nothing was touched
     explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "4", "--save-every", "2", "--resume"),
                  reward_fn=digit_reward)
 

@@ -1,0 +1,225 @@
+"""Training mechanics both trainers share (explore.py's RL update, lib/sft.py's SFT): what a batch of sequences
+becomes on the device, how many forward passes it takes, and the numeric settings around them.
+
+  micro_batches       length-sorted micro-batches, their number chosen to cut padding
+  equal_passes        FSDP's rule: every rank runs as many forward/backward passes as the busiest one
+  empty_batch         the zero-weight pass that pads a less busy rank's plan
+  autocast / default_bf16   bf16 compute on GPU, fp32 master weights
+  lr_factor           linear warm-up, then cosine decay (min_ratio 1.0: constant, as RL uses it)
+  Seq, MicroBatch, make_micro_batches, micro_batch_logprobs, fill_old_logprobs   the RL update's batches:
+                      prompt + sampled response rows (or, with shared prompts, responses reading their prompt's
+                      KV cache), a response mask, one advantage per row and the sampling policy's log-probs
+
+Nothing here is an algorithm: the objectives live in the stages (explore.py's policy loss, consolidate.py's RFT
+loss), which is where a fork changes them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from lib import dist
+from lib.modeling import pad_rows, shared_prompt_logprobs, token_logprobs
+
+
+def add_trainer_args(p, device_help: str = "cpu / cuda / auto") -> None:
+    """The device and precision flags both trainers share (explore.py, consolidate.py)."""
+    import argparse
+
+    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast for the training forward (default: on for a GPU that supports it); under "
+                        "torchrun also FSDP all-gathers in bf16 (fp32 master weights, AdamW states and gradient "
+                        "reduction)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute each decoder layer's activations in backward (activation checkpointing): "
+                        "less memory for long sequences, ~30%% more compute")
+
+
+def load_device(device: torch.device) -> torch.device | str:
+    """Where to load a policy for training: the CPU under FSDP (shard_model then moves only this rank's shard to
+    the device), else the device itself."""
+    return "cpu" if dist.is_distributed() else device
+
+
+def prepare(model, device: torch.device, bf16: bool, grad_checkpointing: bool = False) -> None:
+    """Make a loaded policy trainable: activation checkpointing if asked, then FSDP2 sharding under torchrun
+    (bf16 all-gathers with bf16) or a move to the device."""
+    if grad_checkpointing:
+        dist.enable_grad_checkpointing(model)
+    dist.shard_model(model, device, bf16=bf16)
+
+
+def default_bf16(device: torch.device) -> bool:
+    """bf16 autocast by default where it pays: a CUDA GPU that supports it (CPU stays fp32)."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def autocast(device: torch.device, bf16: bool | None = None):
+    """bf16 compute (None: default_bf16) with fp32 master weights (an lr of 1e-6 is below bf16's resolution)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                          enabled=default_bf16(device) if bf16 is None else bf16)
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to min_ratio (step counts from 0)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def micro_batches(examples: list, cap: int = 0, length=None) -> list[list]:
+    """One optimiser step's examples as length-sorted micro-batches of at most `cap` sequences (0 = no cap).
+
+    Padding is compute thrown away (23% of a toy SFT batch of 32 padded to its longest row). Neighbours in
+    length share a micro-batch; the number k of equal-size micro-batches minimises
+        padded tokens + k * longest sequence
+    i.e. one more forward/backward must save at least one longest row of padding to pay for its fixed cost and
+    smaller matmuls. Toy, CPU: 2-4 micro-batches instead of 1, a step ~15-20% faster. The objective does not
+    change (the losses normalise by the whole step's token count). length(example) -> its padded length;
+    default prompt + response tokens."""
+    length = length or (lambda e: len(e.prompt_ids) + len(e.response_ids))
+    ex = sorted(examples, key=length)
+    lens = [length(e) for e in ex]  # ascending
+    B, longest = len(ex), lens[-1] if lens else 0
+    best_cost, best_size = None, B
+    k = max(1, math.ceil(B / cap)) if cap else 1
+    while k <= B and (best_cost is None or sum(lens) + k * longest < best_cost):  # later k cannot win
+        size = math.ceil(B / k)
+        if math.ceil(B / size) == k:  # (else: the same chunks as a smaller k)
+            padded = sum((min(s + size, B) - s) * lens[min(s + size, B) - 1] for s in range(0, B, size))
+            if best_cost is None or padded + k * longest < best_cost:
+                best_cost, best_size = padded + k * longest, size
+        k += 1
+    return [ex[s:s + best_size] for s in range(0, B, best_size)]
+
+
+def equal_passes(plans: list[list], empty) -> list[list]:
+    """Under FSDP every rank must run the same number of forward passes (each one all-gathers with the other
+    ranks): pad each plan (one per optimiser update) to the most any rank has, with empty() passes that carry
+    no token. Single process: the plans as they are."""
+    if not dist.is_distributed() or not plans:  # (every rank has as many plans: no update, no collective)
+        return plans
+    most = dist.all_reduce_max([len(p) for p in plans])
+    return [p + [empty() for _ in range(int(k) - len(p))] for p, k in zip(plans, most)]
+
+
+def empty_batch(pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, attention, mask) [1, 2] of a pass with no response token: zero loss, zero gradient."""
+    ids = torch.full((1, 2), pad_id, dtype=torch.long, device=device)
+    return ids, torch.ones_like(ids), torch.zeros((1, 2), dtype=torch.bool, device=device)
+
+
+def right_padded(prompts: list[list[int]], responses: list[list[int]], pad_id: int):
+    """prompt + response rows -> ids, attention [B, T] (right-padded) and the response mask [B, T] (bool)."""
+    ids, attn = pad_rows([p + r for p, r in zip(prompts, responses)], pad_id)
+    mask = torch.zeros(ids.shape, dtype=torch.bool)
+    for j, (p, r) in enumerate(zip(prompts, responses)):
+        mask[j, len(p):len(p) + len(r)] = True  # logp[:, t] scores ids[:, t]: columns P .. P+L-1
+    return ids, attn, mask
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The RL update's batches (explore.py)
+
+
+@dataclass
+class Seq:
+    prompt_ids: list[int]
+    response_ids: list[int]  # sampled tokens, the stop token included
+    advantage: float
+    old_logp: list[float] | None = None  # per response token; None: fill_old_logprobs scores them
+
+
+@dataclass
+class SharedPrompts:
+    """The distinct prompts of a micro-batch whose rows hold responses only (--share-prompt)."""
+    ids: torch.Tensor  # [G, P] left-padded
+    attn: torch.Tensor  # [G, P]
+    index: torch.Tensor  # [b] the prompt each row continues
+
+
+@dataclass
+class MicroBatch:
+    ids: torch.Tensor  # [b, T] prompt + response, right-padded (with `prompts`: the response alone)
+    attn: torch.Tensor  # [b, T]
+    mask: torch.Tensor  # [b, T] bool, True on response tokens
+    adv: torch.Tensor  # [b]
+    old_logp: torch.Tensor | None = None  # [b, T] log-probs of the sampling policy (None: use the current ones)
+    prompts: SharedPrompts | None = None  # set: each prompt runs once, its responses read its KV cache
+
+
+def make_micro_batches(seqs: list[Seq], size: int, pad_id: int, device, balance: bool = True,
+                       share_prompt: bool = False) -> list[MicroBatch]:
+    """Length-sorted micro-batches of at most `size` sequences (neighbours in length waste little padding).
+    balance: choose the number of micro-batches that minimises padding (micro_batches, the SFT's rule too);
+    else fixed chunks of `size`. The objective is the same either way (global_tokens normalises it).
+    share_prompt: rows hold responses alone and each distinct prompt of a micro-batch is stored once
+    (SharedPrompts); the length that padding follows is then the response's."""
+    length = (lambda s: len(s.response_ids)) if share_prompt else (lambda s: len(s.prompt_ids) + len(s.response_ids))
+    if balance:
+        chunks = micro_batches(seqs, size, length=length)
+    else:
+        seqs = sorted(seqs, key=length)
+        chunks = [seqs[i:i + size] for i in range(0, len(seqs), size)]
+    out = []
+    for chunk in chunks:
+        prompts = None
+        if share_prompt:
+            keys = [tuple(s.prompt_ids) for s in chunk]
+            row_of = {k: g for g, k in enumerate(dict.fromkeys(keys))}  # distinct prompts, first-seen order
+            p_ids, p_attn = pad_rows([list(k) for k in row_of], pad_id, left=True)
+            index = torch.tensor([row_of[k] for k in keys])
+            prompts = SharedPrompts(p_ids.to(device), p_attn.to(device), index.to(device))
+            ids, attn, mask = right_padded([[] for _ in chunk], [s.response_ids for s in chunk], pad_id)
+            starts = [0] * len(chunk)  # response token t sits in column t
+        else:
+            ids, attn, mask = right_padded([s.prompt_ids for s in chunk], [s.response_ids for s in chunk], pad_id)
+            starts = [len(s.prompt_ids) for s in chunk]
+        adv = torch.tensor([s.advantage for s in chunk], dtype=torch.float32)
+        old = None
+        if all(s.old_logp is not None for s in chunk):
+            old = torch.zeros(ids.shape, dtype=torch.float32)
+            for j, (s, P) in enumerate(zip(chunk, starts)):
+                old[j, P:P + len(s.response_ids)] = torch.tensor(s.old_logp, dtype=torch.float32)
+            old = old.to(device)
+        out.append(MicroBatch(ids.to(device), attn.to(device), mask.to(device), adv.to(device), old, prompts))
+    return out
+
+
+def empty_micro_batch(pad_id: int, device, share_prompt: bool = False) -> MicroBatch:
+    """equal_passes' filler for the RL update: no response token, in the layout the other ranks use (a
+    shared-prompt micro-batch makes two model calls)."""
+    ids, attn, mask = empty_batch(pad_id, device)
+    prompts = None
+    if share_prompt:
+        prompts = SharedPrompts(ids[:, :1], attn[:, :1], torch.zeros(1, dtype=torch.long, device=device))
+    return MicroBatch(ids, attn, mask, torch.zeros(1, device=device), prompts=prompts)
+
+
+def micro_batch_logprobs(model, mb: MicroBatch, temperature: float, with_entropy: bool = False):
+    """Log-probs [b, T] (and entropies) of a micro-batch's tokens; the response tokens are where mb.mask is."""
+    if mb.prompts is None:
+        return token_logprobs(model, mb.ids, mb.attn, temperature, with_entropy=with_entropy)
+    p = mb.prompts
+    return shared_prompt_logprobs(model, p.ids, p.attn, p.index, mb.ids, mb.attn, temperature,
+                                  with_entropy=with_entropy)
+
+
+@torch.no_grad()
+def fill_old_logprobs(model, mbs: list[MicroBatch], temperature: float, bf16: bool | None = None) -> tuple[float, int]:
+    """Score every micro-batch with the current (= sampling) policy, before any update, through the same
+    forward and the same micro-batches the update uses, so the first update sees a ratio of exactly 1.
+    Returns (entropy summed over response tokens, response tokens)."""
+    device = mbs[0].ids.device
+    ent_sum, n_tok = 0.0, 0
+    for mb in mbs:
+        with autocast(device, bf16):
+            logp, ent = micro_batch_logprobs(model, mb, temperature, with_entropy=True)  # [b, T] x2
+        mb.old_logp = logp.float()
+        ent_sum += ent.float()[mb.mask].sum().item()
+        n_tok += int(mb.mask.sum())
+    return ent_sum, n_tok
