@@ -108,6 +108,8 @@ def build_model(out: Path, tok, seed: int = 0, sft_steps: int = 100, vocab_size:
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
+    from transformers.utils import logging as hf_logging
+
     from lib import sft
     from lib.modeling import save_policy
     from lib.records import Trajectory
@@ -128,6 +130,7 @@ def build_model(out: Path, tok, seed: int = 0, sft_steps: int = 100, vocab_size:
     cfg_sft = sft.SFTConfig(steps=sft_steps, batch_size=32, lr=1e-2, warmup=5, seed=seed)
     sft.train(model, sft.tokenize(tok, gold), cfg_sft, pad_id=eos, progress=False)
     out.mkdir(parents=True, exist_ok=True)
+    hf_logging.disable_progress_bar()  # (no "Writing model shards" bar in the rehearsal's output)
     save_policy(model, tok, out)
     save_tokenizer(tok, out)  # (Qwen2Tokenizer as the class, as the toy's: every transformers version loads it)
 
