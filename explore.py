@@ -454,8 +454,7 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
         max_model_len=context, hf_overrides=overrides, gpu_memory_utilization=args.gpu_memory_utilization,
         seed=args.seed, trust_remote_code=args.trust_remote_code)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                                  betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999))
     # linear warm-up, then constant (min_ratio 1.0: lr_factor's cosine part is flat), stepped once per step
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, args.warmup_steps, args.steps, min_ratio=1.0))

@@ -114,11 +114,20 @@ MODEL_CONFIG = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
 def make_tokenizer():
     """A byte-level tokenizer laid out like Qwen2's, with no merges: one token per byte, so any text encodes
     (LaTeX, Unicode, NUL...) and nothing is ever unknown; the toy's ASCII is one token per character."""
+    from tokenizers import pre_tokenizers
+
+    byte_chars = sorted(pre_tokenizers.ByteLevel.alphabet())  # the 256 printable stand-ins for bytes
+    return byte_level_tokenizer({t: i for i, t in enumerate(SPECIALS + byte_chars)}, SPECIALS,
+                                eos="<|im_end|>", pad="<|endoftext|>")
+
+
+def byte_level_tokenizer(vocab: dict[str, int], specials: list[str], eos: str, pad: str):
+    """A merge-free byte-level BPE over `vocab` (token -> id; it holds the 256 byte characters and `specials`) with
+    Qwen2's pre-tokenisation, byte-level decoding and the ChatML template: the toy's tokenizer, and the rehearsal's
+    Qwen2.5-sized miniature (scripts/miniature.py)."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    byte_chars = sorted(pre_tokenizers.ByteLevel.alphabet())  # the 256 printable stand-ins for bytes
-    vocab = {t: i for i, t in enumerate(SPECIALS + byte_chars)}
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False, byte_fallback=False))
     core.normalizer = normalizers.NFC()
     core.pre_tokenizer = pre_tokenizers.Sequence([
@@ -126,8 +135,8 @@ def make_tokenizer():
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     core.decoder = decoders.ByteLevel()
-    core.add_special_tokens(SPECIALS)
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+    core.add_special_tokens(specials)
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=eos, pad_token=pad,
                                   clean_up_tokenization_spaces=False)
     tok.chat_template = CHAT_TEMPLATE
     return tok

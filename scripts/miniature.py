@@ -32,7 +32,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `lib` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-VERSION = 1  # bump when anything below changes: a cached folder of another version is rebuilt
+VERSION = 2  # bump when anything below changes: a cached folder of another version is rebuilt
 VOCAB_SIZE = 152_064  # Qwen2.5-Math-7B's config.vocab_size (the embedding's rows; the tokenizer has 151,665)
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                  "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
@@ -41,31 +41,21 @@ QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_st
 FIRST_SPECIAL = 151_643  # <|endoftext|>'s id in Qwen2.5's vocabulary
 CONTEXT = 256  # max_position_embeddings: shorter than prompt + response in the rehearsal
 SHAPE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def make_tokenizer(vocab_size: int = VOCAB_SIZE):
     """Qwen2.5's layout: 151,643 regular tokens (256 byte-level characters + filler), then the 22 specials. A smaller
     vocab_size (the test suite's fast variant) keeps the layout: fillers, then the specials, then padding rows."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import pre_tokenizers
+
+    from lib.toy import byte_level_tokenizer
 
     byte_chars = sorted(pre_tokenizers.ByteLevel.alphabet())
     first = first_special(vocab_size)
     regular = byte_chars + [f"Ġw{i}" for i in range(first - len(byte_chars))]  # decodes to " w<i>"
     vocab = {t: i for i, t in enumerate(regular)}
     vocab.update({t: first + i for i, t in enumerate(QWEN_SPECIALS)})
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False, byte_fallback=False))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    core.decoder = decoders.ByteLevel()
-    core.add_special_tokens(QWEN_SPECIALS)
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                  clean_up_tokenization_spaces=False)
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
+    return byte_level_tokenizer(vocab, QWEN_SPECIALS, eos="<|endoftext|>", pad="<|endoftext|>")
 
 
 def first_special(vocab_size: int) -> int:
