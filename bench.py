@@ -329,7 +329,8 @@ def head_step_peak(T: int, V: int, H: int, chunked: bool, chunk: int = 0, device
     [1, T, H] (a leaf, standing in for the backbone's output) through the LM head [V, H] to log p and entropy, and
     back to the hidden states' and the head's gradients. Returns the peak live bytes minus what stays alive after
     it (those gradients: the model's own). chunked: lib/modeling.head_logprobs; else today's full-logits way
-    (lib/modeling.logprobs_from_logits over lm_head(hidden))."""
+    (lib/modeling.logprobs_from_logits over lm_head(hidden)). On CUDA the figure is the allocator's
+    (torch.cuda.max_memory_allocated: what it really held); elsewhere LiveBytes' count."""
     from lib import modeling
 
     class Head(torch.nn.Module):  # the two methods head_logprobs asks of a causal LM
@@ -343,13 +344,21 @@ def head_step_peak(T: int, V: int, H: int, chunked: bool, chunk: int = 0, device
     model = Head()
     hidden = torch.randn(1, T, H, device=device, dtype=dtype, requires_grad=True)
     targets = torch.randint(0, V, (1, T), device=device)
-    with LiveBytes() as mem:
+    def step():
         if chunked:
             logp, ent = modeling.head_logprobs(model, hidden, targets, with_entropy=True, chunk=chunk)
         else:
             logp, ent = modeling.logprobs_from_logits(model.lm_head(hidden), targets, with_entropy=True)
         logp.sum().backward()
-        del logp, ent
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()  # (the gradients stay allocated)
+    with LiveBytes() as mem:
+        step()
     return mem.peak - mem.live
 
 

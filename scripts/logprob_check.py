@@ -77,52 +77,16 @@ def check_equal(device) -> list[tuple[str, bool, str]]:
     return out
 
 
-def cuda_head_peak(T: int, H: int, chunked: bool, device) -> int:
-    """Transient bytes the allocator held for one log-prob step (forward + backward), hidden [1, T, H] -> logp."""
-    from lib import modeling
-
-    class Head(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lm_head = torch.nn.Linear(H, V, bias=False, device=device)
-
-        def get_output_embeddings(self):
-            return self.lm_head
-
-    model = Head()
-    hidden = torch.randn(1, T, H, device=device, requires_grad=True)
-    y = torch.randint(0, V, (1, T), device=device)
-    model.lm_head.weight.grad = torch.zeros_like(model.lm_head.weight)  # the model's own gradient buffers, up front
-    hidden.grad = torch.zeros_like(hidden)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        if chunked:
-            logp, ent = modeling.head_logprobs(model, hidden, y, with_entropy=True)
-        else:
-            logp, ent = modeling.logprobs_from_logits(model.lm_head(hidden), y, with_entropy=True)
-    logp.sum().backward()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - base
-    del model, hidden, y, logp, ent
-    torch.cuda.empty_cache()
-    return peak
-
-
 def check_memory(device, tokens: list[int], H: int) -> list[tuple[str, bool, str]]:
     import bench
 
     out = []
     for T in tokens:
         tv = T * V * 4
-        if device.type == "cuda":
-            part, full = cuda_head_peak(T, H, True, device), cuda_head_peak(T, H, False, device)
-            how = "CUDA allocator"
-        else:
-            part = bench.head_step_peak(T, V, H, chunked=True)
-            full = bench.head_step_peak(T, V, H, chunked=False)
-            how = "meta-device count"
+        on = device if device.type == "cuda" else "meta"  # (elsewhere: counted on the meta device, allocating nothing)
+        part = bench.head_step_peak(T, V, H, chunked=True, device=on)
+        full = bench.head_step_peak(T, V, H, chunked=False, device=on)
+        how = "CUDA allocator" if device.type == "cuda" else "meta-device count"
         out.append((f"memory T={T}: chunked head <= 1/4 of one fp32 [T, V]", part <= tv / 4,
                     f"{part / 2**30:.2f} GiB chunked vs {full / 2**30:.2f} GiB full logits ({part / full:.3f}x); "
                     f"[T, V] fp32 = {tv / 2**30:.2f} GiB ({how})"))
