@@ -34,7 +34,7 @@ def get_args(argv=None):
     p.add_argument("--n", type=int, default=8, help="samples per problem (avg@n, pass@k up to k = n)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (DAPO eval: 1.0)")
     p.add_argument("--top-p", type=float, default=0.7, help="nucleus sampling (DAPO eval: 0.7)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="response length cap (DAPO: 20480)")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="response length cap (DAPO: 20480)")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems per benchmark (0 = all)")
     p.add_argument("--reward", default="dapo",
                    help="verifier: dapo (DAPO's string match, what RL trains on), math_verify (symbolic "

@@ -15,7 +15,9 @@ One training step (DAPO, arXiv 2503.14476, as verl's DAPO recipe runs it):
      all their responses and accumulates gradients over micro-batches; the token-mean loss is divided by
      the token count of the WHOLE mini-batch, so micro-batching never changes the objective (trl#5619)
   loss per token = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)), for A < 0 capped at -A c (dual clip),
-  r = pi(token) / pi_old(token). No KL penalty, no entropy bonus (DAPO drops both).
+  r = pi(token) / pi_old(token). No KL penalty, no entropy bonus (DAPO drops both); --kl-coef C > 0 adds
+  C x KL(pi || pi_init) per token (verl's low_var_kl, lib/dapo.kl_penalty; aggregated like the policy loss),
+  pi_init = this run's initial policy, frozen: the constrained-optimisation baseline.
 
 The four DAPO tricks, each one flag: --clip-higher (eps_high 0.28 > eps_low 0.2), --dynamic-sampling,
 --loss-agg token-mean (token-level loss), --overlong-shaping. One speed trick, exact: --share-prompt (each
@@ -41,6 +43,7 @@ same world size. A plain `python explore.py` never touches torch.distributed.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import math
 import re
@@ -54,14 +57,14 @@ import torch
 from tqdm import tqdm
 
 from lib import checkpoint, cli, data, dist, reward, toy, tracking, validation
-from lib.dapo import group_advantages, kept_group_ids, overlong_penalty, policy_loss
+from lib.dapo import group_advantages, kept_group_ids, kl_loss, overlong_penalty, policy_loss
 from lib.modeling import extend_context, load_config, load_policy, load_tokenizer, longest_prompt, plan_context
 from lib.metrics import json_num, rl_step_row
 from lib.records import append_jsonl
 from lib.rollout import (Completion, add_engine_args, check_engine_args, gather_replicas, make_engine, replica_share,
                          sample_and_score, sample_seed)
 from lib.train import (MicroBatch, Seq, add_trainer_args, autocast, default_bf16, empty_micro_batch, equal_passes,
-                       fill_old_logprobs, load_device, lr_factor, make_micro_batches, micro_batch_logprobs, prepare)
+                       fill_old_logprobs, fill_ref_logprobs, load_device, lr_factor, make_micro_batches, micro_batch_logprobs, prepare)
 
 RewardFn = Callable[[str, str], dict]  # (response, ground_truth) -> {"score", "acc", "pred"}
 
@@ -126,6 +129,9 @@ def get_args(argv=None):
     a("--eps-low", type=float, default=0.2, help="lower clip: ratio >= 1 - eps_low (DAPO: 0.2)")
     a("--eps-high", type=float, default=0.28, help="upper clip: ratio <= 1 + eps_high (DAPO: 0.28)")
     a("--clip-ratio-c", type=float, default=10.0, help="dual clip for A < 0: loss <= -A * c (DAPO/verl: 10)")
+    a("--kl-coef", type=float, default=0.0,
+      help="weight of a KL penalty to the run's initial policy (verl's low_var_kl per token, aggregated like the "
+           "policy loss); 0 = off, as DAPO (> 0 keeps a frozen second copy of the policy)")
     a("--loss-agg", default="token-mean", choices=["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"],
       help="DAPO trick: token-mean (token-level loss); GRPO's original is seq-mean-token-mean")
     # optimisation
@@ -160,6 +166,7 @@ def get_args(argv=None):
     validation.check_args(args)
     cli.check_positive(args, "steps", "save_every", "prompts_per_step", "n", "max_new_tokens", "mini_batch",
                        "micro_batch", "max_nonfinite")
+    cli.check_positive(args, "kl_coef", allow_zero=True)
     cli.check_positive(args, "limit", "gen_batch_size", "max_gen_batches", "overlong_buffer", "warmup_steps",
                        "max_model_len", allow_zero=True)
     args.keep_checkpoints = checkpoint.parse_keep(args.keep_checkpoints)
@@ -285,6 +292,7 @@ class LossConfig:
     agg: str = "token-mean"
     temperature: float = 1.0  # log-probs under softmax(logits / T), the distribution that was sampled
     bf16: bool | None = None  # bf16 autocast; None = lib/train.default_bf16
+    kl_coef: float = 0.0  # weight of the KL penalty to the reference (needs every MicroBatch.ref_logp)
 
 
 def accumulate_gradients(model, mbs: list[MicroBatch], cfg: LossConfig, global_tokens: float,
@@ -297,7 +305,7 @@ def accumulate_gradients(model, mbs: list[MicroBatch], cfg: LossConfig, global_t
     (when old_logp is None)."""
     device = mbs[0].ids.device
     out = {"loss": 0.0, "tokens": 0, "clipfrac_high": 0.0, "clipfrac_low": 0.0, "clipfrac_dual": 0.0,
-           "approx_kl": 0.0, "entropy_sum": 0.0}
+           "approx_kl": 0.0, "entropy_sum": 0.0, "kl": 0.0}
     for mb in mbs:
         reuse = mb.old_logp is None  # the step's first update: the sampling policy IS the current one
         with autocast(device, cfg.bf16):
@@ -311,6 +319,10 @@ def accumulate_gradients(model, mbs: list[MicroBatch], cfg: LossConfig, global_t
         loss, st = policy_loss(logp, old, mb.adv, mb.mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
                                clip_ratio_c=cfg.clip_ratio_c, agg=cfg.agg, global_tokens=global_tokens,
                                global_seqs=global_seqs)
+        if cfg.kl_coef and mb.ref_logp is not None:  # this micro-batch's share of the mini-batch's KL term
+            kl = kl_loss(logp, mb.ref_logp, mb.mask, cfg.agg, global_tokens, global_seqs)
+            out["kl"] += kl.item()
+            loss = loss + cfg.kl_coef * kl
         (loss * loss_scale).backward()
         k = int(mb.mask.sum())
         out["loss"] += loss.item()
@@ -331,7 +343,8 @@ def optimizer_update(model, optimizer, mbs: list[MicroBatch], cfg: LossConfig, g
         global_tokens, global_seqs = dist.all_reduce_sum([global_tokens, global_seqs])
     st = accumulate_gradients(model, mbs, cfg, global_tokens, global_seqs, loss_scale=dist.loss_scale())
     if dist.is_distributed():  # the whole mini-batch's sums, the same on every rank (so is the skip decision)
-        keys = ["loss", "tokens", "clipfrac_high", "clipfrac_low", "clipfrac_dual", "approx_kl", "entropy_sum"]
+        keys = ["loss", "tokens", "clipfrac_high", "clipfrac_low", "clipfrac_dual", "approx_kl", "entropy_sum",
+                "kl"]
         st.update(zip(keys, dist.all_reduce_sum([st[k] for k in keys])))
         st["tokens"] = int(st["tokens"])
     # clip_grad_norm_ returns the norm BEFORE clipping: the number the paper's stability claim is about
@@ -351,12 +364,14 @@ def build_seqs(groups: list[Group]) -> list[list[Seq]]:
             for g, adv in zip(groups, advantages(groups))]
 
 
-def train_on_batch(model, optimizer, groups: list[Group], args, pad_id: int, device) -> dict:
+def train_on_batch(model, optimizer, groups: list[Group], args, pad_id: int, device, ref=None) -> dict:
     """Split the step's groups into mini-batches of --mini-batch prompts and make one update on each.
     Under torchrun `groups` is the same list on every rank; each rank takes a contiguous share of every
-    mini-batch's groups (the update is still one update per mini-batch, over all ranks' shares)."""
+    mini-batch's groups (the update is still one update per mini-batch, over all ranks' shares).
+    ref: the frozen KL reference (with --kl-coef > 0)."""
+    kl_coef = getattr(args, "kl_coef", 0.0) if ref is not None else 0.0
     cfg = LossConfig(args.eps_low, args.eps_high if args.clip_higher else args.eps_low, args.clip_ratio_c,
-                     args.loss_agg, args.temperature, getattr(args, "bf16", None))
+                     args.loss_agg, args.temperature, getattr(args, "bf16", None), kl_coef)
     per_group = build_seqs(groups)  # advantages are per group: the same wherever the group trains
     minis = [[s for grp in dist.shard(per_group[i:i + args.mini_batch]) for s in grp]
              for i in range(0, len(per_group), args.mini_batch)]
@@ -369,6 +384,9 @@ def train_on_batch(model, optimizer, groups: list[Group], args, pad_id: int, dev
     # Mini-batch 1 needs no extra forward: its update runs on exactly these weights, so it reuses its own
     # detached log-probs (the same numbers a separate pass would give: ratio exactly 1 on every token).
     ent_sum = ent_tok = 0.0
+    if kl_coef:  # the reference's log-probs, through the same forward and micro-batches as the update
+        for mbs in plans:
+            fill_ref_logprobs(ref, mbs, cfg.temperature, cfg.bf16)
     for mbs in plans[1:]:
         e, k = fill_old_logprobs(model, mbs, cfg.temperature, cfg.bf16)
         ent_sum, ent_tok = ent_sum + e, ent_tok + k
@@ -392,6 +410,7 @@ def train_on_batch(model, optimizer, groups: list[Group], args, pad_id: int, dev
         **{k: sum(r[k] for r in results) / tok for k in ("clipfrac_high", "clipfrac_low", "clipfrac_dual",
                                                         "approx_kl")},
         "train_tokens": n_tok,
+        "kl": sum(r["kl"] for r in results) / max(1, len(results)),  # the KL term (before kl_coef), per update
     }
 
 
@@ -448,6 +467,14 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
                                       args.max_new_tokens, args.max_model_len, model_path)
     model, tok = load_policy(model_path, device=load_device(device), trust_remote_code=args.trust_remote_code)
     extend_context(model, overrides)  # saved with every checkpoint: later stages load the same context
+    ref = None
+    if args.kl_coef > 0:  # the KL reference: this run's initial policy, frozen (a resumed run reloads --model)
+        ref = copy.deepcopy(model) if resume_from is None else load_policy(
+            dist.main_first(lambda: toy.resolve(args.model, "model")), device=load_device(device),
+            trust_remote_code=args.trust_remote_code)[0]
+        extend_context(ref, overrides)
+        ref.eval().requires_grad_(False)
+        prepare(ref, device, args.bf16)  # (under torchrun: sharded too; no optimizer state)
     prepare(model, device, args.bf16, args.grad_checkpointing)  # (under torchrun: FSDP2 shards)
     engine = engine_fn(model, tok, model_path) if engine_fn else make_engine(
         args.backend, model, tok, model_path, colocated=True, tp=args.tp, sleep_mode=args.sleep_mode,
@@ -504,7 +531,7 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
             engine.sleep()
         if not batch.groups:
             print(f"step {step}: no prompt with a reward spread; no update this step")
-        st = train_on_batch(model, optimizer, batch.groups, args, tok.pad_token_id, device)  # ([]: no update)
+        st = train_on_batch(model, optimizer, batch.groups, args, tok.pad_token_id, device, ref)  # ([]: no update)
         # the gradients are dead weight until the next update (7.6B fp32: 30 GB unsharded): free them, and hand
         # the cached blocks back, before a sleeping vLLM engine wakes up and asks for its memory again
         optimizer.zero_grad(set_to_none=True)

@@ -256,3 +256,36 @@ def policy_loss(
             "approx_kl": masked_mean(-log_ratio, m).item(),
         }
     return loss, stats
+
+
+# -----------------------------------------------------------------------------
+# KL penalty to a reference policy (off in DAPO; explore.py --kl-coef turns it on)
+
+
+def kl_penalty(log_probs: Tensor, ref_log_probs: Tensor) -> Tensor:
+    """Per-token KL(pi || pi_ref) estimate, verl's "low_var_kl" (Schulman's k3), with verl's clamp.
+
+    log_probs: [B, T] current policy (gradient flows through it); ref_log_probs: [B, T] reference (detached).
+    Returns [B, T]: ratio - log(ratio) - 1 with log(ratio) = ref - logp, i.e. exp(ref - logp) - (ref - logp) - 1.
+    It is >= 0 everywhere, exactly 0 where the policy equals the reference, and unbiased for KL(pi || pi_ref)
+    on tokens sampled from pi with lower variance than ref - logp (k1). The clamp to [-10, 10] (as verl) bounds
+    one token's pull when the policy has drifted far. Padding is the caller's to mask (explore.py aggregates
+    it with the policy loss's own token mean).
+    """
+    assert log_probs.shape == ref_log_probs.shape, "log_probs and ref_log_probs must both be [B, T]"
+    dt = torch.promote_types(log_probs.dtype, torch.float32)
+    kl = ref_log_probs.detach().to(dt) - log_probs.to(dt)  # [B, T] log(pi_ref / pi)
+    # padding may hold -inf: keep exp() finite there (the clamp below would not catch nan from inf - inf)
+    kl = torch.nan_to_num(kl, nan=0.0, posinf=20.0, neginf=-20.0).clamp(-20.0, 20.0)
+    kld = torch.exp(kl) - kl - 1.0  # [B, T]
+    return kld.clamp(min=-10.0, max=10.0)
+
+
+def kl_loss(log_probs: Tensor, ref_log_probs: Tensor, mask: Tensor, agg: str = "token-mean",
+            global_tokens: float | int | Tensor | None = None,
+            global_seqs: float | int | Tensor | None = None) -> Tensor:
+    """The KL term added to the policy loss (times --kl-coef): kl_penalty aggregated like policy_loss (the same
+    agg and the same global divisors, so micro-batch shares sum to the mini-batch's term, as verl's actor does)."""
+    m = mask.to(torch.bool)  # [B, T]
+    kld = torch.where(m, kl_penalty(log_probs, ref_log_probs), torch.zeros((), device=log_probs.device))
+    return _aggregate(kld, m, agg, global_tokens, global_seqs)

@@ -100,6 +100,7 @@ def rl_step_row(step: int, batch, st: dict, lr_used: float, t_gen: float, step_t
         "clipfrac_low": st["clipfrac_low"],
         "clipfrac_dual": st["clipfrac_dual"],
         "approx_kl": st["approx_kl"],
+        "kl": st.get("kl", 0.0),  # the KL-penalty term to the initial policy (0 without --kl-coef)
         "updates": st["updates"],
         "skipped_updates": st["skipped"],
         "lr": lr_used,

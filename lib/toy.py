@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ import torch
 
 from lib.cli import atomic_write_json, atomic_write_text
 
-TOY_VERSION = 5  # bump when the task, tokenizer, model or recipe below changes: the cache key includes it
+TOY_VERSION = 6  # bump when the task, tokenizer, model or recipe below changes: the cache key includes it
 ROOT = Path(__file__).resolve().parent.parent
 
 # --- the task --------------------------------------------------------------------------------------------
@@ -50,18 +51,56 @@ SPLITS = {  # split -> (how many problems, chain levels, family: chain / mul / m
 HELD_OUT = ("test", "ood", "probe")
 
 
-def chain_problem(rng: random.Random, level: int) -> tuple[str, str, str]:
-    """(problem, answer, gold solution) for a chain of one-digit + / - with every running total >= 0."""
+def chain_problem(rng: random.Random, level: int, how: str = "left") -> tuple[str, str, str]:
+    """(problem, answer, gold solution) for a chain of one-digit + / - with every running total >= 0, solved
+    by strategy `how` (STRATEGIES). The random draws do not depend on `how`: the same rng state gives the same
+    problem under either strategy."""
     acc = rng.randint(0, 9)
-    expr, steps = str(acc), []
+    expr, terms = str(acc), [("+", acc)]
     for _ in range(LEVELS[level]):
         b = rng.randint(1, 9)
         op = "-" if b <= acc and rng.random() < 0.4 else "+"
-        new = acc + b if op == "+" else acc - b
-        steps.append(f"{acc}{op}{b}={new}")
         expr += f"{op}{b}"
+        terms.append((op, b))
+        acc = acc + b if op == "+" else acc - b
+    return f"Compute {expr}.", str(acc), solve_chain(terms, how)
+
+
+def solve_chain(terms: list[tuple[str, int]], how: str) -> str:
+    """The written solution of a chain (its terms in problem order, the first one with '+').
+    left:  running totals in problem order, one operation per line
+    group: first the chain regrouped (every added term, then every subtracted one) on a line of its own,
+           then the running totals of that order. Its totals never go below the answer, so never below 0."""
+    if how == "group":
+        terms = [t for t in terms if t[0] == "+"] + [t for t in terms if t[0] == "-"]
+    acc, lines = terms[0][1], []
+    if how == "group":
+        lines.append(str(acc) + "".join(f"{op}{b}" for op, b in terms[1:]))
+    for op, b in terms[1:]:
+        new = acc + b if op == "+" else acc - b
+        lines.append(f"{acc}{op}{b}={new}")
         acc = new
-    return f"Compute {expr}.", str(acc), "\n".join(steps) + f"\nAnswer: {acc}"
+    return "\n".join(lines) + f"\nAnswer: {acc}"
+
+
+# A response's strategy, from its written form alone (no problem needed): the first line of a left-to-right
+# solution is one operation with its result ("7+5=12"); a grouped one opens with the regrouped chain, no "="
+# ("7+5+8-3"). Anything else (the probe family's "a*b=c", an empty or garbled response) has none.
+STRATEGIES = ("left", "group")
+_LEFT_FIRST = re.compile(r"\d+[+-]\d+=\d+")
+_GROUP_FIRST = re.compile(r"\d+(?:[+-]\d+)+")
+
+
+def strategy(response: str) -> str | None:
+    """The strategy ('left' / 'group') a toy response is written in, or None: a pure function of the text,
+    so the diversity of successful solutions can be counted exactly (lib/stats.entropy of the labels)."""
+    lines = response.strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    if _LEFT_FIRST.fullmatch(first):
+        return "left"
+    if _GROUP_FIRST.fullmatch(first):
+        return "group"
+    return None
 
 
 def mul_problem(rng: random.Random) -> tuple[str, str, str]:
@@ -84,7 +123,10 @@ def make_split(name: str, seed: int) -> list[dict]:
     while len(rows) < count:
         fam = family if family != "mix" else ("mul" if rng.random() < 0.25 else "chain")
         level = rng.choice(levels) if fam == "chain" else 0  # level 0: the multiplication family
-        problem, answer, solution = chain_problem(rng, level) if fam == "chain" else mul_problem(rng)
+        # gold mixes the strategies half and half, so the base model writes both; elsewhere the solution is
+        # only a reference (nothing trains on it), written left to right
+        how = rng.choice(STRATEGIES) if name == "gold" else "left"
+        problem, answer, solution = chain_problem(rng, level, how) if fam == "chain" else mul_problem(rng)
         if is_held_out(problem) != (name in HELD_OUT) or (name != "gold" and problem in seen):
             continue
         seen.add(problem)

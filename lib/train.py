@@ -150,6 +150,7 @@ class MicroBatch:
     adv: torch.Tensor  # [b]
     old_logp: torch.Tensor | None = None  # [b, T] log-probs of the sampling policy (None: use the current ones)
     prompts: SharedPrompts | None = None  # set: each prompt runs once, its responses read its KV cache
+    ref_logp: torch.Tensor | None = None  # [b, T] log-probs of the KL reference (explore --kl-coef > 0)
 
 
 def make_micro_batches(seqs: list[Seq], size: int, pad_id: int, device, balance: bool = True,
@@ -223,3 +224,11 @@ def fill_old_logprobs(model, mbs: list[MicroBatch], temperature: float, bf16: bo
         ent_sum += ent.float()[mb.mask].sum().item()
         n_tok += int(mb.mask.sum())
     return ent_sum, n_tok
+
+
+@torch.no_grad()
+def fill_ref_logprobs(ref, mbs: list[MicroBatch], temperature: float, bf16: bool | None = None) -> None:
+    """Score every micro-batch with the frozen KL reference (explore --kl-coef), through the update's forward."""
+    for mb in mbs:
+        with autocast(mb.ids.device, bf16):
+            mb.ref_logp = micro_batch_logprobs(ref, mb, temperature).float()  # [b, T]

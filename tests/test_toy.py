@@ -69,3 +69,32 @@ def test_model_save_load_round_trip(tiny_model_dir):
     model2 = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with torch.no_grad():
         assert torch.equal(a, model2(ids).logits)
+
+
+def test_strategy_labels_literal_responses():
+    assert toy.strategy("7+5=12\n12-3=9\n9+8=17\nAnswer: 17") == "left"
+    assert toy.strategy("7+5+8-3\n7+5=12\n12+8=20\n20-3=17\nAnswer: 17") == "group"
+    assert toy.strategy("  7+5+8\n7+5=12\n12+8=20\nAnswer: 20") == "group"  # no subtraction: still regrouped
+    assert toy.strategy("3*4=12\n12+5=17\nAnswer: 17") is None  # the probe family
+    assert toy.strategy("") is None and toy.strategy("Answer: 17") is None and toy.strategy("7+5=1=2") is None
+    assert toy.strategy("7\n7+5=12") is None  # a lone number opens neither form
+    # a wrong solution still has a strategy (the label is the form, the verifier judges the answer)
+    assert toy.strategy("7+5=13\nAnswer: 13") == "left"
+
+
+def test_both_strategies_solve_the_same_problem_and_gold_mixes_them():
+    import random
+
+    p1, a1, left = toy.chain_problem(random.Random(3), 3, "left")
+    p2, a2, group = toy.chain_problem(random.Random(3), 3, "group")
+    assert (p1, a1) == (p2, a2) == ("Compute 3+9-3+8+2.", "19")
+    assert left == "3+9=12\n12-3=9\n9+8=17\n17+2=19\nAnswer: 19"
+    assert group == "3+9+8+2-3\n3+9=12\n12+8=20\n20+2=22\n22-3=19\nAnswer: 19"
+    gold = toy.make_split("gold", 0)
+    labels = [toy.strategy(r["extra_info"]["solution"]) for r in gold if r["data_source"] == "toy-chain"]
+    share = labels.count("group") / len(labels)
+    assert None not in labels and 0.45 < share < 0.55
+    for r in gold[:300]:  # every gold solution is correct and its running totals never go below 0
+        sol = r["extra_info"]["solution"]
+        assert score(sol, r["reward_model"]["ground_truth"])["acc"] is True
+        assert "=-" not in sol
