@@ -64,7 +64,8 @@ from lib.records import append_jsonl
 from lib.rollout import (Completion, add_engine_args, check_engine_args, gather_replicas, make_engine, replica_share,
                          sample_and_score, sample_seed)
 from lib.train import (MicroBatch, Seq, add_trainer_args, autocast, default_bf16, empty_micro_batch, equal_passes,
-                       fill_old_logprobs, fill_ref_logprobs, load_device, lr_factor, make_micro_batches, micro_batch_logprobs, prepare)
+                       fill_old_logprobs, fill_ref_logprobs, load_device, lr_factor, make_micro_batches,
+                       micro_batch_logprobs, prepare)
 
 RewardFn = Callable[[str, str], dict]  # (response, ground_truth) -> {"score", "acc", "pred"}
 
