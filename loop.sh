@@ -33,6 +33,7 @@ fi
 OUT=${OUT:-runs/loop}            # everything goes here
 SEED=${SEED:-0}
 VANILLA=${VANILLA:-1}            # 0 = skip the vanilla-RL baseline
+RLOOP=${RLOOP:-1}                # 0 = skip RLoop's iterations (a vanilla-only run, e.g. lab.sh's vanilla arms)
 THRESHOLD=${THRESHOLD:-0.1}      # hard = 0 < success < THRESHOLD; 1.0 = the no-active-learning ablation
 PYTHON=${PYTHON:-python}
 TRAIN_LAUNCH=${TRAIN_LAUNCH:-$PYTHON}   # e.g. "torchrun --nproc_per_node 8" for explore / consolidate
@@ -52,7 +53,7 @@ fi
 mkdir -p "$OUT/.done"
 exec > >(tee -a "$OUT/loop.log") 2>&1
 echo "== RLoop $(date -u +%FT%TZ)"
-for v in MODEL DATA EVAL ITERS RL_STEPS SAVE_EVERY OUT SEED VANILLA THRESHOLD PYTHON TRAIN_LAUNCH LOGGER \
+for v in MODEL DATA EVAL ITERS RL_STEPS SAVE_EVERY OUT SEED VANILLA RLOOP THRESHOLD PYTHON TRAIN_LAUNCH LOGGER \
          EXPLORE_ARGS HARVEST_ARGS FILTER_ARGS CONSOLIDATE_ARGS EVAL_ARGS; do
   printf '   %-16s %s\n' "$v" "${!v}"
 done
@@ -69,7 +70,7 @@ ckpt() { printf '%s/ckpt_%06d' "$1" "$2"; }  # ckpt DIR STEP -> the checkpoint f
 
 # --- RLoop ---------------------------------------------------------------------------------------------
 policy=$MODEL
-for ((i = 1; i <= ITERS; i++)); do
+for ((i = 1; i <= ITERS * RLOOP; i++)); do
   it=$OUT/iter$i
   # shellcheck disable=SC2086  # *_ARGS are deliberately word-split into flags
   stage "iter$i-explore" $TRAIN_LAUNCH explore.py --model "$policy" --data "$DATA" --out "$it/explore" \
@@ -111,6 +112,10 @@ evaluate() {  # evaluate NAME MODEL
 }
 evaluate base "$MODEL"
 for ((i = 1; i <= ITERS; i++)); do
+  if (( ! RLOOP )); then
+    if (( VANILLA )); then evaluate "vanilla-$((i * RL_STEPS))" "$(ckpt "$OUT/vanilla" $((i * RL_STEPS)))"; fi
+    continue
+  fi
   evaluate "iter$i-rl" "$(ckpt "$OUT/iter$i/explore" "$RL_STEPS")"
   if [[ "$(cat "$OUT/iter$i/next_policy")" == "$OUT/iter$i/consolidated" ]]; then
     evaluate "iter$i-rft" "$OUT/iter$i/consolidated"

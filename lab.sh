@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# The RLoop lab: the paper's claims and open questions, measured over seeds on the same base.
+#
+#   bash lab.sh                       # the toy, SEEDS=3 (seeds 0, 1, 2), every arm, then OUT/report/summary.md
+#   SEEDS=0,1,2,3,4 ARMS=rloop,vanilla bash lab.sh
+#
+# Arms (each one loop.sh run per seed, under OUT/<arm>/seed<k>/, all from the same MODEL):
+#   rloop      the default loop (ITERS x RL_STEPS RL steps, THRESHOLD=0.1)
+#   vanilla    DAPO for the same ITERS x RL_STEPS steps, evaluated every RL_STEPS
+#   overfit    vanilla run OVERFIT_X (5) times longer, evaluated every RL_STEPS: the paper's "RL overfitting"
+#              (train reward against held-out pass@k over steps)
+#   no-al      RLoop without active learning (THRESHOLD=1: every problem with a success is kept)
+#   thr-0.05, thr-0.2, thr-0.5   the hard-problem threshold (the paper's open question)
+#   kl         vanilla with a KL penalty to the initial policy (explore.py --kl-coef KL_COEF)
+# ITERS, RL_STEPS, SAVE_EVERY, MODEL, DATA, EVAL and the *_ARGS pass through to loop.sh.
+#
+# A rerun skips every finished arm (OUT/<arm>/seed<k>/.done/report) and resumes unfinished ones (loop.sh's
+# own stage bookkeeping). Up to JOBS runs go side by side, each with one torch thread.
+#
+# Shared work, copied rather than recomputed. Within one seed some arms start with exactly the same
+# computation (same model, seed and arguments; explore.py's data order, sampling seeds and constant-after-warm-up
+# learning rate are functions of (seed, step), and a resumed run ends with the weights an uninterrupted one
+# does), so the later arm's folder starts as a copy of the earlier's finished stages:
+#   the base evaluation           every arm (one per seed)
+#   rloop's iteration 1 RL run, its harvest and its evaluation   no-al, thr-*  (the threshold acts after them)
+#   vanilla's RL run (ITERS x RL_STEPS steps) and its evaluations   overfit, which resumes it to OVERFIT_X times
+# Each arm's folder is still a complete, self-contained loop.sh run.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+SEEDS=${SEEDS:-3}                # a count (3 = seeds 0, 1, 2) or a comma list of seeds (0,1,2,3,4)
+ALL_ARMS=rloop,vanilla,overfit,no-al,thr-0.05,thr-0.2,thr-0.5,kl
+ARMS=${ARMS:-$ALL_ARMS}
+OUT=${OUT:-runs/lab}
+ITERS=${ITERS:-3}
+RL_STEPS=${RL_STEPS:-20}
+OVERFIT_X=${OVERFIT_X:-5}        # the overfit arm runs OVERFIT_X x ITERS x RL_STEPS RL steps
+KL_COEF=${KL_COEF:-0.1}          # the kl arm's --kl-coef
+JOBS=${JOBS:-2}                  # runs side by side (one torch thread each)
+PYTHON=${PYTHON:-python}
+export ITERS RL_STEPS PYTHON OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
+
+if [[ "$SEEDS" == *,* ]]; then IFS=, read -r -a seeds <<< "$SEEDS"; else seeds=($(seq 0 $((SEEDS - 1)))); fi
+IFS=, read -r -a arms <<< "$ARMS"
+for a in "${arms[@]}"; do
+  [[ ",$ALL_ARMS," == *",$a,"* ]] || { echo "error: ARMS: unknown arm '$a' (known: $ALL_ARMS)" >&2; exit 2; }
+done
+for s in "${seeds[@]}"; do
+  [[ "$s" =~ ^[0-9]+$ ]] || { echo "error: SEEDS: '$s' is not a seed number" >&2; exit 2; }
+done
+mkdir -p "$OUT"
+t_start=$(date +%s)
+# the commit the lab runs on, for the report (+dirty: tracked files differ from it)
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ $commit != unknown ]] && ! git diff --quiet HEAD -- 2>/dev/null; then commit+=+dirty; fi
+echo "$commit" > "$OUT/lab_commit"
+echo "== RLoop lab $(date -u +%FT%TZ): arms ${arms[*]}; seeds ${seeds[*]}; ITERS=$ITERS RL_STEPS=$RL_STEPS; $JOBS jobs" \
+  | tee -a "$OUT/lab.log"
+
+# arm_env ARM: the loop.sh settings of an arm (printed one per line)
+arm_env() {
+  case $1 in
+    rloop) echo VANILLA=0 ;;
+    vanilla) printf '%s\n' VANILLA=1 RLOOP=0 ;;
+    overfit) printf '%s\n' VANILLA=1 RLOOP=0 "ITERS=$((OVERFIT_X * ITERS))" ;;
+    no-al) printf '%s\n' VANILLA=0 THRESHOLD=1 ;;
+    thr-*) printf '%s\n' VANILLA=0 "THRESHOLD=${1#thr-}" ;;
+    kl) printf '%s\n' VANILLA=1 RLOOP=0 "EXPLORE_ARGS=${EXPLORE_ARGS:-} --kl-coef $KL_COEF" ;;
+  esac
+}
+
+# seed_from SRC DST STAGE:PATH...: start DST (a fresh arm folder) with SRC's finished stages (a STAGE of '-'
+# copies PATH without marking a stage done: loop.sh resumes it)
+seed_from() {
+  local src=$1 dst=$2 item stage path; shift 2
+  [[ -d "$src/.done" && ! -e "$dst/.done" ]] || return 0
+  mkdir -p "$dst/.done"
+  for item in "$@"; do
+    stage=${item%%:*} path=${item#*:}
+    if [[ "$stage" != - && ! -e "$src/.done/$stage" ]]; then continue; fi
+    [[ -e "$src/$path" ]] || continue
+    mkdir -p "$(dirname "$dst/$path")"
+    cp -a "$src/$path" "$dst/$path"
+    if [[ "$stage" != - ]]; then touch "$dst/.done/$stage"; fi
+  done
+}
+
+# run_arm ARM SEED: one loop.sh run (skipped when finished), its output in its own loop.log
+run_arm() {
+  local arm=$1 seed=$2 dir=$OUT/$1/seed$2 t0 i
+  if [[ -e "$dir/.done/report" ]]; then echo "-- $arm seed $seed: done, skipped"; return 0; fi
+  case $arm in
+    no-al | thr-*) seed_from "$OUT/rloop/seed$seed" "$dir" iter1-explore:iter1/explore iter1-harvest:iter1/harvest.jsonl \
+                     eval-base:eval/base eval-iter1-rl:eval/iter1-rl ;;
+    overfit)
+      local items=(-:vanilla eval-base:eval/base)
+      for ((i = 1; i <= ITERS; i++)); do items+=("eval-vanilla-$((i * RL_STEPS)):eval/vanilla-$((i * RL_STEPS))"); done
+      seed_from "$OUT/vanilla/seed$seed" "$dir" "${items[@]}" ;;
+    vanilla) seed_from "$OUT/rloop/seed$seed" "$dir" eval-base:eval/base ;;  # (when rloop ran before)
+    kl) seed_from "$OUT/vanilla/seed$seed" "$dir" eval-base:eval/base ;;
+  esac
+  t0=$(date +%s)
+  echo "+ $arm seed $seed -> $dir"
+  mkdir -p "$dir"
+  local envs
+  mapfile -t envs < <(arm_env "$arm")
+  if env "${envs[@]}" OUT="$dir" SEED="$seed" bash loop.sh > "$dir/lab_job.log" 2>&1; then
+    echo "-- $arm seed $seed: finished in $(( $(date +%s) - t0 )) s"
+  else
+    echo "!! $arm seed $seed failed (exit $?): see $dir/lab_job.log" >&2
+    return 1
+  fi
+}
+
+# a pool of JOBS runs; wave 1 (rloop, vanilla) before wave 2, whose arms start from wave 1's results
+pool() {  # pool ARM:SEED...
+  local job fail=0 running=0
+  for job in "$@"; do
+    while (( running >= JOBS )); do wait -n || fail=1; running=$((running - 1)); done
+    run_arm "${job%%:*}" "${job#*:}" &
+    running=$((running + 1))
+  done
+  while (( running > 0 )); do wait -n || fail=1; running=$((running - 1)); done
+  return $fail
+}
+has() { [[ " ${arms[*]} " == *" $1 "* ]]; }
+wave1=() wave2=()
+for s in "${seeds[@]}"; do
+  for a in rloop vanilla; do has $a && wave1+=("$a:$s"); done
+done
+for a in overfit no-al thr-0.05 thr-0.2 thr-0.5 kl; do  # the longest first: the pool ends with short jobs
+  for s in "${seeds[@]}"; do has $a && wave2+=("$a:$s"); done
+done
+rc=0
+pool "${wave1[@]}" 2>&1 | tee -a "$OUT/lab.log" || rc=1
+if (( ${#wave2[@]} )); then pool "${wave2[@]}" 2>&1 | tee -a "$OUT/lab.log" || rc=1; fi
+$PYTHON report.py "$OUT" | tail -n 3
+elapsed=$(( $(date +%s) - t_start ))
+echo "== lab done in ${elapsed} s: $OUT/report/summary.md" | tee -a "$OUT/lab.log"
+printf '{"seconds": %d, "arms": "%s", "seeds": "%s", "iters": %d, "rl_steps": %d, "jobs": %d}\n' \
+  "$elapsed" "${arms[*]}" "${seeds[*]}" "$ITERS" "$RL_STEPS" "$JOBS" > "$OUT/lab_time.json"
+exit $rc
