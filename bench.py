@@ -71,7 +71,10 @@ def get_args(argv=None):
            "one explore.py update (ops by self time, the matmuls' share and FLOP/s); 'memory' for the log-prob "
            "step's peak memory at Qwen2.5's vocabulary, chunked LM head vs full logits (counted on the meta "
            "device: fast, allocates nothing); 'data' for prompt-set loading at DAPO-Math-17k's size (seconds and "
-           "peak memory of a fresh process)")
+           "peak memory of a fresh process); 'walltime' for the wall time of a finished `bash loop.sh` (--loop-dir, "
+           "with its slowest stages, from the stage markers) and `bash lab.sh` (--lab-dir): no compute, it reads them")
+    a("--loop-dir", default="runs/loop", help="walltime: a finished loop.sh OUT (target <= 180 s on the toy)")
+    a("--lab-dir", default="runs/lab", help="walltime: a finished lab.sh OUT (target <= 3600 s on the toy)")
     a("--mem-tokens", default="4096,16384", help="memory: sequence lengths of the log-prob step")
     a("--mem-hidden", type=int, default=3584, help="memory: hidden size (Qwen2.5-Math-7B: 3584)")
     a("--no-trl", action="store_true", help="skip the TRL rows even when TRL is installed")
@@ -689,6 +692,42 @@ def bench_data(args, out: Path) -> list[dict]:
 # the table
 
 
+def loop_walltime(run: Path) -> dict | None:
+    """A finished loop.sh run's wall time (first '== RLoop <time>' of loop.log to its report marker) and per-stage
+    seconds (between consecutive .done markers, in the order they were written). None when not finished."""
+    from datetime import datetime, timezone
+
+    log, done = run / "loop.log", run / ".done" / "report"
+    if not (log.exists() and done.exists()):
+        return None
+    first = next((ln for ln in log.read_text(encoding="utf-8").splitlines() if ln.startswith("== RLoop ")), None)
+    if first is None:
+        return None
+    start = datetime.strptime(first.split()[2], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    marks = sorted((p.stat().st_mtime, p.name) for p in (run / ".done").iterdir())
+    stages, prev = {}, start
+    for t, name in marks:
+        stages[name] = round(max(0.0, t - prev), 1)
+        prev = max(prev, t)
+    return {"seconds": round(done.stat().st_mtime - start, 1), "stages": stages}
+
+
+def walltime_rows(args) -> list[dict]:
+    """bench rows of the loop's and the lab's wall time (targets: loop <= 180 s, lab <= 3600 s on the toy)."""
+    rows = []
+    loop = loop_walltime(Path(args.loop_dir))
+    if loop:
+        slow = sorted(loop["stages"].items(), key=lambda kv: -kv[1])[:4]
+        rows.append(row("toy", "loop wall time", "s", [loop["seconds"]], [180.0], "target 180 s", 1.0,
+                        higher_better=False, note="slowest stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in slow)))
+    lab_time = Path(args.lab_dir) / "lab_time.json"
+    if lab_time.exists():
+        lab = json.loads(lab_time.read_text(encoding="utf-8"))
+        rows.append(row("toy", "lab wall time", "s", [float(lab["seconds"])], [3600.0], "target 3600 s", 1.0,
+                        higher_better=False, note=f"arms {lab['arms']}; seeds {lab['seeds']}; {lab['jobs']} jobs"))
+    return rows
+
+
 def row(config, metric, unit, ours, peer, peer_name, target=None, higher_better=True, note=""):
     """One table row from two lists of measurements. ratio = median(ours) / median(peer)."""
     mo, mp = med(ours), med(peer)
@@ -843,6 +882,8 @@ def main(argv=None):
                   f"{prof['matmul_flops'] / 1e9:,.1f} GFLOP/s (peak {peak / 1e9:,.1f}); top ops:\n{prof['table']}")
             profiles.append({"config": config, "explore_args": args.explore_args, "update_s": prof["total_s"],
                              "matmul_share": prof["matmul_share"], "matmul_flops": prof["matmul_flops"]})
+    if "walltime" in sections:
+        rows += walltime_rows(args)
     if "data" in sections:
         t = time.time()
         rows += bench_data(args, out)

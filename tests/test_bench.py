@@ -49,3 +49,28 @@ def test_bench_data_section_loads_a_generated_dapo_file(tmp_path, capsys):
     assert sorted(p.name for p in out.glob("*.parquet")) == ["dapo-synthetic-6x3-contiguous.parquet",
                                                              "dapo-synthetic-6x3-interleaved.parquet"]
     assert "parse every row" in capsys.readouterr().out
+
+
+def test_bench_walltime_reads_finished_loop_and_lab_folders(tmp_path, capsys):
+    """--sections walltime: the loop's wall time from loop.log's start line and the stage markers' times; the
+    lab's from lab_time.json. Nothing runs."""
+    import os
+
+    run = tmp_path / "loop"
+    (run / ".done").mkdir(parents=True)
+    start = 1_700_000_000  # 2023-11-14T22:13:20Z
+    (run / "loop.log").write_text("== RLoop 2023-11-14T22:13:20Z\n   MODEL toy\n")
+    for name, t in (("iter1-explore", 100), ("iter1-harvest", 103), ("eval-base", 130), ("report", 135)):
+        (run / ".done" / name).touch()
+        os.utime(run / ".done" / name, (start + t, start + t))
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    (lab / "lab_time.json").write_text(json.dumps({"seconds": 3000, "arms": "rloop vanilla", "seeds": "0 1 2",
+                                                   "iters": 3, "rl_steps": 20, "jobs": 2}))
+    assert bench.main(["--sections", "walltime", "--loop-dir", str(run), "--lab-dir", str(lab), "--peak-size", "64",
+                       "--threads", "1", "--device", "cpu", "--out", str(tmp_path / "bench")]) == 0
+    rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]
+    loop, lab_row = rows
+    assert loop["metric"] == "loop wall time" and loop["ours"] == pytest.approx(135.0)
+    assert loop["status"] == "PASS" and "iter1-explore 100 s, eval-base 27 s" in loop["note"]
+    assert lab_row["ours"] == 3000 and lab_row["status"] == "PASS"
