@@ -24,7 +24,9 @@
 #   the base evaluation           every arm (one per seed)
 #   rloop's iteration 1 RL run, its harvest and its evaluation   no-al, thr-*  (the threshold acts after them)
 #   vanilla's RL run (ITERS x RL_STEPS steps) and its evaluations   overfit, which resumes it to OVERFIT_X times
-# Each arm's folder is still a complete, self-contained loop.sh run.
+# Each arm's folder is still a complete, self-contained loop.sh run. Evaluations: the lab reads each run's output
+# policy, so the RLoop arms and kl evaluate the base and their last iteration only (loop.sh EVAL_ITERS=last);
+# vanilla and overfit evaluate every RL_STEPS (the overfitting curve).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -58,14 +60,17 @@ echo "== RLoop lab $(date -u +%FT%TZ): arms ${arms[*]}; seeds ${seeds[*]}; ITERS
   | tee -a "$OUT/lab.log"
 
 # arm_env ARM: the loop.sh settings of an arm (printed one per line)
+# (the lab reads the output policy of each run, so only the vanilla runs, whose evaluations every RL_STEPS make
+# the overfitting curve, evaluate every iteration: EVAL_ITERS=last elsewhere, unless set)
 arm_env() {
+  local last="EVAL_ITERS=${EVAL_ITERS:-last}"
   case $1 in
-    rloop) echo VANILLA=0 ;;
-    vanilla) printf '%s\n' VANILLA=1 RLOOP=0 ;;
-    overfit) printf '%s\n' VANILLA=1 RLOOP=0 "ITERS=$((OVERFIT_X * ITERS))" ;;
-    no-al) printf '%s\n' VANILLA=0 THRESHOLD=1 ;;
-    thr-*) printf '%s\n' VANILLA=0 "THRESHOLD=${1#thr-}" ;;
-    kl) printf '%s\n' VANILLA=1 RLOOP=0 "EXPLORE_ARGS=${EXPLORE_ARGS:-} --kl-coef $KL_COEF" ;;
+    rloop) printf '%s\n' VANILLA=0 "$last" ;;
+    vanilla) printf '%s\n' VANILLA=1 RLOOP=0 EVAL_ITERS=all ;;
+    overfit) printf '%s\n' VANILLA=1 RLOOP=0 EVAL_ITERS=all "ITERS=$((OVERFIT_X * ITERS))" ;;
+    no-al) printf '%s\n' VANILLA=0 THRESHOLD=1 "$last" ;;
+    thr-*) printf '%s\n' VANILLA=0 "THRESHOLD=${1#thr-}" "$last" ;;
+    kl) printf '%s\n' VANILLA=1 RLOOP=0 "$last" "EXPLORE_ARGS=${EXPLORE_ARGS:-} --kl-coef $KL_COEF" ;;
   esac
 }
 

@@ -42,10 +42,15 @@ HARVEST_ARGS=${HARVEST_ARGS:-}
 FILTER_ARGS=${FILTER_ARGS:-}
 CONSOLIDATE_ARGS=${CONSOLIDATE_ARGS:-}
 EVAL_ARGS=${EVAL_ARGS:---n 8}
+EVAL_ITERS=${EVAL_ITERS:-all}    # all: every iteration's policies (and vanilla every RL_STEPS); last: the last only
 LOGGER=${LOGGER:-}               # live tracking of explore / consolidate: tensorboard, wandb or both (comma list)
 log_flag=()
 if [[ -n "$LOGGER" ]]; then log_flag=(--logger "$LOGGER"); fi
 
+if [[ "$EVAL_ITERS" != all && "$EVAL_ITERS" != last ]]; then
+  echo "error: EVAL_ITERS=$EVAL_ITERS must be 'all' or 'last'" >&2
+  exit 2
+fi
 if (( RL_STEPS % SAVE_EVERY != 0 )); then
   echo "error: SAVE_EVERY=$SAVE_EVERY must divide RL_STEPS=$RL_STEPS (vanilla is evaluated at multiples of RL_STEPS)" >&2
   exit 2
@@ -54,7 +59,7 @@ mkdir -p "$OUT/.done"
 exec > >(tee -a "$OUT/loop.log") 2>&1
 echo "== RLoop $(date -u +%FT%TZ)"
 for v in MODEL DATA EVAL ITERS RL_STEPS SAVE_EVERY OUT SEED VANILLA RLOOP THRESHOLD PYTHON TRAIN_LAUNCH LOGGER \
-         EXPLORE_ARGS HARVEST_ARGS FILTER_ARGS CONSOLIDATE_ARGS EVAL_ARGS; do
+         EXPLORE_ARGS HARVEST_ARGS FILTER_ARGS CONSOLIDATE_ARGS EVAL_ARGS EVAL_ITERS; do
   printf '   %-16s %s\n' "$v" "${!v}"
 done
 
@@ -112,6 +117,7 @@ evaluate() {  # evaluate NAME MODEL
 }
 evaluate base "$MODEL"
 for ((i = 1; i <= ITERS; i++)); do
+  if [[ "$EVAL_ITERS" == last ]] && (( i < ITERS )); then continue; fi
   if (( ! RLOOP )); then
     if (( VANILLA )); then evaluate "vanilla-$((i * RL_STEPS))" "$(ckpt "$OUT/vanilla" $((i * RL_STEPS)))"; fi
     continue

@@ -10,6 +10,15 @@ metrics.json) and writes RUN_DIR/report/summary.md with PNG plots:
   forgetting.png  accuracy on the probe split (a skill RL never trains): base -> each iteration
 and the diversity measure behind the paper's mechanism: how similar are successful solutions to the same
 problem drawn at the same RL step (intra-step) versus at different steps (inter-step)?
+
+    python report.py LAB_DIR          (LAB_DIR = lab.sh's OUT, default runs/lab: <arm>/seed<k>/ run folders)
+
+writes LAB_DIR/report/summary.md, lab.json and plots (lab_accuracy.png, overfit.png) over the lab's arms and
+seeds: per arm, mean accuracy and pass@k per split as mean +- 95% t interval over seeds (lib/stats.py); paired
+differences against vanilla (same seed), a gain only when the interval excludes 0; the overfitting curve
+(train reward vs held-out pass@n over the overfit arm's steps); the strategy entropy of successful rollouts
+within vs across steps (lib.toy.strategy) beside the similarity measure above; largest pre-clip gradient
+norm and probe accuracy (forgetting) per arm; and the paper's four claims, each answered from those numbers.
 """
 from __future__ import annotations
 

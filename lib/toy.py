@@ -3,21 +3,24 @@
 No machine here can download a model or a dataset, so the project makes its own. Everything is generated
 deterministically from a seed and cached under `runs/toy/` (or $RLOOP_TOY_DIR):
 
-  data/train.jsonl  RL prompts: chains of 2-5 one-digit additions / subtractions (levels 1-4)
+  data/train.jsonl  RL prompts: chains of 3-5 one-digit additions / subtractions (levels 2-4)
   data/test.jsonl   held-out problems from the same distribution
-  data/ood.jsonl    harder, out of distribution: longer chains of 6 and 7 operations (levels 5-6)
+  data/ood.jsonl    harder, out of distribution: longer chains of 6 operations (level 5)
   data/probe.jsonl  a task family RL never trains on (a*b+c) - it measures forgetting
-  data/gold.jsonl   gold step-by-step solutions (levels 1-4 + probe family) for the warm start
+  data/gold.jsonl   gold step-by-step solutions (levels 1-5 + probe family) for the warm start
   base/             tiny Qwen2 warm-started by SFT on gold.jsonl (lib/sft.py, the code consolidate.py uses)
 
-A problem and its gold solution:
-  Compute 7+5-3+8.         7+5=12
-                           12-3=9
-                           9+8=17
-                           Answer: 17
-The files use DAPO-Math-17k's schema, so the toy exercises the same loader as the real world. The base
-model is deliberately *partial*: its SFT budget is small, so long chains are often wrong — the regime in which
-RL has something to learn and RLoop's hard-problem filter has something to keep.
+A problem and its gold solutions, in the two strategies (STRATEGIES) the gold data mixes half and half:
+  Compute 7+5-3+8.    left to right:  7+5=12       regrouped:  7+5+8-3
+                                      12-3=9                   7+5=12
+                                      9+8=17                   12+8=20
+                                      Answer: 17               20-3=17
+                                                               Answer: 17
+strategy(response) names the one a response is written in, from its text alone, so the diversity of successful
+solutions (the paper's mechanism) can be counted exactly. The files use DAPO-Math-17k's schema, so the toy
+exercises the same loader as the real world. The base model is deliberately *partial*: its SFT budget is small,
+so long chains are often wrong - the regime in which RL has something to learn and RLoop's hard-problem filter
+has something to keep - and the OOD split is hard but not at the floor (base accuracy 0.1-0.3: it can move).
 """
 from __future__ import annotations
 
@@ -40,13 +43,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # --- the task --------------------------------------------------------------------------------------------
 # A chain of one-digit additions / subtractions; its level is its number of operations. Each step is easy,
 # but errors compound along the chain: long chains are hard, which gives a spread of per-problem success.
-LEVELS = {1: 2, 2: 3, 3: 4, 4: 5, 5: 6, 6: 7}  # level -> operations. Levels 1-4 are trained, 5-6 are OOD.
+LEVELS = {1: 2, 2: 3, 3: 4, 4: 5, 5: 6, 6: 7}  # level -> operations. RL trains on 2-4; 5 is OOD.
 SPLITS = {  # split -> (how many problems, chain levels, family: chain / mul / mix = 3 chain : 1 mul)
-    "train": (512, (1, 2, 3, 4, 4), "chain"),  # level 4 drawn twice as often: the hard tail RLoop feeds on
-    "test": (256, (1, 2, 3, 4, 4), "chain"),
-    "ood": (256, (5, 6), "chain"),
+    "train": (512, (2, 3, 4, 4), "chain"),  # level 4 drawn twice as often: the hard tail RLoop feeds on
+    "test": (256, (2, 3, 4, 4), "chain"),
+    "ood": (256, (5,), "chain"),  # longer than any RL prompt; gold holds some, so the base is off the floor
     "probe": (128, (), "mul"),
-    "gold": (6000, (1, 2, 3, 4), "mix"),
+    "gold": (6000, (1, 2, 3, 4, 5), "mix"),
 }
 HELD_OUT = ("test", "ood", "probe")
 
@@ -207,7 +210,7 @@ def make_model(tokenizer, seed: int):
 
 # --- the cache -------------------------------------------------------------------------------------------
 # The warm-start recipe. Its budget is the knob that makes the base "partial" (see module docstring).
-BASE_SFT = dict(steps=340, batch_size=64, lr=3e-3, warmup=30, weight_decay=0.1, seed=0)
+BASE_SFT = dict(steps=800, batch_size=64, lr=3e-3, warmup=30, weight_decay=0.1, seed=0)
 
 
 def toy_dir(seed: int = 0) -> Path:

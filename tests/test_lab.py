@@ -109,6 +109,9 @@ def test_micro_lab_layout_and_shared_work(micro_lab):
     assert {e.split("/")[-1] for e in evals if "/overfit/seed0/" in e} == {"vanilla-6", "vanilla-8"}
     for arm in ("rloop", "vanilla"):
         assert (out / arm / "seed0" / "report" / "summary.md").exists()  # each run has its own report too
+    # the RLoop arm evaluates its output policy only (EVAL_ITERS=last); vanilla every RL_STEPS (the curve)
+    assert {e.split("/")[-1] for e in evals if "/rloop/seed0/" in e} == {"base", "iter2-rl", "iter2-rft"}
+    assert {e.split("/")[-1] for e in evals if "/vanilla/seed0/" in e} == {"base", "vanilla-2", "vanilla-4"}
 
 
 def test_micro_lab_report_numbers(micro_lab):
