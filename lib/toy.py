@@ -20,7 +20,7 @@ strategy(response) names the one a response is written in, from its text alone, 
 solutions (the paper's mechanism) can be counted exactly. The files use DAPO-Math-17k's schema, so the toy
 exercises the same loader as the real world. The base model is deliberately *partial*: its SFT budget is small,
 so long chains are often wrong - the regime in which RL has something to learn and RLoop's hard-problem filter
-has something to keep - and the OOD split is hard but not at the floor (base accuracy 0.1-0.3: it can move).
+has something to keep - and the OOD split is hard but off the floor (base avg@16 0.085, pass@16 0.65).
 """
 from __future__ import annotations
 
@@ -210,7 +210,7 @@ def make_model(tokenizer, seed: int):
 
 # --- the cache -------------------------------------------------------------------------------------------
 # The warm-start recipe. Its budget is the knob that makes the base "partial" (see module docstring).
-BASE_SFT = dict(steps=800, batch_size=64, lr=3e-3, warmup=30, weight_decay=0.1, seed=0)
+BASE_SFT = dict(steps=380, batch_size=64, lr=3e-3, warmup=30, weight_decay=0.1, seed=0)
 
 
 def toy_dir(seed: int = 0) -> Path:
