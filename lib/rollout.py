@@ -67,13 +67,16 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, gen: to
         lse = (m + total.log()).squeeze(-1)  # [A]
         return tok, z.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - lse
     lse = torch.logsumexp(z, dim=-1)  # [A]
-    probs = torch.softmax(z, dim=-1)  # [A, V]
-    # nucleus: keep the smallest prefix of the sorted distribution whose mass reaches top_p
-    sp, si = probs.sort(dim=-1, descending=True)
-    drop = sp.cumsum(-1) - sp > top_p  # [A, V] tokens entirely beyond the nucleus
-    sp = sp.masked_fill(drop, 0.0)
-    probs = torch.zeros_like(probs).scatter_(-1, si, sp)
-    tok = torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # [A]
+    # nucleus: the smallest prefix of the sorted distribution whose mass reaches top_p, sampled by inverse CDF
+    # on the sorted cumulative mass (as above: one uniform per row; multinomial would draw V exponentials)
+    sp, si = (z - lse.unsqueeze(-1)).exp_().sort(dim=-1, descending=True)  # [A, V] probabilities, descending
+    cum = sp.cumsum(-1)  # [A, V]
+    kept = (cum - sp <= top_p).sum(-1, keepdim=True)  # [A, 1] nucleus size (>= 1: the top token's prefix is 0)
+    total = cum.gather(-1, kept - 1)  # [A, 1] nucleus mass
+    u = torch.rand(total.shape, generator=gen, device=z.device, dtype=z.dtype) * total
+    u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
+    j = torch.searchsorted(cum, u, right=True).clamp_(max=kept - 1)  # [A, 1] rank of the sampled token
+    tok = si.gather(-1, j).squeeze(-1)  # [A]
     logp = z.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - lse
     return tok, logp
 

@@ -66,3 +66,15 @@ def test_top_p_keeps_the_nucleus():
     assert toks == {0, 1}
     tok, lp = sample_token(logits, 1.0, 0.8, gen)
     assert abs(lp.item() - torch.log(torch.tensor([0.6, 0.3]))[tok.item()].item()) < 1e-5  # before truncation
+
+
+def test_top_p_samples_the_renormalised_nucleus():
+    # [0.5, 0.3, 0.15, 0.05, 0] with top_p 0.9: the mass before token 2 is 0.8 <= 0.9, before token 3 0.95 > 0.9,
+    # so the nucleus is tokens 0-2, sampled as [0.5, 0.3, 0.15] / 0.95; a token of probability 0 never comes out
+    p = torch.tensor([0.3, 0.05, 0.5, 0.0, 0.15])  # (unsorted: the sampler sorts)
+    logits = torch.log(p).expand(40000, -1)
+    tok, _ = sample_token(logits, 1.0, 0.9, torch.Generator().manual_seed(0))
+    freq = torch.bincount(tok, minlength=5).float() / tok.numel()
+    want = torch.tensor([0.3, 0.0, 0.5, 0.0, 0.15]) / 0.95
+    assert freq[1] == 0 and freq[3] == 0
+    assert torch.allclose(freq, want, atol=0.01), freq
