@@ -532,10 +532,60 @@ def lab_summary(folder: Path, lab: dict, commit: str) -> tuple[str, dict]:
                      f"{ci_cell(per_seed(lambda sd, sim: sim and sim['inter_step']))} |")
         L.append("")
 
+    # --- the paper's open questions: the hard-problem threshold, a KL-constrained baseline
+    L += open_questions(arms, kmax, js, lambda per, key: vals(per, "average", key))
+
     # --- the paper's claims, in words
     L += claims(arms, splits, kmax, js)
     L += ["## Plots", "", "![accuracy per arm](lab_accuracy.png)", ""]
     return "\n".join(L), js
+
+
+def mean_or_none(v: list) -> float | None:
+    return sum(v) / len(v) if v else None
+
+
+THRESHOLD_ARMS = (("thr-0.05", 0.05), ("rloop", 0.1), ("thr-0.2", 0.2), ("thr-0.5", 0.5), ("no-al", 1.0))
+
+
+def open_questions(arms: dict, kmax: str, js: dict, avg) -> list[str]:
+    """The threshold sweep (each RLoop arm against rloop, THRESHOLD 0.1, paired by seed: what the filter kept and
+    what it bought) and the KL-constrained baseline (against vanilla). avg(per, key): {seed: average metric}."""
+    out, ref = [], arms.get("rloop")
+    sweep = [(a, t) for a, t in THRESHOLD_ARMS if a in arms]
+    if ref and len(sweep) > 1:
+        out += ["## Open question: the hard-problem threshold", "",
+                "RLoop keeps the successes of problems with 0 < success < THRESHOLD (no-al: 1.0, every problem with a "
+                "success: no active learning). Per arm, the RFT set per iteration (mean over iterations, then "
+                "seeds) and the output policy's average accuracy / pass@k, each against rloop (0.1) paired by seed.",
+                "", f"| arm | threshold | problems kept / iter | RFT examples / iter | average acc | average "
+                f"pass@{kmax} | acc − rloop | pass@{kmax} − rloop |", "|---" * 8 + "|"]
+        js["threshold"] = {}
+        for arm, thr in sweep:
+            per = arms[arm]
+
+            def filt(key, per=per):  # {seed: mean over iterations of filter_stats[key]}
+                return seed_values(per, lambda p: mean_or_none([it["filter"][key] for it in p["run"]["iters"]
+                                                                if it.get("filter")]))
+            acc, pk = avg(per, "acc"), avg(per, f"pass@{kmax}")
+            d_acc = stats.paired_diff(acc, avg(ref, "acc")) if arm != "rloop" else None
+            d_pk = stats.paired_diff(pk, avg(ref, f"pass@{kmax}")) if arm != "rloop" else None
+            js["threshold"][arm] = {"threshold": thr, "acc": acc, f"pass@{kmax}": pk, "diff_acc": d_acc,
+                                    f"diff_pass@{kmax}": d_pk}
+            out.append(f"| {arm} | {thr} | {ci_cell(filt('problems_selected'), 1)} | {ci_cell(filt('kept'), 1)} | "
+                       f"{ci_cell(acc)} | {ci_cell(pk)} | {diff_cell(d_acc) if d_acc else '–'} | "
+                       f"{diff_cell(d_pk) if d_pk else '–'} |")
+        out.append("")
+    van, kl = arms.get("vanilla"), arms.get("kl")
+    if van and kl:
+        d_acc, d_pk = (stats.paired_diff(avg(kl, k), avg(van, k)) for k in ("acc", f"pass@{kmax}"))
+        kl_mean = seed_values(kl, lambda p: mean_or_none([x["kl"] for x in p["rows"] if x.get("kl") is not None]))
+        js["kl"] = {"diff_acc": d_acc, f"diff_pass@{kmax}": d_pk, "kl_mean": kl_mean}
+        out += ["## Open question: a KL-constrained baseline", "",
+                f"kl = vanilla with a KL penalty to the initial policy (explore.py --kl-coef; verl's low_var_kl). "
+                f"Against vanilla, paired by seed: average acc {diff_cell(d_acc)}; average pass@{kmax} "
+                f"{diff_cell(d_pk)}. Mean KL term per update: {ci_cell(kl_mean, 4)}.", ""]
+    return out
 
 
 def overfit_curve(per: dict, splits: list[str], kmax: str) -> list[dict]:

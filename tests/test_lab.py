@@ -163,3 +163,27 @@ def test_rerun_skips_finished_arms(micro_lab):
 def test_unknown_arm_is_one_clear_line(tmp_path):
     r = run_lab(tmp_path, tmp_path / "lab", ARMS="rloop,bogus")
     assert r.returncode == 2 and "unknown arm 'bogus'" in r.stderr
+
+
+def test_open_questions_threshold_sweep_and_kl():
+    import report
+
+    def arm(acc, pk, kept, kls=()):  # two seeds; acc / pass@2 per seed; filter stats per iteration
+        return {s: {"run": {"iters": [{"filter": {"problems_selected": k, "kept": 2 * k}} for k in kept]},
+                    "rows": [{"kl": x} for x in kls], "avg": {"acc": acc[s], "pass@2": pk[s]}} for s in (0, 1)}
+
+    arms = {"rloop": arm([0.50, 0.52], [0.70, 0.72], [4, 6]), "thr-0.5": arm([0.40, 0.44], [0.71, 0.72], [10, 12]),
+            "vanilla": arm([0.45, 0.47], [0.60, 0.61], []), "kl": arm([0.46, 0.47], [0.62, 0.62], [], [0.01, 0.03])}
+    js = {}
+    text = "\n".join(report.open_questions(arms, "2", js, lambda per, key: {s: p["avg"][key] for s, p in per.items()}))
+    t = js["threshold"]
+    assert list(t) == ["rloop", "thr-0.5"] and t["rloop"]["diff_acc"] is None
+    # thr-0.5 - rloop: acc -0.10, -0.08 (mean -0.09, sd 0.014142, half 12.706 * 0.01); pass@2 +0.01, 0.00
+    assert t["thr-0.5"]["diff_acc"]["mean"] == pytest.approx(-0.09)
+    assert t["thr-0.5"]["diff_acc"]["half"] == pytest.approx(0.12706)
+    assert "| thr-0.5 | 0.5 | 11.0 ± 0.0 | 22.0 ± 0.0 |" in text  # (4+6)/2 = 5 for rloop; (10+12)/2 = 11 here
+    assert "| rloop | 0.1 | 5.0 ± 0.0 | 10.0 ± 0.0 |" in text
+    assert js["kl"]["diff_acc"]["mean"] == pytest.approx(0.005)
+    assert js["kl"]["kl_mean"] == pytest.approx({0: 0.02, 1: 0.02})
+    assert "## Open question: a KL-constrained baseline" in text
+    assert report.open_questions({"rloop": arms["rloop"]}, "2", {}, lambda per, key: {}) == []  # nothing to sweep
