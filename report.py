@@ -494,6 +494,11 @@ def lab_summary(folder: Path, lab: dict, commit: str) -> tuple[str, dict]:
               "|---" * (2 + len(splits)) + "|"]
         for c in curve:
             L.append(f"| {c['step']} | {ci_cell(c['reward'])} | " + " | ".join(ci_cell(c[s]) for s in splits) + " |")
+        first, last = curve[0], curve[-1]  # the change over the run, paired by seed
+        change = {key: stats.paired_diff(last[key], first[key]) for key in ["reward"] + splits}
+        js["overfit_change"] = {"from": first["step"], "to": last["step"], **change}
+        L.append(f"| change {first['step']} → {last['step']} | {diff_cell(change['reward'])} | " +
+                 " | ".join(diff_cell(change[s]) for s in splits) + " |")
         L += ["", "![overfitting](overfit.png)", ""]
 
     # --- diversity

@@ -142,6 +142,12 @@ def test_micro_lab_report_numbers(micro_lab):
     # the overfitting curve: one point per evaluation (every RL_STEPS), train reward over the 2 steps before
     assert [c["step"] for c in js["overfit"]] == [2, 4, 6, 8]
     assert js["overfit"][3]["reward"] == pytest.approx({"0": -1 + 7.5 / 100, "1": -1 + 7.5 / 100})
+    # its change from the first evaluation (step 2) to the last (step 8), paired by seed: reward -1 + 1.5 / 100 ->
+    # -1 + 7.5 / 100 (+0.06 on both seeds); held-out pass@2 = 0.5 + step / 1000 + 0.02 seed (+0.006)
+    ch = js["overfit_change"]
+    assert (ch["from"], ch["to"]) == (2, 8)
+    assert ch["reward"]["mean"] == pytest.approx(0.06) and ch["memo"]["mean"] == pytest.approx(0.006)
+    assert "| change 2 → 8 | +0.060 [+0.060, +0.060] gain |" in summary
     # diversity: 'a' succeeds once per step (entropy 0 within a step: one success), and across an iteration's
     # 2 steps its successes alternate strategies (j = 0: step 1 -> 'group', step 2 -> 'left'): 1 bit
     div = {(x["arm"], x["seed"], x["part"]): x for x in js["diversity"]}
