@@ -23,7 +23,7 @@ The four DAPO tricks, each one flag: --clip-higher (eps_high 0.28 > eps_low 0.2)
 --loss-agg token-mean (token-level loss), --overlong-shaping. One speed trick, exact: --share-prompt (each
 prompt's n responses read one forward pass of it through its KV cache; lib/modeling.shared_prompt_logprobs).
 
-    python explore.py          # the toy: 60 steps in ~2 min on 2 CPU cores; train accuracy 0.31 -> ~0.40
+    python explore.py          # the toy: 60 steps in ~2 min on 2 CPU cores; train accuracy 0.29 -> ~0.37
     python explore.py --model Qwen/Qwen2.5-Math-7B --data dapo-17k.parquet --out runs/explore \\
         --steps 500 --prompts-per-step 512 --n 16 --mini-batch 32 --max-new-tokens 20480 \\
         --overlong-buffer 4096 --lr 1e-6 --warmup-steps 10 --backend vllm      # DAPO's recipe (GPU)

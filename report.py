@@ -679,9 +679,10 @@ def plot_lab(lab: dict, js: dict, out: Path) -> None:
         for s, color in zip(js["splits"], ("tab:blue", "tab:green", "tab:purple", "tab:orange")):
             band(ax2, s, f"{s} pass@{js['ks'][-1]} (right)", color)
         ax2.set_ylabel("held-out pass@k")
-        fig.legend(fontsize=7, loc="lower right")
         ax.set_title("RL overfitting: vanilla RL run long (mean, 95% band)")
         fig.tight_layout()
+        fig.subplots_adjust(bottom=0.3)  # room for the legend under the axes, clear of the curves and the ticks
+        fig.legend(fontsize=7, loc="lower center", ncol=2)
         fig.savefig(out / "overfit.png", dpi=110)
         plt.close(fig)
 
