@@ -43,7 +43,6 @@ same world size. A plain `python explore.py` never touches torch.distributed.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import math
 import re
@@ -468,15 +467,15 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
                                       args.max_new_tokens, args.max_model_len, model_path)
     model, tok = load_policy(model_path, device=load_device(device), trust_remote_code=args.trust_remote_code)
     extend_context(model, overrides)  # saved with every checkpoint: later stages load the same context
+    prepare(model, device, args.bf16, args.grad_checkpointing)  # (under torchrun: FSDP2 shards)
     ref = None
-    if args.kl_coef > 0:  # the KL reference: this run's initial policy, frozen (a resumed run reloads --model)
-        ref = copy.deepcopy(model) if resume_from is None else load_policy(
-            dist.main_first(lambda: toy.resolve(args.model, "model")), device=load_device(device),
-            trust_remote_code=args.trust_remote_code)[0]
+    if args.kl_coef > 0:  # the KL reference: this run's initial policy (--model, also on --resume), frozen. Loaded
+        # after the policy is sharded, so a rank never holds two unsharded copies (7.6B fp32: 30 GB each)
+        ref = load_policy(dist.main_first(lambda: toy.resolve(args.model, "model")), device=load_device(device),
+                          trust_remote_code=args.trust_remote_code)[0]
         extend_context(ref, overrides)
         ref.eval().requires_grad_(False)
         prepare(ref, device, args.bf16)  # (under torchrun: sharded too; no optimizer state)
-    prepare(model, device, args.bf16, args.grad_checkpointing)  # (under torchrun: FSDP2 shards)
     engine = engine_fn(model, tok, model_path) if engine_fn else make_engine(
         args.backend, model, tok, model_path, colocated=True, tp=args.tp, sleep_mode=args.sleep_mode,
         max_model_len=context, hf_overrides=overrides, gpu_memory_utilization=args.gpu_memory_utilization,
