@@ -89,13 +89,15 @@ def diversity(rollouts: Path, max_pairs: int = 20000, seed: int = 0) -> dict | N
 
 
 # --- the run ---------------------------------------------------------------------------------------------
-def load_run(run: Path) -> dict:
+def load_run(run: Path, with_diversity: bool = True) -> dict:
+    """A loop.sh run's outputs; with_diversity: also each iteration's similarity measure (reads its rollouts)."""
     iters = sorted((int(p.name[4:]), p) for p in run.glob("iter*") if p.name[4:].isdigit())
     r = {"iters": [], "vanilla": read_rows(run / "vanilla" / "metrics.jsonl"), "eval": {}}
     for i, p in iters:
         r["iters"].append({"i": i, "rl": read_rows(p / "explore" / "metrics.jsonl"),
                            "filter": read_json(p / "filter" / "filter_stats.json"),
-                           "diversity": diversity(p / "explore" / "rollouts.jsonl")})
+                           "rollouts": p / "explore" / "rollouts.jsonl",
+                           "diversity": diversity(p / "explore" / "rollouts.jsonl") if with_diversity else None})
     for d in sorted((run / "eval").glob("*")):
         m = read_json(d / "metrics.json")
         if m:
@@ -368,7 +370,7 @@ def load_lab(folder: Path, label=None) -> dict:
     for arm, seeds in arm_seeds(folder).items():
         per = {}
         for seed, run in seeds.items():
-            r = load_run(run)
+            r = load_run(run, with_diversity=arm == "rloop")  # (the lab compares diversity of rloop and vanilla)
             steps, m = final_eval(arm, r)
             if r["eval"].get("base"):
                 lab["base"].setdefault(seed, r["eval"]["base"])
@@ -380,11 +382,11 @@ def load_lab(folder: Path, label=None) -> dict:
     for arm, per in lab["arms"].items():
         for seed, p in per.items():
             if arm in ("rloop", "vanilla") and label is not None and window:
-                roll = [it_path / "explore" / "rollouts.jsonl" for it_path in sorted(
-                    (folder / arm / f"seed{seed}").glob("iter*"))] if arm != "vanilla" else \
+                its = p["run"]["iters"]
+                roll = [it["rollouts"] for it in its] if arm == "rloop" else \
                     [folder / arm / f"seed{seed}" / "vanilla" / "rollouts.jsonl"]
                 p["strategy"] = [strategy_diversity(x, window, label) for x in roll]
-                p["similarity"] = [diversity(x) for x in roll]
+                p["similarity"] = [it["diversity"] for it in its] if arm == "rloop" else [diversity(x) for x in roll]
     return lab
 
 
