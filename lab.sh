@@ -22,11 +22,14 @@
 # learning rate are functions of (seed, step), and a resumed run ends with the weights an uninterrupted one
 # does), so the later arm's folder starts as a copy of the earlier's finished stages:
 #   the base evaluation           every arm (one per seed)
-#   rloop's iteration 1 RL run, its harvest and its evaluation   no-al, thr-*  (the threshold acts after them)
+#   rloop's iteration 1 RL run, its harvest   no-al, thr-* (the threshold acts after them)
+#   rloop's iteration 1 RL run    vanilla, whose first RL_STEPS steps it is (vanilla resumes from its copy)
 #   vanilla's RL run (ITERS x RL_STEPS steps) and its evaluations   overfit, which resumes it to OVERFIT_X times
-# Each arm's folder is still a complete, self-contained loop.sh run. Evaluations: the lab reads each run's output
-# policy, so the RLoop arms and kl evaluate the base and their last iteration only (loop.sh EVAL_ITERS=last);
-# vanilla and overfit evaluate every RL_STEPS (the overfitting curve).
+# An arm starts when the arm it copies from has finished (same seed); the pool takes the first such arm in the
+# order rloop, vanilla, overfit, the rest. Each arm's folder is still a complete, self-contained loop.sh run.
+# Evaluations: the lab reads each run's output policy, so the RLoop arms and kl evaluate the base and their
+# output policy only (loop.sh EVAL_ITERS=output); vanilla and overfit evaluate every RL_STEPS (the overfitting
+# curve). Each loop.sh runs its stages one after another (its JOBS=1): the lab runs JOBS of them side by side.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -61,9 +64,9 @@ echo "== RLoop lab $(date -u +%FT%TZ): arms ${arms[*]}; seeds ${seeds[*]}; ITERS
 
 # arm_env ARM: the loop.sh settings of an arm (printed one per line)
 # (the lab reads the output policy of each run, so only the vanilla runs, whose evaluations every RL_STEPS make
-# the overfitting curve, evaluate every iteration: EVAL_ITERS=last elsewhere, unless set)
+# the overfitting curve, evaluate every iteration: EVAL_ITERS=output elsewhere, unless set)
 arm_env() {
-  local last="EVAL_ITERS=${EVAL_ITERS:-last}"
+  local last="EVAL_ITERS=${EVAL_ITERS:-output}"
   case $1 in
     rloop) printf '%s\n' VANILLA=0 "$last" ;;
     vanilla) printf '%s\n' VANILLA=1 RLOOP=0 EVAL_ITERS=all ;;
@@ -74,19 +77,23 @@ arm_env() {
   esac
 }
 
-# seed_from SRC DST STAGE:PATH...: start DST (a fresh arm folder) with SRC's finished stages (a STAGE of '-'
-# copies PATH without marking a stage done: loop.sh resumes it)
+# seed_from SRC DST STAGE:PATH[=DEST]...: start DST (a fresh arm folder) with SRC's finished stages: when SRC
+# finished STAGE, SRC/PATH is copied to DST/DEST (DEST defaults to PATH) and STAGE marked done in DST. A STAGE
+# written -STAGE marks nothing (DST's loop.sh resumes from the copy); a STAGE of '-' copies PATH unconditionally.
 seed_from() {
-  local src=$1 dst=$2 item stage path; shift 2
+  local src=$1 dst=$2 item stage mark path dest; shift 2
   [[ -d "$src/.done" && ! -e "$dst/.done" ]] || return 0
   mkdir -p "$dst/.done"
   for item in "$@"; do
-    stage=${item%%:*} path=${item#*:}
-    if [[ "$stage" != - && ! -e "$src/.done/$stage" ]]; then continue; fi
+    stage=${item%%:*} path=${item#*:} mark=1
+    if [[ "$stage" == -* ]]; then stage=${stage#-} mark=0; fi
+    dest=$path
+    if [[ "$path" == *=* ]]; then dest=${path#*=} path=${path%%=*}; fi
+    if [[ -n "$stage" && ! -e "$src/.done/$stage" ]]; then continue; fi
     [[ -e "$src/$path" ]] || continue
-    mkdir -p "$(dirname "$dst/$path")"
-    cp -a "$src/$path" "$dst/$path"
-    if [[ "$stage" != - ]]; then touch "$dst/.done/$stage"; fi
+    mkdir -p "$(dirname "$dst/$dest")"
+    cp -a "$src/$path" "$dst/$dest"
+    if (( mark )); then touch "$dst/.done/$stage"; fi
   done
 }
 
@@ -101,44 +108,67 @@ run_arm() {
       local items=(-:vanilla eval-base:eval/base)
       for ((i = 1; i <= ITERS; i++)); do items+=("eval-vanilla-$((i * RL_STEPS)):eval/vanilla-$((i * RL_STEPS))"); done
       seed_from "$OUT/vanilla/seed$seed" "$dir" "${items[@]}" ;;
-    vanilla) seed_from "$OUT/rloop/seed$seed" "$dir" eval-base:eval/base ;;  # (when rloop ran before)
-    kl) seed_from "$OUT/vanilla/seed$seed" "$dir" eval-base:eval/base ;;
+    vanilla) seed_from "$OUT/rloop/seed$seed" "$dir" -iter1-explore:iter1/explore=vanilla eval-base:eval/base ;;
+    kl) seed_from "$OUT/rloop/seed$seed" "$dir" eval-base:eval/base ;;
   esac
   t0=$(date +%s)
   echo "+ $arm seed $seed -> $dir"
   mkdir -p "$dir"
+  rm -f "$dir/.failed"
   local envs
   mapfile -t envs < <(arm_env "$arm")
-  if env "${envs[@]}" OUT="$dir" SEED="$seed" bash loop.sh > "$dir/lab_job.log" 2>&1; then
+  if env "${envs[@]}" OUT="$dir" SEED="$seed" JOBS=1 bash loop.sh > "$dir/lab_job.log" 2>&1; then
     echo "-- $arm seed $seed: finished in $(( $(date +%s) - t0 )) s"
   else
     echo "!! $arm seed $seed failed (exit $?): see $dir/lab_job.log" >&2
+    touch "$dir/.failed"
     return 1
   fi
 }
 
-# a pool of JOBS runs; wave 1 (rloop, vanilla) before wave 2, whose arms start from wave 1's results
+# source_of ARM: the arm whose finished run ARM starts from (see "Shared work" above; none for rloop)
+source_of() {
+  case $1 in
+    vanilla | no-al | thr-* | kl) echo rloop ;;
+    overfit) echo vanilla ;;
+  esac
+}
+# ready ARM:SEED: its source arm finished, or is not part of this lab, or failed (then ARM computes everything)
+ready() {
+  local src; src=$(source_of "${1%%:*}")
+  [[ -z "$src" || -e "$OUT/$src/seed${1#*:}/.done/report" || -e "$OUT/$src/seed${1#*:}/.failed" ]] || ! has "$src"
+}
+# a pool of JOBS runs: whenever a slot is free, the first pending job that is ready starts
 pool() {  # pool ARM:SEED...
-  local job fail=0 running=0
-  for job in "$@"; do
-    while (( running >= JOBS )); do wait -n || fail=1; running=$((running - 1)); done
-    run_arm "${job%%:*}" "${job#*:}" &
-    running=$((running + 1))
+  local pending=("$@") job i started fail=0 running=0
+  while (( ${#pending[@]} || running )); do
+    started=0
+    if (( running < JOBS )); then
+      for i in "${!pending[@]}"; do
+        job=${pending[$i]}
+        ready "$job" || continue
+        run_arm "${job%%:*}" "${job#*:}" &
+        running=$((running + 1)) started=1
+        unset "pending[$i]"; pending=("${pending[@]}")
+        break
+      done
+    fi
+    if (( ! started )); then
+      if (( running == 0 )); then echo "!! lab: no job can start: ${pending[*]}" >&2; return 1; fi
+      wait -n || fail=1
+      running=$((running - 1))
+    fi
   done
-  while (( running > 0 )); do wait -n || fail=1; running=$((running - 1)); done
   return $fail
 }
 has() { [[ " ${arms[*]} " == *" $1 "* ]]; }
-wave1=() wave2=()
-for s in "${seeds[@]}"; do
-  for a in rloop vanilla; do has $a && wave1+=("$a:$s"); done
+jobs_list=()
+for a in rloop vanilla overfit no-al thr-0.05 thr-0.2 thr-0.5 kl; do  # the long chain (rloop, vanilla, overfit) first
+  for s in "${seeds[@]}"; do has $a && jobs_list+=("$a:$s"); done
 done
-for a in overfit no-al thr-0.05 thr-0.2 thr-0.5 kl; do  # the longest first: the pool ends with short jobs
-  for s in "${seeds[@]}"; do has $a && wave2+=("$a:$s"); done
-done
+rm -f "$OUT"/*/seed*/.failed  # (marks of an earlier lab's failed arms: these run again)
 rc=0
-pool "${wave1[@]}" 2>&1 | tee -a "$OUT/lab.log" || rc=1
-if (( ${#wave2[@]} )); then pool "${wave2[@]}" 2>&1 | tee -a "$OUT/lab.log" || rc=1; fi
+pool "${jobs_list[@]}" 2>&1 | tee -a "$OUT/lab.log" || rc=1
 $PYTHON report.py "$OUT" | tail -n 3
 elapsed=$(( $(date +%s) - t_start ))
 echo "== lab done in ${elapsed} s: $OUT/report/summary.md" | tee -a "$OUT/lab.log"

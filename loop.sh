@@ -8,9 +8,12 @@
 #       filter       keep the successful trajectories of hard problems (success rate < THRESHOLD)
 #       consolidate  rejection-sampling fine-tuning of policy_{i-1} (the iteration's *initial* policy) on them
 #       policy_i = the consolidated model
-#   vanilla RL:   explore from MODEL for ITERS x RL_STEPS steps (same seed and batch settings)
+#   vanilla RL:   explore from MODEL for ITERS x RL_STEPS steps (same seed and batch settings); its first
+#                 RL_STEPS steps are iteration 1's RL run, so it starts as a copy of that run and goes on
 #   evaluate:     the base, every iteration's final RL policy and consolidated policy, vanilla at equal RL steps
 #   report.py:    OUT/report/summary.md + plots
+# With JOBS=2 (the toy's default) the vanilla run and half the evaluations go beside RLoop's chain, one torch
+# thread each: the same stages, the same outputs, in less wall time on a 2-core box.
 #
 # Zero configuration runs the embedded toy world on CPU. The real world, on GPUs:
 #   MODEL=Qwen/Qwen2.5-Math-7B DATA=BytedTsinghua-SIA/DAPO-Math-17k EVAL=aime24=...,math500=... \
@@ -42,14 +45,30 @@ HARVEST_ARGS=${HARVEST_ARGS:-}
 FILTER_ARGS=${FILTER_ARGS:-}
 CONSOLIDATE_ARGS=${CONSOLIDATE_ARGS:-}
 EVAL_ARGS=${EVAL_ARGS:---n 8}
-EVAL_ITERS=${EVAL_ITERS:-all}    # all: every iteration's policies (and vanilla every RL_STEPS); last: the last only
+EVAL_ITERS=${EVAL_ITERS:-all}    # all: every iteration's policies (and vanilla every RL_STEPS); last: the last only;
+                                 # output: the run's output policies only (RLoop's last consolidated one, or its last
+                                 # RL policy when the last filter kept nothing; vanilla's last checkpoint)
+JOBS=${JOBS:-}                   # stages side by side: 2 = vanilla RL and half the evaluations beside RLoop's chain,
+                                 # each stage with cores / 2 torch threads. Default: 2 for the toy, 1 otherwise (at
+                                 # full scale each stage takes every GPU of the node)
 LOGGER=${LOGGER:-}               # live tracking of explore / consolidate: tensorboard, wandb or both (comma list)
 log_flag=()
 if [[ -n "$LOGGER" ]]; then log_flag=(--logger "$LOGGER"); fi
 
-if [[ "$EVAL_ITERS" != all && "$EVAL_ITERS" != last ]]; then
-  echo "error: EVAL_ITERS=$EVAL_ITERS must be 'all' or 'last'" >&2
+if [[ "$EVAL_ITERS" != all && "$EVAL_ITERS" != last && "$EVAL_ITERS" != output ]]; then
+  echo "error: EVAL_ITERS=$EVAL_ITERS must be 'all', 'last' or 'output'" >&2
   exit 2
+fi
+if [[ -z "$JOBS" ]]; then if [[ "$MODEL" == toy ]]; then JOBS=2; else JOBS=1; fi; fi
+if [[ ! "$JOBS" =~ ^[12]$ ]]; then
+  echo "error: JOBS=$JOBS must be 1 or 2" >&2
+  exit 2
+fi
+if (( ! RLOOP )); then JOBS=1; fi  # (a vanilla-only run has nothing to run beside its RL run)
+if (( JOBS == 2 )) && [[ -z "${OMP_NUM_THREADS:-}" ]]; then  # two stages at a time: half the cores each
+  cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
+  export OMP_NUM_THREADS=$(( cores > 3 ? cores / 2 : 1 ))
+  export MKL_NUM_THREADS=$OMP_NUM_THREADS
 fi
 if (( RL_STEPS % SAVE_EVERY != 0 )); then
   echo "error: SAVE_EVERY=$SAVE_EVERY must divide RL_STEPS=$RL_STEPS (vanilla is evaluated at multiples of RL_STEPS)" >&2
@@ -59,8 +78,8 @@ mkdir -p "$OUT/.done"
 exec > >(tee -a "$OUT/loop.log") 2>&1
 echo "== RLoop $(date -u +%FT%TZ)"
 for v in MODEL DATA EVAL ITERS RL_STEPS SAVE_EVERY OUT SEED VANILLA RLOOP THRESHOLD PYTHON TRAIN_LAUNCH LOGGER \
-         EXPLORE_ARGS HARVEST_ARGS FILTER_ARGS CONSOLIDATE_ARGS EVAL_ARGS EVAL_ITERS; do
-  printf '   %-16s %s\n' "$v" "${!v}"
+         EXPLORE_ARGS HARVEST_ARGS FILTER_ARGS CONSOLIDATE_ARGS EVAL_ARGS EVAL_ITERS JOBS OMP_NUM_THREADS; do
+  printf '   %-16s %s\n' "$v" "${!v:-}"
 done
 
 # stage NAME CMD...: run CMD unless NAME finished before; echo it; mark it done when it succeeds.
@@ -74,60 +93,129 @@ stage() {
 ckpt() { printf '%s/ckpt_%06d' "$1" "$2"; }  # ckpt DIR STEP -> the checkpoint folder explore.py writes
 
 # --- RLoop ---------------------------------------------------------------------------------------------
-policy=$MODEL
-for ((i = 1; i <= ITERS * RLOOP; i++)); do
-  it=$OUT/iter$i
-  # shellcheck disable=SC2086  # *_ARGS are deliberately word-split into flags
-  stage "iter$i-explore" $TRAIN_LAUNCH explore.py --model "$policy" --data "$DATA" --out "$it/explore" \
-    --steps "$RL_STEPS" --save-every "$SAVE_EVERY" --seed $((SEED + i - 1)) --resume "${log_flag[@]}" $EXPLORE_ARGS
-  # shellcheck disable=SC2086
-  stage "iter$i-harvest" $PYTHON harvest.py --run "$it/explore" --out "$it/harvest.jsonl" $HARVEST_ARGS
-  if [[ ! -e "$OUT/.done/iter$i-filter" ]]; then
-    echo "+ $PYTHON filter.py --in $it/harvest.jsonl --out $it/filter --threshold $THRESHOLD $FILTER_ARGS"
-    rc=0
+rloop() {
+  local policy=$MODEL i it rc
+  for ((i = 1; i <= ITERS * RLOOP; i++)); do
+    it=$OUT/iter$i
+    # shellcheck disable=SC2086  # *_ARGS are deliberately word-split into flags
+    stage "iter$i-explore" $TRAIN_LAUNCH explore.py --model "$policy" --data "$DATA" --out "$it/explore" \
+      --steps "$RL_STEPS" --save-every "$SAVE_EVERY" --seed $((SEED + i - 1)) --resume "${log_flag[@]}" $EXPLORE_ARGS
     # shellcheck disable=SC2086
-    $PYTHON filter.py --in "$it/harvest.jsonl" --out "$it/filter" --threshold "$THRESHOLD" $FILTER_ARGS || rc=$?
-    if (( rc == 3 )); then  # nothing kept: this iteration keeps its initial policy
-      echo "-- iter$i: the filter kept nothing; iteration $((i + 1)) starts again from $policy"
-      echo "$policy" > "$it/next_policy"
-      touch "$OUT/.done/iter$i-consolidate"
-    elif (( rc != 0 )); then
-      exit "$rc"
+    stage "iter$i-harvest" $PYTHON harvest.py --run "$it/explore" --out "$it/harvest.jsonl" $HARVEST_ARGS
+    if [[ ! -e "$OUT/.done/iter$i-filter" ]]; then
+      echo "+ $PYTHON filter.py --in $it/harvest.jsonl --out $it/filter --threshold $THRESHOLD $FILTER_ARGS"
+      rc=0
+      # shellcheck disable=SC2086
+      $PYTHON filter.py --in "$it/harvest.jsonl" --out "$it/filter" --threshold "$THRESHOLD" $FILTER_ARGS || rc=$?
+      if (( rc == 3 )); then  # nothing kept: this iteration keeps its initial policy
+        echo "-- iter$i: the filter kept nothing; iteration $((i + 1)) starts again from $policy"
+        echo "$policy" > "$it/next_policy"
+        touch "$OUT/.done/iter$i-consolidate"
+      elif (( rc != 0 )); then
+        exit "$rc"
+      fi
+      touch "$OUT/.done/iter$i-filter"
     fi
-    touch "$OUT/.done/iter$i-filter"
-  fi
-  # shellcheck disable=SC2086
-  stage "iter$i-consolidate" $TRAIN_LAUNCH consolidate.py --model "$policy" --data "$it/filter/rft.jsonl" \
-    --out "$it/consolidated" --seed "$SEED" --resume "${log_flag[@]}" $CONSOLIDATE_ARGS
-  [[ -e "$it/next_policy" ]] || echo "$it/consolidated" > "$it/next_policy"
-  policy=$(cat "$it/next_policy")
-done
+    # shellcheck disable=SC2086
+    stage "iter$i-consolidate" $TRAIN_LAUNCH consolidate.py --model "$policy" --data "$it/filter/rft.jsonl" \
+      --out "$it/consolidated" --seed "$SEED" --resume "${log_flag[@]}" $CONSOLIDATE_ARGS
+    [[ -e "$it/next_policy" ]] || echo "$it/consolidated" > "$it/next_policy"
+    policy=$(cat "$it/next_policy")
+  done
+}
 
 # --- vanilla RL at equal RL steps ------------------------------------------------------------------------
-if (( VANILLA )); then
+# Its first RL_STEPS steps ARE iteration 1's RL run: the same model, seed, data and flags (explore.py's data
+# order, sampling seeds and constant-after-warm-up learning rate are functions of (seed, step)), and --resume
+# ends with the weights an uninterrupted run ends with. So the run starts as a copy of iter1/explore.
+vanilla() {
+  if (( RLOOP )) && [[ -e "$OUT/.done/iter1-explore" && -d "$OUT/iter1/explore" && ! -e "$OUT/vanilla" ]]; then
+    echo "-- vanilla: steps 1..$RL_STEPS are iter1/explore's (copied); it resumes from there"
+    rm -rf "$OUT/vanilla.partial"
+    cp -a "$OUT/iter1/explore" "$OUT/vanilla.partial"
+    mv "$OUT/vanilla.partial" "$OUT/vanilla"
+  fi
   # shellcheck disable=SC2086
   stage vanilla-explore $TRAIN_LAUNCH explore.py --model "$MODEL" --data "$DATA" --out "$OUT/vanilla" \
     --steps $((ITERS * RL_STEPS)) --save-every "$SAVE_EVERY" --seed "$SEED" --resume "${log_flag[@]}" $EXPLORE_ARGS
-fi
+}
 
 # --- evaluation ----------------------------------------------------------------------------------------
-evaluate() {  # evaluate NAME MODEL
-  # shellcheck disable=SC2086
-  stage "eval-$1" $PYTHON evaluate.py --model "$2" --benchmarks "$EVAL" --out "$OUT/eval/$1" --seed "$SEED" $EVAL_ARGS
+eval_names() {  # every evaluation this run makes, in order
+  local i
+  echo base
+  for ((i = 1; i <= ITERS; i++)); do
+    if [[ "$EVAL_ITERS" != all ]] && (( i < ITERS )); then continue; fi
+    if (( RLOOP )); then echo "iter$i-rl" "iter$i-rft"; fi
+    if (( VANILLA )); then echo "vanilla-$((i * RL_STEPS))"; fi
+  done
 }
-evaluate base "$MODEL"
-for ((i = 1; i <= ITERS; i++)); do
-  if [[ "$EVAL_ITERS" == last ]] && (( i < ITERS )); then continue; fi
-  if (( ! RLOOP )); then
-    if (( VANILLA )); then evaluate "vanilla-$((i * RL_STEPS))" "$(ckpt "$OUT/vanilla" $((i * RL_STEPS)))"; fi
-    continue
-  fi
-  evaluate "iter$i-rl" "$(ckpt "$OUT/iter$i/explore" "$RL_STEPS")"
-  if [[ "$(cat "$OUT/iter$i/next_policy")" == "$OUT/iter$i/consolidated" ]]; then
-    evaluate "iter$i-rft" "$OUT/iter$i/consolidated"
-  fi
-  if (( VANILLA )); then evaluate "vanilla-$((i * RL_STEPS))" "$(ckpt "$OUT/vanilla" $((i * RL_STEPS)))"; fi
-done
+consolidated() {  # consolidated I: iteration I finished with a consolidated policy (its filter kept something)
+  [[ -e "$OUT/.done/iter$1-consolidate" && "$(cat "$OUT/iter$1/next_policy")" == "$OUT/iter$1/consolidated" ]]
+}
+policy_of() {  # policy_of NAME -> the folder evaluation NAME reads; fails while it is not trained, or if none
+  local name=$1 i=${1#iter}
+  i=${i%%-*}
+  case $name in
+    base) echo "$MODEL" ;;
+    vanilla-*) [[ -e "$OUT/.done/vanilla-explore" ]] && ckpt "$OUT/vanilla" "${name#vanilla-}" ;;
+    iter*-rl)  # (EVAL_ITERS=output: only when the last filter kept nothing, so that it is the output policy)
+      [[ -e "$OUT/.done/iter$i-explore" ]] || return 1
+      if [[ "$EVAL_ITERS" == output ]]; then [[ -e "$OUT/.done/iter$i-consolidate" ]] && ! consolidated "$i" || return 1; fi
+      ckpt "$OUT/iter$i/explore" "$RL_STEPS" ;;
+    iter*-rft) consolidated "$i" && echo "$OUT/iter$i/consolidated" ;;
+  esac
+}
+# evaluations [NAME...]: every evaluation (or those named) whose policy is ready and that no other lane took (a
+# lane takes one by creating OUT/.claim/NAME); lane 1 calls it last, when every policy is ready
+evaluations() {
+  local name model
+  for name in ${*:-$(eval_names)}; do
+    model=$(policy_of "$name") || continue
+    mkdir "$OUT/.claim/$name" 2>/dev/null || continue
+    # shellcheck disable=SC2086
+    stage "eval-$name" $PYTHON evaluate.py --model "$model" --benchmarks "$EVAL" --out "$OUT/eval/$name" \
+      --seed "$SEED" $EVAL_ARGS
+  done
+}
+
+# --- the run ------------------------------------------------------------------------------------------
+# JOBS=1: RLoop's iterations, vanilla RL, the evaluations, one after another.
+# JOBS=2: lane 1 runs RLoop's iterations; lane 2 evaluates the base while iteration 1 explores, runs vanilla RL
+# from iteration 1's copy, then takes evaluations as their policies become ready; lane 1 ends with the rest.
+rm -rf "$OUT/.claim" && mkdir -p "$OUT/.claim"
+lane=
+if (( JOBS == 2 )); then
+  lane2() {
+    evaluations base
+    while [[ ! -e "$OUT/.done/iter1-explore" ]]; do
+      sleep 1
+      kill -0 $$ 2>/dev/null || exit 1  # lane 1 died
+    done
+    if (( VANILLA )); then vanilla; fi
+    local last=0
+    until (( last )); do  # a pass that starts after lane 1's iterations sees every policy ready: the last one
+      [[ -e "$OUT/.claim/.iterations-done" ]] && last=1
+      evaluations
+      (( last )) || sleep 1
+    done
+  }
+  stop_lane() { if [[ -n "$lane" ]]; then pkill -P "$lane" 2>/dev/null || true; kill "$lane" 2>/dev/null || true; fi; }
+  trap stop_lane EXIT
+  trap 'exit 130' INT TERM
+  PYTHONUNBUFFERED=1 lane2 > >(while IFS= read -r line; do printf '[lane 2] %s\n' "$line"; done) 2>&1 &
+  lane=$!
+fi
+rloop
+touch "$OUT/.claim/.iterations-done"
+if (( JOBS == 1 && VANILLA )); then vanilla; fi
+evaluations
+if [[ -n "$lane" ]]; then
+  wait "$lane" || { lane=; echo "error: lane 2 failed (its lines above start with [lane 2])" >&2; exit 1; }
+  lane=
+fi
+
+rm -rf "$OUT/.claim"
 
 stage report $PYTHON report.py "$OUT"
 echo "== done: $OUT/report/summary.md"

@@ -16,8 +16,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-import torch
 
 EXIT_USER_ERROR = 2  # bad input / bad flags
 EXIT_NOTHING_KEPT = 3  # filter.py: nothing survived the filter (loop.sh branches on it)
@@ -252,13 +250,20 @@ def save_args(args: argparse.Namespace, out_dir: str | os.PathLike, name: str = 
     atomic_write_json(Path(out_dir) / name, {k: v for k, v in sorted(vars(args).items())})
 
 
+# (numpy and torch are imported where they are used: filter.py and report.py, which need neither, start in a
+# fraction of a second; the lab runs them dozens of times)
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def pick_device(device: str = "auto") -> torch.device:
+def pick_device(device: str = "auto") -> "torch.device":
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)

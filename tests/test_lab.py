@@ -109,9 +109,23 @@ def test_micro_lab_layout_and_shared_work(micro_lab):
     assert {e.split("/")[-1] for e in evals if "/overfit/seed0/" in e} == {"vanilla-6", "vanilla-8"}
     for arm in ("rloop", "vanilla"):
         assert (out / arm / "seed0" / "report" / "summary.md").exists()  # each run has its own report too
-    # the RLoop arm evaluates its output policy only (EVAL_ITERS=last); vanilla every RL_STEPS (the curve)
-    assert {e.split("/")[-1] for e in evals if "/rloop/seed0/" in e} == {"base", "iter2-rl", "iter2-rft"}
-    assert {e.split("/")[-1] for e in evals if "/vanilla/seed0/" in e} == {"base", "vanilla-2", "vanilla-4"}
+    # the RLoop arm evaluates the base and its output policy only (EVAL_ITERS=output); vanilla every RL_STEPS (the
+    # curve), the base copied from rloop's
+    assert {e.split("/")[-1] for e in evals if "/rloop/seed0/" in e} == {"base", "iter2-rft"}
+    assert {e.split("/")[-1] for e in evals if "/vanilla/seed0/" in e} == {"vanilla-2", "vanilla-4"}
+    assert (out / "vanilla" / "seed0" / "eval" / "base" / "metrics.json").exists()
+    # vanilla's first RL_STEPS steps are rloop's iteration 1 (copied, then resumed): the same rows, and no explore
+    # call for the vanilla arm starts from step 0 (the shim appends to what is there)
+    for seed in (0, 1):
+        it1 = (out / "rloop" / f"seed{seed}" / "iter1" / "explore" / "rollouts.jsonl").read_text()
+        van = (out / "vanilla" / f"seed{seed}" / "vanilla" / "rollouts.jsonl").read_text()
+        assert van.startswith(it1) and len(van) == 2 * len(it1)
+    # each arm started only after the arm it copies from had finished (same seed)
+    log = r.stdout.splitlines()
+    line = lambda prefix: next(i for i, x in enumerate(log) if x.startswith(prefix))  # noqa: E731
+    for seed in (0, 1):
+        for src, dst in (("rloop", "vanilla"), ("vanilla", "overfit")):
+            assert line(f"-- {src} seed {seed}: finished") < line(f"+ {dst} seed {seed} -> ")
 
 
 def test_micro_lab_report_numbers(micro_lab):

@@ -18,7 +18,8 @@ def loop_env(model, data, out, **over):
            "ITERS": "2", "RL_STEPS": "2", "SAVE_EVERY": "1", "THRESHOLD": "1.0",
            "EXPLORE_ARGS": "--prompts-per-step 4 --n 4 --mini-batch 2 --micro-batch 8 --max-new-tokens 24 "
                            "--overlong-buffer 4 --max-gen-batches 2 --lr 1e-3 --warmup-steps 0 --backend hf",
-           "CONSOLIDATE_ARGS": "--epochs 1 --batch-size 8", "EVAL_ARGS": "--n 4 --max-new-tokens 24 --backend hf"}
+           "CONSOLIDATE_ARGS": "--epochs 1 --batch-size 8", "EVAL_ARGS": "--n 4 --max-new-tokens 24 --backend hf",
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # (one thread: runs compare bit for bit, whatever JOBS)
     env.update(over)
     return env
 
@@ -61,6 +62,47 @@ def test_rerun_of_a_finished_run_does_nothing(finished_run, memo_model_dir, memo
     assert not [line for line in r.stdout.splitlines() if line.startswith("+ ")]  # no command ran
     after = {p: p.stat().st_mtime_ns for p in finished_run.rglob("*") if p.is_file() and p.name != "loop.log"}
     assert before == after
+
+
+def weights(folder: Path) -> bytes:
+    return (folder / "model.safetensors").read_bytes()
+
+
+def test_vanilla_starting_from_iteration_1s_copy_is_the_uninterrupted_run(finished_run, memo_model_dir, memo_data,
+                                                                          tmp_path):
+    """loop.sh copies iteration 1's RL run as vanilla's first RL_STEPS steps (same model, seed, data, flags) and
+    resumes it: it must end with the weights of a vanilla run made from scratch (RLOOP=0)."""
+    van = finished_run / "vanilla"
+    assert weights(van / "ckpt_000002") == weights(finished_run / "iter1" / "explore" / "ckpt_000002")
+    rows = lambda run: [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [r["step"] for r in rows(van)] == [1, 2, 3, 4]
+    r = run_loop(loop_env(memo_model_dir, memo_data, tmp_path / "alone", RLOOP="0"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    alone = tmp_path / "alone" / "vanilla"
+    assert "iter1/explore's (copied)" in (finished_run / "loop.log").read_text()
+    for step in (2, 4):
+        assert weights(alone / f"ckpt_{step:06d}") == weights(van / f"ckpt_{step:06d}"), step
+    same = lambda run: [(r["step"], r["reward"], r["grad_norm"]) for r in rows(run)]  # noqa: E731
+    assert same(alone) == same(van)
+
+
+def test_two_lanes_make_the_same_run(finished_run, memo_model_dir, memo_data, tmp_path):
+    """JOBS=2 (vanilla RL and evaluations beside RLoop's chain) writes what JOBS=1 writes: the same weights at
+    every checkpoint and the same evaluation numbers; its second lane's lines are marked."""
+    out = tmp_path / "lanes"
+    r = run_loop(loop_env(memo_model_dir, memo_data, out, JOBS="2"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "[lane 2] + " in r.stdout and "JOBS             2" in r.stdout
+    ckpts = sorted(p.relative_to(finished_run) for p in finished_run.rglob("model.safetensors"))
+    assert len(ckpts) >= 6 and ckpts == sorted(p.relative_to(out) for p in out.rglob("model.safetensors"))
+    for c in ckpts:
+        assert (finished_run / c).read_bytes() == (out / c).read_bytes(), c
+    evals = sorted(p.name for p in (finished_run / "eval").iterdir())
+    assert evals == sorted(p.name for p in (out / "eval").iterdir())
+    for name in evals:
+        a, b = (json.loads((run / "eval" / name / "metrics.json").read_text()) for run in (finished_run, out))
+        assert a["average"] == b["average"], name
+    assert not (out / ".claim").exists() and (out / "report" / "summary.md").exists()
 
 
 def test_killed_loop_resumes_and_finishes(memo_model_dir, memo_data, tmp_path):

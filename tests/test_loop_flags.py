@@ -13,7 +13,7 @@ def dry_run(tmp_path, **env):
     e = {**os.environ, "PYTHON": "echo", "OUT": str(tmp_path / "loop"), "ITERS": "1", **env}
     (tmp_path / "loop" / "iter1").mkdir(parents=True)  # (a real explore.py would have made it)
     r = subprocess.run(["bash", "loop.sh"], cwd=ROOT, env=e, capture_output=True, text=True, timeout=60)
-    return r.returncode, r.stdout + r.stderr
+    return r.returncode, (r.stdout + r.stderr).replace("[lane 2] ", "")  # (JOBS=2, the toy's default: two lanes)
 
 
 @pytest.mark.parametrize("rl_steps, save_every", [("2", "2"), ("6", "3"), ("20", "5"), ("7", "1"), ("8", "4")])
