@@ -694,7 +694,8 @@ def bench_data(args, out: Path) -> list[dict]:
 
 def loop_walltime(run: Path) -> dict | None:
     """A finished loop.sh run's wall time (first '== RLoop <time>' of loop.log to its report marker) and per-stage
-    seconds (between consecutive .done markers, in the order they were written). None when not finished."""
+    seconds: the seconds loop.sh wrote into the stage's .done marker, or (a marker without them: a copied or an older
+    one) the time since the previous marker. None when not finished."""
     from datetime import datetime, timezone
 
     log, done = run / "loop.log", run / ".done" / "report"
@@ -704,10 +705,10 @@ def loop_walltime(run: Path) -> dict | None:
     if first is None:
         return None
     start = datetime.strptime(first.split()[2], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
-    marks = sorted((p.stat().st_mtime, p.name) for p in (run / ".done").iterdir())
+    marks = sorted((p.stat().st_mtime, p.name, p.read_text().strip()) for p in (run / ".done").iterdir())
     stages, prev = {}, start
-    for t, name in marks:
-        stages[name] = round(max(0.0, t - prev), 1)
+    for t, name, seconds in marks:  # (with JOBS=2 two stages run at once: only the written seconds are theirs)
+        stages[name] = float(seconds) if seconds.isdigit() else round(max(0.0, t - prev), 1)
         prev = max(prev, t)
     return {"seconds": round(done.stat().st_mtime - start, 1), "stages": stages}
 

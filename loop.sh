@@ -82,13 +82,14 @@ for v in MODEL DATA EVAL ITERS RL_STEPS SAVE_EVERY OUT SEED VANILLA RLOOP THRESH
   printf '   %-16s %s\n' "$v" "${!v:-}"
 done
 
-# stage NAME CMD...: run CMD unless NAME finished before; echo it; mark it done when it succeeds.
+# stage NAME CMD...: run CMD unless NAME finished before; echo it; mark it done when it succeeds (the marker
+# holds the stage's seconds: bench.py --sections walltime reads them)
 stage() {
-  local name=$1; shift
+  local name=$1 t0=$SECONDS; shift
   if [[ -e "$OUT/.done/$name" ]]; then echo "-- $name: done, skipped"; return 0; fi
   echo "+ $*"
   "$@"
-  touch "$OUT/.done/$name"
+  echo $((SECONDS - t0)) > "$OUT/.done/$name"
 }
 ckpt() { printf '%s/ckpt_%06d' "$1" "$2"; }  # ckpt DIR STEP -> the checkpoint folder explore.py writes
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lib import dist
+from lib import decode, dist
 from lib.cli import UserError, check_positive
 from lib.modeling import cache_keyword, pad_rows, stop_token_ids
 from lib.records import Trajectory
@@ -84,12 +84,15 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, gen: to
 class HFEngine:
     """Batched, KV-cached sampling over a transformers model (the policy itself: no weight sync needed)."""
 
-    def __init__(self, model, tokenizer, max_batch: int = 512, show_progress: bool = False):
+    def __init__(self, model, tokenizer, max_batch: int = 512, show_progress: bool = False, fast_decode: bool = True):
         self.model, self.tok = model, tokenizer
         self.max_batch = max_batch  # rows (prompts x n) decoded together
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.show_progress = show_progress
         self.cache_kw = cache_keyword(model)
+        # decode steps through lib/decode.py's in-place KV cache where it reproduces the model (Qwen2, plain
+        # parameters); the model's own forward otherwise. The prompt prefill is always the model's forward.
+        self.decoder = decode.Qwen2Decoder(model) if fast_decode and decode.supports(model) else None
 
     def sync_weights(self, model=None) -> None:
         """The HF engine samples from the training model's own parameters: nothing to copy."""
@@ -132,7 +135,12 @@ class HFEngine:
         cache = DynamicCache()
         # prefill each prompt once, then copy its cache for the n samples
         logits = self._forward(input_ids=input_ids, attention_mask=attn[:, :L], position_ids=pos, cache=cache)
-        cache.batch_repeat_interleave(n)
+        dec = self.decoder
+        if dec is not None:
+            dec.start(cache, n)
+            cache = None
+        else:
+            cache.batch_repeat_interleave(n)
         logits = logits.repeat_interleave(n, 0)  # [R, V], R = P * n
         attn = attn.repeat_interleave(n, 0)  # [R, L + T]
         next_pos = attn.sum(-1)  # [R] position of the next token
@@ -155,11 +163,14 @@ class HFEngine:
                 break
             if n_done:  # drop finished rows: they stop costing compute
                 keep = (~done).nonzero().squeeze(-1)
-                cache.batch_select_indices(keep)
+                dec.select(keep) if dec is not None else cache.batch_select_indices(keep)
                 rows, tok, attn, next_pos = rows[keep], tok[keep], attn[keep], next_pos[keep]
             attn[:, L + t] = 1
-            logits = self._forward(input_ids=tok.unsqueeze(-1), attention_mask=attn[:, :L + t + 1],
-                                   position_ids=next_pos.unsqueeze(-1), cache=cache)  # [A, V]
+            if dec is not None:
+                logits = dec.step(tok, next_pos, attn)  # [A, V]
+            else:
+                logits = self._forward(input_ids=tok.unsqueeze(-1), attention_mask=attn[:, :L + t + 1],
+                                       position_ids=next_pos.unsqueeze(-1), cache=cache)  # [A, V]
             next_pos = next_pos + 1
         self.model.train(was_training)
         # a row ended on a stop token iff it kept fewer than T tokens or its last one is a stop token

@@ -63,6 +63,8 @@ def test_bench_walltime_reads_finished_loop_and_lab_folders(tmp_path, capsys):
     for name, t in (("iter1-explore", 100), ("iter1-harvest", 103), ("eval-base", 130), ("report", 135)):
         (run / ".done" / name).touch()
         os.utime(run / ".done" / name, (start + t, start + t))
+    (run / ".done" / "eval-vanilla-20").write_text("41\n")  # loop.sh writes each stage's seconds (two lanes:
+    os.utime(run / ".done" / "eval-vanilla-20", (start + 120, start + 120))  # ... they overlap)
     lab = tmp_path / "lab"
     lab.mkdir()
     (lab / "lab_time.json").write_text(json.dumps({"seconds": 3000, "arms": "rloop vanilla", "seeds": "0 1 2",
@@ -72,5 +74,5 @@ def test_bench_walltime_reads_finished_loop_and_lab_folders(tmp_path, capsys):
     rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]
     loop, lab_row = rows
     assert loop["metric"] == "loop wall time" and loop["ours"] == pytest.approx(135.0)
-    assert loop["status"] == "PASS" and "iter1-explore 100 s, eval-base 27 s" in loop["note"]
+    assert loop["status"] == "PASS" and "iter1-explore 100 s, eval-vanilla-20 41 s, eval-base 10 s" in loop["note"]
     assert lab_row["ours"] == 3000 and lab_row["status"] == "PASS"

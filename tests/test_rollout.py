@@ -78,3 +78,33 @@ def test_top_p_samples_the_renormalised_nucleus():
     want = torch.tensor([0.3, 0.0, 0.5, 0.0, 0.15]) / 0.95
     assert freq[1] == 0 and freq[3] == 0
     assert torch.allclose(freq, want, atol=0.01), freq
+
+
+def test_in_place_kv_cache_decodes_as_the_models_forward(tiny_model_dir):
+    """lib/decode.py (the engine's default for Qwen2) against the model's own forward with transformers'
+    DynamicCache: the same tokens from the same seed, across several cache growths (70 tokens, BLOCK 32) and rows
+    finishing at different steps, and log-probs equal to float rounding."""
+    from lib import decode
+
+    model, tok = load(tiny_model_dir)
+    fast, plain = HFEngine(model, tok), HFEngine(model, tok, fast_decode=False)
+    assert fast.decoder is not None and plain.decoder is None
+    kw = dict(n=4, max_new_tokens=70, temperature=1.5, seed=5)
+    a, b = fast.generate(PROMPTS * 3, **kw), plain.generate(PROMPTS * 3, **kw)
+    rows = [(x, y) for xs, ys in zip(a, b) for x, y in zip(xs, ys)]
+    assert [x.token_ids for x, _ in rows] == [y.token_ids for _, y in rows]
+    assert len({len(x.token_ids) for x, _ in rows}) > 1 and max(len(x.token_ids) for x, _ in rows) > decode.BLOCK
+    for x, y in rows:
+        assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-5)
+
+
+def test_in_place_kv_cache_only_where_it_reproduces_the_model(tiny_model_dir):
+    from lib import decode
+
+    model, _ = load(tiny_model_dir)
+    assert decode.supports(model)
+    model.config.use_sliding_window = True
+    assert not decode.supports(model)
+    model.config.use_sliding_window = False
+    model.config.model_type = "llama"
+    assert not decode.supports(model)
