@@ -5,7 +5,8 @@ One interface, two backends:
               once and its KV cache copied n times, finished rows are dropped from the batch (they stop
               costing compute), sampled tokens and log-probs stay on the device until the end (one host
               sync per step: how many rows finished), and the sampled token's log-prob is read off
-              logsumexp — no full-vocabulary log-softmax is kept.
+              logsumexp — no full-vocabulary log-softmax is kept. Qwen2 models decode through lib/decode.py
+              (the model's own modules, a KV cache written in place instead of copied every token).
   VLLMEngine  vLLM's offline `LLM` (GPU), used when vllm is importable and a GPU is present;
               ColocatedVLLM, its subclass for explore.py, shares the trainer's GPUs (sleep / wake, FSDP).
   ShardedHFEngine  the HF engine over an FSDP2-sharded policy (explore.py under torchrun without vLLM).
