@@ -65,8 +65,9 @@ if [[ ! "$JOBS" =~ ^[12]$ ]]; then
   exit 2
 fi
 if (( ! RLOOP )); then JOBS=1; fi  # (a vanilla-only run has nothing to run beside its RL run)
+cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
+all_threads=${OMP_NUM_THREADS:-$cores}
 if (( JOBS == 2 )) && [[ -z "${OMP_NUM_THREADS:-}" ]]; then  # two stages at a time: half the cores each
-  cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
   export OMP_NUM_THREADS=$(( cores > 3 ? cores / 2 : 1 ))
   export MKL_NUM_THREADS=$OMP_NUM_THREADS
 fi
@@ -95,7 +96,7 @@ ckpt() { printf '%s/ckpt_%06d' "$1" "$2"; }  # ckpt DIR STEP -> the checkpoint f
 
 # --- RLoop ---------------------------------------------------------------------------------------------
 rloop() {
-  local policy=$MODEL i it rc
+  local policy=$MODEL i it rc t0
   for ((i = 1; i <= ITERS * RLOOP; i++)); do
     it=$OUT/iter$i
     # shellcheck disable=SC2086  # *_ARGS are deliberately word-split into flags
@@ -105,17 +106,17 @@ rloop() {
     stage "iter$i-harvest" $PYTHON harvest.py --run "$it/explore" --out "$it/harvest.jsonl" $HARVEST_ARGS
     if [[ ! -e "$OUT/.done/iter$i-filter" ]]; then
       echo "+ $PYTHON filter.py --in $it/harvest.jsonl --out $it/filter --threshold $THRESHOLD $FILTER_ARGS"
-      rc=0
+      rc=0 t0=$SECONDS
       # shellcheck disable=SC2086
       $PYTHON filter.py --in "$it/harvest.jsonl" --out "$it/filter" --threshold "$THRESHOLD" $FILTER_ARGS || rc=$?
       if (( rc == 3 )); then  # nothing kept: this iteration keeps its initial policy
         echo "-- iter$i: the filter kept nothing; iteration $((i + 1)) starts again from $policy"
         echo "$policy" > "$it/next_policy"
-        touch "$OUT/.done/iter$i-consolidate"
+        echo 0 > "$OUT/.done/iter$i-consolidate"
       elif (( rc != 0 )); then
         exit "$rc"
       fi
-      touch "$OUT/.done/iter$i-filter"
+      echo $((SECONDS - t0)) > "$OUT/.done/iter$i-filter"  # (filter.py's exit 3 is not a failure: no stage())
     fi
     # shellcheck disable=SC2086
     stage "iter$i-consolidate" $TRAIN_LAUNCH consolidate.py --model "$policy" --data "$it/filter/rft.jsonl" \
@@ -186,6 +187,9 @@ evaluations() {
 # from iteration 1's copy, then takes evaluations as their policies become ready; lane 1 ends with the rest.
 rm -rf "$OUT/.claim" && mkdir -p "$OUT/.claim"
 lane=
+if (( JOBS == 2 )) && [[ "$MODEL" == toy ]]; then  # the toy base, built once (cached) with every core, before
+  OMP_NUM_THREADS=$all_threads MKL_NUM_THREADS=$all_threads $PYTHON -m lib.toy  # two one-thread lanes need it
+fi
 if (( JOBS == 2 )); then
   lane2() {
     evaluations base

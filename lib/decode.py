@@ -7,9 +7,9 @@ layer at every decode step; on the toy (CPU, 512 rows) that copy was 29% of samp
 every BLOCK steps; attention reads the whole buffer, the slots not yet written masked out. Everything else is the
 model's own modules (norms, projections, rotary embedding, MLP, head), called as transformers calls them, so the
 weights are read, never copied, and an update to the policy is seen at once. The prompt is prefilled by the model's
-own forward (HFEngine); `Qwen2Decoder.start` takes over its cache.
+own forward (HFEngine); a Qwen2Decoder takes over its cache.
 
-Only for what it reproduces exactly: model_type qwen2, default rope, no sliding window, plain (not FSDP-sharded)
+Only where it reproduces the model's forward: model_type qwen2, default rope, no sliding window, plain (not FSDP-sharded)
 parameters; HFEngine falls back to the model's forward otherwise (`supports`). The logits agree with the model's
 forward to float rounding (tests/test_rollout.py), not bit for bit: the attention sums run in another order.
 """
@@ -39,10 +39,11 @@ def _cache_tensors(cache, i: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Qwen2Decoder:
-    """Decode state of one batch: per layer K / V buffers [A, Hk, C, D]; slot s holds the token fed at column s of
-    HFEngine's attention mask (left-padded prompt, then one column per step)."""
+    """Decode state of one batch (made per batch: the buffers go with it): per layer K / V buffers [A, Hk, C, D];
+    slot s holds the token fed at column s of HFEngine's attention mask (left-padded prompt, then one column per
+    step). Starts from the prefill's DynamicCache, each row repeated `repeat` times as HFEngine repeats prompts."""
 
-    def __init__(self, model):
+    def __init__(self, model, cache, repeat: int):
         from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
         self.model, self.rotate = model, apply_rotary_pos_emb
@@ -51,16 +52,20 @@ class Qwen2Decoder:
         self.head_dim, self.scaling = attn.head_dim, attn.scaling
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
-        self.used = 0  # slots written (= columns of the mask fed so far)
-
-    def start(self, cache, repeat: int) -> None:
-        """Take over the prefill's cache (each row repeated `repeat` times, as HFEngine repeats the prompts)."""
-        self.keys, self.values = [], []
         for i in range(len(self.inner.layers)):
             k, v = _cache_tensors(cache, i)
-            self.keys.append(self._grow(k.repeat_interleave(repeat, 0)))
-            self.values.append(self._grow(v.repeat_interleave(repeat, 0)))
-        self.used = k.shape[2]
+            self.keys.append(self._repeat_and_grow(k, repeat))
+            self.values.append(self._repeat_and_grow(v, repeat))
+        self.used = self.keys[0].shape[2] - BLOCK  # slots written (= columns of the mask fed so far)
+
+    @staticmethod
+    def _repeat_and_grow(x: torch.Tensor, repeat: int) -> torch.Tensor:
+        """x [P, Hk, S, D] -> [P * repeat, Hk, S + BLOCK, D]: each row `repeat` times, BLOCK zero slots after
+        (written once, no intermediate copy)."""
+        P, H, S, D = x.shape
+        out = x.new_zeros(P * repeat, H, S + BLOCK, D)
+        out.view(P, repeat, H, S + BLOCK, D)[:, :, :, :S] = x[:, None]
+        return out
 
     @staticmethod
     def _grow(x: torch.Tensor) -> torch.Tensor:

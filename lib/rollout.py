@@ -93,7 +93,7 @@ class HFEngine:
         self.cache_kw = cache_keyword(model)
         # decode steps through lib/decode.py's in-place KV cache where it reproduces the model (Qwen2, plain
         # parameters); the model's own forward otherwise. The prompt prefill is always the model's forward.
-        self.decoder = decode.Qwen2Decoder(model) if fast_decode and decode.supports(model) else None
+        self.decoder = decode.Qwen2Decoder if fast_decode and decode.supports(model) else None  # (one per batch)
 
     def sync_weights(self, model=None) -> None:
         """The HF engine samples from the training model's own parameters: nothing to copy."""
@@ -136,10 +136,9 @@ class HFEngine:
         cache = DynamicCache()
         # prefill each prompt once, then copy its cache for the n samples
         logits = self._forward(input_ids=input_ids, attention_mask=attn[:, :L], position_ids=pos, cache=cache)
-        dec = self.decoder
-        if dec is not None:
-            dec.start(cache, n)
-            cache = None
+        dec = None
+        if self.decoder is not None:
+            dec, cache = self.decoder(self.model, cache, n), None
         else:
             cache.batch_repeat_interleave(n)
         logits = logits.repeat_interleave(n, 0)  # [R, V], R = P * n
@@ -164,7 +163,10 @@ class HFEngine:
                 break
             if n_done:  # drop finished rows: they stop costing compute
                 keep = (~done).nonzero().squeeze(-1)
-                dec.select(keep) if dec is not None else cache.batch_select_indices(keep)
+                if dec is not None:
+                    dec.select(keep)
+                else:
+                    cache.batch_select_indices(keep)
                 rows, tok, attn, next_pos = rows[keep], tok[keep], attn[keep], next_pos[keep]
             attn[:, L + t] = 1
             if dec is not None:
