@@ -26,7 +26,7 @@ import gc
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,22 +48,62 @@ class Completion:
     finish_reason: str
 
 
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator):
-    """logits [A, V] -> (token [A], logprob [A]) with logprob under softmax(logits / T) (before top-p)."""
+def row_uniforms(keys: torch.Tensor, t: int) -> torch.Tensor:
+    """One uniform in [0, 1) per row for decode step t: splitmix64 (Steele et al. 2014) of (row key, t), a counter-based
+    generator. Row r's draws depend on its key and t only, never on which rows share the batch or how the call is
+    chunked: a prompt's samples are the same whichever rank, batch or position drew them. keys [A] int64 (< 2^31 + n,
+    see `row_keys`) -> [A] float64. int64 arithmetic wraps mod 2^64; `>>` on int64 is arithmetic, so each shift is
+    masked to the logical shift splitmix64 needs."""
+    z = (keys << 32) + t + _SM_GAMMA
+    z = (z ^ _lshr(z, 30)) * _SM_M1
+    z = (z ^ _lshr(z, 27)) * _SM_M2
+    z = z ^ _lshr(z, 31)
+    return _lshr(z, 11).double() * 2.0 ** -53  # the top 53 bits: exactly representable in float64
+
+
+def _lshr(x: torch.Tensor, s: int) -> torch.Tensor:
+    return (x >> s) & ((1 << (64 - s)) - 1)
+
+
+def _int64(c: int) -> int:  # a 64-bit constant as the signed int64 with the same bits
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_SM_GAMMA, _SM_M1, _SM_M2 = _int64(0x9E3779B97F4A7C15), _int64(0xBF58476D1CE4E5B9), _int64(0x94D049BB133111EB)
+
+
+def prompt_seeds(seed: int | Sequence[int], n_prompts: int) -> list[int]:
+    """A call's per-prompt seeds: `seed` given per prompt, or prompt i of a call seeded `seed` -> prompt_seed(seed, i)."""
+    if not isinstance(seed, Sequence):
+        return [prompt_seed(int(seed), i) for i in range(n_prompts)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n_prompts:
+        raise ValueError(f"{len(seeds)} seeds for {n_prompts} prompts")
+    return seeds
+
+
+def row_keys(seeds: Sequence[int], n: int) -> list[int]:
+    """The stream key of sample j of each prompt: its seed + j, as vLLM seeds the n child requests of a prompt."""
+    return [s + j for s in seeds for j in range(n)]
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor):
+    """logits [A, V], u [A] uniforms in [0, 1) -> (token [A], logprob [A]) with logprob under softmax(logits / T)
+    (before top-p). One uniform per row: the token is the inverse CDF of the (nucleus) distribution at u."""
     if temperature <= 0:  # greedy
         tok = logits.argmax(-1)
         return tok, torch.zeros(tok.shape, dtype=torch.float32, device=logits.device)
     z = logits.float() / temperature  # [A, V]
     if top_p >= 1.0:
         # Inverse-CDF sampling on the unnormalised exp: one exp pass and one cumsum give both the sample and
-        # logsumexp, from one uniform per row (softmax + multinomial draws V exponentials per row: ~4x slower on
+        # logsumexp, from the row's uniform (softmax + multinomial draws V exponentials per row: ~4x slower on
         # CPU with a 150k vocabulary). u < total strictly, and searchsorted(right=True) returns the first index
         # whose cumulative mass exceeds u, so a token of zero probability is never picked.
         m = z.amax(-1, keepdim=True)  # [A, 1]
         cdf = (z - m).exp_().cumsum_(-1)  # [A, V] unnormalised
         total = cdf[:, -1:]  # [A, 1]
-        u = torch.rand(total.shape, generator=gen, device=z.device, dtype=z.dtype) * total
-        u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # rand * total may round up to total
+        u = u.to(z.dtype).unsqueeze(-1) * total
+        u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))  # u * total may round up to total
         tok = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=z.shape[-1] - 1)  # [A]
         lse = (m + total.log()).squeeze(-1)  # [A]
         return tok, z.gather(-1, tok.unsqueeze(-1)).squeeze(-1) - lse
@@ -74,7 +114,7 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, gen: to
     cum = sp.cumsum(-1)  # [A, V]
     kept = (cum - sp <= top_p).sum(-1, keepdim=True)  # [A, 1] nucleus size (>= 1: the top token's prefix is 0)
     total = cum.gather(-1, kept - 1)  # [A, 1] nucleus mass
-    u = torch.rand(total.shape, generator=gen, device=z.device, dtype=z.dtype) * total
+    u = u.to(z.dtype).unsqueeze(-1) * total
     u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
     j = torch.searchsorted(cum, u, right=True).clamp_(max=kept - 1)  # [A, 1] rank of the sampled token
     tok = si.gather(-1, j).squeeze(-1)  # [A]
@@ -104,17 +144,19 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int = 0) -> list[list[Completion]]:
-        """Returns, for each prompt, its n completions (in order)."""
+                 top_p: float = 1.0, seed: int | Sequence[int] = 0) -> list[list[Completion]]:
+        """Returns, for each prompt, its n completions (in order). seed: the call's seed, or one seed per prompt
+        (prompt_seeds): a prompt's samples depend on its seed alone, not on the other prompts of the call."""
         device = next(self.model.parameters()).device
-        gen = torch.Generator(device=device).manual_seed(seed)
+        keys = row_keys(prompt_seeds(seed, len(prompts)), n)
         ids = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         per_chunk = max(1, self.max_batch // n)
         out: list[list[Completion]] = []
         chunks = range(0, len(ids), per_chunk)
         for s in tqdm(chunks, desc="rollout", leave=False,
                       disable=None if self.show_progress and len(chunks) > 1 else True):
-            out += self._generate_chunk(ids[s:s + per_chunk], n, max_new_tokens, temperature, top_p, gen, device)
+            chunk_keys = torch.tensor(keys[s * n:(s + per_chunk) * n], dtype=torch.long, device=device)
+            out += self._generate_chunk(ids[s:s + per_chunk], n, max_new_tokens, temperature, top_p, chunk_keys, device)
         return out
 
     def _forward(self, **kw) -> torch.Tensor:
@@ -122,7 +164,7 @@ class HFEngine:
         kw[self.cache_kw] = kw.pop("cache")
         return self.model(use_cache=True, logits_to_keep=1, **kw).logits[:, -1]
 
-    def _generate_chunk(self, ids, n, max_new_tokens, temperature, top_p, gen, device):
+    def _generate_chunk(self, ids, n, max_new_tokens, temperature, top_p, keys, device):
         from transformers import DynamicCache
 
         was_training = self.model.training
@@ -152,7 +194,8 @@ class HFEngine:
         rows = torch.arange(R, device=device)  # [A] batch row -> sequence index
         stop = torch.tensor(self.stop_ids, device=device)
         for t in range(T):
-            tok, logp = sample_token(logits, temperature, top_p, gen)  # [A], [A]
+            u = row_uniforms(keys[rows], t) if temperature > 0 else None  # [A]: each row's own stream
+            tok, logp = sample_token(logits, temperature, top_p, u)  # [A], [A]
             out_tok[rows, t] = tok
             out_lp[rows, t] = logp
             done = torch.isin(tok, stop)  # [A]
@@ -285,13 +328,13 @@ class VLLMEngine:
             torch.cuda.empty_cache()
 
     def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
-                 top_p: float = 1.0, seed: int = 0) -> list[list[Completion]]:
-        """Returns, for each prompt, its n completions (in order)."""
+                 top_p: float = 1.0, seed: int | Sequence[int] = 0) -> list[list[Completion]]:
+        """Returns, for each prompt, its n completions (in order); seed as HFEngine.generate's."""
         from vllm import SamplingParams
 
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                 seed=prompt_seed(seed, i), logprobs=0, skip_special_tokens=True)
-                  for i in range(len(prompts))]
+                                 seed=s, logprobs=0, skip_special_tokens=True)
+                  for s in prompt_seeds(seed, len(prompts))]
         ids = [{"prompt_token_ids": self.tok(p, add_special_tokens=False)["input_ids"]} for p in prompts]
         outs = self.llm.generate(ids, params, use_tqdm=False)
         return [[_from_vllm(c) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outs]

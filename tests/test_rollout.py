@@ -4,7 +4,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lib.modeling import token_logprobs
-from lib.rollout import HFEngine, sample_token
+from lib.rollout import HFEngine, prompt_seed, row_keys, row_uniforms, sample_token
 
 PROMPTS = ["<|im_start|>user\nCompute 1+2.<|im_end|>\n<|im_start|>assistant\n",
            "<|im_start|>user\nCompute 7*8+5, then tell me more.<|im_end|>\n<|im_start|>assistant\n"]
@@ -60,11 +60,11 @@ def test_seeded_and_rows_stop_independently(tiny_model_dir):
 def test_top_p_keeps_the_nucleus():
     logits = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))
     gen = torch.Generator().manual_seed(0)
-    toks = {sample_token(logits, 1.0, 0.5, gen)[0].item() for _ in range(50)}
+    toks = {sample_token(logits, 1.0, 0.5, torch.rand(1, generator=gen))[0].item() for _ in range(50)}
     assert toks == {0}  # the top token alone already holds >= 0.5 of the mass
-    toks = {sample_token(logits, 1.0, 0.8, gen)[0].item() for _ in range(200)}
+    toks = {sample_token(logits, 1.0, 0.8, torch.rand(1, generator=gen))[0].item() for _ in range(200)}
     assert toks == {0, 1}
-    tok, lp = sample_token(logits, 1.0, 0.8, gen)
+    tok, lp = sample_token(logits, 1.0, 0.8, torch.rand(1, generator=gen))
     assert abs(lp.item() - torch.log(torch.tensor([0.6, 0.3]))[tok.item()].item()) < 1e-5  # before truncation
 
 
@@ -73,7 +73,7 @@ def test_top_p_samples_the_renormalised_nucleus():
     # so the nucleus is tokens 0-2, sampled as [0.5, 0.3, 0.15] / 0.95; a token of probability 0 never comes out
     p = torch.tensor([0.3, 0.05, 0.5, 0.0, 0.15])  # (unsorted: the sampler sorts)
     logits = torch.log(p).expand(40000, -1)
-    tok, _ = sample_token(logits, 1.0, 0.9, torch.Generator().manual_seed(0))
+    tok, _ = sample_token(logits, 1.0, 0.9, row_uniforms(torch.arange(40000), 0))
     freq = torch.bincount(tok, minlength=5).float() / tok.numel()
     want = torch.tensor([0.3, 0.0, 0.5, 0.0, 0.15]) / 0.95
     assert freq[1] == 0 and freq[3] == 0
@@ -108,3 +108,27 @@ def test_in_place_kv_cache_only_where_it_reproduces_the_model(tiny_model_dir):
     model.config.use_sliding_window = False
     model.config.model_type = "llama"
     assert not decode.supports(model)
+
+
+def test_row_uniforms_are_uniform_and_per_row():
+    """The counter-based stream: uniform in [0, 1), a row's draw a function of its key and step only, distinct
+    keys and steps independent-looking (no two of 20,000 draws equal, means and a lag-1 correlation as for iid)."""
+    keys = torch.tensor(row_keys([prompt_seed(3, i) for i in range(2500)], 8))  # 20,000 rows
+    u0, u1 = row_uniforms(keys, 0), row_uniforms(keys, 1)
+    assert 0 <= float(u0.min()) and float(u0.max()) < 1 and u0.unique().numel() == u0.numel()
+    assert abs(float(u0.mean()) - 0.5) < 0.01 and abs(float((u0 < 0.1).double().mean()) - 0.1) < 0.01
+    assert abs(float(torch.corrcoef(torch.stack([u0, u1]))[0, 1])) < 0.03
+    assert torch.equal(row_uniforms(keys[5:9], 1), u1[5:9])  # the same draws, whatever the other rows
+
+
+def test_a_prompts_samples_do_not_depend_on_the_call(tiny_model_dir):
+    """Per-prompt seeds: the samples of a prompt are the same alone, in a larger call, or in another chunking (what
+    data-parallel evaluation and exact resume rely on), and two copies of one prompt in a call get different samples."""
+    model, tok = load(tiny_model_dir)
+    prompts = PROMPTS * 3  # prompt 0 and prompt 2 are the same text
+    full = HFEngine(model, tok).generate(prompts, n=4, max_new_tokens=16, seed=11)
+    seeds = [prompt_seed(11, i) for i in range(len(prompts))]
+    part = HFEngine(model, tok, max_batch=4).generate(prompts[2:5], n=4, max_new_tokens=16, seed=seeds[2:5])
+    ids = lambda out: [[c.token_ids for c in comps] for comps in out]  # noqa: E731
+    assert ids(part) == ids(full[2:5])
+    assert ids(full)[0] != ids(full)[2]
