@@ -20,7 +20,8 @@ from lib import cli, data, reward, toy
 from lib.metrics import ks_up_to, summarize
 from lib.modeling import load_config, load_policy, load_tokenizer, longest_prompt, plan_context
 from lib.records import write_jsonl
-from lib.rollout import add_engine_args, check_engine_args, make_engine, sample_and_score, trajectories
+from lib.rollout import (add_engine_args, check_engine_args, make_engine, rollout_dtype, sample_and_score,
+                         trajectories)
 
 
 def get_args(argv=None):
@@ -79,6 +80,7 @@ def main(argv=None):
     # only for the HF engine
     load = lambda: load_policy(model_path, device=device, trust_remote_code=args.trust_remote_code)[0]  # noqa: E731
     engine = make_engine(args.backend, load, tok, model_path, max_model_len=context, hf_overrides=overrides,
+                         dtype=rollout_dtype(args.rollout_dtype, device.type == "cuda"),
                          gpu_memory_utilization=args.gpu_memory_utilization, tp=args.tp, seed=args.seed,
                          trust_remote_code=args.trust_remote_code)
 

@@ -33,8 +33,8 @@ from pathlib import Path
 
 from lib import cli, data, reward, toy
 from lib.checkpoint import list_checkpoints
-from lib.rollout import (add_engine_args, check_engine_args, make_engine, resolve_backend, sample_and_score,
-                         trajectories)
+from lib.rollout import (add_engine_args, check_engine_args, make_engine, resolve_backend, rollout_dtype,
+                         sample_and_score, trajectories)
 from lib.records import Trajectory, read_jsonl, read_trajectories, trajectory_from_dict, write_jsonl
 
 
@@ -186,10 +186,12 @@ def resample_settings(args, run: Path) -> dict:
 
 
 def load_for_sampling(ckpt: Path, problems, s: dict, backend: str, device, gpu_mem: float,
-                      trust_remote_code: bool = False):
+                      trust_remote_code: bool = False, dtype: str = "auto"):
     """(engine, tokenizer) for one checkpoint, its prompts rendered and their context planned (the checkpoint's
     config carries the explore run's --max-model-len) before any weight loads. The vLLM path never loads the HF
     weights."""
+    import torch
+
     from lib.modeling import load_config, load_policy, load_tokenizer, longest_prompt, plan_context
 
     tok = load_tokenizer(str(ckpt), trust_remote_code)
@@ -199,6 +201,7 @@ def load_for_sampling(ckpt: Path, problems, s: dict, backend: str, device, gpu_m
                                       s["max_model_len"], str(ckpt))
     load = lambda: load_policy(str(ckpt), device=device, trust_remote_code=trust_remote_code)[0]  # noqa: E731
     return make_engine(backend, load, tok, str(ckpt), max_model_len=context, hf_overrides=overrides,
+                       dtype=rollout_dtype(dtype, torch.device(device).type == "cuda"),
                        gpu_memory_utilization=gpu_mem, trust_remote_code=trust_remote_code), tok
 
 
@@ -234,7 +237,7 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally]:
             continue
         t0 = time.time()
         engine, tok = load_for_sampling(ckpt, problems, s, backend, device, args.gpu_memory_utilization,
-                                        args.trust_remote_code)
+                                        args.trust_remote_code, args.rollout_dtype)
         trajs = trajectories(sample_and_score(engine, problems, verifier, n=args.resample, tokenizer=tok,
                                               max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
                                               top_p=s["top_p"], seed=s["seed"] + step, step=step, source=ckpt.name))

@@ -101,6 +101,9 @@ def rl_step_row(step: int, batch, st: dict, lr_used: float, t_gen: float, step_t
         "clipfrac_dual": st["clipfrac_dual"],
         "approx_kl": st["approx_kl"],
         "kl": st.get("kl", 0.0),  # the KL-penalty term to the initial policy (0 without --kl-coef)
+        # |p_engine - p_trainer| of the trained tokens: the sampler / trainer numerical gap (lib/train.rollout_probs_diff)
+        "rollout_probs_diff_mean": st.get("rollout_probs_diff_mean", float("nan")),
+        "rollout_probs_diff_max": st.get("rollout_probs_diff_max", float("nan")),
         "updates": st["updates"],
         "skipped_updates": st["skipped"],
         "lr": lr_used,
