@@ -573,6 +573,7 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
                                         dtype=torch.bfloat16 if args.bf16 else None)
             print(f"saved {saved}")
     tracker.close()
+    engine.close()  # (vLLM: frees its memory and its process groups before torch.distributed is torn down)
     return 0
 
 

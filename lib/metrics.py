@@ -64,9 +64,13 @@ def summarize(trajectories, n: int) -> dict:
 
 
 def json_num(v, digits: int = 5):
-    """A metrics value for JSONL: floats rounded, nan / inf as null (strict JSON: jq and friends reject NaN)."""
+    """A metrics value for JSONL: floats rounded to `digits` decimals, or to `digits` significant digits when that
+    keeps more (a probability gap of 3e-7 stays 3e-7, not 0); nan / inf as null (strict JSON: jq and friends reject
+    NaN)."""
     if isinstance(v, float):
-        return round(v, digits) if math.isfinite(v) else None
+        if not math.isfinite(v):
+            return None
+        return round(v, digits) if abs(v) >= 0.1 else float(f"{v:.{digits}g}")
     return v
 
 
