@@ -107,6 +107,10 @@ def get_args(argv=None):
       help="responses per prompt (DAPO: 16). Under torchrun spell it --n-responses: torchrun's own parser "
            "rejects --n as an ambiguous abbreviation of its --nnodes / --nproc-per-node")
     a("--max-new-tokens", type=int, default=80, help="response length cap (DAPO: 20480)")
+    a("--max-prompt-len", type=int, default=0,
+      help="drop, at load time, every prompt (training and --eval-data) longer than N tokens once rendered with the "
+           "chat template, with one line counting them (verl's filter_overlong_prompts; never truncated); the "
+           "context is then planned for N + --max-new-tokens. 0 = no cap (verl's DAPO on Qwen2.5-Math-7B: 2048)")
     a("--temperature", type=float, default=1.0, help="sampling temperature (DAPO: 1.0)")
     a("--top-p", type=float, default=1.0, help="nucleus sampling (DAPO: 1.0)")
     a("--reward", default="dapo",
@@ -168,7 +172,7 @@ def get_args(argv=None):
                        "micro_batch", "max_nonfinite")
     cli.check_positive(args, "kl_coef", allow_zero=True)
     cli.check_positive(args, "limit", "gen_batch_size", "max_gen_batches", "overlong_buffer", "warmup_steps",
-                       "max_model_len", allow_zero=True)
+                       "max_model_len", "max_prompt_len", allow_zero=True)
     args.keep_checkpoints = checkpoint.parse_keep(args.keep_checkpoints)
     if args.prompts_per_step % args.mini_batch:
         raise cli.UserError(f"--prompts-per-step ({args.prompts_per_step}) must be a multiple of "
@@ -462,9 +466,12 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
     # The context (prompt + response) the engine samples and the trainer scores, checked from the config and the
     # tokenizer alone, before any weight is loaded or anything written (lib/modeling.plan_context).
     tok = load_tokenizer(model_path, args.trust_remote_code)
-    prompts = [p.prompt for ps in (problems, *val_sets.values()) for p in data.render_prompts(ps, tok)]
+    problems = data.drop_long_prompts(data.render_prompts(problems, tok), tok, args.max_prompt_len, args.data)
+    val_sets = {name: data.drop_long_prompts(data.render_prompts(ps, tok), tok, args.max_prompt_len,
+                                             f"validation set {name}") for name, ps in val_sets.items()}
+    prompts = [p.prompt for ps in (problems, *val_sets.values()) for p in ps]
     context, overrides = plan_context(load_config(model_path, args.trust_remote_code), longest_prompt(tok, prompts),
-                                      args.max_new_tokens, args.max_model_len, model_path)
+                                      args.max_new_tokens, args.max_model_len, model_path, args.max_prompt_len)
     model, tok = load_policy(model_path, device=load_device(device), trust_remote_code=args.trust_remote_code)
     extend_context(model, overrides)  # saved with every checkpoint: later stages load the same context
     prepare(model, device, args.bf16, args.grad_checkpointing)  # (under torchrun: FSDP2 shards)

@@ -51,6 +51,9 @@ def get_args(argv=None):
     g.add_argument("--split", default=None, help="dataset split, for --data given as a hub dataset id")
     g.add_argument("--limit", type=int, default=None, help="only the first N problems (0 = all)")
     g.add_argument("--max-new-tokens", type=int, default=None, help="response length cap")
+    g.add_argument("--max-prompt-len", type=int, default=None,
+                   help="drop problems whose rendered prompt is longer than N tokens, with one line counting them "
+                        "(explore.py's --max-prompt-len); 0 = no cap")
     g.add_argument("--max-model-len", type=int, default=None,
                    help="context (prompt + response) in tokens; 0 = the checkpoint's max_position_embeddings, which "
                         "carries the explore run's --max-model-len")
@@ -64,7 +67,7 @@ def get_args(argv=None):
     g.add_argument("--device", default="auto", help="cpu / cuda / auto (hf backend)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
     args = p.parse_args(argv)
-    cli.check_positive(args, "resample", "limit", "max_model_len", allow_zero=True)
+    cli.check_positive(args, "resample", "limit", "max_model_len", "max_prompt_len", allow_zero=True)
     cli.check_positive(args, "max_new_tokens")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise cli.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
@@ -177,7 +180,7 @@ def resample_settings(args, run: Path) -> dict:
             raise cli.UserError(f"{run / 'args.json'}: not valid UTF-8") from None
     s = {}
     for key, default in (("data", None), ("split", "train"), ("limit", 0), ("max_new_tokens", None), ("max_model_len", 0),
-                         ("temperature", 1.0), ("top_p", 1.0), ("seed", 0), ("reward", "dapo")):
+                         ("max_prompt_len", 0), ("temperature", 1.0), ("top_p", 1.0), ("seed", 0), ("reward", "dapo")):
         v = getattr(args, key)
         s[key] = v if v is not None else explore.get(key, default)
         if s[key] is None:
@@ -196,7 +199,7 @@ def load_for_sampling(ckpt: Path, problems, s: dict, backend: str, device, gpu_m
     data.render_prompts(problems, tok)
     context, overrides = plan_context(load_config(str(ckpt), trust_remote_code),
                                       longest_prompt(tok, [p.prompt for p in problems]), s["max_new_tokens"],
-                                      s["max_model_len"], str(ckpt))
+                                      s["max_model_len"], str(ckpt), s["max_prompt_len"])
     load = lambda: load_policy(str(ckpt), device=device, trust_remote_code=trust_remote_code)[0]  # noqa: E731
     return make_engine(backend, load, tok, str(ckpt), max_model_len=context, hf_overrides=overrides,
                        gpu_memory_utilization=gpu_mem, trust_remote_code=trust_remote_code), tok
@@ -211,6 +214,11 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally]:
     s = resample_settings(args, run)
     # fails before any model loads
     problems = data.load_problems(toy.resolve(s["data"], "data"), split=s["split"], limit=s["limit"])
+    if s["max_prompt_len"]:  # (one run's checkpoints share a tokenizer: the first one's decides)
+        from lib.modeling import load_tokenizer
+
+        tok = load_tokenizer(str(ckpts[0][1]), args.trust_remote_code)
+        problems = data.drop_long_prompts(data.render_prompts(problems, tok), tok, s["max_prompt_len"], s["data"])
     verifier = reward.load_reward(s["reward"])  # (so does a bad --reward)
     backend = resolve_backend(args.backend)  # (for the summary line; make_engine takes it as it is)
     device = cli.pick_device(args.device)
