@@ -58,8 +58,8 @@ from tqdm import tqdm
 from lib import checkpoint, cli, data, dist, reward, toy, tracking, validation
 from lib.dapo import group_advantages, kept_group_ids, kl_loss, overlong_penalty, policy_loss
 from lib.modeling import extend_context, load_config, load_policy, load_tokenizer, longest_prompt, plan_context
-from lib.metrics import json_num, rl_step_row
-from lib.records import append_jsonl
+from lib.metrics import capped_summary, json_num, rl_step_row
+from lib.records import append_jsonl, read_jsonl
 from lib.rollout import (Completion, add_engine_args, check_engine_args, gather_replicas, make_engine, replica_share,
                          sample_and_score, sample_seed)
 from lib.train import (MicroBatch, Seq, add_trainer_args, autocast, default_bf16, empty_micro_batch, equal_passes,
@@ -122,8 +122,10 @@ def get_args(argv=None):
     a("--filter-metric", default="acc", choices=["acc", "reward"],
       help="what must vary within a group to keep it (verl's DAPO scripts: acc, before the overlong penalty)")
     a("--max-gen-batches", type=int, default=10,
-      help="cap on generation batches per step (0 = no cap); when hit, train on the prompts kept so far "
-           "(DAPO: 10)")
+      help="cap on generation batches per step (0 = no cap; DAPO: 10). When hit, the step trains on the prompts "
+           "kept so far (verl stops with an error instead: a multi-day run should not die on one hard stretch of "
+           "data, and a step on fewer prompts is still a DAPO update, only a smaller one); it is visible: one log "
+           "line, capped 1 in that step's metrics row, and the run ends with the count of capped steps")
     a("--overlong-shaping", action=B, default=True,
       help="DAPO trick: soft penalty for responses within --overlong-buffer tokens of --max-new-tokens")
     a("--overlong-buffer", type=int, default=16, help="penalty ramp length in tokens (DAPO: 4096)")
@@ -276,7 +278,7 @@ def collect_batch(engine, stream: data.PromptStream, tokenizer, reward_fn: Rewar
             return StepBatch(kept, gen, drawn, passed, rows, capped=False)
         if args.max_gen_batches and gen >= args.max_gen_batches:
             log(f"step {step}: --max-gen-batches {args.max_gen_batches} reached with {len(kept)} of {want} "
-                f"prompts kept; training on those")
+                f"prompts kept; this step trains on {len(kept)} prompts (capped 1 in metrics.jsonl)")
             return StepBatch(kept, gen, drawn, passed, rows, capped=True)
 
 
@@ -577,6 +579,8 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
                                         dtype=torch.bfloat16 if args.bf16 else None)
             print(f"saved {saved}")
     tracker.close()
+    if main_rank and args.dynamic_sampling and args.max_gen_batches:  # the whole run's, resumed parts included
+        print(capped_summary([r for _, r in read_jsonl(metrics_path, allow_empty=True)], args.max_gen_batches))
     return 0
 
 
