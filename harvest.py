@@ -15,8 +15,10 @@ throws every step's samples away after its update. RLoop keeps them. Two sources
     python harvest.py --run runs/loop/iter1/explore --out h.jsonl --steps 1-100,150,200
     python harvest.py --run runs/loop/iter1/explore --out h.jsonl --resample 8 --steps 50-200
 
-Every logged rollout counts, whether or not DAPO's dynamic sampling trained on it (explore.py's extra `kept`
-field is not carried over); the harvest is streamed, so it need not fit in memory.
+Every logged rollout counts, whether or not DAPO's dynamic sampling trained on it; the harvest is streamed, so it
+need not fit in memory. When every step is taken (the default) the harvest is the rollouts file itself, hard-linked
+(explore.py's extra `kept` field then stays; readers ignore it): at full scale that file is tens of GB per run.
+A subset of steps is written out, without `kept`.
 --steps: comma-separated steps and inclusive ranges ("1-200", "50,100,150", "1-50,100", "150-" = 150 on).
 Output: one JSONL of the shared trajectory record, written atomically, and a summary line per step range
 (default) or per checkpoint (--resample): trajectories, accuracy, problems. --resample keeps each finished
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -143,25 +146,55 @@ def step_chunks(steps: list[int], max_lines: int = 10) -> list[list[int]]:
 
 
 def from_rollouts(run: Path, ranges, out: Path) -> dict[int, Tally]:
-    """Stream the selected steps' rollouts into `out`; returns a Tally per step."""
+    """The selected steps' rollouts into `out`; returns a Tally per step. Every step selected and every record
+    usable as logged (explore.py's always are): `out` is a hard link to the rollouts file, not a copy of it."""
     path = run / "rollouts.jsonl"
     if not path.is_file():
         raise cli.UserError(f"{path}: no such file (is --run an explore.py output folder?)")
-    tallies: dict[int, Tally] = {}
-    lo, hi = math.inf, -math.inf  # the steps the run logged, for the error message
+    if ranges == parse_steps(""):
+        tallies, as_is = read_rollouts(path, ranges)  # validates every record
+        if as_is and hard_link(path, out):
+            return tallies
     with cli.atomic_open(out) as f:
-        for ln, d in read_jsonl(path):
-            t = trajectory_from_dict(d, f"{path}:{ln}")
-            if t.step is None:
-                raise cli.UserError(f"{path}:{ln}: missing field 'step' (explore.py rollouts carry their RL step)")
-            lo, hi = min(lo, t.step), max(hi, t.step)
-            if in_steps(t.step, ranges):
-                t.source = t.source or "rollout"
+        return read_rollouts(path, ranges, f)[0]
+
+
+def read_rollouts(path: Path, ranges, f=None) -> tuple[dict[int, Tally], bool]:
+    """Validate every logged rollout and tally the selected steps' (writing them to the open file f, if given).
+    Returns (a Tally per step, whether every selected record stands as logged: it names its source)."""
+    tallies: dict[int, Tally] = {}
+    as_is = True
+    lo, hi = math.inf, -math.inf  # the steps the run logged, for the error message
+    for ln, d in read_jsonl(path):
+        t = trajectory_from_dict(d, f"{path}:{ln}")
+        if t.step is None:
+            raise cli.UserError(f"{path}:{ln}: missing field 'step' (explore.py rollouts carry their RL step)")
+        lo, hi = min(lo, t.step), max(hi, t.step)
+        if in_steps(t.step, ranges):
+            as_is = as_is and bool(t.source)
+            t.source = t.source or "rollout"
+            if f is not None:
                 f.write(t.to_json() + "\n")
-                tallies.setdefault(t.step, Tally()).add(t)
-        if not tallies:
-            raise cli.UserError(f"{path}: no rollouts at the requested --steps (the run logged steps {lo}-{hi})")
-    return tallies
+            tallies.setdefault(t.step, Tally()).add(t)
+    if not tallies:
+        raise cli.UserError(f"{path}: no rollouts at the requested --steps (the run logged steps {lo}-{hi})")
+    return tallies, as_is
+
+
+def hard_link(src: Path, out: Path) -> bool:
+    """Make `out` a hard link to src (in one rename: a reader never sees a half file); False where the filesystem
+    cannot (another device), and the caller writes a copy. explore.py only appends to its rollouts while its run
+    goes on, and a finished run's file stays as it is; resuming that run with more --steps grows this harvest
+    too, so harvest again after."""
+    tmp = out.with_name(f".{out.name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.link(src, tmp)
+    except OSError:
+        return False
+    os.replace(tmp, out)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -280,7 +313,9 @@ def main(argv=None):
     for t in tallies.values():
         total.merge(t)
     print(total.line(f"total ({len(tallies)} {what})"))
-    print(f"wrote {out}")
+    linked = not args.resample and os.path.samefile(out, run / "rollouts.jsonl")
+    print(f"wrote {out}" + (" (a hard link to the run's rollouts.jsonl: every step, as logged; no copy)"
+                            if linked else ""))
 
 
 if __name__ == "__main__":
