@@ -135,6 +135,13 @@ var BENCH_TOP_P 0.7 "evaluation nucleus sampling (verl 7B's validation)"
 var BENCH_REWARD math_verify "evaluation verifier (ours: symbolic equivalence, comparable with published scores)"
 var BENCH_GPU_MEM 0.85 "vLLM's share of each GPU in evaluation (ours: nothing else on it)"
 
+# --- anything else: flags appended to a stage's, as they are ---------------------------------------------------
+var EXTRA_EXPLORE_ARGS "" "more explore.py flags (e.g. --kl-coef 0.001)"
+var EXTRA_HARVEST_ARGS "" "more harvest.py flags (e.g. --resample 8)"
+var EXTRA_FILTER_ARGS "" "more filter.py flags"
+var EXTRA_CONSOLIDATE_ARGS "" "more consolidate.py flags"
+var EXTRA_EVAL_ARGS "" "more evaluate.py flags (e.g. --limit 50)"
+
 usage() {
   echo "usage: [VAR=value ...] bash $0 [--help | --vars]"
   echo "  DRY_RUN=1: print the values, footprint's estimate and loop.sh's stage commands, run nothing"
@@ -182,15 +189,15 @@ $(flag "$DYNAMIC_SAMPLING" --dynamic-sampling --no-dynamic-sampling) --max-gen-b
 --lr $LR --warmup-steps $WARMUP_STEPS --weight-decay $WEIGHT_DECAY --grad-clip $GRAD_CLIP --eps-low $EPS_LOW \
 --eps-high $EPS_HIGH --clip-ratio-c $CLIP_RATIO_C --loss-agg $LOSS_AGG $(flag "$BF16" --bf16 --no-bf16) \
 $(flag "$GRAD_CKPT" --grad-checkpointing) --keep-checkpoints $KEEP_CHECKPOINTS --gpu-memory-utilization $GPU_MEM \
-$(vllm_only "--tp $TP") $(vllm_only "$(flag "$SLEEP_MODE" --sleep-mode)") $validation ${EXTRA_EXPLORE_ARGS:-}"
-HARVEST_ARGS="${EXTRA_HARVEST_ARGS:-}"
-FILTER_ARGS="--max-per-problem $MAX_PER_PROBLEM ${EXTRA_FILTER_ARGS:-}"
+$(vllm_only "--tp $TP") $(vllm_only "$(flag "$SLEEP_MODE" --sleep-mode)") $validation $EXTRA_EXPLORE_ARGS"
+HARVEST_ARGS="$EXTRA_HARVEST_ARGS"
+FILTER_ARGS="--max-per-problem $MAX_PER_PROBLEM $EXTRA_FILTER_ARGS"
 CONSOLIDATE_ARGS="--lr $RFT_LR --epochs $RFT_EPOCHS --batch-size $RFT_BATCH --micro-batch $RFT_MICRO \
 --max-len $RFT_MAX_LEN $(flag "$BF16" --bf16 --no-bf16) $(flag "$GRAD_CKPT" --grad-checkpointing) \
-${EXTRA_CONSOLIDATE_ARGS:-}"
+$EXTRA_CONSOLIDATE_ARGS"
 EVAL_ARGS="--backend $BACKEND --n $BENCH_N_SAMPLES --temperature $BENCH_TEMPERATURE --top-p $BENCH_TOP_P \
 --max-prompt-len $MAX_PROMPT_LEN --max-new-tokens $MAX_NEW_TOKENS --max-model-len $MAX_MODEL_LEN \
---reward $BENCH_REWARD --gpu-memory-utilization $BENCH_GPU_MEM ${EXTRA_EVAL_ARGS:-}"
+--reward $BENCH_REWARD --gpu-memory-utilization $BENCH_GPU_MEM $EXTRA_EVAL_ARGS"
 EVAL=$BENCHMARKS  # (loop.sh's name for BENCHMARKS)
 
 export MODEL DATA BENCHMARKS EVAL OUT SEED ITERS RL_STEPS SAVE_EVERY THRESHOLD VANILLA PYTHON TRAIN_LAUNCH LOGGER \
