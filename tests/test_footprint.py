@@ -76,3 +76,19 @@ def test_report_figures_by_hand():
     assert f"{4 * 8 * P / 1e9:,.1f} GB" in lines["resume states: AdamW, the newest folder of a run"]
     assert "1,000 RL steps (3 x 200 + vanilla 400 beyond its copy)" in text
 
+
+def test_the_page_shows_what_the_command_prints():
+    """docs/full-scale.md pastes footprint's output under the command that prints it: they must agree."""
+    page = (ROOT / "docs" / "full-scale.md").read_text()
+    blocks = page.split("```")
+    found = 0
+    for block in blocks[1::2]:  # (inside the fences; the first line is the info string)
+        cmd = block.split("\n", 1)[-1].strip().splitlines()
+        if not cmd or not cmd[0].startswith("$ ") or "footprint.py" not in cmd[0]:
+            continue
+        line = cmd[0][2:].replace("python ", f"{sys.executable} ", 1)  # (the page's python is this venv's)
+        r = subprocess.run(line, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=120, env=CLEAN_ENV)
+        assert r.returncode == 0, r.stderr
+        assert "\n".join(cmd[1:]).strip() == r.stdout.strip(), cmd[0]
+        found += 1
+    assert found == 2  # both presets
