@@ -2,6 +2,7 @@
 recipe itself (both presets), and docs/full-scale.md's pasted output equal to what the command prints."""
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -86,8 +87,10 @@ def test_the_page_shows_what_the_command_prints():
         cmd = block.split("\n", 1)[-1].strip().splitlines()
         if not cmd or not cmd[0].startswith("$ ") or "footprint.py" not in cmd[0]:
             continue
-        line = cmd[0][2:].replace("python ", f"{sys.executable} ", 1)  # (the page's python is this venv's)
-        r = subprocess.run(line, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=120, env=CLEAN_ENV)
+        argv = shlex.split(cmd[0][2:])
+        assert argv[0] == "python", cmd[0]
+        r = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                           env=CLEAN_ENV)  # (the page's python is this venv's)
         assert r.returncode == 0, r.stderr
         assert "\n".join(cmd[1:]).strip() == r.stdout.strip(), cmd[0]
         found += 1
