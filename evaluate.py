@@ -37,6 +37,9 @@ def get_args(argv=None):
     p.add_argument("--top-p", type=float, default=0.7, help="nucleus sampling (DAPO eval: 0.7)")
     p.add_argument("--max-new-tokens", type=int, default=96, help="response length cap (DAPO: 20480)")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems per benchmark (0 = all)")
+    p.add_argument("--max-prompt-len", type=int, default=0,
+                   help="drop every problem whose rendered prompt is longer than N tokens (one line per benchmark "
+                        "counts them; never truncated); the context is planned for N + --max-new-tokens. 0 = no cap")
     p.add_argument("--reward", default="dapo",
                    help="verifier: dapo (DAPO's string match, what RL trains on), math_verify (symbolic "
                         "equivalence: compares with published MATH-500 / AIME scores; pip install math-verify), "
@@ -53,7 +56,7 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     cli.check_positive(args, "n", "max_new_tokens")
     check_engine_args(args)
-    cli.check_positive(args, "limit", "max_model_len", allow_zero=True)
+    cli.check_positive(args, "limit", "max_model_len", "max_prompt_len", allow_zero=True)
     if not 0 < args.top_p <= 1:
         raise cli.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
     cli.check_out_dir(args.out)
@@ -70,11 +73,11 @@ def main(argv=None):
     model_path = toy.resolve(args.model, "model")
     # the context every benchmark needs, from the config and the tokenizer, before any weight loads
     tok = load_tokenizer(model_path, args.trust_remote_code)
-    for probs in problems.values():
-        data.render_prompts(probs, tok)
+    problems = {name: data.drop_long_prompts(data.render_prompts(probs, tok), tok, args.max_prompt_len, name)
+                for name, probs in problems.items()}
     context, overrides = plan_context(load_config(model_path, args.trust_remote_code),
                                       longest_prompt(tok, [p.prompt for ps in problems.values() for p in ps]),
-                                      args.max_new_tokens, args.max_model_len, model_path)
+                                      args.max_new_tokens, args.max_model_len, model_path, args.max_prompt_len)
     # With vLLM the engine loads the weights itself: no HF copy of the policy may sit on the GPU beside it (7.6B in
     # fp32 is 30 GB, and vLLM asks for --gpu-memory-utilization of the whole card): make_engine calls the loader
     # only for the HF engine
