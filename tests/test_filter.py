@@ -140,6 +140,27 @@ def test_cli_writes_rft_and_stats_then_nothing_kept_exits_3(tmp_path):
     assert stats["kept"] == 0 and stats["buckets"]["medium"] == 1 and stats["threshold"] == 0.05
 
 
+def test_cli_streams_by_reference_and_writes_what_select_keeps(tmp_path):
+    """filter.py holds successes as references to their lines (a harvest can outgrow memory): its rft.jsonl is
+    byte for byte what the in-memory `select` keeps, through duplicates, the cap, steps, non-ASCII text, a
+    byte-order mark on line 1 and a line written without spaces."""
+    trajs = ([T("h", True, "déjà 1", step=s) for s in (3, 1, 2, 2)] + [T("h", True, "déjà 1", step=4)]
+             + problem("h", 0, 40) + problem("m", 3, 6) + [T("z", True, "only", step=None)] + problem("z", 0, 30))
+    trajs[0].response_ids = [1, 2, 3]
+    lines = [t.to_json() for t in trajs]
+    lines[5] = json.dumps(trajs[5].to_dict(), ensure_ascii=False, separators=(",", ":"))
+    harvest = tmp_path / "harvest.jsonl"
+    harvest.write_bytes(b"\xef\xbb\xbf" + "".join(x + "\n" for x in lines).encode())
+    for threshold, cap in ((0.2, 0), (0.2, 2), (1.0, 0)):
+        out = tmp_path / f"f{threshold}-{cap}"
+        r = run_filter("--in", harvest, "--out", out, "--threshold", threshold, "--max-per-problem", cap)
+        assert r.returncode == 0, r.stderr
+        kept, stats = select(trajs, threshold, cap)
+        write_jsonl(tmp_path / "want.jsonl", kept)
+        assert (out / "rft.jsonl").read_bytes() == (tmp_path / "want.jsonl").read_bytes(), (threshold, cap)
+        assert json.loads((out / "filter_stats.json").read_text()) == {**stats, "input": str(harvest)}
+
+
 GOOD = json.dumps({"problem_id": "a", "prompt": "p", "response": "r", "reward": 1.0, "acc": True})
 BAD_INPUTS = {
     "not_json": (GOOD + "\n{not json\n", ":2:", "not valid JSON"),
