@@ -167,7 +167,18 @@ BAD_INPUTS = {
     "missing_acc": (GOOD + "\n" + GOOD + "\n" + json.dumps({"problem_id": "a", "prompt": "p", "response": "r",
                                                            "reward": 1.0}) + "\n", ":3:", "'acc'"),
     "empty": ("", "empty", "empty"),
+    "bool_id": (json.dumps({**json.loads(GOOD), "response_ids": [5, True]}) + "\n", ":1:", "'response_ids'"),
+    "negative_id": (GOOD + "\n" + json.dumps({**json.loads(GOOD), "response_ids": [5, -1]}) + "\n", ":2:",
+                    "'response_ids'"),
 }
+
+
+def test_trajectory_to_dict_copies_the_token_ids():
+    t = T("a", True, "r")
+    t.response_ids = [1, 2]
+    d = t.to_dict()
+    d["response_ids"].append(3)
+    assert t.response_ids == [1, 2] and "step" in d and "response_ids" not in T("a", False).to_dict()
 
 
 def test_cli_bad_input_one_line_no_output(tmp_path):
