@@ -72,9 +72,10 @@ def get_args(argv=None):
            "step's peak memory at Qwen2.5's vocabulary, chunked LM head vs full logits (counted on the meta "
            "device: fast, allocates nothing); 'data' for prompt-set loading at DAPO-Math-17k's size (seconds and "
            "peak memory of a fresh process); 'walltime' for the wall time of a finished `bash loop.sh` (--loop-dir, "
-           "with its slowest stages, from the stage markers) and `bash lab.sh` (--lab-dir): no compute, it reads them")
+           "with its slowest stages, from the stage markers) and a lab (lab.py, --lab-dir): no compute, it reads them")
     a("--loop-dir", default="runs/loop", help="walltime: a finished loop.sh OUT (target <= 180 s on the toy)")
-    a("--lab-dir", default="runs/lab", help="walltime: a finished lab.sh OUT (target <= 3600 s on the toy)")
+    a("--lab-dir", default="runs/lab",
+      help="walltime: a finished lab's OUT (target on the toy: its preset's, lib/arms.py: quick 3600 s, horizon 6000 s)")
     a("--mem-tokens", default="4096,16384", help="memory: sequence lengths of the log-prob step")
     a("--mem-hidden", type=int, default=3584, help="memory: hidden size (Qwen2.5-Math-7B: 3584)")
     a("--no-trl", action="store_true", help="skip the TRL rows even when TRL is installed")
@@ -632,7 +633,7 @@ def loop_walltime(run: Path) -> dict | None:
 
 
 def walltime_rows(args) -> list[dict]:
-    """bench rows of the loop's and the lab's wall time (targets: loop <= 180 s, lab <= 3600 s on the toy)."""
+    """bench rows of the loop's and the lab's wall time (targets on the toy: loop <= 180 s, lab: its preset's)."""
     rows = []
     loop = loop_walltime(Path(args.loop_dir))
     if loop:
@@ -641,9 +642,13 @@ def walltime_rows(args) -> list[dict]:
                         higher_better=False, note="slowest stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in slow)))
     lab_time = Path(args.lab_dir) / "lab_time.json"
     if lab_time.exists():
+        from lib.arms import PRESETS
+
         lab = json.loads(lab_time.read_text(encoding="utf-8"))
-        rows.append(row("toy", "lab wall time", "s", [float(lab["seconds"])], [3600.0], "target 3600 s", 1.0,
-                        higher_better=False, note=f"arms {lab['arms']}; seeds {lab['seeds']}; {lab['jobs']} jobs"))
+        target = float(PRESETS[lab.get("preset", "quick")].budget_s)
+        rows.append(row("toy", "lab wall time", "s", [float(lab["seconds"])], [target], f"target {target:.0f} s", 1.0,
+                        higher_better=False, note=f"preset {lab.get('preset', 'quick')}; arms {lab['arms']}; seeds "
+                                                  f"{lab['seeds']}; {lab['jobs']} jobs"))
     return rows
 
 

@@ -38,8 +38,15 @@ SET_BY_LAB = ("VANILLA", "RLOOP", "THRESHOLD", "EVAL_ITERS", "ITERS", "RL_STEPS"
               *(f"{s.upper()}_ARGS" for s in STAGE_ARGS))
 
 
+class Help(cli.HelpFormatter):
+    """Defaults shown, except the preset-given ones (None here)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=cli.HelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=Help)
     g = p.add_argument_group("what to run")
     g.add_argument("--preset", default="quick", choices=sorted(A.PRESETS),
                    help="; ".join(f"{x.name}: {x.about} ({len(x.arms)} arms x {x.seeds} seeds, {x.out})"

@@ -121,13 +121,14 @@ class Preset:
     arms: tuple[str, ...]
     seeds: int  # seeds 0 .. seeds - 1
     out: str
+    budget_s: int  # the wall-time target on the toy, 2 cores (bench.py --sections walltime)
 
 
 PRESETS = {p.name: p for p in (
     Preset("quick", "the claims at 60 RL steps and the open questions (threshold, KL)",
-           ("rloop", "vanilla", "overfit", "no-al", "thr-0.05", "thr-0.2", "thr-0.5", "kl"), 3, "runs/lab"),
+           ("rloop", "vanilla", "overfit", "no-al", "thr-0.05", "thr-0.2", "thr-0.5", "kl"), 3, "runs/lab", 3600),
     Preset("horizon", "the claims at 60 and at 300 RL steps (the overfitting horizon)",
-           ("rloop", "vanilla", "rloop-long", "overfit", "no-al-long"), 5, "runs/lab-horizon"),
+           ("rloop", "vanilla", "rloop-long", "overfit", "no-al-long"), 5, "runs/lab-horizon", 6000),
 )}
 
 
