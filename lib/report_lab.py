@@ -17,7 +17,7 @@ def interval(d: T.Difference | None) -> str:
     if d is None:
         return "no seed in common"
     if not math.isfinite(d.half):
-        return f"{d.mean:+.3f} (1 seed)"
+        return f"{d.mean:+.3f}"  # (the verdict says: one seed)
     return f"{d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}]"
 
 
