@@ -35,7 +35,7 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-RENAMED = {"kept_trajectories": "kept", "mean_acc": "acc", "truncated_frac": "truncated"}  # canonical -> old
+RENAMED = {"kept_trajectories": "kept"}  # canonical name -> the name older runs wrote
 
 
 def stat(row: dict, name: str):
