@@ -19,7 +19,7 @@ hit both sides alike); every number is a median over the repeats, ratio = median
   sft mfu   %          6 * parameters * tokens/s over the matmul peak measured in this run (a large fp32 matmul
                        on CPU, bf16 on GPU, at the same thread count).
   data      s, GB      lib.data.load_problems on a generated parquet of DAPO-Math-17k's shape (1,791,700 rows,
-                       17,917 distinct; scripts/make_dapo_parquet.py, cached in --out), each run in a fresh
+                       17,917 distinct; lib/synthetic.py, cached in --out), each run in a fresh
                        process: its wall time and peak RSS (interpreter and imports included), per --data-order.
                        Targets are absolute: <= 10 s and <= 1.5 GB. With --data-every-row the peer is the
                        row-by-row way (every row a dict, every row parsed; ~25 s and ~6 GB at full size).
@@ -72,9 +72,10 @@ def get_args(argv=None):
            "step's peak memory at Qwen2.5's vocabulary, chunked LM head vs full logits (counted on the meta "
            "device: fast, allocates nothing); 'data' for prompt-set loading at DAPO-Math-17k's size (seconds and "
            "peak memory of a fresh process); 'walltime' for the wall time of a finished `bash loop.sh` (--loop-dir, "
-           "with its slowest stages, from the stage markers) and `bash lab.sh` (--lab-dir): no compute, it reads them")
+           "with its slowest stages, from the stage markers) and a lab (lab.py, --lab-dir): no compute, it reads them")
     a("--loop-dir", default="runs/loop", help="walltime: a finished loop.sh OUT (target <= 180 s on the toy)")
-    a("--lab-dir", default="runs/lab", help="walltime: a finished lab.sh OUT (target <= 3600 s on the toy)")
+    a("--lab-dir", default="runs/lab",
+      help="walltime: a finished lab's OUT (target on the toy: its preset's, lib/arms.py: quick 3600 s, horizon 6000 s)")
     a("--mem-tokens", default="4096,16384", help="memory: sequence lengths of the log-prob step")
     a("--mem-hidden", type=int, default=3584, help="memory: hidden size (Qwen2.5-Math-7B: 3584)")
     a("--no-trl", action="store_true", help="skip the TRL rows even when TRL is installed")
@@ -279,95 +280,13 @@ def build_big(out: Path, shape: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# memory: the log-prob step's transient memory, chunked LM head vs full logits
-
-
-class LiveBytes:
-    """Peak bytes of tensor storage alive at once inside the context, counted op by op through a dispatch mode
-    (forward and backward: autograd runs its ops under the same mode). Works on any device, "meta" included,
-    where nothing is allocated: a 16k-token x 152k-vocabulary step can be measured on a laptop. Counts tensor
-    storage, not the allocator's caching or fragmentation (on a GPU, torch.cuda.max_memory_allocated is the
-    real figure)."""
-
-    def __enter__(self):
-        import weakref
-
-        from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils._pytree import tree_flatten
-
-        tracker = self
-        self.live = self.peak = 0
-        self._seen: dict[int, object] = {}
-
-        def forget(key: int, nbytes: int) -> None:
-            tracker.live -= nbytes
-            tracker._seen.pop(key, None)
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                for t in tree_flatten(out)[0]:
-                    if isinstance(t, torch.Tensor):
-                        st = t.untyped_storage()
-                        key = st._cdata  # one per storage: views and in-place results are not counted twice
-                        if key not in tracker._seen:
-                            nbytes = st.nbytes()
-                            tracker._seen[key] = weakref.ref(st, lambda _r, k=key, n=nbytes: forget(k, n))
-                            tracker.live += nbytes
-                            tracker.peak = max(tracker.peak, tracker.live)
-                return out
-
-        self._mode = Mode()
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._mode.__exit__(*exc)
-        return False
-
-
-def head_step_peak(T: int, V: int, H: int, chunked: bool, chunk: int = 0, device="meta",
-                   dtype=torch.float32) -> int:
-    """Transient bytes of one forward + backward of the log-prob step over one sequence: final hidden states
-    [1, T, H] (a leaf, standing in for the backbone's output) through the LM head [V, H] to log p and entropy, and
-    back to the hidden states' and the head's gradients. Returns the peak live bytes minus what stays alive after
-    it (those gradients: the model's own). chunked: lib/modeling.head_logprobs; else today's full-logits way
-    (lib/modeling.logprobs_from_logits over lm_head(hidden)). On CUDA the figure is the allocator's
-    (torch.cuda.max_memory_allocated: what it really held); elsewhere LiveBytes' count."""
-    from lib import modeling
-
-    class Head(torch.nn.Module):  # the two methods head_logprobs asks of a causal LM
-        def __init__(self):
-            super().__init__()
-            self.lm_head = torch.nn.Linear(H, V, bias=False, device=device, dtype=dtype)
-
-        def get_output_embeddings(self):
-            return self.lm_head
-
-    model = Head()
-    hidden = torch.randn(1, T, H, device=device, dtype=dtype, requires_grad=True)
-    targets = torch.randint(0, V, (1, T), device=device)
-    def step():
-        if chunked:
-            logp, ent = modeling.head_logprobs(model, hidden, targets, with_entropy=True, chunk=chunk)
-        else:
-            logp, ent = modeling.logprobs_from_logits(model.lm_head(hidden), targets, with_entropy=True)
-        logp.sum().backward()
-
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()  # (the gradients stay allocated)
-    with LiveBytes() as mem:
-        step()
-    return mem.peak - mem.live
+# memory: the log-prob step's transient memory, chunked LM head vs full logits (counted by lib/memcount.py)
 
 
 def bench_memory(args) -> list[dict]:
     """The memory section: the log-prob step at Qwen2.5's vocabulary, T = 4096 and 16,384, chunked vs full."""
     from lib import modeling
+    from lib.memcount import head_step_peak
 
     V, H = 152_064, args.mem_hidden
     out = []
@@ -644,7 +563,7 @@ def dapo_file(out: Path, prompts: int, repeats: int, order: str) -> Path:
     """The generated DAPO-shape parquet, written once and reused (kept in --out, not in its scratch work/)."""
     import pyarrow.parquet as pq
 
-    from scripts.make_dapo_parquet import write_dapo_parquet
+    from lib.synthetic import write_dapo_parquet
 
     path = out / f"dapo-synthetic-{prompts}x{repeats}-{order}.parquet"
     try:
@@ -714,7 +633,7 @@ def loop_walltime(run: Path) -> dict | None:
 
 
 def walltime_rows(args) -> list[dict]:
-    """bench rows of the loop's and the lab's wall time (targets: loop <= 180 s, lab <= 3600 s on the toy)."""
+    """bench rows of the loop's and the lab's wall time (targets on the toy: loop <= 180 s, lab: its preset's)."""
     rows = []
     loop = loop_walltime(Path(args.loop_dir))
     if loop:
@@ -723,9 +642,13 @@ def walltime_rows(args) -> list[dict]:
                         higher_better=False, note="slowest stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in slow)))
     lab_time = Path(args.lab_dir) / "lab_time.json"
     if lab_time.exists():
+        from lib.arms import PRESETS
+
         lab = json.loads(lab_time.read_text(encoding="utf-8"))
-        rows.append(row("toy", "lab wall time", "s", [float(lab["seconds"])], [3600.0], "target 3600 s", 1.0,
-                        higher_better=False, note=f"arms {lab['arms']}; seeds {lab['seeds']}; {lab['jobs']} jobs"))
+        target = float(PRESETS[lab.get("preset", "quick")].budget_s)
+        rows.append(row("toy", "lab wall time", "s", [float(lab["seconds"])], [target], f"target {target:.0f} s", 1.0,
+                        higher_better=False, note=f"preset {lab.get('preset', 'quick')}; arms {lab['arms']}; seeds "
+                                                  f"{lab['seeds']}; {lab['jobs']} jobs"))
     return rows
 
 

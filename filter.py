@@ -27,12 +27,16 @@ an earlier run in DIR is removed, so no later stage can train on it by mistake.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from lib import cli
-from lib.records import Trajectory, read_jsonl, trajectory_from_dict, write_jsonl
+from lib.records import Trajectory, read_jsonl, trajectory_from_dict
 
 BUCKETS = ("never_solved", "hard", "medium", "always_solved")
 
@@ -72,12 +76,12 @@ def bucket(correct: int, total: int, threshold: float) -> str:
     return "hard" if is_selected(correct, total, threshold) else "medium"
 
 
-def spread_cap(trajs: list[Trajectory], cap: int) -> list[Trajectory]:
+def spread_cap(trajs: list, cap: int) -> list:
     """At most `cap` trajectories, taken round-robin over source steps in ascending order (no step -> first).
     Deterministic: depends only on the input order. Returns them in the order they were picked."""
     if not cap or len(trajs) <= cap:
         return list(trajs)
-    by_step: dict[int, list[Trajectory]] = defaultdict(list)
+    by_step: dict[int, list] = defaultdict(list)
     for t in trajs:
         by_step[-1 if t.step is None else t.step].append(t)
     queues = [by_step[s] for s in sorted(by_step)]
@@ -114,29 +118,31 @@ def select(trajectories: list[Trajectory], threshold: float, max_per_problem: in
     return select_counted(count(trajectories), (t for t in trajectories if t.acc), threshold, max_per_problem)
 
 
-def select_counted(counts: dict[str, list[int]], correct: Iterable[Trajectory], threshold: float,
-                   max_per_problem: int = 0) -> tuple[list[Trajectory], dict]:
-    """`select` in two passes, so a harvest of any size streams: `counts` from a first pass (`count`), then
-    the correct trajectories (a second pass); only the selected problems' unique successes are held."""
+def select_counted(counts: dict[str, list[int]], correct: Iterable, threshold: float, max_per_problem: int = 0,
+                   key: Callable = lambda t: t.response) -> tuple[list, dict]:
+    """`select` in two passes, so a harvest of any size streams: `counts` from a first pass (`count`), then the
+    correct trajectories (a second pass), or stand-ins for them: anything with .problem_id and .step, told apart
+    by key(item) (the response, or its digest). Only the selected problems' unique successes are held."""
     buckets = Counter({b: 0 for b in BUCKETS})
-    selected: dict[str, list[Trajectory]] = {}  # problem -> its unique successes, harvest order
+    selected: dict[str, list] = {}  # problem -> its unique successes, harvest order
     for pid, (c, n) in counts.items():
         buckets[bucket(c, n, threshold)] += 1
         if is_selected(c, n, threshold):
             selected[pid] = []
-    seen: dict[str, set[str]] = defaultdict(set)
+    seen: dict[str, set] = defaultdict(set)
     candidates = deduplicated = 0
     for t in correct:
         if t.problem_id not in selected:
             continue
         candidates += 1
-        if t.response in seen[t.problem_id]:  # dedup before the cap, so the cap never spends a slot on a repeat
+        k = key(t)
+        if k in seen[t.problem_id]:  # dedup before the cap, so the cap never spends a slot on a repeat
             deduplicated += 1
             continue
-        seen[t.problem_id].add(t.response)
+        seen[t.problem_id].add(k)
         selected[t.problem_id].append(t)
 
-    kept: list[Trajectory] = []
+    kept: list = []
     per_problem = []
     for unique in selected.values():
         chosen = spread_cap(unique, max_per_problem)
@@ -164,12 +170,52 @@ def select_counted(counts: dict[str, list[int]], correct: Iterable[Trajectory], 
     return kept, stats
 
 
+# --- a harvest far larger than memory: successes are held as references to their lines -----------------------
+CORRECT = re.compile(rb'"acc"\s*:\s*true')  # what every line of a successful trajectory holds (a cheap pre-check)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A correct trajectory of a selected problem, by the byte offset of its line in the harvest."""
+    problem_id: str
+    step: int | None
+    offset: int
+    digest: bytes  # of its response (dedup)
+
+
+def correct_refs(path, selected: set[str]) -> Iterator[Ref]:
+    """The second pass: a Ref per correct trajectory of the selected problems (the first pass validated every
+    line), in harvest order. A line without `"acc": true` is not parsed."""
+    offset = 0
+    with open(path, "rb") as f:
+        for raw in f:
+            at, offset = offset, offset + len(raw)
+            if not CORRECT.search(raw):
+                continue
+            d = json.loads(raw.decode("utf-8-sig" if at == 0 else "utf-8"))
+            pid = str(d["problem_id"])
+            if d["acc"] is True and pid in selected:
+                yield Ref(pid, d.get("step"), at, hashlib.blake2b(d["response"].encode(), digest_size=16).digest())
+
+
+def write_kept(path, refs: list[Ref], out: Path) -> None:
+    """The third pass: the referenced lines, in the order given, as the shared record (written atomically)."""
+    with open(path, "rb") as f, cli.atomic_open(out) as w:
+        for r in refs:
+            f.seek(r.offset)
+            raw = f.readline()
+            d = json.loads(raw.decode("utf-8-sig" if r.offset == 0 else "utf-8"))
+            w.write(trajectory_from_dict(d, f"{path}:byte {r.offset}").to_json() + "\n")
+
+
 def main(argv=None):
     args = get_args(argv)
-    # two streaming passes: a harvest can be far larger than memory (every rollout of a long RL run)
+    # streaming passes: a harvest can be far larger than memory (every rollout of a long RL run): counts, then
+    # the selected problems' successes as references to their lines, then the kept lines
     counts = count(iter_trajectories(args.inp))  # validates every line before anything is written
-    correct = (t for t in iter_trajectories(args.inp) if t.acc)
-    kept, stats = select_counted(counts, correct, args.threshold, args.max_per_problem)
+    selected = {pid for pid, (c, n) in counts.items() if is_selected(c, n, args.threshold)}
+    kept, stats = select_counted(counts, correct_refs(args.inp, selected), args.threshold, args.max_per_problem,
+                                 key=lambda r: r.digest)
     stats["input"] = str(args.inp)
 
     out = Path(args.out)
@@ -196,7 +242,7 @@ def main(argv=None):
                             f"({b['never_solved']} never solved, {b['medium']} medium, "
                             f"{b['always_solved']} always solved); see {out / 'filter_stats.json'}",
                             code=cli.EXIT_NOTHING_KEPT)
-    write_jsonl(out / "rft.jsonl", kept)
+    write_kept(args.inp, kept, out / "rft.jsonl")
     cli.atomic_write_json(out / "filter_stats.json", stats)  # written last: its presence means done
     print(f"wrote {out / 'rft.jsonl'} ({len(kept)} trajectories) and {out / 'filter_stats.json'}")
 

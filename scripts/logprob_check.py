@@ -6,7 +6,7 @@ One PASS / FAIL line each:
   memory T=N  one forward + backward of the log-prob step at Qwen2.5's vocabulary (152,064) and hidden size (3584):
               transient memory of the chunked head vs the full logits, against the bound of 1/4 of one fp32 [T, V]
               tensor. On CUDA: torch.cuda.max_memory_allocated (what the allocator really held); elsewhere the
-              meta-device count of bench.py (tensor bytes, nothing allocated).
+              meta-device count of lib/memcount.py (tensor bytes, nothing allocated).
 
     python scripts/logprob_check.py --device cuda          # scripts/gpu_check.sh runs this
     python scripts/logprob_check.py --device cpu --tokens 512 --hidden 64     # a smoke run (the test suite's)
@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `lib` and bench importable from the repo root
+if __package__ in (None, ""):  # run as a script: make `lib` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
@@ -78,14 +78,14 @@ def check_equal(device) -> list[tuple[str, bool, str]]:
 
 
 def check_memory(device, tokens: list[int], H: int) -> list[tuple[str, bool, str]]:
-    import bench
+    from lib.memcount import head_step_peak
 
     out = []
     for T in tokens:
         tv = T * V * 4
         on = device if device.type == "cuda" else "meta"  # (elsewhere: counted on the meta device, allocating nothing)
-        part = bench.head_step_peak(T, V, H, chunked=True, device=on)
-        full = bench.head_step_peak(T, V, H, chunked=False, device=on)
+        part = head_step_peak(T, V, H, chunked=True, device=on)
+        full = head_step_peak(T, V, H, chunked=False, device=on)
         how = "CUDA allocator" if device.type == "cuda" else "meta-device count"
         out.append((f"memory T={T}: chunked head <= 1/4 of one fp32 [T, V]", part <= tv / 4,
                     f"{part / 2**30:.2f} GiB chunked vs {full / 2**30:.2f} GiB full logits ({part / full:.3f}x); "

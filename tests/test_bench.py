@@ -76,3 +76,20 @@ def test_bench_walltime_reads_finished_loop_and_lab_folders(tmp_path, capsys):
     assert loop["metric"] == "loop wall time" and loop["ours"] == pytest.approx(135.0)
     assert loop["status"] == "PASS" and "iter1-explore 100 s, eval-vanilla-20 41 s, eval-base 10 s" in loop["note"]
     assert lab_row["ours"] == 3000 and lab_row["status"] == "PASS"
+
+
+def test_scale_bench_measures_the_stages_on_a_generated_rollouts_file(tmp_path, capsys):
+    """scripts/scale_bench.py at a tiny size: a rollouts file of the full-scale shape, then report.py, harvest.py
+    (default mode) and filter.py in their own processes, each one's time and peak memory against the bounds."""
+    from scripts import scale_bench
+
+    out = tmp_path / "scale"
+    assert scale_bench.main(["--out", str(out), "--records", "2000", "--problems", "50"]) == 0
+    res = json.loads((out / "scale.json").read_text())
+    assert res["rollouts"]["records"] == 2000 and res["rollouts"]["bytes"] > 2000 * 8000  # ~10 KB a record
+    assert [r["stage"] for r in res["rows"]] == ["report", "harvest", "filter"]
+    for r in res["rows"]:
+        assert r["seconds"] > 0 and 0.01 < r["peak_gb"] < 2 and r["status"] == "PASS"
+    assert res["filter"]["kept"] > 0
+    assert sorted(p.name for p in out.iterdir()) == ["logs", "scale.json"]  # the generated files are gone
+    assert "report" in capsys.readouterr().out

@@ -87,13 +87,13 @@ def test_no_grad_path_keeps_no_graph(tok):
 
 def test_head_memory_grows_with_the_chunk_not_the_sequence():
     """Peak live tensor bytes of one forward + backward of the LM head at Qwen2.5's vocabulary (152,064) and
-    T = 512, counted op by op (bench.py's LiveBytes, on the meta device: nothing is allocated). The full-logits
+    T = 512, counted op by op (lib/memcount.py's LiveBytes, on the meta device: nothing is allocated). The full-logits
     way holds several fp32 [T, V] tensors; the chunked way a few [chunk, V] ones."""
-    import bench
+    from lib.memcount import head_step_peak
 
     T, V, H, chunk = 512, 152_064, 64, 32
-    full = bench.head_step_peak(T, V, H, chunked=False, device="meta")
-    part = bench.head_step_peak(T, V, H, chunked=True, chunk=chunk, device="meta")
+    full = head_step_peak(T, V, H, chunked=False, device="meta")
+    part = head_step_peak(T, V, H, chunked=True, chunk=chunk, device="meta")
     tv = T * V * 4  # one fp32 [T, V] tensor
     assert full >= 2 * tv  # today's way: logits and their gradient at least
     assert part <= 6 * chunk * V * 4 < tv / 2  # a handful of [chunk, V] tensors
@@ -101,11 +101,11 @@ def test_head_memory_grows_with_the_chunk_not_the_sequence():
 
 def test_live_bytes_on_meta_equal_a_real_cpu_run():
     """The meta-device count (what bench.py's memory section reports at full size) is the count of a real run."""
-    import bench
+    from lib.memcount import head_step_peak
 
     for chunked in (False, True):
-        real = bench.head_step_peak(64, 1000, 16, chunked=chunked, chunk=16, device="cpu")
-        meta = bench.head_step_peak(64, 1000, 16, chunked=chunked, chunk=16, device="meta")
+        real = head_step_peak(64, 1000, 16, chunked=chunked, chunk=16, device="cpu")
+        meta = head_step_peak(64, 1000, 16, chunked=chunked, chunk=16, device="meta")
         assert real == meta > 0
 
 

@@ -140,13 +140,45 @@ def test_cli_writes_rft_and_stats_then_nothing_kept_exits_3(tmp_path):
     assert stats["kept"] == 0 and stats["buckets"]["medium"] == 1 and stats["threshold"] == 0.05
 
 
+def test_cli_streams_by_reference_and_writes_what_select_keeps(tmp_path):
+    """filter.py holds successes as references to their lines (a harvest can outgrow memory): its rft.jsonl is
+    byte for byte what the in-memory `select` keeps, through duplicates, the cap, steps, non-ASCII text, a
+    byte-order mark on line 1 and a line written without spaces."""
+    trajs = ([T("h", True, "déjà 1", step=s) for s in (3, 1, 2, 2)] + [T("h", True, "déjà 1", step=4)]
+             + problem("h", 0, 40) + problem("m", 3, 6) + [T("z", True, "only", step=None)] + problem("z", 0, 30))
+    trajs[0].response_ids = [1, 2, 3]
+    lines = [t.to_json() for t in trajs]
+    lines[5] = json.dumps(trajs[5].to_dict(), ensure_ascii=False, separators=(",", ":"))
+    harvest = tmp_path / "harvest.jsonl"
+    harvest.write_bytes(b"\xef\xbb\xbf" + "".join(x + "\n" for x in lines).encode())
+    for threshold, cap in ((0.2, 0), (0.2, 2), (1.0, 0)):
+        out = tmp_path / f"f{threshold}-{cap}"
+        r = run_filter("--in", harvest, "--out", out, "--threshold", threshold, "--max-per-problem", cap)
+        assert r.returncode == 0, r.stderr
+        kept, stats = select(trajs, threshold, cap)
+        write_jsonl(tmp_path / "want.jsonl", kept)
+        assert (out / "rft.jsonl").read_bytes() == (tmp_path / "want.jsonl").read_bytes(), (threshold, cap)
+        assert json.loads((out / "filter_stats.json").read_text()) == {**stats, "input": str(harvest)}
+
+
 GOOD = json.dumps({"problem_id": "a", "prompt": "p", "response": "r", "reward": 1.0, "acc": True})
 BAD_INPUTS = {
     "not_json": (GOOD + "\n{not json\n", ":2:", "not valid JSON"),
     "missing_acc": (GOOD + "\n" + GOOD + "\n" + json.dumps({"problem_id": "a", "prompt": "p", "response": "r",
                                                            "reward": 1.0}) + "\n", ":3:", "'acc'"),
     "empty": ("", "empty", "empty"),
+    "bool_id": (json.dumps({**json.loads(GOOD), "response_ids": [5, True]}) + "\n", ":1:", "'response_ids'"),
+    "negative_id": (GOOD + "\n" + json.dumps({**json.loads(GOOD), "response_ids": [5, -1]}) + "\n", ":2:",
+                    "'response_ids'"),
 }
+
+
+def test_trajectory_to_dict_copies_the_token_ids():
+    t = T("a", True, "r")
+    t.response_ids = [1, 2]
+    d = t.to_dict()
+    d["response_ids"].append(3)
+    assert t.response_ids == [1, 2] and "step" in d and "response_ids" not in T("a", False).to_dict()
 
 
 def test_cli_bad_input_one_line_no_output(tmp_path):

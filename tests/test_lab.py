@@ -1,6 +1,8 @@
-"""lab.sh end to end on a micro lab in seconds: 2 seeds, the arms rloop / vanilla / overfit, stand-in training
-and evaluation stages (a PYTHON shim; harvest.py, filter.py and report.py are the real ones), the lab report's
-numbers against hand-computed ones, reuse of shared work, and a rerun that skips every finished arm."""
+"""The lab: the arms table (lib/arms.py) drives lab.py (through lab.sh) over micro labs in seconds, with
+stand-in stages (a PYTHON shim; filter.py, lab.py and the lab's report.py are the real ones): the horizon arms
+x 2 seeds end to end, what each arm reuses and when it starts, the report's verdicts against hand-computed
+intervals, a rerun that skips every finished run, a failed run that stops nothing else; and, with the real
+explore.py, every reuse of an RL run ending with the weights of a run from scratch."""
 import json
 import os
 import subprocess
@@ -9,11 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from lib import arms as A
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # The shim. explore.py writes rollouts in the toy's two written forms and metrics rows; it resumes (--resume) from
 # the rows already there. evaluate.py's accuracy is a literal function of the policy it is given and the seed:
-#   base 0.30; RLoop's consolidated policy 0.50 + 0.01 * seed; vanilla at step s: 0.40 + s / 1000 + 0.02 * seed
+#   base 0.30; an RL policy 0.45; vanilla at step s: 0.40 + s / 1000 + 0.02 * seed; a consolidated policy:
+#   rloop-long's 0.55 + 0.01 * seed, no-al-long's 0.40 + 0.03 * seed, any other arm's 0.50 + 0.01 * seed.
+# SHIM_FAIL: a command holding this text fails. SHIM_REAL_EXPLORE: the first RL run of every arm (iteration 1's,
+# the vanilla run) is the real explore.py.
 SHIM = '''#!{python}
 import json, os, re, sys
 from pathlib import Path
@@ -21,10 +28,21 @@ from pathlib import Path
 script, args = sys.argv[1], sys.argv[2:]
 with open(os.environ["SHIM_LOG"], "a") as f:
     f.write(json.dumps([script, *args]) + "\\n")
-if script in ("harvest.py", "filter.py", "report.py"):
-    os.execv(sys.executable, [sys.executable, script, *args])
+if os.environ.get("SHIM_FAIL") and os.environ["SHIM_FAIL"] in " ".join(args):
+    sys.exit("shim: " + os.environ["SHIM_FAIL"])
 flag = lambda name: args[args.index(name) + 1]
+if script in ("filter.py", "lab.py") or (script == "report.py" and "/seed" not in args[0]) or (
+        script == "explore.py" and os.environ.get("SHIM_REAL_EXPLORE")
+        and flag("--out").endswith(("/iter1/explore", "/vanilla"))):
+    os.execv(sys.executable, [sys.executable, script, *args])
+if script == "report.py":  # (a run's own report; the lab's is the real one)
+    (Path(args[0]) / "report").mkdir(exist_ok=True)
+    (Path(args[0]) / "report" / "summary.md").write_text("stand-in")
+    sys.exit()
 out = Path(flag("--out"))
+if script == "harvest.py":  # every logged rollout, as harvest.py's default mode pools them
+    out.write_text((Path(flag("--run")) / "rollouts.jsonl").read_text())
+    sys.exit()
 out.mkdir(parents=True, exist_ok=True)
 if script == "explore.py":
     steps, every, seed = int(flag("--steps")), int(flag("--save-every")), int(flag("--seed"))
@@ -47,7 +65,8 @@ elif script == "consolidate.py":
 elif script == "evaluate.py":
     model, seed = flag("--model"), int(flag("--seed"))
     if model.endswith("consolidated"):
-        acc = 0.5 + 0.01 * seed
+        acc = {{"rloop-long": 0.55 + 0.01 * seed, "no-al-long": 0.40 + 0.03 * seed}}.get(Path(model).parts[-4],
+                                                                                     0.5 + 0.01 * seed)
     elif "ckpt_" in model and "/vanilla/" in model:
         acc = 0.4 + int(re.search(r"ckpt_(\\d+)", model).group(1)) / 1000 + 0.02 * seed
     elif "ckpt_" in model:
@@ -57,17 +76,18 @@ elif script == "evaluate.py":
     b = {{"problems": 2, "mean_acc": acc, "pass@k": {{"1": acc, "2": acc + 0.1}}}}
     (out / "metrics.json").write_text(json.dumps({{"benchmarks": {{"memo": b, "probe": b}}, "average": b}}))
 '''
+HORIZON = "rloop,vanilla,rloop-long,overfit,no-al-long"
 
 
 def run_lab(tmp_path, out, **over):
     shim = tmp_path / "py"
     shim.write_text(SHIM.format(python=sys.executable))
     shim.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("THRESHOLD", "TRAIN_LAUNCH", "VANILLA", "ITERS", "OUT")}
+    env = {k: v for k, v in os.environ.items() if k not in ("THRESHOLD", "TRAIN_LAUNCH", "VANILLA", "ITERS", "OUT",
+                                                            "PRESET", "SEEDS", "ARMS", "EXPLORE_ARGS", "DRY_RUN")}
     env.update(PYTHON=str(shim), SHIM_LOG=str(tmp_path / "calls.jsonl"), MODEL="/models/base", DATA="d.jsonl",
-               EVAL="memo=m.jsonl", OUT=str(out), SEEDS="2", ARMS="rloop,vanilla,overfit", ITERS="2", RL_STEPS="2",
-               SAVE_EVERY="2", OVERFIT_X="2", FILTER_ARGS="--threshold 0.5", HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1")
+               EVAL="memo=m.jsonl", OUT=str(out), SEEDS="2", ARMS=HORIZON, ITERS="2", RL_STEPS="2",
+               OVERFIT_X="3", FILTER_ARGS="--threshold 0.5", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     env.update(over)
     return subprocess.run(["bash", "lab.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
@@ -76,6 +96,68 @@ def calls(tmp_path):
     return [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
 
 
+def flag(call, name):
+    return call[call.index(name) + 1]
+
+
+# --- the table ------------------------------------------------------------------------------------------------
+def test_the_table_is_consistent_and_refuses_what_is_not_the_same_computation():
+    A.check()
+    rloop, kl = A.BY_NAME["rloop"], A.BY_NAME["kl"]
+    bad = {
+        "not an arm listed before it": (A.Arm("x", "", reuses=(A.Reuse("y", A.BASE_EVAL),)),),
+        "explore.py flags differ": (rloop, kl, A.Arm("x", "", env=A.VANILLA_ONLY, reuses=(A.Reuse("kl", A.RL_RUN),))),
+        "two RLoop arms iterating alike": (rloop, A.Arm("x", "", scale="rl_steps",
+                                                        reuses=(A.Reuse("rloop", A.ITERATION_1),))),
+        "unknown part": (rloop, A.Arm("x", "", reuses=(A.Reuse("rloop", "everything"),))),
+    }
+    for message, table in bad.items():
+        with pytest.raises(ValueError, match=message):
+            A.check(table, presets=())
+
+
+def test_sizes_and_settings_of_the_horizon_arms():
+    s = A.Sizes()  # the toy's: 3 x 20, OVERFIT_X 5
+    env = {a.name: A.loop_env(a, s) for a in A.ARMS}
+    assert (env["rloop-long"]["ITERS"], env["rloop-long"]["RL_STEPS"]) == ("3", "100")
+    assert (env["overfit"]["ITERS"], env["overfit"]["RL_STEPS"]) == ("15", "20")
+    assert env["no-al-long"]["THRESHOLD"] == "1" and env["rloop-long"]["EVAL_ITERS"] == "all"
+    assert {e["SAVE_EVERY"] for e in env.values()} == {"5"} and env["kl"]["EXPLORE_ARGS"] == "--kl-coef 0.1"
+    assert A.total_steps(A.BY_NAME["rloop-long"], s) == A.total_steps(A.BY_NAME["overfit"], s) == 300
+    # the chain rloop (20) -> vanilla (60) -> rloop-long's iteration 1 (100) -> overfit (300); a longer source
+    # run is never taken (OVERFIT_X 2: rloop-long's iteration 1 is 40 steps, vanilla's run 60)
+    first = A.copies(A.BY_NAME["rloop-long"], A.BY_NAME["rloop-long"].reuses[0], s)
+    assert [(c.stage, c.path, c.dest, c.done) for c in first if c.stage.endswith("explore")] == \
+        [("vanilla-explore", "vanilla", "iter1/explore", False)]
+    assert [c.stage for c in A.copies(A.BY_NAME["rloop-long"], A.BY_NAME["rloop-long"].reuses[0],
+                                      A.Sizes(overfit_x=2))] == ["eval-base"]
+
+
+def test_the_docs_example_adds_a_threshold_arm_in_one_entry():
+    """docs/lab.md's entry, appended to the table: consistent, and the arm it describes."""
+    import ast
+
+    def build(node):  # the entry's calls, names and literals, read without executing any text
+        if isinstance(node, ast.Call):
+            return getattr(A, node.func.id)(*map(build, node.args), **{k.arg: build(k.value) for k in node.keywords})
+        if isinstance(node, ast.Name):
+            return getattr(A, node.id)
+        if isinstance(node, ast.Tuple):
+            return tuple(map(build, node.elts))
+        if isinstance(node, ast.Dict):
+            return {build(k): build(v) for k, v in zip(node.keys, node.values)}
+        return ast.literal_eval(node)
+
+    doc = (ROOT / "docs" / "lab.md").read_text()
+    entry = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    arm = build(ast.parse(entry.strip().rstrip(","), mode="eval").body)
+    A.check(A.ARMS + (arm,))
+    assert A.loop_env(arm, A.Sizes())["THRESHOLD"] == "0.3" and arm.sweep and arm.against == "rloop"
+    assert [c.stage for r in arm.reuses for c in A.copies(arm, r, A.Sizes())] == \
+        ["eval-base", "iter1-explore", "iter1-harvest", "eval-iter1-rl"]
+
+
+# --- a micro lab: the horizon arms x 2 seeds --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def micro_lab(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lab")
@@ -85,90 +167,105 @@ def micro_lab(tmp_path_factory):
     return tmp, out, r
 
 
-def test_micro_lab_layout_and_shared_work(micro_lab):
+def test_micro_lab_runs_every_arm_reusing_what_it_shares(micro_lab):
     tmp, out, r = micro_lab
-    for arm in ("rloop", "vanilla", "overfit"):
+    assert "from the environment: " in r.stderr and f"OUT={out}" in r.stderr
+    for arm in HORIZON.split(","):
         for seed in (0, 1):
             assert (out / arm / f"seed{seed}" / ".done" / "report").exists(), (arm, seed)
-    assert (out / "report" / "summary.md").exists() and (out / "report" / "lab_accuracy.png").stat().st_size > 1000
-    assert (out / "report" / "overfit.png").stat().st_size > 1000
+            assert (out / arm / f"seed{seed}" / "report" / "summary.md").exists()  # each run's own report
+    for png in ("lab_accuracy.png", "overfit.png", "horizon.png"):
+        assert (out / "report" / png).stat().st_size > 1000, png
     c = calls(tmp)
-    flag = lambda call, name: call[call.index(name) + 1]  # noqa: E731
     explores = [(flag(x, "--out"), flag(x, "--steps"), flag(x, "--seed")) for x in c if x[0] == "explore.py"]
-    # rloop: 2 iterations of 2 steps (seeds k, k + 1); vanilla: 4 steps; overfit: 2 x 4 = 8 steps, resumed from a
-    # copy of vanilla's run (never from step 0), and never re-evaluating what vanilla evaluated
     for seed in (0, 1):
-        assert (str(out / "rloop" / f"seed{seed}" / "iter2" / "explore"), "2", str(seed + 1)) in explores
-        assert (str(out / "vanilla" / f"seed{seed}" / "vanilla"), "4", str(seed)) in explores
-        assert (str(out / "overfit" / f"seed{seed}" / "vanilla"), "8", str(seed)) in explores
-        rows = (out / "overfit" / f"seed{seed}" / "vanilla" / "metrics.jsonl").read_text().splitlines()
-        assert [json.loads(x)["step"] for x in rows] == list(range(1, 9))
+        run = lambda arm, *p: str(out.joinpath(arm, f"seed{seed}", *p))  # noqa: E731
+        rows = lambda arm, *p: [json.loads(x)["step"] for x in  # noqa: E731
+                                (out.joinpath(arm, f"seed{seed}", *p) / "metrics.jsonl").read_text().splitlines()]
+        text = lambda arm, *p: (out.joinpath(arm, f"seed{seed}", *p) / "rollouts.jsonl").read_text()  # noqa: E731
+        # the chain: rloop's iteration 1 (2 steps) -> vanilla (4) -> rloop-long's iteration 1 (3 x 2 = 6)
+        # -> overfit (2 x 3 iterations of 2 = 12): each a copy of the one before, resumed, never from step 0
+        assert [e for e in explores if f"/seed{seed}/" in e[0]] == [
+            (run("rloop", "iter1", "explore"), "2", str(seed)), (run("rloop", "iter2", "explore"), "2", str(seed + 1)),
+            (run("vanilla", "vanilla"), "4", str(seed)), (run("rloop-long", "iter1", "explore"), "6", str(seed)),
+            (run("rloop-long", "iter2", "explore"), "6", str(seed + 1)), (run("overfit", "vanilla"), "12", str(seed)),
+            (run("no-al-long", "iter2", "explore"), "6", str(seed + 1))]
+        assert rows("overfit", "vanilla") == list(range(1, 13)) and rows("rloop-long", "iter1", "explore") == \
+            list(range(1, 7))
+        chain = [text("rloop", "iter1", "explore"), text("vanilla", "vanilla"), text("rloop-long", "iter1", "explore"),
+                 text("overfit", "vanilla")]
+        assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(chain, chain[1:]))
+        # no-al-long starts from rloop-long's iteration 1 (RL run and harvest: the threshold acts after them)
+        assert text("no-al-long", "iter1", "explore") == chain[2]
+        assert (out / "no-al-long" / f"seed{seed}" / "iter1" / "harvest.jsonl").read_bytes() == \
+            (out / "rloop-long" / f"seed{seed}" / "iter1" / "harvest.jsonl").read_bytes()
+        assert [flag(x, "--threshold") for x in c if x[0] == "filter.py" and run("no-al-long") in flag(x, "--in")] \
+            == ["1", "1"]
     evals = [flag(x, "--out") for x in c if x[0] == "evaluate.py"]
-    assert len(evals) == len(set(evals))
-    assert not [e for e in evals if "/overfit/" in e and e.endswith(("vanilla-2", "vanilla-4", "base"))]
-    assert {e.split("/")[-1] for e in evals if "/overfit/seed0/" in e} == {"vanilla-6", "vanilla-8"}
-    for arm in ("rloop", "vanilla"):
-        assert (out / arm / "seed0" / "report" / "summary.md").exists()  # each run has its own report too
-    # the RLoop arm evaluates the base and its output policy only (EVAL_ITERS=output); vanilla every RL_STEPS (the
-    # curve), the base copied from rloop's
-    assert {e.split("/")[-1] for e in evals if "/rloop/seed0/" in e} == {"base", "iter2-rft"}
-    assert {e.split("/")[-1] for e in evals if "/vanilla/seed0/" in e} == {"vanilla-2", "vanilla-4"}
-    assert (out / "vanilla" / "seed0" / "eval" / "base" / "metrics.json").exists()
-    # vanilla's first RL_STEPS steps are rloop's iteration 1 (copied, then resumed): the same rows, and no explore
-    # call for the vanilla arm starts from step 0 (the shim appends to what is there)
-    for seed in (0, 1):
-        it1 = (out / "rloop" / f"seed{seed}" / "iter1" / "explore" / "rollouts.jsonl").read_text()
-        van = (out / "vanilla" / f"seed{seed}" / "vanilla" / "rollouts.jsonl").read_text()
-        assert van.startswith(it1) and len(van) == 2 * len(it1)
-    # each arm started only after the arm it copies from had finished (same seed)
+    assert len(evals) == len(set(evals))  # nothing evaluated twice
+    name = lambda arm: {e.split("/")[-1] for e in evals if f"/{arm}/seed0/" in e}  # noqa: E731
+    assert name("rloop") == {"base", "iter2-rft"}  # the output policy only (EVAL_ITERS=output)
+    assert name("vanilla") == {"vanilla-2", "vanilla-4"}  # every RL_STEPS (its base copied from rloop's)
+    assert name("rloop-long") == {"iter1-rl", "iter1-rft", "iter2-rl", "iter2-rft"}  # each iteration: the curve
+    assert name("overfit") == {"vanilla-6", "vanilla-8", "vanilla-10", "vanilla-12"}  # 2 and 4 are vanilla's
+    assert name("no-al-long") == {"iter2-rft"}
+    # each arm started after the arms it reuses had finished (same seed)
     log = r.stdout.splitlines()
     line = lambda prefix: next(i for i, x in enumerate(log) if x.startswith(prefix))  # noqa: E731
     for seed in (0, 1):
-        for src, dst in (("rloop", "vanilla"), ("vanilla", "overfit")):
-            assert line(f"-- {src} seed {seed}: finished") < line(f"+ {dst} seed {seed} -> ")
+        for src, dst in (("rloop", "vanilla"), ("vanilla", "rloop-long"), ("rloop-long", "overfit"),
+                         ("vanilla", "overfit"), ("rloop-long", "no-al-long")):
+            assert line(f"-- {src} seed {seed}: finished") < line(f"+ {dst} seed {seed} -> "), (src, dst)
+    assert f"+ overfit seed 0 -> {out}/overfit/seed0 (from rloop-long/iter1/explore as vanilla (resumed), " \
+           "vanilla/eval/base, vanilla/eval/vanilla-2, vanilla/eval/vanilla-4)" in log
+    t = json.loads((out / "lab_time.json").read_text())
+    assert (t["arms"], t["seeds"], t["jobs"], t["failed"]) == (HORIZON.replace(",", " "), "0 1", 2, [])
 
 
-def test_micro_lab_report_numbers(micro_lab):
+def test_micro_lab_report_verdicts_against_hand_computed_intervals(micro_lab):
+    """Accuracy at 4 steps: rloop 0.50, 0.51 vs vanilla 0.404, 0.424 -> +0.096, +0.086: mean 0.091, sd 0.0070711,
+    half 12.706 * 0.005 = 0.0635 -> [+0.027, +0.155]. At 12 steps: rloop-long 0.55, 0.56 vs overfit 0.412, 0.432
+    -> +0.138, +0.128: [0.133 -/+ 0.0635] = [+0.069, +0.197]; no-al-long 0.40, 0.43 -> -0.012, -0.002:
+    [-0.071, +0.057]. pass@2 and the probe split are acc + 0.1 and acc: the same differences. Largest gradient
+    norm (1 + explore seed + step / 10): rloop 2.2, 3.2 (iteration 2, seed k + 1) vs vanilla 1.4, 2.4: +0.8 on
+    both seeds (zero spread); rloop-long and no-al-long 2.6, 3.6 (seed k + 1, step 6) vs overfit 2.2, 3.2: +0.4."""
     tmp, out, r = micro_lab
-    js = json.loads((out / "report" / "lab.json").read_text())
-    assert js["seeds"] == [0, 1]
-    acc = js["arms"]
-    # hand-computed: rloop 0.50, 0.51; vanilla at 4 steps 0.404, 0.424; overfit at 8 steps 0.408, 0.428
-    assert acc["rloop"]["memo"]["acc"] == {"0": 0.5, "1": 0.51}
-    assert acc["vanilla"]["memo"]["acc"] == pytest.approx({"0": 0.404, "1": 0.424})
-    assert acc["overfit"]["memo"]["acc"] == pytest.approx({"0": 0.408, "1": 0.428})
-    assert acc["base"]["memo"]["acc"] == {"0": 0.3, "1": 0.3}
-    d = js["diffs"]["rloop"]["memo acc"]  # 0.096, 0.086: mean 0.091, sd 0.0070711, half 12.706 * 0.005
-    assert d["diffs"] == pytest.approx([0.096, 0.086]) and d["mean"] == pytest.approx(0.091)
-    assert d["half"] == pytest.approx(12.706 * 0.005) and d["lo"] == pytest.approx(0.02747)
-    o = js["diffs"]["overfit"]["memo acc"]  # +0.004 on both seeds: zero spread, the interval is [0.004, 0.004]
-    assert o["mean"] == pytest.approx(0.004) and o["half"] == pytest.approx(0.0, abs=1e-12)
     summary = (out / "report" / "summary.md").read_text()
+    lines = summary.splitlines()
+    i = lines.index("## Verdicts")
+    assert lines[i + 4:i + 8] == [
+        "- **accuracy** (average acc; higher is better): at 4 RL steps, rloop − vanilla: reproduced, +0.091 "
+        "[+0.027, +0.155]; at 12 RL steps, rloop-long − overfit: reproduced, +0.133 [+0.069, +0.197]; at 12 RL "
+        "steps, no-al-long − overfit: no measurable difference, -0.007 [-0.071, +0.057]",
+        "- **pass@k** (average pass@2; higher is better): at 4 RL steps, rloop − vanilla: reproduced, +0.091 "
+        "[+0.027, +0.155]; at 12 RL steps, rloop-long − overfit: reproduced, +0.133 [+0.069, +0.197]; at 12 RL "
+        "steps, no-al-long − overfit: no measurable difference, -0.007 [-0.071, +0.057]",
+        "- **stability** (largest pre-clip gradient norm; lower is better): at 4 RL steps, rloop − vanilla: not "
+        "reproduced (the opposite), +0.800 [+0.800, +0.800]; at 12 RL steps, rloop-long − overfit: not reproduced "
+        "(the opposite), +0.400 [+0.400, +0.400]; at 12 RL steps, no-al-long − overfit: not reproduced (the "
+        "opposite), +0.400 [+0.400, +0.400]",
+        "- **forgetting** (probe acc; higher is better): at 4 RL steps, rloop − vanilla: reproduced, +0.091 "
+        "[+0.027, +0.155]; at 12 RL steps, rloop-long − overfit: reproduced, +0.133 [+0.069, +0.197]; at 12 RL "
+        "steps, no-al-long − overfit: no measurable difference, -0.007 [-0.071, +0.057]"]
+    assert i < lines.index("## memo: accuracy and pass@k")  # the report opens with them
+    js = json.loads((out / "report" / "lab.json").read_text())
+    acc = {r["arm"]: r["acc"]["values"] for r in js["accuracy"]["memo"]}
+    assert acc["overfit"] == pytest.approx({"0": 0.412, "1": 0.432}) and acc["base"] == {"0": 0.3, "1": 0.3}
     assert "| rloop | 4 | 2 | 0.505 ± 0.064 |" in summary  # mean 0.505, half 12.706 * 0.005 = 0.0635
-    assert "+0.091 [+0.027, +0.155] gain" in summary
-    p = js["diffs"]["rloop"]["memo pass@2"]  # the same differences: the same interval
-    assert p["mean"] == pytest.approx(0.091)
-    assert "+0.004 [+0.004, +0.004] gain" in summary
-    # the largest pre-clip gradient norm per run: 1 + seed + last step / 10
-    assert js["grad_norm_max"]["overfit"] == pytest.approx({"0": 1.8, "1": 2.8})
-    # rloop: iteration 2 explores with seed k + 1 -> 1 + (k + 1) + 0.2
-    assert js["grad_norm_max"]["rloop"] == pytest.approx({"0": 2.2, "1": 3.2})
-    # the overfitting curve: one point per evaluation (every RL_STEPS), train reward over the 2 steps before
-    assert [c["step"] for c in js["overfit"]] == [2, 4, 6, 8]
-    assert js["overfit"][3]["reward"] == pytest.approx({"0": -1 + 7.5 / 100, "1": -1 + 7.5 / 100})
-    # its change from the first evaluation (step 2) to the last (step 8), paired by seed: reward -1 + 1.5 / 100 ->
-    # -1 + 7.5 / 100 (+0.06 on both seeds); held-out pass@2 = 0.5 + step / 1000 + 0.02 seed (+0.006)
-    ch = js["overfit_change"]
-    assert (ch["from"], ch["to"]) == (2, 8)
-    assert ch["reward"]["mean"] == pytest.approx(0.06) and ch["memo"]["mean"] == pytest.approx(0.006)
-    assert "| change 2 → 8 | +0.060 [+0.060, +0.060] gain |" in summary
-    # diversity: 'a' succeeds once per step (entropy 0 within a step: one success), and across an iteration's
-    # 2 steps its successes alternate strategies (j = 0: step 1 -> 'group', step 2 -> 'left'): 1 bit
-    div = {(x["arm"], x["seed"], x["part"]): x for x in js["diversity"]}
-    sd = div[("rloop", 0, 0)]["strategy"]
-    assert sd["within_step"] is None and sd["across_steps"] == pytest.approx(1.0)
-    assert sd["shares"] == {"group": 0.5, "left": 0.5}
-    assert "## The paper's four claims" in summary and "forgetting (probe accuracy)" in summary
+    # the horizon curve: rloop-long after each iteration (RL policy 0.45, consolidated 0.55 + 0.01 seed) beside
+    # overfit every 2 steps (0.4 + step / 1000 + 0.02 seed), both from the base at 0
+    curve = {(p["arm"], p["policy"], p["step"]): p["acc"]["average"]["mean"] for p in js["horizon"]}
+    assert curve[("rloop-long", "consolidated", 6)] == pytest.approx(0.555)
+    assert curve[("rloop-long", "RL policy", 12)] == pytest.approx(0.45)
+    assert [s for a, _, s in curve if a == "overfit"] == [0, 2, 4, 6, 8, 10, 12]
+    assert "| 12 | rloop-long | consolidated | 2 | 0.555 ± 0.064 | 0.655 ± 0.064 |" in summary
+    # overfit's train reward over the 2 steps before each evaluation, its change from the first to the last
+    (of,) = js["overfit"]
+    assert of["points"][-1]["reward"]["values"] == pytest.approx({"0": -1 + 11.5 / 100, "1": -1 + 11.5 / 100})
+    assert of["change"]["reward"]["mean"] == pytest.approx(0.1) and of["change"]["memo"]["mean"] == pytest.approx(0.01)
+    # diversity of rloop and vanilla: 'a' succeeds once per step, its strategy alternating from step to step
+    div = {r["arm"]: r for r in js["diversity"]}
+    assert div["rloop"]["across_steps"]["mean"] == pytest.approx(1.0) and div["rloop"]["within_step"] is None
 
 
 def test_rerun_skips_finished_arms(micro_lab):
@@ -176,8 +273,37 @@ def test_rerun_skips_finished_arms(micro_lab):
     n_before = len(calls(tmp))
     r = run_lab(tmp, out)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("done, skipped") == 6
-    assert [c[0] for c in calls(tmp)[n_before:]] == ["report.py"]  # only the lab report ran again
+    assert r.stdout.count("done, skipped") == 10
+    assert [c[0] for c in calls(tmp)[n_before:]] == ["lab.py", "report.py"]  # only the lab report ran again
+
+
+def test_dry_run_prints_the_commands_and_writes_nothing(tmp_path):
+    out = tmp_path / "lab"
+    r = run_lab(tmp_path, out, DRY_RUN="1", ARMS="rloop,overfit", SEEDS="0,3")
+    assert r.returncode == 0, r.stderr
+    cmds = [x for x in r.stdout.splitlines() if x.endswith("bash loop.sh")]
+    assert len(cmds) == 4 and f"OUT={out}/overfit/seed3 SEED=3 " in cmds[3] and "ITERS=6 RL_STEPS=2" in cmds[3]
+    assert cmds[0].startswith("VANILLA=0 RLOOP=1 THRESHOLD=0.1 EVAL_ITERS=output ITERS=2 RL_STEPS=2 SAVE_EVERY=2 ")
+    assert not out.exists() and not (tmp_path / "calls.jsonl").read_text().count("loop.sh")
+
+
+def test_a_failed_run_is_reported_and_stops_nothing_else(tmp_path):
+    """rloop seed 1 fails (its first explore); vanilla seed 1, which would start from it, computes everything
+    itself; every other run finishes; the lab reports the failure with its log and exits 1."""
+    out = tmp_path / "lab"
+    r = run_lab(tmp_path, out, ARMS="rloop,vanilla", SHIM_FAIL="rloop/seed1/iter1")
+    assert r.returncode == 1
+    log = out / "rloop" / "seed1" / "lab_job.log"
+    assert f"!! rloop seed 1 failed (exit 1): see {log}" in r.stderr and "shim: rloop/seed1/iter1" in log.read_text()
+    for arm, seed in (("rloop", 0), ("vanilla", 0), ("vanilla", 1)):
+        assert (out / arm / f"seed{seed}" / ".done" / "report").exists(), (arm, seed)
+    van = [x for x in calls(tmp_path) if x[0] == "explore.py" and "vanilla/seed1" in flag(x, "--out")]
+    assert len(van) == 1 and len((out / "vanilla" / "seed1" / "vanilla" / "metrics.jsonl").read_text().splitlines()) \
+        == 4 and not (out / "vanilla" / "seed1" / "eval" / "base").is_symlink()
+    assert "+ vanilla seed 1 -> " in r.stdout and "(from " not in next(x for x in r.stdout.splitlines()
+                                                                      if x.startswith("+ vanilla seed 1"))
+    assert json.loads((out / "lab_time.json").read_text())["failed"] == ["rloop seed 1"]
+    assert (out / "report" / "summary.md").exists()
 
 
 def test_unknown_arm_is_one_clear_line(tmp_path):
@@ -185,25 +311,129 @@ def test_unknown_arm_is_one_clear_line(tmp_path):
     assert r.returncode == 2 and "unknown arm 'bogus'" in r.stderr
 
 
-def test_open_questions_threshold_sweep_and_kl():
+def test_lab_sh_help_lists_its_variables():
+    r = subprocess.run(["bash", "lab.sh", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "PRESET" in r.stdout and "EXPLORE_ARGS" in r.stdout and "DRY_RUN" in r.stdout
+
+
+# --- the report on a lab folder built by hand -------------------------------------------------------------------
+def fake_run(folder: Path, rloop: bool, acc: float, pk: float, kept=(), kl=()) -> None:
+    """A finished loop.sh run: its output policy's evaluation (acc, pass@2 on memo, probe and on average), the
+    base's, filter stats per iteration (problems kept, RFT examples = 2 x problems), KL terms per RL step."""
+    def write(path, obj):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+
+    def evaluation(a, p):
+        b = {"problems": 2, "mean_acc": a, "pass@k": {"1": a, "2": p}}
+        return {"benchmarks": {"memo": b, "probe": b}, "average": b}
+
+    write(folder / ".done" / "report", "1")
+    write(folder / "eval" / "base" / "metrics.json", evaluation(0.3, 0.6))
+    rows = "".join(json.dumps({"step": s, "reward": 0.0, "grad_norm_max": 1.0, "kl": k}) + "\n"
+                   for s, k in enumerate(kl or [0.0, 0.0], start=1))
+    if rloop:
+        for i, k in enumerate(kept, start=1):
+            write(folder / f"iter{i}" / "explore" / "metrics.jsonl", rows)
+            write(folder / f"iter{i}" / "filter" / "filter_stats.json", {"problems_selected": k, "kept": 2 * k})
+        write(folder / "eval" / f"iter{len(kept)}-rft" / "metrics.json", evaluation(acc, pk))
+    else:
+        write(folder / "vanilla" / "metrics.jsonl", rows)
+        write(folder / "eval" / "vanilla-2" / "metrics.json", evaluation(acc, pk))
+
+
+def test_threshold_sweep_and_kl_sections_on_a_lab_built_by_hand(tmp_path):
+    """Two seeds per arm. Against rloop (acc 0.50, 0.52; pass@2 0.70, 0.72): thr-0.5 +0.060, +0.062 on acc (mean
+    0.061, sd 0.0014142, half 12.706 * 0.001 = 0.0127: a gain) and +0.050, +0.052 on pass@2 (a gain); no-al
+    +0.01, +0.02 on both (mean 0.015, half 0.0635: no measurable difference, higher means); thr-0.05 -0.05 on
+    acc on both seeds (a loss, zero spread) and +0.01 on pass@2 (a gain): mixed. kl against vanilla: acc +0.01,
+    0.00."""
     import report
 
-    def arm(acc, pk, kept, kls=()):  # two seeds; acc / pass@2 per seed; filter stats per iteration
-        return {s: {"run": {"iters": [{"filter": {"problems_selected": k, "kept": 2 * k}} for k in kept]},
-                    "rows": [{"kl": x} for x in kls], "avg": {"acc": acc[s], "pass@2": pk[s]}} for s in (0, 1)}
+    lab = tmp_path / "lab"
+    arms = {"rloop": ([0.50, 0.52], [0.70, 0.72], [4, 6]), "thr-0.5": ([0.56, 0.582], [0.75, 0.772], [10, 12]),
+            "no-al": ([0.51, 0.54], [0.71, 0.74], [20, 30]), "thr-0.05": ([0.45, 0.47], [0.71, 0.73], [1, 1])}
+    for name, (acc, pk, kept) in arms.items():
+        for seed in (0, 1):
+            fake_run(lab / name / f"seed{seed}", True, acc[seed], pk[seed], kept)
+    for seed, (a, k) in enumerate(((0.45, 0.01), (0.47, 0.03))):
+        fake_run(lab / "vanilla" / f"seed{seed}", False, a, 0.6)
+        fake_run(lab / "kl" / f"seed{seed}", False, [0.46, 0.47][seed], 0.6, kl=[k, k])
+    report.main([str(lab)])
+    summary = (lab / "report" / "summary.md").read_text()
+    finding = ("Threshold sweep, each against rloop (THRESHOLD 0.1) on average acc and pass@2, paired by seed: "
+               "measurably better on both: thr-0.5; higher on both, within noise: no-al; mixed: thr-0.05.")
+    lines = summary.splitlines()
+    assert f"- {finding}" in lines[:lines.index("## memo: accuracy and pass@k")]  # among the verdicts, first
+    i = lines.index("## Open question: the hard-problem threshold")
+    assert lines[i + 5:i + 11] == [
+        "|---|---|---|---|---|---|---|---|",
+        "| thr-0.05 | 0.05 | 1.0 ± 0.0 | 2.0 ± 0.0 | 0.460 ± 0.127 | 0.720 ± 0.127 | -0.050 [-0.050, -0.050] loss | "
+        "+0.010 [+0.010, +0.010] gain |",
+        "| rloop | 0.1 | 5.0 ± 0.0 | 10.0 ± 0.0 | 0.510 ± 0.127 | 0.710 ± 0.127 | – | – |",
+        "| thr-0.5 | 0.5 | 11.0 ± 0.0 | 22.0 ± 0.0 | 0.571 ± 0.140 | 0.761 ± 0.140 | +0.061 [+0.048, +0.074] gain | "
+        "+0.051 [+0.038, +0.064] gain |",
+        "| no-al | 1 | 25.0 ± 0.0 | 50.0 ± 0.0 | 0.525 ± 0.191 | 0.725 ± 0.191 | +0.015 [-0.049, +0.079] no measurable "
+        "difference | +0.015 [-0.049, +0.079] no measurable difference |",
+        "", ]
+    assert lines[i + 11] == finding
+    js = json.loads((lab / "report" / "lab.json").read_text())
+    (kl,) = js["kl"]
+    assert kl["d_acc"]["mean"] == pytest.approx(0.005) and kl["kl_mean"]["values"] == pytest.approx({"0": 0.01,
+                                                                                                      "1": 0.03})
+    assert "## Open question: a KL-constrained baseline" in summary
+    assert {(v["arm"], v["against"]) for v in js["verdicts"]} == {("rloop", "vanilla")} and not js["horizon"]
 
-    arms = {"rloop": arm([0.50, 0.52], [0.70, 0.72], [4, 6]), "thr-0.5": arm([0.40, 0.44], [0.71, 0.72], [10, 12]),
-            "vanilla": arm([0.45, 0.47], [0.60, 0.61], []), "kl": arm([0.46, 0.47], [0.62, 0.62], [], [0.01, 0.03])}
-    js = {}
-    text = "\n".join(report.open_questions(arms, "2", js, lambda per, key: {s: p["avg"][key] for s, p in per.items()}))
-    t = js["threshold"]
-    assert list(t) == ["rloop", "thr-0.5"] and t["rloop"]["diff_acc"] is None
-    # thr-0.5 - rloop: acc -0.10, -0.08 (mean -0.09, sd 0.014142, half 12.706 * 0.01); pass@2 +0.01, 0.00
-    assert t["thr-0.5"]["diff_acc"]["mean"] == pytest.approx(-0.09)
-    assert t["thr-0.5"]["diff_acc"]["half"] == pytest.approx(0.12706)
-    assert "| thr-0.5 | 0.5 | 11.0 ± 0.0 | 22.0 ± 0.0 |" in text  # (4+6)/2 = 5 for rloop; (10+12)/2 = 11 here
-    assert "| rloop | 0.1 | 5.0 ± 0.0 | 10.0 ± 0.0 |" in text
-    assert js["kl"]["diff_acc"]["mean"] == pytest.approx(0.005)
-    assert js["kl"]["kl_mean"] == pytest.approx({0: 0.02, 1: 0.02})
-    assert "## Open question: a KL-constrained baseline" in text
-    assert report.open_questions({"rloop": arms["rloop"]}, "2", {}, lambda per, key: {}) == []  # nothing to sweep
+
+# --- every reuse of an RL run is exact --------------------------------------------------------------------------
+def test_each_reused_rl_run_ends_with_the_weights_of_a_run_from_scratch(memo_model_dir, memo_data, tmp_path,
+                                                                        one_thread):
+    """The real explore.py for every arm's first RL run: vanilla (2 steps) -> rloop-long's iteration 1 (3) ->
+    overfit (6), each resumed from a copy of the one before (rloop's iteration 1 -> vanilla is the same copy and
+    resume: tests/test_loop.py). Their checkpoints are those of one explore.py run of 6 steps from scratch, weight
+    for weight."""
+    import explore
+
+    out = tmp_path / "lab"
+    flags = ("--prompts-per-step 4 --n 4 --mini-batch 2 --micro-batch 8 --max-new-tokens 24 --overlong-buffer 4 "
+             "--max-gen-batches 2 --lr 1e-3 --warmup-steps 0 --backend hf")
+    r = run_lab(tmp_path, out, ARMS="vanilla,rloop-long,overfit", SEEDS="1", ITERS="2", RL_STEPS="1",
+                OVERFIT_X="3", SAVE_EVERY="1", MODEL=str(memo_model_dir), DATA=str(memo_data),
+                EXPLORE_ARGS=flags, SHIM_REAL_EXPLORE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    scratch = tmp_path / "scratch"
+    assert explore.main(["--model", str(memo_model_dir), "--data", str(memo_data), "--out", str(scratch),
+                         "--steps", "6", "--save-every", "1", "--seed", "0", *flags.split()]) == 0
+    weights = lambda d: (d / "model.safetensors").read_bytes()  # noqa: E731
+    for arm, path, steps, resumed_from in (("vanilla", "vanilla", 2, None), ("rloop-long", "iter1/explore", 3, 2),
+                                           ("overfit", "vanilla", 6, 3)):
+        run = out / arm / "seed0" / path
+        for step in range(1, steps + 1):
+            assert weights(run / f"ckpt_{step:06d}") == weights(scratch / f"ckpt_{step:06d}"), (arm, step)
+        if resumed_from:
+            assert f"from ckpt_{resumed_from:06d} (step {resumed_from}" in \
+                (out / arm / "seed0" / "loop.log").read_text(), arm
+
+
+def test_every_command_of_the_lab_page_runs(tmp_path):
+    """docs/lab.md's commands as written: the lab ones with a dry run (they would run for an hour), report.py's
+    help (it needs a finished lab)."""
+    import shlex
+
+    doc = (ROOT / "docs" / "lab.md").read_text()
+    lines = [x.split("#")[0].strip() for x in doc.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()]
+    assert len(lines) == 7
+    for line in filter(None, lines):
+        words = shlex.split(line)
+        env = {k: v for k, v in (w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))}
+        cmd = [w for w in words if not ("=" in w and not w.startswith("-"))]
+        env = {**os.environ, "PYTHON": sys.executable, **env}
+        if cmd[:2] == ["python", "lab.py"]:
+            cmd = [sys.executable, "lab.py", *cmd[2:], "--dry-run"]
+        elif cmd[:2] == ["bash", "lab.sh"]:
+            env["DRY_RUN"] = "1"
+        else:
+            assert cmd[:2] == ["python", "report.py"], line
+            cmd = [sys.executable, "report.py", "--help"]
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and ("bash loop.sh" in r.stdout or "report.py" in cmd[1]), (line, r.stderr)

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 import report
+from lib import diversity
+from lib.report_run import comparison
 
 
 def write(path: Path, obj) -> None:
@@ -43,9 +45,9 @@ def run(tmp_path_factory) -> Path:
     # iteration 1: 2 RL steps; iteration 2: 3 (RLoop's RL steps so far: 2, then 5)
     write_rows(run / "iter1" / "explore" / "metrics.jsonl", [
         {"step": 1, "reward": -0.5, "grad_norm": 1.0, "grad_norm_max": 1.5, "entropy": 1.2, "resp_len_mean": 20,
-         "groups_kept": 0.5},
+         "groups_kept": 0.5, "capped": 0},
         {"step": 2, "reward": 0.0, "grad_norm": 2.0, "grad_norm_max": 2.5, "entropy": 1.1, "resp_len_mean": 18,
-         "groups_kept": 0.75}])
+         "groups_kept": 0.75, "capped": 1}])
     write_rows(run / "iter1" / "explore" / "rollouts.jsonl", [
         {"problem_id": "p1", "step": 1, "acc": True, "response": R1},
         {"problem_id": "p1", "step": 1, "acc": True, "response": R2},
@@ -59,7 +61,7 @@ def run(tmp_path_factory) -> Path:
     write(run / "iter2" / "filter" / "filter_stats.json", {"buckets": {"hard": 2}, "kept": 4})
     # vanilla: 5 steps; its largest norm is in a row without grad_norm_max (an older row: its grad_norm counts)
     write_rows(run / "vanilla" / "metrics.jsonl",
-               [{"step": s, "reward": 0.0, "grad_norm": 1.0, "grad_norm_max": 1.0} for s in (1, 2, 3, 4)]
+               [{"step": s, "reward": 0.0, "grad_norm": 1.0, "grad_norm_max": 1.0, "capped": 0} for s in (1, 2, 3, 4)]
                + [{"step": 5, "reward": 0.0, "grad_norm": 4.75}])
     ev = run / "eval"
     write(ev / "base" / "metrics.json", evaluation((0.1, 0.3), (0.5, 0.7)))
@@ -75,14 +77,15 @@ def run(tmp_path_factory) -> Path:
 
 
 def test_diversity_of_three_literal_responses(run):
-    d = report.diversity(run / "iter1" / "explore" / "rollouts.jsonl")
-    assert d == {"intra_step": round(3 / 7, 4), "intra_step_pairs": 1, "inter_step": 0.125, "inter_step_pairs": 2}
-    assert report.diversity(run / "iter2" / "explore" / "rollouts.jsonl") is None  # no rollouts file
-    assert report.jaccard(report.ngrams(R1), report.ngrams(R3)) == 0.25
+    d = diversity.similarity(run / "iter1" / "explore" / "rollouts.jsonl")
+    assert d == {"intra_step": round(3 / 7, 4), "intra_step_pairs": 1, "inter_step": 0.125, "inter_step_pairs": 2,
+                 "sampled": 4}
+    assert diversity.similarity(run / "iter2" / "explore" / "rollouts.jsonl") is None  # no rollouts file
+    assert diversity.jaccard(diversity.ngrams(R1), diversity.ngrams(R3)) == 0.25
 
 
 def test_vanilla_is_looked_up_at_equal_rl_steps(run):
-    comp = report.comparison(report.load_run(run))
+    comp = comparison(report.load_run(run))
     assert [(c["iter"], c["rl_steps"]) for c in comp] == [(1, 2), (2, 5)]
     avg = [(c["rl"]["average"]["mean_acc"], c["rft"]["average"]["mean_acc"], c["vanilla"]["average"]["mean_acc"])
            for c in comp]
@@ -111,6 +114,8 @@ def test_summary_cells(run):
     assert "Probe accuracy (forgetting): base 0.500 -> RLoop RL 0.400, RLoop consolidated 0.500, vanilla 0.300." \
         in text
     assert "Largest pre-clip gradient norm: RLoop 3.25, vanilla 4.75." in text
+    # iteration 1 records the generation-batch cap (hit at step 2), iteration 2's rows do not; vanilla: 4 rows
+    assert "capped steps: 1 of 2 (RLoop), 0 of 4 (vanilla)" in text
     j = lines.index("## By iteration")
     assert lines[j + 4:j + 6] == ["| 1 | 2 | 0.330 | 0.400 | 0.260 | 3 | 5 | 0.429 | 0.125 |",
                                   "| 2 | 5 | 0.350 | 0.430 | 0.290 | 2 | 4 | – | – |"]
@@ -129,3 +134,57 @@ def test_equal_steps_by_hand_when_vanilla_lags(tmp_path):
     text = (run / "report" / "summary.md").read_text()
     assert "| vanilla RL |" not in text and "0.900" not in text
     assert "| 1 | 2 | 0.300 | – | – | – | – | – | – |" in text
+
+
+def brute_force(path: Path) -> dict:
+    """Every pair of successes of the same problem, scored: the mean over all intra- and all inter-step pairs."""
+    by_problem = {}
+    for line in path.read_text().splitlines():
+        t = json.loads(line)
+        if t["acc"]:
+            by_problem.setdefault(t["problem_id"], []).append((t["step"], diversity.ngrams(t["response"])))
+    sims = {True: [], False: []}
+    for items in by_problem.values():
+        for i, (s1, g1) in enumerate(items):
+            for s2, g2 in items[i + 1:]:
+                sims[s1 == s2].append(diversity.jaccard(g1, g2))
+    return {"intra_step": round(sum(sims[True]) / len(sims[True]), 4),
+            "inter_step": round(sum(sims[False]) / len(sims[False]), 4)}
+
+
+def random_rollouts(path: Path, problems: int, per_step: int, steps: int, seed: int = 0) -> None:
+    """Successes and failures of `problems` problems over `steps` steps, responses drawn from a few phrasings."""
+    import random
+
+    rng = random.Random(seed)
+    words = ["add", "the", "two", "then", "so", "carry", "1", "2", "3", "=", "+", "hence", "answer"]
+    rows = [{"problem_id": f"p{p}", "step": s, "acc": rng.random() < 0.6, "prompt": "q",
+             "response": " ".join(rng.choice(words) for _ in range(rng.randint(4, 12)))}
+            for s in range(1, steps + 1) for p in range(problems) for _ in range(rng.randint(0, per_step))]
+    write_rows(path, rows)
+
+
+def test_sampled_similarity_equals_the_brute_force_when_the_sample_holds_everything(tmp_path):
+    f = tmp_path / "rollouts.jsonl"
+    random_rollouts(f, problems=6, per_step=3, steps=4)
+    d = diversity.similarity(f, problems=100, per_problem=100)
+    assert {k: d[k] for k in ("intra_step", "inter_step")} == brute_force(f)
+    assert d["sampled"] == sum(1 for x in f.read_text().splitlines() if json.loads(x)["acc"])
+
+
+def test_sampled_similarity_is_bounded_whatever_the_input(tmp_path):
+    """3 problems x 4 successes are held and 3 x 6 pairs scored, from 300 successes or from 3,000; the sample is
+    seeded (the same numbers twice) and does not depend on the file's order."""
+    held = []
+    for problems in (10, 100):
+        f = tmp_path / f"r{problems}.jsonl"
+        random_rollouts(f, problems=problems, per_step=4, steps=10)
+        d = diversity.similarity(f, problems=3, per_problem=4)
+        held.append((d["sampled"], d["intra_step_pairs"] + d["inter_step_pairs"]))
+        assert d == diversity.similarity(f, problems=3, per_problem=4)
+        shuffled = tmp_path / "shuffled.jsonl"
+        lines = f.read_text().splitlines()
+        shuffled.write_text("\n".join(reversed(lines)) + "\n")
+        r = diversity.similarity(shuffled, problems=3, per_problem=4)
+        assert r["intra_step"] == pytest.approx(d["intra_step"], abs=1e-4) and r["sampled"] == d["sampled"]
+    assert held == [(12, 18), (12, 18)]

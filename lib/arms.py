@@ -1,0 +1,246 @@
+"""The lab's arms and presets, as data: the runner (lab.py) and the lab report (lib/report_lab.py) both read ARMS.
+
+An arm is one `loop.sh` run per seed, under OUT/<arm>/seed<k>/, all from the same MODEL. Its entry holds:
+  env        the loop.sh variables it sets over LOOP_DEFAULTS (VANILLA, RLOOP, THRESHOLD, EVAL_ITERS)
+  scale      which of the lab's ITERS / RL_STEPS it multiplies by OVERFIT_X ('' = neither; see Arm.scale)
+  explore    extra explore.py flags ('{kl_coef}' stands for the lab's KL_COEF)
+  reuses     finished work of other arms of the same seed that it starts from (copied: the same computation,
+             never recomputed; see the parts below), in order of preference
+  against    the arm it is measured against, paired by seed (the report's differences)
+  claims     the paper's claims are judged on (this arm - against), at this arm's RL steps
+  sweep      a member of the threshold sweep (its THRESHOLD); the sweep's reference is the member the others
+             are measured against
+  curve      the report draws its held-out accuracy and pass@k against RL steps (every evaluation it makes)
+  diversity  the report measures the diversity of its successful rollouts
+
+Adding an arm is one entry in ARMS, e.g. a threshold of 0.3 beside the others:
+
+    Arm("thr-0.3", "RLoop with THRESHOLD 0.3", env={"THRESHOLD": "0.3"},
+        reuses=(Reuse("rloop", BASE_EVAL, ITERATION_1),), against="rloop", sweep=True),
+
+then `python lab.py --arms rloop,thr-0.3`. Reuse is an optimisation only: an arm without `reuses` computes
+everything itself, and so does one whose source failed or is missing.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# What an arm may take from another arm's folder of the same seed. Every part is the same computation in both
+# arms (same model, seed, data and flags): explore.py's data order, sampling seeds and constant-after-warm-up
+# learning rate are functions of (seed, step), and a resumed run ends with the weights an uninterrupted one does.
+BASE_EVAL = "base-eval"  # the base model's evaluation (every arm evaluates the same base, same seed)
+RL_RUN = "rl-run"  # the source's first RL run (its iteration 1's, or its vanilla run): this arm's first RL run
+#                    starts as a copy of it and resumes (explore.py --resume) to its own length; taken only when
+#                    the source's run is not longer
+ITERATION_1 = "iteration-1"  # the source's iteration 1 as finished stages: RL run, harvest, the RL policy's
+#                              evaluation (the threshold acts after them); both arms iterate alike
+VANILLA_EVALS = "vanilla-evals"  # the source's evaluations of its vanilla checkpoints: the same checkpoints of
+#                                  this arm's longer vanilla run (which takes the source's RL_RUN)
+PARTS = (BASE_EVAL, RL_RUN, ITERATION_1, VANILLA_EVALS)
+
+# loop.sh settings every arm starts from: an RLoop run without the vanilla baseline (an arm of its own), the
+# paper's threshold, and only the output policy evaluated (the lab reads the output policy of each run)
+LOOP_DEFAULTS = {"VANILLA": "0", "RLOOP": "1", "THRESHOLD": "0.1", "EVAL_ITERS": "output"}
+VANILLA_ONLY = {"VANILLA": "1", "RLOOP": "0"}
+
+
+@dataclass(frozen=True)
+class Reuse:
+    source: str  # the arm whose folder (same seed) the parts come from
+    parts: tuple[str, ...]
+
+    def __init__(self, source: str, *parts: str):
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "parts", parts)
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    about: str
+    env: dict[str, str] = field(default_factory=dict)
+    # '' : ITERS x RL_STEPS as the lab's; 'iters': OVERFIT_X times the iterations (one vanilla run OVERFIT_X
+    # times longer); 'rl_steps': OVERFIT_X times the RL steps of each iteration
+    scale: str = ""
+    explore: str = ""
+    reuses: tuple[Reuse, ...] = ()
+    against: str = ""
+    claims: bool = False
+    sweep: bool = False
+    curve: bool = False
+    diversity: bool = False
+
+    @property
+    def settings(self) -> dict[str, str]:
+        return {**LOOP_DEFAULTS, **self.env}
+
+    @property
+    def is_rloop(self) -> bool:
+        """An RLoop run (iterations); else a vanilla-only run (RLOOP=0)."""
+        return self.settings["RLOOP"] != "0"
+
+    @property
+    def threshold(self) -> float:
+        return float(self.settings["THRESHOLD"])
+
+
+ARMS: tuple[Arm, ...] = (  # the order is the runner's priority (the long chain first) and the report's
+    Arm("rloop", "the default loop: ITERS x RL_STEPS RL steps, THRESHOLD 0.1",
+        against="vanilla", claims=True, sweep=True, diversity=True),
+    Arm("vanilla", "DAPO for the same ITERS x RL_STEPS steps, evaluated every RL_STEPS",
+        env={**VANILLA_ONLY, "EVAL_ITERS": "all"}, reuses=(Reuse("rloop", BASE_EVAL, RL_RUN),), diversity=True),
+    Arm("rloop-long", "RLoop at the overfitting horizon: ITERS iterations of OVERFIT_X x RL_STEPS steps, each "
+        "iteration evaluated", env={"EVAL_ITERS": "all"}, scale="rl_steps",
+        reuses=(Reuse("vanilla", BASE_EVAL, RL_RUN), Reuse("rloop", BASE_EVAL, RL_RUN)),
+        against="overfit", claims=True, curve=True),
+    Arm("overfit", "vanilla run OVERFIT_X times longer, evaluated every RL_STEPS: the paper's RL overfitting",
+        env={**VANILLA_ONLY, "EVAL_ITERS": "all"}, scale="iters",
+        reuses=(Reuse("rloop-long", RL_RUN), Reuse("vanilla", BASE_EVAL, RL_RUN, VANILLA_EVALS)),
+        against="vanilla", curve=True),
+    Arm("no-al-long", "rloop-long without active learning (THRESHOLD 1)", env={"THRESHOLD": "1"}, scale="rl_steps",
+        reuses=(Reuse("rloop-long", BASE_EVAL, ITERATION_1),), against="overfit", claims=True),
+    Arm("no-al", "RLoop without active learning (THRESHOLD 1: every problem with a success is kept)",
+        env={"THRESHOLD": "1"}, reuses=(Reuse("rloop", BASE_EVAL, ITERATION_1),), against="rloop", sweep=True),
+    Arm("thr-0.05", "RLoop with THRESHOLD 0.05", env={"THRESHOLD": "0.05"},
+        reuses=(Reuse("rloop", BASE_EVAL, ITERATION_1),), against="rloop", sweep=True),
+    Arm("thr-0.2", "RLoop with THRESHOLD 0.2", env={"THRESHOLD": "0.2"},
+        reuses=(Reuse("rloop", BASE_EVAL, ITERATION_1),), against="rloop", sweep=True),
+    Arm("thr-0.5", "RLoop with THRESHOLD 0.5", env={"THRESHOLD": "0.5"},
+        reuses=(Reuse("rloop", BASE_EVAL, ITERATION_1),), against="rloop", sweep=True),
+    Arm("kl", "vanilla with a KL penalty to the initial policy (explore.py --kl-coef KL_COEF)", env=VANILLA_ONLY,
+        explore="--kl-coef {kl_coef}", reuses=(Reuse("rloop", BASE_EVAL),), against="vanilla"),
+)
+BY_NAME = {a.name: a for a in ARMS}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    about: str
+    arms: tuple[str, ...]
+    seeds: int  # seeds 0 .. seeds - 1
+    out: str
+    budget_s: int  # the wall-time target on the toy, 2 cores (bench.py --sections walltime)
+
+
+PRESETS = {p.name: p for p in (
+    Preset("quick", "the claims at 60 RL steps and the open questions (threshold, KL)",
+           ("rloop", "vanilla", "overfit", "no-al", "thr-0.05", "thr-0.2", "thr-0.5", "kl"), 3, "runs/lab", 3600),
+    Preset("horizon", "the claims at 60 and at 300 RL steps (the overfitting horizon)",
+           ("rloop", "vanilla", "rloop-long", "overfit", "no-al-long"), 5, "runs/lab-horizon", 6000),
+)}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The lab's sizes (the toy's defaults): each arm's ITERS and RL_STEPS derive from them."""
+    iters: int = 3
+    rl_steps: int = 20
+    overfit_x: int = 5
+    kl_coef: float = 0.1
+    save_every: int = 0  # checkpoint interval of every RL run; 0 = loop.sh's default for rl_steps
+
+    def checkpoint_every(self) -> int:
+        """One interval for every arm (multiples of RL_STEPS must be checkpoints in every copied run): loop.sh's
+        default, the largest of 5, 4, 3, 2, 1 dividing RL_STEPS."""
+        return self.save_every or next(k for k in (5, 4, 3, 2, 1) if self.rl_steps % k == 0)
+
+
+def iters(arm: Arm, s: Sizes) -> int:
+    return s.iters * (s.overfit_x if arm.scale == "iters" else 1)
+
+
+def rl_steps(arm: Arm, s: Sizes) -> int:
+    """RL steps per iteration."""
+    return s.rl_steps * (s.overfit_x if arm.scale == "rl_steps" else 1)
+
+
+def total_steps(arm: Arm, s: Sizes) -> int:
+    return iters(arm, s) * rl_steps(arm, s)
+
+
+def first_run_steps(arm: Arm, s: Sizes) -> int:
+    """Length of the arm's first RL run: iteration 1's, or the whole vanilla run."""
+    return rl_steps(arm, s) if arm.is_rloop else total_steps(arm, s)
+
+
+def loop_env(arm: Arm, s: Sizes, explore_args: str = "") -> dict[str, str]:
+    """The loop.sh variables of one arm (besides OUT, SEED and the lab-wide ones)."""
+    env = {**arm.settings, "ITERS": str(iters(arm, s)), "RL_STEPS": str(rl_steps(arm, s)),
+           "SAVE_EVERY": str(s.checkpoint_every())}
+    extra = arm.explore.format(kl_coef=s.kl_coef)
+    env["EXPLORE_ARGS"] = " ".join(x for x in (explore_args, extra) if x)
+    return env
+
+
+# --- what a reuse copies --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Copy:
+    stage: str  # the source's stage that wrote it (its OUT/.done/<stage> marker); may hold one '*'
+    path: str  # under the source's folder ('*' = what the stage's '*' matched)
+    dest: str = ""  # under this arm's folder ('' = path)
+    done: bool = True  # mark the stage finished in this arm (False: its loop.sh resumes from the copy)
+
+    def resolve(self, marker: str) -> tuple[str, str] | None:
+        """(path, dest) for one of the source's stage markers, or None if it is not this copy's stage."""
+        m = re.fullmatch(re.escape(self.stage).replace(r"\*", "(.*)"), marker)
+        if m is None:
+            return None
+        star = m.group(1) if m.groups() else ""
+        return self.path.replace("*", star), (self.dest or self.path).replace("*", star)
+
+
+def first_run(arm: Arm) -> tuple[str, str]:
+    """(stage, folder) of an arm's first RL run in its loop.sh folder."""
+    return ("iter1-explore", "iter1/explore") if arm.is_rloop else ("vanilla-explore", "vanilla")
+
+
+def copies(arm: Arm, reuse: Reuse, s: Sizes) -> list[Copy]:
+    """What `arm` copies from `reuse.source`'s folder of the same seed (an empty list: nothing applies)."""
+    src = BY_NAME[reuse.source]
+    out: list[Copy] = []
+    for part in reuse.parts:
+        if part == BASE_EVAL:
+            out.append(Copy("eval-base", "eval/base"))
+        elif part == RL_RUN and first_run_steps(src, s) <= first_run_steps(arm, s):
+            stage, path = first_run(src)
+            out.append(Copy(stage, path, first_run(arm)[1], done=False))
+        elif part == ITERATION_1:
+            out += [Copy("iter1-explore", "iter1/explore"), Copy("iter1-harvest", "iter1/harvest.jsonl"),
+                    Copy("eval-iter1-rl", "eval/iter1-rl")]
+        elif part == VANILLA_EVALS and total_steps(src, s) <= total_steps(arm, s):
+            out.append(Copy("eval-vanilla-*", "eval/vanilla-*"))
+    return out
+
+
+def check(arms: tuple[Arm, ...] = ARMS, presets: tuple[Preset, ...] = tuple(PRESETS.values())) -> None:
+    """The table's own consistency (a test runs it): unique names, sources listed before the arms that reuse
+    them (so the runner's order is a valid schedule), and reuses that really are the same computation."""
+    seen: dict[str, Arm] = {}
+    for a in arms:
+        if a.name in seen:
+            raise ValueError(f"arm {a.name}: listed twice")
+        if a.scale not in ("", "iters", "rl_steps"):
+            raise ValueError(f"arm {a.name}: scale must be '', 'iters' or 'rl_steps', not {a.scale!r}")
+        for r in a.reuses:
+            src = seen.get(r.source)
+            if src is None:
+                raise ValueError(f"arm {a.name}: reuses '{r.source}', which is not an arm listed before it")
+            for part in r.parts:
+                if part not in PARTS:
+                    raise ValueError(f"arm {a.name}: unknown part '{part}' (known: {', '.join(PARTS)})")
+                if part in (RL_RUN, ITERATION_1) and src.explore != a.explore:
+                    raise ValueError(f"arm {a.name}: {part} of '{src.name}', whose explore.py flags differ")
+                if part == ITERATION_1 and not (src.is_rloop and a.is_rloop and src.scale == a.scale):
+                    raise ValueError(f"arm {a.name}: {part} of '{src.name}' needs two RLoop arms iterating alike")
+                if part == VANILLA_EVALS and (src.is_rloop or a.is_rloop):
+                    raise ValueError(f"arm {a.name}: {part} of '{src.name}' needs two vanilla-only arms")
+        seen[a.name] = a
+    for a in arms:
+        if a.against and a.against not in seen:
+            raise ValueError(f"arm {a.name}: measured against '{a.against}', which is not an arm")
+    for p in presets:
+        for name in p.arms:
+            if name not in seen:
+                raise ValueError(f"preset {p.name}: unknown arm '{name}'")
