@@ -14,7 +14,8 @@ from pathlib import Path
 from lib import arms as A
 from lib import stats
 from lib.diversity import similarity, strategy_entropy
-from lib.report_run import comparison, end_to_end, ks_of, load_run, pass_at, peak_norm, stat
+from lib.metrics import metric
+from lib.report_run import comparison, end_to_end, ks_of, load_run, pass_at, peak_norm
 
 
 # --- values over seeds ----------------------------------------------------------------------------------------
@@ -434,7 +435,7 @@ def sweep_rows(arms: dict[str, A.Arm], runs_of: dict[str, dict[int, Run]], kmax:
 
         def filt(key, runs=runs):  # {seed: mean over iterations of filter_stats[key]}
             return estimate(per_seed(runs, lambda r: mean_or_none([v for f in r.filters
-                                                                   if (v := stat(f, key)) is not None])))
+                                                                   if (v := metric(f, key)) is not None])))
         acc, pk = final_values(runs, "average", "acc"), final_values(runs, "average", f"pass@{kmax}")
         other = name != reference
         rows.append(SweepRow(name, arms[name].threshold, filt("problems_selected"), filt("kept_trajectories"),

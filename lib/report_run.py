@@ -15,11 +15,13 @@ import json
 from pathlib import Path
 
 from lib import cli
+from lib.metrics import metric
 from lib.diversity import similarity
 from lib.records import read_jsonl
 
 CURVES = [("reward", "train reward"), ("grad_norm", "grad norm (pre-clip)"), ("entropy", "entropy"),
-          ("resp_len_mean", "response length"), ("groups_kept", "groups kept (dynamic sampling)")]
+          ("resp_len_mean", "response length"), ("groups_kept", "groups kept (dynamic sampling)"),
+          ("rollout_probs_diff_max", "engine vs trainer: max |p diff|")]
 
 
 def peak_norm(row: dict) -> float:
@@ -35,14 +37,6 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
-RENAMED = {"kept_trajectories": "kept"}  # canonical name -> the name older runs wrote
-
-
-def stat(row: dict, name: str):
-    """A stage's number by its canonical name, or by the name it had before (older runs)."""
-    return row[name] if name in row else row.get(RENAMED.get(name, name))
-
-
 def ks_of(b: dict) -> list[str]:
     """The k values of an evaluation's pass@k (evaluate.py's metrics.json: a "pass@k" map, or flat "pass@K" keys)."""
     return list(b["pass@k"]) if "pass@k" in b else [k[5:] for k in b if k.startswith("pass@")]
@@ -50,6 +44,15 @@ def ks_of(b: dict) -> list[str]:
 
 def pass_at(b: dict, k: str) -> float | None:
     return b["pass@k"].get(str(k)) if "pass@k" in b else b.get(f"pass@{k}")
+
+
+def engine_gap(rows: list[dict]) -> str:
+    """'mean M, max X over N steps' of explore's rollout_probs_diff_* ('' when no row has them)."""
+    means = [r["rollout_probs_diff_mean"] for r in rows if r.get("rollout_probs_diff_mean") is not None]
+    peaks = [r["rollout_probs_diff_max"] for r in rows if r.get("rollout_probs_diff_max") is not None]
+    if not means:
+        return ""
+    return f"mean {sum(means) / len(means):.3g}, max {max(peaks):.3g} over {len(means)} steps"
 
 
 def capped_steps(rows: list[dict]) -> str:
@@ -255,7 +258,7 @@ def summary(r: dict, comp: list[dict], run: Path) -> str:
             lines.append(f"| {c['iter']} | {c['rl_steps']} | {fmt(c['rl'] and c['rl']['average']['mean_acc'])} | "
                          f"{fmt(c['rft'] and c['rft']['average']['mean_acc'])} | "
                          f"{fmt(c['vanilla'] and c['vanilla']['average']['mean_acc'])} | {buckets.get('hard', '–')} | "
-                         f"{cell(stat(f, 'kept_trajectories'))} | {fmt(d.get('intra_step'))} | "
+                         f"{cell(metric(f, 'kept_trajectories'))} | {fmt(d.get('intra_step'))} | "
                          f"{fmt(d.get('inter_step'))} |")
         lines += ["", "Similarity = mean pairwise Jaccard similarity of word/symbol trigram sets of two successful "
                   "responses to the same problem, drawn at the same RL step (intra) or at different steps (inter), "
@@ -264,10 +267,19 @@ def summary(r: dict, comp: list[dict], run: Path) -> str:
     # --- RL steps the generation-batch cap cut short
     capped = [(name, capped_steps(rows)) for name, rows in
               (("RLoop", [x for it in r["iters"] for x in it["rl"]]), ("vanilla", r["vanilla"]))]
+    gaps = [(name, engine_gap(rows)) for name, rows in
+            (("RLoop", [x for it in r["iters"] for x in it["rl"]]), ("vanilla", r["vanilla"]))]
+    if any(c for _, c in capped) or any(g for _, g in gaps):
+        lines += ["## RL", ""]
     if any(c for _, c in capped):
-        lines += ["## RL", "", "capped steps: " + ", ".join(f"{c} ({name})" for name, c in capped if c)
+        lines += ["capped steps: " + ", ".join(f"{c} ({name})" for name, c in capped if c)
                   + " — steps whose sampling stopped at explore.py's --max-gen-batches before dynamic sampling had "
                   "--prompts-per-step prompts with a reward spread (they trained on fewer).", ""]
+    if any(g for _, g in gaps):
+        lines += ["engine vs trainer: " + "; ".join(f"{g} ({name})" for name, g in gaps if g)
+                  + " — |p| of each trained token as the rollout engine sampled it against the training forward "
+                  "(rollout_probs_diff_mean / _max): rounding when both compute in fp32; larger gaps are the "
+                  "off-policy drift of a lower-precision or different-kernel sampler.", ""]
     lines += ["## Plots", "", "![RL curves](rl_curves.png)", "", "![evaluation](eval.png)", "",
               "![forgetting](forgetting.png)", ""]
     return "\n".join(lines)
