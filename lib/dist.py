@@ -196,6 +196,14 @@ def split_range(n: int, parts: int, index: int) -> tuple[int, int]:
     return lo, lo + q + (index < r)
 
 
+def split_chunks(n: int, chunk: int, parts: int, index: int) -> tuple[int, int]:
+    """[lo, hi) of part `index` when n items are cut into `parts` contiguous parts made of whole chunks of
+    `chunk` items (the last chunk may be short; chunk counts differ by at most one). A part's chunks are then
+    the chunks one process would cut from 0..n-1. chunk = 1 is split_range."""
+    lo, hi = split_range(-(-n // chunk), parts, index)
+    return min(n, lo * chunk), min(n, hi * chunk)
+
+
 def shard(items: Sequence[T], parts: int | None = None, index: int | None = None) -> list[T]:
     """This rank's contiguous share of items (all of them in one process)."""
     parts = world_size() if parts is None else parts

@@ -369,3 +369,53 @@ def test_torchrun_consolidate_matches_one_process(tiny_model_dir, tmp_path):
     la = [row["loss"] for _, row in read_jsonl(tmp_path / "one" / "metrics.jsonl")]
     lb = [row["loss"] for _, row in read_jsonl(tmp_path / "two" / "metrics.jsonl")]
     assert lb == pytest.approx(la, rel=TOL) and len(la) == 3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data-parallel sampling: evaluate.py and harvest.py --resample under torchrun write one process's outputs
+
+
+def sums_bench(folder: Path) -> Path:
+    """The memo problems five times over (40 problems; DAPO schema: the bare prompts memo_model_dir knows): with 32 samples the HF engine decodes 16
+    prompts at a time, so they are 3 engine batches (16, 16, 8)."""
+    f = folder / "sums.jsonl"
+    f.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": MEMO_PROBLEMS[i % 8][0]}],
+                                     "reward_model": {"ground_truth": str(MEMO_PROBLEMS[i % 8][1])},
+                                     "extra_info": {"index": f"s{i}"}}) + "\n" for i in range(40)))
+    return f
+
+
+def test_torchrun_evaluate_and_harvest_resample_equal_one_process(memo_model_dir, tmp_path):
+    """2 ranks vs 1 process, the same records byte for byte. evaluate: --part-size 16 makes rounds of 32 problems
+    on 2 ranks (16 each) and of 16 in one process; the last round (8 problems, one engine batch) leaves rank 1
+    nothing. harvest --resample: two checkpoints, 32 + 8 problems per rank."""
+    import evaluate
+    import harvest
+    from lib import checkpoint
+    from lib.modeling import load_policy
+
+    bench = sums_bench(tmp_path)
+    common = ["--model", memo_model_dir, "--benchmarks", f"a={bench},b={bench}", "--n-samples", "32", "--part-size",
+              "16", "--max-new-tokens", "16", "--backend", "hf", "--device", "cpu"]
+    r = torchrun("evaluate.py", *common, "--out", tmp_path / "two")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "2 ranks, data-parallel" in r.stdout and r.stdout.count("wrote ") == 1  # rank 0 alone reports
+    evaluate.main([str(a) for a in common] + ["--out", str(tmp_path / "one")])
+    one, two = (tmp_path / d for d in ("one", "two"))
+    assert (one / "samples.jsonl").read_bytes() == (two / "samples.jsonl").read_bytes()
+    strip = lambda m: {**m, "benchmarks": {k: {**b, "seconds": 0} for k, b in m["benchmarks"].items()}}  # noqa: E731
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert strip(m1) == strip(m2) and 0 < m1["average"]["mean_acc"] < 1  # (right and wrong answers: teeth)
+    assert not (two / ".parts").exists()
+
+    run = tmp_path / "run"
+    model, tok = load_policy(str(memo_model_dir))
+    for step in (1, 2):
+        checkpoint.drop_resume_state(checkpoint.save(run, step, model, tok, {}))
+    (run / "args.json").write_text(json.dumps({"data": str(bench), "max_new_tokens": 16, "seed": 3}))
+    flags = ["--resample", "16", "--backend", "hf", "--device", "cpu"]
+    r = torchrun("harvest.py", "--run-dir", run, "--out", tmp_path / "h2.jsonl", *flags)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.stdout.count("total (2 checkpoint(s)): 1280 trajectories") == 1
+    harvest.main(["--run", str(run), "--out", str(tmp_path / "h1.jsonl"), *flags])
+    assert (tmp_path / "h1.jsonl").read_bytes() == (tmp_path / "h2.jsonl").read_bytes()
