@@ -6,7 +6,7 @@
 # Two `bash loop.sh` processes with NNODES=2, NPROC_PER_NODE=1 and NODE_RANK 0 / 1 play two nodes (torchrun's
 # static rendezvous on localhost, gloo), on the toy at tiny sizes: ITERS=2, RL_STEPS=2, harvest --resample (so
 # every kind of distributed stage runs), EVAL_ITERS=output. One PASS / FAIL line per check, exit 1 if any fails:
-#   1. node 1 killed (SIGKILL, its whole process group) during iteration 2's explore: node 0 fails by itself
+#   1. node 1 lost (SIGKILL to all its processes) during iteration 2's explore: node 0 fails by itself
 #      within BOUND seconds
 #   2. both relaunched with the same command: the loop finishes; the stages finished before the kill are skipped
 #      (their markers untouched), the interrupted explore resumes from its checkpoint; node 1 launched only
@@ -40,8 +40,21 @@ fails=0
 verdict() {  # verdict NAME RC [DETAIL]
   if (( $2 == 0 )); then echo "PASS  $1${3:+ ($3)}"; else echo "FAIL  $1${3:+ ($3)}"; fails=$((fails + 1)); fi
 }
-node() {  # node OUT K: node K of 2 in the background, in its own process group (so it can be killed whole)
-  env "${settings[@]}" OUT="$1" NNODES=2 NODE_RANK="$2" NPROC_PER_NODE=1 setsid bash loop.sh > "$1.node$2.out" 2>&1 &
+node() {  # node OUT K: node K of 2, in the background
+  env "${settings[@]}" OUT="$1" NNODES=2 NODE_RANK="$2" NPROC_PER_NODE=1 bash loop.sh > "$1.node$2.out" 2>&1 &
+}
+lose() {  # lose PID: the machine PID runs on is lost: PID and every process below it die at once (SIGKILL). (A
+  # process group is not enough: torchrun starts each worker in a session of its own.) The tree is frozen from the
+  # top down first, so that no process escapes by starting a child in between.
+  local all=("$1") new
+  kill -STOP "$1" 2>/dev/null
+  while :; do
+    mapfile -t new < <(ps -o pid= --ppid "$(IFS=,; echo "${all[*]}")" | tr -d ' ' | grep -vxF -f <(printf '%s\n' "${all[@]}"))
+    (( ${#new[@]} )) || break
+    kill -STOP "${new[@]}" 2>/dev/null
+    all+=("${new[@]}")
+  done
+  kill -9 "${all[@]}" 2>/dev/null
 }
 two_nodes() {  # two_nodes OUT: both nodes, until both end; rc 0 if both succeed
   local a b rc=0
@@ -105,15 +118,15 @@ A=$OUT/two_nodes t0=$SECONDS
 node "$A" 0; n0=$!
 node "$A" 1; n1=$!
 until [[ -e "$A/iter2/explore/metrics.jsonl" ]] || ! kill -0 "$n0" 2>/dev/null; do sleep 0.5; done
-kill -9 -- -"$(ps -o pgid= "$n1" | tr -d ' ')" 2>/dev/null
+lose "$n1"
 t_kill=$SECONDS hung=0
 while kill -0 "$n0" 2>/dev/null && (( SECONDS - t_kill <= BOUND )); do sleep 0.5; done
-if kill -0 "$n0" 2>/dev/null; then kill -9 -- -"$(ps -o pgid= "$n0" | tr -d ' ')" 2>/dev/null; hung=1; fi
+if kill -0 "$n0" 2>/dev/null; then lose "$n0"; hung=1; fi
 wait "$n0"; rc0=$?
 wait "$n1" 2>/dev/null
 rc=0
 (( hung == 0 && rc0 != 0 )) && [[ ! -e "$A/.done/iter2-explore" ]] || rc=1
-verdict "node 1 killed during iteration 2's explore: node 0 fails by itself" $rc \
+verdict "node 1 lost during iteration 2's explore: node 0 fails by itself" $rc \
   "$((t_kill - t0)) s in; node 0 exit $rc0 $((SECONDS - t_kill)) s after the kill (bound $BOUND s)"
 
 # --- 2. both relaunched with the same command ---------------------------------------------------------------------

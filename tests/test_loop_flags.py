@@ -137,3 +137,25 @@ def test_dry_run_of_node_1_and_of_a_resampling_harvest(tmp_path):
 def test_bad_settings_stop_before_anything_is_written(tmp_path, env, expect):
     rc, out, err = loop(tmp_path, **env)
     assert rc == 2 and expect in err and not (tmp_path / "loop").exists()
+
+
+def test_every_loop_command_of_the_scaling_page_runs(tmp_path):
+    """docs/scaling.md's `bash loop.sh` commands (the GPU and multi-node ones too), as written, with DRY_RUN=1 in
+    front, on a pretend node of 8 GPUs (CUDA_VISIBLE_DEVICES): each is a valid setting (exit 0) and launches
+    explore on the nodes and ranks it names."""
+    text = (ROOT / "docs" / "scaling.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    commands = [c.strip().rstrip("&").strip() for b in blocks for c in b.replace("\\\n", " ").splitlines()
+                if c.strip().endswith(("bash loop.sh", "bash loop.sh &"))]
+    assert len(commands) == 5
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "JOBS", "TRAIN_LAUNCH", "NPROC_PER_NODE")}
+    for cmd in commands:
+        r = subprocess.run(["bash", "-c", f"DRY_RUN=1 {cmd}"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                           env={**env, "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"})
+        assert r.returncode == 0, (cmd, r.stderr)
+        want = dict(re.findall(r"(NNODES|NODE_RANK|MASTER_ADDR|NPROC_PER_NODE)=(\S+)", cmd))
+        launch = (f"--nnodes {want.get('NNODES', 1)} --node-rank {want.get('NODE_RANK', 0)} --master-addr "
+                  f"{want.get('MASTER_ADDR', '127.0.0.1')} ")
+        nproc = f"--nproc-per-node {want.get('NPROC_PER_NODE', 8)} "
+        explore = [ln for ln in stage_lines(r.stdout) if " explore.py " in ln]
+        assert explore and all(launch in ln and nproc in ln for ln in explore), (cmd, explore)
