@@ -26,7 +26,7 @@ from pathlib import Path
 from lib import cli, data, dist, reward, rounds, toy
 from lib.metrics import ks_up_to, summarize
 from lib.modeling import load_config, load_policy, load_tokenizer, longest_prompt, plan_context
-from lib.rollout import add_engine_args, check_engine_args, make_engine, resolve_backend
+from lib.rollout import add_engine_args, check_engine_args, make_engine, resolve_backend, rollout_dtype
 
 
 def get_args(argv=None):
@@ -99,14 +99,15 @@ def run(args):
     context, overrides = plan_context(load_config(model_path, args.trust_remote_code),
                                       longest_prompt(tok, [p.prompt for ps in problems.values() for p in ps]),
                                       args.max_new_tokens, args.max_model_len, model_path)
-    backend = resolve_backend(args.backend)
+    backend, dtype = resolve_backend(args.backend), rollout_dtype(args.rollout_dtype, device.type == "cuda")
     if dist.is_distributed():
         print(f"{dist.world_size()} ranks, data-parallel: one {backend} engine per rank")
     out = Path(args.out)
     # what the samples depend on: parts made with anything else are discarded (the world size is not in it)
     key = {"model": model_path, "benchmarks": {k: list(v) for k, v in benches.items()}, "limit": args.limit,
            "n": args.n, "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
-           "max_model_len": args.max_model_len, "reward": args.reward, "seed": args.seed, "backend": backend}
+           "max_model_len": args.max_model_len, "reward": args.reward, "seed": args.seed, "backend": backend,
+           "rollout_dtype": dtype}
     parts = rounds.open_parts(out / ".parts", key)
     if dist.is_main():
         cli.save_args(args, out)
@@ -121,7 +122,7 @@ def run(args):
             print(f"{name}: {len(probs)} problems sampled by an earlier run")
             continue
         if engine is None:
-            engine = make_engine(backend, load, tok, model_path, max_model_len=context, hf_overrides=overrides,
+            engine = make_engine(backend, load, tok, model_path, max_model_len=context, hf_overrides=overrides, dtype=dtype,
                                  gpu_memory_utilization=args.gpu_memory_utilization, tp=args.tp, seed=args.seed,
                                  trust_remote_code=args.trust_remote_code, in_process=dist.is_distributed())
         rounds.sample_in_rounds(engine, probs, verifier, parts, name, n=args.n, seed=args.seed,

@@ -61,10 +61,10 @@ from lib.modeling import extend_context, load_config, load_policy, load_tokenize
 from lib.metrics import json_num, rl_step_row
 from lib.records import append_jsonl
 from lib.rollout import (Completion, add_engine_args, check_engine_args, gather_replicas, make_engine, replica_share,
-                         sample_and_score, sample_seed)
+                         rollout_dtype, sample_and_score, sample_seed)
 from lib.train import (MicroBatch, Seq, add_trainer_args, autocast, default_bf16, empty_micro_batch, equal_passes,
                        fill_old_logprobs, fill_ref_logprobs, load_device, lr_factor, make_micro_batches,
-                       micro_batch_logprobs, prepare)
+                       micro_batch_logprobs, prepare, rollout_probs_diff)
 
 RewardFn = Callable[[str, str], dict]  # (response, ground_truth) -> {"score", "acc", "pred"}
 
@@ -316,6 +316,7 @@ def accumulate_gradients(model, mbs: list[MicroBatch], cfg: LossConfig, global_t
                 logp = micro_batch_logprobs(model, mb, cfg.temperature)  # [b, T]
         logp = logp.float()
         old = logp.detach() if reuse else mb.old_logp
+        mb.old_logp = old  # (kept: rollout_probs_diff reads every micro-batch's old log-probs after the updates)
         loss, st = policy_loss(logp, old, mb.adv, mb.mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
                                clip_ratio_c=cfg.clip_ratio_c, agg=cfg.agg, global_tokens=global_tokens,
                                global_seqs=global_seqs)
@@ -360,7 +361,7 @@ def optimizer_update(model, optimizer, mbs: list[MicroBatch], cfg: LossConfig, g
 
 def build_seqs(groups: list[Group]) -> list[list[Seq]]:
     """Per group, its sequences (prompt, sampled response) with their advantages."""
-    return [[Seq(g.prompt_ids, c.token_ids, a) for c, a in zip(g.completions, adv)]
+    return [[Seq(g.prompt_ids, c.token_ids, a, rollout_logp=c.logprobs) for c, a in zip(g.completions, adv)]
             for g, adv in zip(groups, advantages(groups))]
 
 
@@ -393,6 +394,7 @@ def train_on_batch(model, optimizer, groups: list[Group], args, pad_id: int, dev
     if dist.is_distributed() and len(plans) > 1:
         ent_sum, ent_tok = dist.all_reduce_sum([ent_sum, ent_tok])
     results = [optimizer_update(model, optimizer, mbs, cfg, args.grad_clip) for mbs in plans]
+    gap = rollout_probs_diff([mb for mbs in plans for mb in mbs])  # engine vs trainer, every trained token
     n_tok = sum(r["tokens"] for r in results)
     tok = n_tok or 1
     if results:  # mini-batch 1's entropy came from its update's forward (already summed over ranks)
@@ -411,12 +413,13 @@ def train_on_batch(model, optimizer, groups: list[Group], args, pad_id: int, dev
                                                         "approx_kl")},
         "train_tokens": n_tok,
         "kl": sum(r["kl"] for r in results) / max(1, len(results)),  # the KL term (before kl_coef), per update
+        **gap,
     }
 
 
 # --- main: flags that only place, watch or pace the run: free to change on --resume (lib/checkpoint.check_same_args)
-FREE_ON_RESUME = {"resume", "out", "steps", "save_every", "device", "backend", "gpu_memory_utilization",
-                  "max_nonfinite", "tp", "sleep_mode", "grad_checkpointing", "share_prompt", "keep_checkpoints",
+FREE_ON_RESUME = {"resume", "out", "steps", "save_every", "device", "backend", "rollout_dtype",
+                  "gpu_memory_utilization", "max_nonfinite", "tp", "sleep_mode", "grad_checkpointing", "share_prompt", "keep_checkpoints",
                   "config", "logger", *validation.FLAGS}
 
 
@@ -478,8 +481,8 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
         prepare(ref, device, args.bf16)  # (under torchrun: sharded too; no optimizer state)
     engine = engine_fn(model, tok, model_path) if engine_fn else make_engine(
         args.backend, model, tok, model_path, colocated=True, tp=args.tp, sleep_mode=args.sleep_mode,
-        max_model_len=context, hf_overrides=overrides, gpu_memory_utilization=args.gpu_memory_utilization,
-        seed=args.seed, trust_remote_code=args.trust_remote_code)
+        dtype=rollout_dtype(args.rollout_dtype, args.bf16), max_model_len=context, hf_overrides=overrides,
+        gpu_memory_utilization=args.gpu_memory_utilization, seed=args.seed, trust_remote_code=args.trust_remote_code)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999))
     # linear warm-up, then constant (min_ratio 1.0: lr_factor's cosine part is flat), stepped once per step
@@ -570,6 +573,7 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
                                         dtype=torch.bfloat16 if args.bf16 else None)
             print(f"saved {saved}")
     tracker.close()
+    engine.close()  # (vLLM: frees its memory and its process groups before torch.distributed is torn down)
     return 0
 
 

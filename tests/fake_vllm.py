@@ -14,11 +14,13 @@ What it models, as vLLM 0.33 does it (file:line of 0.33.0 in the constants' comm
   * max_model_len above the config's max_position_embeddings: ValueError unless hf_overrides raises it (or
     VLLM_ALLOW_LONG_MAX_MODEL_LEN=1); a prompt longer than max_model_len: ValueError; a response reaching
     it: finish "length"
-  * weights: apply_model(fn) calls fn on a Qwen2-shaped module whose parameters are REAL tensors under vLLM's
-    fused names (qkv_proj, gate_up_proj); its load_weights maps transformers names onto slices of them and
-    skips lm_head.weight when embeddings are tied. apply_model needs the engine core in process
+  * weights: collective_rpc("reload_weights", kwargs={weights_iterator, is_checkpoint_format}) hands the
+    iterator to a Qwen2-shaped module whose parameters are REAL tensors under vLLM's fused names (qkv_proj,
+    gate_up_proj); its load_weights maps transformers names onto slices of them and skips lm_head.weight when
+    embeddings are tied. A generator can only reach the worker with the engine core in process
     (VLLM_ENABLE_V1_MULTIPROCESSING=0 when LLM(...) was built), as our glue assumes.
   * sleep(level) / wake_up(tags): only with enable_sleep_mode; nothing may run while asleep.
+  * the platform: vllm.platforms.current_platform is a GPU (is_cpu() False, sleep mode available).
 """
 from __future__ import annotations
 
@@ -38,15 +40,21 @@ import torch
 # LLM.__init__ keywords (vllm/entrypoints/llm.py:177; names it does not list go through **kwargs to EngineArgs,
 # vllm/engine/arg_utils.py:489)
 LLM_KWARGS = ("model", "tensor_parallel_size", "gpu_memory_utilization", "dtype", "seed", "max_model_len",
-              "hf_overrides", "enable_sleep_mode", "trust_remote_code", "distributed_executor_backend")
+              "hf_overrides", "enable_sleep_mode", "trust_remote_code", "distributed_executor_backend",
+              "logprobs_mode", "enable_chunked_prefill", "enforce_eager")
 # LLM methods called on the engine's `.llm`, with the parameter names the project passes (or relies on)
 LLM_METHODS = {
     "generate": ("prompts", "sampling_params", "use_tqdm"),
-    "apply_model": ("func",),
+    "collective_rpc": ("method", "kwargs"),
     "reset_prefix_cache": (),
     "sleep": ("level",),
     "wake_up": ("tags",),
 }
+# worker methods called through LLM.collective_rpc(method, kwargs=...), with the keywords passed
+# (vllm/v1/worker/gpu_worker.py: Worker.reload_weights -> GPUModelRunner.reload_weights, gpu_model_runner.py)
+WORKER_METHODS = {"reload_weights": ("weights_iterator", "is_checkpoint_format")}
+# vllm.platforms.current_platform methods the project calls (vllm/platforms/interface.py: Platform)
+PLATFORM_METHODS = ("is_cpu", "is_sleep_mode_available")
 # SamplingParams fields (vllm/sampling_params.py:271)
 SAMPLING_PARAMS_FIELDS = ("n", "temperature", "top_p", "max_tokens", "seed", "logprobs", "skip_special_tokens")
 # vllm/outputs.py: RequestOutput attributes, CompletionOutput fields; vllm/logprobs.py: Logprob fields
@@ -64,14 +72,15 @@ ENV_VARS = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_ALLOW_LONG_MAX_MODEL_LEN")
 HF_OVERRIDE_KEYS = ("max_position_embeddings",)
 # `from vllm... import name` statements in the project
 IMPORTS = ("vllm.LLM", "vllm.SamplingParams", "vllm.distributed.parallel_state.destroy_model_parallel",
-           "vllm.distributed.parallel_state.destroy_distributed_environment")
+           "vllm.distributed.parallel_state.destroy_distributed_environment", "vllm.platforms.current_platform")
 # Qwen2's transformers -> vLLM name mapping (vllm/model_executor/models/qwen2.py:325)
 QWEN2_STACKED = {".q_proj": (".qkv_proj", "q"), ".k_proj": (".qkv_proj", "k"), ".v_proj": (".qkv_proj", "v"),
                  ".gate_proj": (".gate_up_proj", 0), ".up_proj": (".gate_up_proj", 1)}
 # child j of an n > 1 request is seeded with seed + j (vllm/v1/engine/parallel_sampling.py:81)
 CHILD_SEED = "seed + index"
-# the default logprobs_mode: log-softmax of the raw logits, before temperature / top-p (vllm/config/model.py:291)
-LOGPROBS_MODE = "raw_logprobs"
+# the logprobs_mode the engine asks for: log-softmax of the logits it samples from, after temperature / top-p; one
+# of ModelConfig's LogprobsMode values (vllm/config/model.py)
+LOGPROBS_MODE = "processed_logprobs"
 
 
 def _only(names, allowed, what):
@@ -285,13 +294,20 @@ class LLM:
         text = self.tokenizer.decode(toks, skip_special_tokens=sp.skip_special_tokens)
         return CompletionOutput(j, text, toks, None, lps, "stop" if stopped else "length")
 
-    def apply_model(self, func):
-        self._awake("apply_model")
+    def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+        self._awake("collective_rpc")
+        kwargs = dict(kwargs or {})
+        if method not in WORKER_METHODS:
+            raise AttributeError(f"the fake worker has no method {method!r} (listed: {sorted(WORKER_METHODS)})")
+        _only(kwargs, WORKER_METHODS[method], f"Worker.{method}")
         if not self.in_process:
-            raise RuntimeError("apply_model with the engine core in another process would pickle the function "
-                               "(set VLLM_ENABLE_V1_MULTIPROCESSING=0 before LLM(...))")
-        self.calls.append("apply_model")
-        return [func(self.model)]
+            raise RuntimeError("collective_rpc with the engine core in another process pickles its arguments: a "
+                               "generator cannot travel (set VLLM_ENABLE_V1_MULTIPROCESSING=0 before LLM(...))")
+        if not kwargs.get("is_checkpoint_format", True):
+            raise ValueError("the fake reloads checkpoint-format weights only")
+        self.calls.append(method)
+        self.model.load_weights(kwargs["weights_iterator"])
+        return [None]
 
     def reset_prefix_cache(self, reset_running_requests: bool = False, reset_connector: bool = False) -> bool:
         self.calls.append("reset_prefix_cache")
@@ -309,10 +325,22 @@ class LLM:
         return True
 
 
+class Platform:
+    """vllm.platforms.current_platform of a CUDA machine."""
+
+    def is_cpu(self) -> bool:
+        return False
+
+    def is_sleep_mode_available(self) -> bool:
+        return True
+
+
 def module() -> types.ModuleType:
     m = types.ModuleType("vllm")
     m.LLM, m.SamplingParams, m.RequestOutput, m.CompletionOutput = LLM, SamplingParams, RequestOutput, CompletionOutput
     m.__file__ = __file__
+    m.platforms = types.ModuleType("vllm.platforms")
+    m.platforms.current_platform = Platform()
     return m
 
 
@@ -320,7 +348,9 @@ def module() -> types.ModuleType:
 def fake_vllm(monkeypatch):
     """`import vllm` gives this fake for one test; the environment variables the glue sets are restored."""
     LLM.instances.clear()
-    monkeypatch.setitem(sys.modules, "vllm", module())
+    m = module()
+    monkeypatch.setitem(sys.modules, "vllm", m)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", m.platforms)
     for var in ENV_VARS:
         monkeypatch.delenv(var, raising=False)
     yield sys.modules["vllm"]

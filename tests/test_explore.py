@@ -466,7 +466,7 @@ def test_vllm_sync_weights_pushes_current_weights_in_memory(fake_vllm, tiny_mode
     eng = VLLMEngine(str(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir), max_model_len=256,
                      in_process=True)
     eng.sync_weights(model)
-    assert eng.llm.calls == ["apply_model", "reset_prefix_cache"]  # stale prefix KV dropped after load
+    assert eng.llm.calls == ["reload_weights", "reset_prefix_cache"]  # stale prefix KV dropped after load
     sent = eng.llm.model.received
     assert [n for n, _ in sent] == list(model.state_dict().keys())
     sd = model.state_dict()

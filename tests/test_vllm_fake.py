@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_vllm import (COMPLETION_OUTPUT_FIELDS, IMPORTS, LLM_KWARGS, LLM_METHODS, LOGPROB_FIELDS, PROMPT_FIELDS,
-                       REQUEST_OUTPUT_FIELDS, SAMPLING_PARAMS_FIELDS, CompletionOutput, Logprob, fake_vllm)  # noqa: F401
+from fake_vllm import (COMPLETION_OUTPUT_FIELDS, IMPORTS, LLM_KWARGS, LLM_METHODS, LOGPROB_FIELDS, PLATFORM_METHODS,
+                       PROMPT_FIELDS, REQUEST_OUTPUT_FIELDS, SAMPLING_PARAMS_FIELDS, WORKER_METHODS, CompletionOutput,
+                       Logprob, fake_vllm)  # noqa: F401
 
 from lib import rollout
 from lib.rollout import ColocatedVLLM, VLLMEngine, _from_vllm, make_engine, prompt_seed, resolve_backend
@@ -78,8 +79,8 @@ def test_llm_gets_max_model_len_and_hf_overrides(fake_vllm, tiny_model_dir):
 
 
 def test_fake_rejects_names_outside_its_lists(fake_vllm, tiny_model_dir):
-    with pytest.raises(TypeError, match="enforce_eager"):
-        fake_vllm.LLM(model=str(tiny_model_dir), enforce_eager=True)
+    with pytest.raises(TypeError, match="swap_space"):
+        fake_vllm.LLM(model=str(tiny_model_dir), swap_space=True)
     with pytest.raises(TypeError, match="top_k"):
         fake_vllm.SamplingParams(n=2, top_k=5)
 
@@ -117,7 +118,7 @@ def test_sync_weights_lands_in_vllm_fused_parameters(fake_vllm, tiny_model_dir):
         assert torch.equal(before[n], t.to(torch.bfloat16)), n
     perturb(model)
     eng.sync_weights(model)
-    assert eng.llm.calls[-2:] == ["apply_model", "reset_prefix_cache"]  # stale prefix KV dropped after the load
+    assert eng.llm.calls[-2:] == ["reload_weights", "reset_prefix_cache"]  # stale prefix KV dropped after the load
     assert [n for n, _ in vm.received] == list(sd.keys())  # every state-dict entry, in order, once
     for n, t in model.state_dict().items():
         after = vm.hf_view(n)
@@ -150,7 +151,7 @@ def test_colocated_sleep_wake_sync(fake_vllm, tiny_model_dir):
     perturb(model)
     eng.wake_up()
     eng.sync_weights(model)
-    assert eng.llm.calls == ["generate", "sleep1", "wake_up", "apply_model", "reset_prefix_cache"]
+    assert eng.llm.calls == ["generate", "sleep1", "wake_up", "reload_weights", "reset_prefix_cache"]
     for n, t in model.state_dict().items():
         assert torch.equal(eng.llm.model.hf_view(n), t.to(torch.bfloat16)), n
     off = ColocatedVLLM(str(tiny_model_dir), tok, max_model_len=256)
@@ -223,6 +224,14 @@ def vllm_uses():
             if isinstance(f_, ast.Attribute) and isinstance(f_.value, ast.Attribute) and f_.value.attr == "llm":
                 uses.append((where(node), "llm", f_.attr))
                 uses += [(where(node), f"llm.{f_.attr}", k.arg) for k in node.keywords]
+                if f_.attr == "collective_rpc":  # the worker method by name, its keywords as a dict literal
+                    method = node.args[0].value if node.args and isinstance(node.args[0], ast.Constant) else None
+                    uses.append((where(node), "worker", method))
+                    for k in node.keywords:
+                        if k.arg == "kwargs" and isinstance(k.value, ast.Dict):
+                            uses += [(where(node), f"worker.{method}", d.value) for d in k.value.keys]
+            if isinstance(f_, ast.Attribute) and isinstance(f_.value, ast.Name) and f_.value.id == "current_platform":
+                uses.append((where(node), "platform", f_.attr))
         for fn in ast.walk(tree):  # prompt dicts built in a function that calls .llm.generate
             if isinstance(fn, ast.FunctionDef) and any(
                     isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute) and c.func.attr == "generate"
@@ -235,11 +244,12 @@ def vllm_uses():
 
 def test_code_passes_only_listed_vllm_names():
     allowed = {"LLM": LLM_KWARGS, "SamplingParams": SAMPLING_PARAMS_FIELDS, "llm": tuple(LLM_METHODS),
-               "import": IMPORTS, "prompt": PROMPT_FIELDS,
-               **{f"llm.{m}": args for m, args in LLM_METHODS.items()}}
+               "import": IMPORTS, "prompt": PROMPT_FIELDS, "worker": tuple(WORKER_METHODS),
+               "platform": PLATFORM_METHODS, **{f"llm.{m}": args for m, args in LLM_METHODS.items()},
+               **{f"worker.{m}": args for m, args in WORKER_METHODS.items()}}
     uses = vllm_uses()
     kinds = {k for _, k, _ in uses}
-    assert {"LLM", "SamplingParams", "llm", "import"} <= kinds  # the scan sees the glue (it has teeth)
+    assert {"LLM", "SamplingParams", "llm", "import", "worker", "platform"} <= kinds  # the scan sees the glue
     bad = [u for u in uses if u[2] not in allowed[u[1]]]
     assert bad == [], f"names not in tests/fake_vllm.py's lists (add them, then run scripts/check_vllm_api.py): {bad}"
     # the prompts the engine builds: {"prompt_token_ids": ...}
@@ -281,4 +291,4 @@ def test_sync_check_script_runs_without_a_gpu(fake_vllm, capsys):
     assert "cannot tell old from new" in capsys.readouterr().out
     assert check.main(["--max-new-tokens", "8"]) == 1
     assert capsys.readouterr().out.startswith("FAIL vllm_sync_check: vLLM greedy")
-    assert fake_vllm.LLM.instances[-1].calls == ["generate", "apply_model", "reset_prefix_cache", "generate"]
+    assert fake_vllm.LLM.instances[-1].calls == ["generate"] + ["reload_weights", "reset_prefix_cache", "generate"] * 2
