@@ -57,7 +57,8 @@ def get_args(argv=None):
                         "tokens: 32768")
     p.add_argument("--part-size", type=int, default=0,
                    help="problems each rank samples per saved part (what a killed run keeps), rounded up to whole HF "
-                        f"engine batches; 0 = one HF engine batch (512 // n prompts) or {rounds.VLLM_PART_SIZE} with vLLM")
+                        "engine batches; 0 = one HF engine batch (512 // n prompts) or "
+                        f"{rounds.VLLM_PART_SIZE} with vLLM")
     p.add_argument("--device", default="auto", help="cpu / cuda / auto (under torchrun: each rank's own GPU)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
     args = p.parse_args(argv)
@@ -72,13 +73,8 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
-    distributed = dist.init()  # False without torchrun: nothing below touches torch.distributed then
-    try:
-        with dist.quiet_unless_main():
-            return run(args)
-    finally:
-        if distributed:
-            dist.teardown()
+    with dist.session():  # (without torchrun nothing below touches torch.distributed)
+        return run(args)
 
 
 def run(args):
@@ -108,8 +104,8 @@ def run(args):
            "n": args.n, "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
            "max_model_len": args.max_model_len, "reward": args.reward, "seed": args.seed, "backend": backend,
            "rollout_dtype": dtype}
-    parts = rounds.open_parts(out / ".parts", key)
-    if dist.is_main():
+    parts, main_rank = rounds.open_parts(out / ".parts", key), dist.is_main()
+    if main_rank:
         cli.save_args(args, out)
     # With vLLM the engine loads the weights itself: no HF copy of the policy may sit on the GPU beside it (7.6B in
     # fp32 is 30 GB, and vLLM asks for --gpu-memory-utilization of the whole card): make_engine calls the loader
@@ -122,14 +118,17 @@ def run(args):
             print(f"{name}: {len(probs)} problems sampled by an earlier run")
             continue
         if engine is None:
-            engine = make_engine(backend, load, tok, model_path, max_model_len=context, hf_overrides=overrides, dtype=dtype,
-                                 gpu_memory_utilization=args.gpu_memory_utilization, tp=args.tp, seed=args.seed,
+            engine = make_engine(backend, load, tok, model_path, max_model_len=context, hf_overrides=overrides,
+                                 dtype=dtype, gpu_memory_utilization=args.gpu_memory_utilization, tp=args.tp,
+                                 seed=args.seed,
                                  trust_remote_code=args.trust_remote_code, in_process=dist.is_distributed())
         rounds.sample_in_rounds(engine, probs, verifier, parts, name, n=args.n, seed=args.seed,
                                 part_size=args.part_size, max_new_tokens=args.max_new_tokens,
                                 temperature=args.temperature, top_p=args.top_p, tokenizer=tok,
                                 source=f"eval:{name}", keep_ids=False)
-    if dist.is_main():
+    if engine is not None:
+        engine.close()  # (after the last collective: vLLM's close takes torch.distributed down with its own groups)
+    if main_rank:
         write_outputs(args, out, parts, list(problems), model_path)
 
 

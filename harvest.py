@@ -69,8 +69,10 @@ def get_args(argv=None):
     add_engine_args(g, gpu_memory_utilization=0.85, tp=False)  # --backend, --gpu-memory-utilization
     g.add_argument("--part-size", type=int, default=0,
                    help="problems each rank samples per saved part (what a killed run keeps), rounded up to whole HF "
-                        f"engine batches; 0 = one HF engine batch (512 // K prompts) or {rounds.VLLM_PART_SIZE} with vLLM")
-    g.add_argument("--device", default="auto", help="cpu / cuda / auto (hf backend; under torchrun: each rank's own GPU)")
+                        "engine batches; 0 = one HF engine batch (512 // K prompts) or "
+                        f"{rounds.VLLM_PART_SIZE} with vLLM")
+    g.add_argument("--device", default="auto",
+                   help="cpu / cuda / auto (hf backend; under torchrun: each rank's own GPU)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
     args = p.parse_args(argv)
     cli.check_positive(args, "resample", "limit", "max_model_len", "part_size", allow_zero=True)
@@ -215,6 +217,30 @@ def load_for_sampling(ckpt: Path, problems, s: dict, backend: str, device, gpu_m
                        in_process=dist.is_distributed()), tok
 
 
+class StreamedCheckpoint:
+    """A checkpoint folder's weights as VLLMEngine.sync_weights reads a model's (`state_dict().items()`), streamed
+    from its safetensors files one tensor at a time: no second copy of the model in memory. A tied lm_head, which
+    the file stores once as the embedding, is given under its own name too, as a model's state dict gives it (an
+    engine may hold it as a separate, repacked weight: vLLM's CPU build does)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def state_dict(self) -> "StreamedCheckpoint":
+        return self
+
+    def items(self):
+        from safetensors import safe_open
+
+        tied = (cli.read_json(self.folder / "config.json") or {}).get("tie_word_embeddings", False)
+        for f in sorted(self.folder.glob("*.safetensors")):
+            with safe_open(str(f), framework="pt") as st:
+                for name in st.keys():
+                    yield name, st.get_tensor(name)
+                    if tied and name == "model.embed_tokens.weight":
+                        yield "lm_head.weight", st.get_tensor(name)
+
+
 def resample(args, run: Path, out: Path) -> dict[int, Tally] | None:
     """Sample every checkpoint within --steps, round by round, into the parts folder, then join the parts into
     `out`. Under torchrun every rank calls it; rank 0 alone writes, and returns the tallies (None elsewhere)."""
@@ -237,21 +263,30 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally] | None:
     parts = rounds.open_parts(out.with_name(f".{out.name}.parts"),
                               {**s, "k": args.resample, "run": str(run.resolve()), "backend": backend,
                                "rollout_dtype": rollout_dtype(args.rollout_dtype, device.type == "cuda")})
+    main_rank, engine, tok = dist.is_main(), None, None
     for step, ckpt in ckpts:
         if rounds.done_upto(parts, ckpt.name) >= len(problems):
             print(f"{ckpt.name} (step {step}): sampled by an earlier run")
             continue
         t0 = time.time()
-        engine, tok = load_for_sampling(ckpt, problems, s, backend, device, args.gpu_memory_utilization,
-                                        args.trust_remote_code, args.rollout_dtype)
+        if getattr(engine, "in_process", False):
+            # a vLLM engine in this process (under torchrun) takes the next checkpoint's weights in place: no engine
+            # start per checkpoint, and no close() between them (it takes torch.distributed down with vLLM's groups)
+            engine.sync_weights(StreamedCheckpoint(ckpt))
+        else:
+            if engine is not None:
+                engine.close()
+            engine, tok = load_for_sampling(ckpt, problems, s, backend, device, args.gpu_memory_utilization,
+                                            args.trust_remote_code, args.rollout_dtype)
         rounds.sample_in_rounds(engine, problems, verifier, parts, ckpt.name, n=args.resample,
                                 seed=s["seed"] + step, part_size=args.part_size, tokenizer=tok,
                                 max_new_tokens=s["max_new_tokens"], temperature=s["temperature"], top_p=s["top_p"],
                                 step=step, source=ckpt.name)
-        engine.close()
-        if dist.is_main():
+        if main_rank:
             print(tally(parts.records(ckpt.name)[0]).line(f"{ckpt.name} (step {step})") + f", {time.time() - t0:.1f}s")
-    if not dist.is_main():
+    if engine is not None:
+        engine.close()  # (after the last collective)
+    if not main_rank:
         return None
 
     tallies: dict[int, Tally] = {}
@@ -271,13 +306,8 @@ def main(argv=None):
     if not run.is_dir():
         raise cli.UserError(f"{run}: no such folder (--run takes an explore.py output folder)")
     if args.resample:
-        distributed = dist.init()  # False without torchrun: nothing below touches torch.distributed then
-        try:
-            with dist.quiet_unless_main():
-                tallies = resample(args, run, out)
-        finally:
-            if distributed:
-                dist.teardown()
+        with dist.session():  # (without torchrun nothing below touches torch.distributed)
+            tallies = resample(args, run, out)
         if tallies is None:  # (a rank other than 0: rank 0 wrote the output and prints the summary)
             return
         what = "checkpoint(s)"

@@ -56,7 +56,9 @@ var HARVEST_ARGS "" "extra flags of harvest.py (--resample K: sampled from the c
 var FILTER_ARGS "" "extra flags of filter.py"
 var CONSOLIDATE_ARGS "" "extra flags of consolidate.py"
 var EVAL_ARGS "--n-samples 8" "extra flags of evaluate.py"
-var EVAL_ITERS all "all: every iteration's policies (vanilla every RL_STEPS); last: the last iteration's; output: the output policies only (RLoop's last consolidated one, or its last RL policy when the last filter kept nothing; vanilla's last)"
+var EVAL_ITERS all "all: every iteration's policies (vanilla every RL_STEPS); last: the last iteration's; "\
+"output: the output policies only (RLoop's last consolidated one, or its last RL policy when the last filter kept "\
+"nothing; vanilla's last)"
 var LOGGER "" "live tracking of explore / consolidate: tensorboard, wandb or both (comma list)"
 var PYTHON python "the Python that runs every stage"
 var NNODES 1 "nodes; every node runs this script with the same variables but NODE_RANK"
@@ -64,11 +66,14 @@ var NODE_RANK 0 "this node's rank, 0..NNODES-1 (node 0 runs the single-process s
 var MASTER_ADDR 127.0.0.1 "node 0's address, reachable from every node (torchrun's static rendezvous)"
 var MASTER_PORT 29500 "a free port on node 0; every distributed stage rendezvous there, one after another"
 var NPROC_PER_NODE "" "processes per node (empty: the node's GPU count, 1 without a GPU)"
-var TRAIN_LAUNCH "" "launcher of explore / consolidate (empty: torchrun over NNODES x NPROC_PER_NODE when > 1, else PYTHON); one node only"
-var EVAL_LAUNCH "" "launcher of evaluate / harvest --resample (empty: TRAIN_LAUNCH; PYTHON with JOBS=2); one node only"
-var JOBS "" "stages side by side, 1 or 2: 2 = vanilla RL and half the evaluations beside RLoop's chain (empty: 2 for the toy in one process, else 1)"
-var NODE_TIMEOUT 600 "seconds a node > 0 waits on a silent node 0 (its heartbeat OUT/.node0.alive unchanged) before it fails"
-var RLOOP_RUN_GROUP "" "the run's id for tracking, exported to every stage with RLOOP_STAGE (empty: OUT's name + a random suffix, kept in OUT/.run_group)"
+var TRAIN_LAUNCH "" "launcher of explore / consolidate, one node only (empty: torchrun over NNODES x NPROC_PER_NODE "\
+"processes when more than one, else PYTHON)"
+var EVAL_LAUNCH "" "launcher of evaluate / harvest --resample, one node only (empty: TRAIN_LAUNCH; PYTHON with JOBS=2)"
+var JOBS "" "stages side by side, 1 or 2: 2 = vanilla RL and half the evaluations beside RLoop's chain (empty: 2 "\
+"for the toy in one process, else 1)"
+var NODE_TIMEOUT 600 "seconds a node > 0 waits on a silent node 0 (heartbeat OUT/.node0.alive unchanged), then fails"
+var RLOOP_RUN_GROUP "" "the run's id for tracking, exported to every stage with RLOOP_STAGE (empty: OUT's name and "\
+"a random suffix, kept in OUT/.run_group)"
 var DRY_RUN 0 "1 = print the stage commands in order, run and write nothing"
 
 if [[ "${1:-}" == --help || "${1:-}" == -h ]]; then
@@ -108,12 +113,14 @@ fi
 (( NNODES >= 1 && NODE_RANK < NNODES )) || die "NODE_RANK=$NODE_RANK must be in 0..NNODES-1 (NNODES=$NNODES)"
 world=$((NNODES * NPROC_PER_NODE))
 if (( NNODES > 1 )); then  # every distributed stage must span the nodes: the launchers are built here
-  [[ -z "$TRAIN_LAUNCH$EVAL_LAUNCH" ]] || die "with NNODES=$NNODES loop.sh builds TRAIN_LAUNCH / EVAL_LAUNCH itself: unset them"
+  [[ -z "$TRAIN_LAUNCH$EVAL_LAUNCH" ]] ||
+    die "with NNODES=$NNODES loop.sh builds TRAIN_LAUNCH / EVAL_LAUNCH itself: unset them"
   [[ -z "$JOBS" || "$JOBS" == 1 ]] || die "JOBS=$JOBS: two lanes run on one node only (NNODES=$NNODES needs JOBS=1)"
 fi
 if [[ -z "$JOBS" ]]; then if [[ "$MODEL" == toy ]] && (( world == 1 )); then JOBS=2; else JOBS=1; fi; fi
 [[ "$JOBS" =~ ^[12]$ ]] || die "JOBS=$JOBS must be 1 or 2"
-(( JOBS == 1 || world == 1 )) || die "JOBS=2 runs two stages at once on one process each: NNODES x NPROC_PER_NODE must be 1"
+(( JOBS == 1 || world == 1 )) ||
+  die "JOBS=2 runs two stages at once on one process each: NNODES x NPROC_PER_NODE must be 1"
 if (( ! RLOOP )); then JOBS=1; fi  # (a vanilla-only run has nothing to run beside its RL run)
 torchrun="$PYTHON -m torch.distributed.run --nnodes $NNODES --node-rank $NODE_RANK --master-addr $MASTER_ADDR"
 torchrun+=" --master-port $MASTER_PORT --nproc-per-node $NPROC_PER_NODE"
@@ -160,12 +167,16 @@ if (( ! DRY_RUN )); then
 fi
 if [[ -z "$RLOOP_RUN_GROUP" ]]; then  # one id per run, kept for its reruns
   if (( NODE_RANK > 0 && ! DRY_RUN )); then wait_for "$OUT/.run_group"; fi
-  RLOOP_RUN_GROUP=$(cat "$OUT/.run_group" 2>/dev/null || echo "$(basename "$OUT")-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')")
+  RLOOP_RUN_GROUP=$(cat "$OUT/.run_group" 2>/dev/null ||
+                    echo "$(basename "$OUT")-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')")
 fi
-if (( NODE_RANK == 0 && ! DRY_RUN )) && [[ ! -e "$OUT/.run_group" ]]; then echo "$RLOOP_RUN_GROUP" > "$OUT/.run_group"; fi
+if (( NODE_RANK == 0 && ! DRY_RUN )) && [[ ! -e "$OUT/.run_group" ]]; then
+  echo "$RLOOP_RUN_GROUP" > "$OUT/.run_group"
+fi
 export RLOOP_RUN_GROUP
 
-echo "== RLoop $(date -u +%FT%TZ)$( (( DRY_RUN )) && echo " (dry run: nothing runs)")$( (( NNODES > 1 )) && echo " node $NODE_RANK of $NNODES")"
+echo "== RLoop $(date -u +%FT%TZ)$( (( DRY_RUN )) && echo " (dry run: nothing runs)")"\
+"$( (( NNODES > 1 )) && echo " node $NODE_RANK of $NNODES")"
 for v in "${VAR_NAMES[@]}" OMP_NUM_THREADS; do
   printf '   %-16s %s%s\n' "$v" "${!v:-}" "${FROM_ENV[$v]:+   (from the environment)}"
 done
@@ -240,7 +251,9 @@ rloop() {
     # shellcheck disable=SC2086
     stage "iter$i-consolidate" all $TRAIN_LAUNCH consolidate.py --model "$policy" --data "$it/filter/rft.jsonl" \
       --out "$it/consolidated" --seed "$SEED" --resume "${log_flag[@]}" $CONSOLIDATE_ARGS
-    if (( NODE_RANK == 0 && ! DRY_RUN )) && [[ ! -e "$it/next_policy" ]]; then echo "$it/consolidated" > "$it/next_policy"; fi
+    if (( NODE_RANK == 0 && ! DRY_RUN )) && [[ ! -e "$it/next_policy" ]]; then
+      echo "$it/consolidated" > "$it/next_policy"
+    fi
   done
 }
 
@@ -250,7 +263,8 @@ rloop() {
 # ends with the weights an uninterrupted run ends with. So the run starts as a copy of iter1/explore (node 0
 # copies, the other nodes wait for the copy).
 vanilla() {
-  if (( RLOOP )) && finished iter1-explore && [[ ! -e "$OUT/vanilla" ]] && { (( DRY_RUN )) || [[ -d "$OUT/iter1/explore" ]]; }; then
+  if (( RLOOP )) && finished iter1-explore && [[ ! -e "$OUT/vanilla" ]] &&
+     { (( DRY_RUN )) || [[ -d "$OUT/iter1/explore" ]]; }; then
     echo "-- vanilla: steps 1..$RL_STEPS are iter1/explore's (copied); it resumes from there"
     if (( DRY_RUN )); then
       :

@@ -57,6 +57,19 @@ def teardown() -> None:
         tdist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def session() -> Iterator[bool]:
+    """A stage's run under torchrun: join the process group (init), silence stdout off rank 0, tear the group down
+    at the end. Yields whether it is distributed; without torchrun it is nothing at all."""
+    distributed = init()
+    try:
+        with quiet_unless_main():
+            yield distributed
+    finally:
+        if distributed:
+            teardown()
+
+
 def is_distributed() -> bool:
     return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
 

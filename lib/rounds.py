@@ -106,8 +106,10 @@ def sample_in_rounds(engine, problems, reward_fn, parts: Parts, name: str, *, n:
         hi = min(len(problems), lo + world * size)
         a, b = (lo + x for x in dist.split_chunks(hi - lo, chunk, world, rank))
         t0 = time.time()
-        mine = trajectories(sample_and_score(engine, problems[a:b], reward_fn, n=n,
-                                             seed=[prompt_seed(seed, i) for i in range(a, b)], **sampling)) if b > a else []
+        mine = []
+        if b > a:  # (the problems' global seeds)
+            seeds = [prompt_seed(seed, i) for i in range(a, b)]
+            mine = trajectories(sample_and_score(engine, problems[a:b], reward_fn, n=n, seed=seeds, **sampling))
         shares = dist.gather_object(mine)  # rank 0: every rank's records, in rank order = problem order
         if dist.is_main():
             parts.write(name, lo, hi, [t for share in shares for t in share], round(time.time() - t0, 1))

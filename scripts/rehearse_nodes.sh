@@ -49,7 +49,8 @@ lose() {  # lose PID: the machine PID runs on is lost: PID and every process bel
   local all=("$1") new
   kill -STOP "$1" 2>/dev/null
   while :; do
-    mapfile -t new < <(ps -o pid= --ppid "$(IFS=,; echo "${all[*]}")" | tr -d ' ' | grep -vxF -f <(printf '%s\n' "${all[@]}"))
+    mapfile -t new < <(ps -o pid= --ppid "$(IFS=,; echo "${all[*]}")" | tr -d ' ' |
+                       grep -vxF -f <(printf '%s\n' "${all[@]}"))
     (( ${#new[@]} )) || break
     kill -STOP "${new[@]}" 2>/dev/null
     all+=("${new[@]}")
@@ -122,8 +123,7 @@ lose "$n1"
 t_kill=$SECONDS hung=0
 while kill -0 "$n0" 2>/dev/null && (( SECONDS - t_kill <= BOUND )); do sleep 0.5; done
 if kill -0 "$n0" 2>/dev/null; then lose "$n0"; hung=1; fi
-wait "$n0"; rc0=$?
-wait "$n1" 2>/dev/null
+{ wait "$n0"; rc0=$?; wait "$n1"; } 2>/dev/null  # (bash's "Killed" notices: expected here)
 rc=0
 (( hung == 0 && rc0 != 0 )) && [[ ! -e "$A/.done/iter2-explore" ]] || rc=1
 verdict "node 1 lost during iteration 2's explore: node 0 fails by itself" $rc \
@@ -137,7 +137,8 @@ t0=$SECONDS
 two_nodes "$A"; rc=$?
 [[ -e "$A/report/summary.md" ]] || rc=1
 for m in "${!before[@]}"; do
-  [[ "$(stat -c %y "$m")" == "${before[$m]}" ]] && grep -q -- "-- $(basename "$m"): done, skipped" "$A.node0.out" || rc=1
+  [[ "$(stat -c %y "$m")" == "${before[$m]}" ]] || rc=1
+  grep -q -- "-- $(basename "$m"): done, skipped" "$A.node0.out" || rc=1
 done
 grep -q "resuming" "$A.node0.out" || rc=1
 launched=$(grep -c '^+ .*--node-rank 1 ' "$A.node1.out")
@@ -173,7 +174,8 @@ EOF
   compared+=" $name"
 done
 [[ -n "$compared" ]] || rc=1
-verdict "evaluations on 2 nodes equal one process's evaluate.py" $rc "$((SECONDS - t0)) s;$compared: samples and numbers"
+verdict "evaluations on 2 nodes equal one process's evaluate.py" $rc \
+  "$((SECONDS - t0)) s;$compared: samples and numbers"
 
 echo "rehearsal: $fails failed, $((SECONDS - t_all)) s in all (logs: $OUT/*.out)"
 exit $(( fails > 0 ))

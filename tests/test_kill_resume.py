@@ -414,7 +414,8 @@ def test_harvest_resample_killed_ends_like_an_uninterrupted_run(memo_model_dir, 
     for step in (1, 2):
         checkpoint.drop_resume_state(checkpoint.save(run, step, model, tok, {}))
     (run / "args.json").write_text(json.dumps({"data": str(memo_dapo(memo_data, tmp_path)), "max_new_tokens": 16}))
-    args = lambda out: ["--run", run, "--out", out, "--resample", "64", "--backend", "hf", "--device", "cpu"]  # noqa: E731
+    args = lambda out: ["--run", run, "--out", out, "--resample", "64", "--backend", "hf",  # noqa: E731
+                        "--device", "cpu"]
     ref, out = tmp_path / "ref.jsonl", tmp_path / "h.jsonl"
     reference = start("harvest", args(ref))
     kill_at(driver, "harvest", "meta", 2, args(out), tmp_path)  # ckpt_000001 finished; ckpt_000002's records, no marker

@@ -75,36 +75,37 @@ def test_dry_run_prints_the_stage_commands_in_order_and_writes_nothing(tmp_path)
     assert rc == 0, err
     assert not (tmp_path / "loop").exists()  # no folder, no log, no marker, no run group
     o = tmp_path / "loop"
-    tr = (f"python -m torch.distributed.run --nnodes 1 --node-rank 0 --master-addr 127.0.0.1 --master-port 29533 "
-          f"--nproc-per-node 2")
-    ex = "--save-every 4"
+    tr = ("python -m torch.distributed.run --nnodes 1 --node-rank 0 --master-addr 127.0.0.1 --master-port 29533 "
+          "--nproc-per-node 2")
+    def explore(model, out, steps, seed):
+        return (f"{tr} explore.py --model {model} --data toy --out {o}/{out} --steps {steps} --save-every 4 "
+                f"--seed {seed} --resume")
+    def iteration(i, initial):  # (iteration i starts from `initial`: explores it, consolidates it)
+        return [explore(initial, f"iter{i}/explore", 4, i - 1),
+                f"python harvest.py --run {o}/iter{i}/explore --out {o}/iter{i}/harvest.jsonl",
+                f"python filter.py --in {o}/iter{i}/harvest.jsonl --out {o}/iter{i}/filter --threshold 0.1",
+                f"{tr} consolidate.py --model {initial} --data {o}/iter{i}/filter/rft.jsonl "
+                f"--out {o}/iter{i}/consolidated --seed 0 --resume"]
+    evals = [("base", "m"), ("iter1-rl", f"{o}/iter1/explore/ckpt_000004"), ("iter1-rft", f"{o}/iter1/consolidated"),
+             ("vanilla-4", f"{o}/vanilla/ckpt_000004"), ("iter2-rl", f"{o}/iter2/explore/ckpt_000004"),
+             ("iter2-rft", f"{o}/iter2/consolidated"), ("vanilla-8", f"{o}/vanilla/ckpt_000008")]
     assert stage_lines(out) == [
-        f"{tr} explore.py --model m --data toy --out {o}/iter1/explore --steps 4 {ex} --seed 0 --resume",
-        f"python harvest.py --run {o}/iter1/explore --out {o}/iter1/harvest.jsonl",
-        f"python filter.py --in {o}/iter1/harvest.jsonl --out {o}/iter1/filter --threshold 0.1",
-        f"{tr} consolidate.py --model m --data {o}/iter1/filter/rft.jsonl --out {o}/iter1/consolidated --seed 0 --resume",
-        f"{tr} explore.py --model {o}/iter1/consolidated --data toy --out {o}/iter2/explore --steps 4 {ex} --seed 1 --resume",
-        f"python harvest.py --run {o}/iter2/explore --out {o}/iter2/harvest.jsonl",
-        f"python filter.py --in {o}/iter2/harvest.jsonl --out {o}/iter2/filter --threshold 0.1",
-        f"{tr} consolidate.py --model {o}/iter1/consolidated --data {o}/iter2/filter/rft.jsonl --out {o}/iter2/consolidated "
-        "--seed 0 --resume",
-        f"{tr} explore.py --model m --data toy --out {o}/vanilla --steps 8 {ex} --seed 0 --resume",
+        *iteration(1, "m"), *iteration(2, f"{o}/iter1/consolidated"), explore("m", "vanilla", 8, 0),
         *[f"{tr} evaluate.py --model {m} --benchmarks b=b.jsonl --out {o}/eval/{n} --seed 0 --n-samples 8"
-          for n, m in (("base", "m"), ("iter1-rl", f"{o}/iter1/explore/ckpt_000004"), ("iter1-rft", f"{o}/iter1/consolidated"),
-                       ("vanilla-4", f"{o}/vanilla/ckpt_000004"), ("iter2-rl", f"{o}/iter2/explore/ckpt_000004"),
-                       ("iter2-rft", f"{o}/iter2/consolidated"), ("vanilla-8", f"{o}/vanilla/ckpt_000008"))],
+          for n, m in evals],
         f"python report.py {o}"]
     assert "   NPROC_PER_NODE   2   (from the environment)" in out and "   NNODES           1\n" in out
 
 
-@pytest.mark.parametrize("which, evals", [("all", ["base", "iter1-rl", "iter1-rft", "vanilla-2", "iter2-rl", "iter2-rft",
-                                                    "vanilla-4"]),
-                                          ("last", ["base", "iter2-rl", "iter2-rft", "vanilla-4"]),
-                                          ("output", ["base", "iter2-rft", "vanilla-4"])])
+@pytest.mark.parametrize("which, evals", [
+    ("all", ["base", "iter1-rl", "iter1-rft", "vanilla-2", "iter2-rl", "iter2-rft", "vanilla-4"]),
+    ("last", ["base", "iter2-rl", "iter2-rft", "vanilla-4"]),
+    ("output", ["base", "iter2-rft", "vanilla-4"])])
 def test_eval_iters(tmp_path, which, evals):
     rc, out, err = loop(tmp_path, DRY_RUN="1", ITERS="2", RL_STEPS="2", MODEL="m", EVAL_ITERS=which)
     assert rc == 0, err
-    assert [ln.split("--out ")[1].split()[0].rsplit("/", 1)[1] for ln in stage_lines(out) if "evaluate.py" in ln] == evals
+    outs = [ln.split("--out ")[1].split()[0] for ln in stage_lines(out) if "evaluate.py" in ln]
+    assert [o.rsplit("/", 1)[1] for o in outs] == evals
 
 
 def test_dry_run_of_node_1_and_of_a_resampling_harvest(tmp_path):
