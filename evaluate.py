@@ -104,24 +104,23 @@ def run(args):
            "n": args.n, "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
            "max_model_len": args.max_model_len, "reward": args.reward, "seed": args.seed, "backend": backend,
            "rollout_dtype": dtype}
-    parts, main_rank = rounds.open_parts(out / ".parts", key), dist.is_main()
-    if main_rank:
-        cli.save_args(args, out)
+    parts, main_rank = rounds.Parts(out / ".parts", key), dist.is_main()
+    todo = [name for name, probs in problems.items() if rounds.done_upto(parts, name) < len(probs)]
+    for name in (n for n in problems if n not in todo):
+        print(f"{name}: {len(problems[name])} problems sampled by an earlier run")
     # With vLLM the engine loads the weights itself: no HF copy of the policy may sit on the GPU beside it (7.6B in
     # fp32 is 30 GB, and vLLM asks for --gpu-memory-utilization of the whole card): make_engine calls the loader
     # only for the HF engine. Under torchrun each rank builds its own engine, vLLM's in this process
-    # (external_launcher, one engine per rank).
+    # (external_launcher, one engine per rank). Bad weights fail here, before anything is written.
     load = lambda: load_policy(model_path, device=device, trust_remote_code=args.trust_remote_code)[0]  # noqa: E731
-    engine = None
-    for name, probs in problems.items():
-        if rounds.done_upto(parts, name) >= len(probs):
-            print(f"{name}: {len(probs)} problems sampled by an earlier run")
-            continue
-        if engine is None:
-            engine = make_engine(backend, load, tok, model_path, max_model_len=context, hf_overrides=overrides,
-                                 dtype=dtype, gpu_memory_utilization=args.gpu_memory_utilization, tp=args.tp,
-                                 seed=args.seed,
-                                 trust_remote_code=args.trust_remote_code, in_process=dist.is_distributed())
+    engine = make_engine(backend, load, tok, model_path, max_model_len=context, hf_overrides=overrides, dtype=dtype,
+                         gpu_memory_utilization=args.gpu_memory_utilization, tp=args.tp, seed=args.seed,
+                         trust_remote_code=args.trust_remote_code, in_process=dist.is_distributed()) if todo else None
+    rounds.open_parts(parts)
+    if main_rank:
+        cli.save_args(args, out)
+    for name in todo:
+        probs = problems[name]
         rounds.sample_in_rounds(engine, probs, verifier, parts, name, n=args.n, seed=args.seed,
                                 part_size=args.part_size, max_new_tokens=args.max_new_tokens,
                                 temperature=args.temperature, top_p=args.top_p, tokenizer=tok,

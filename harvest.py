@@ -260,9 +260,9 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally] | None:
           f"{f'; {dist.world_size()} ranks' if dist.is_distributed() else ''})")
 
     # the finished rounds of every checkpoint: a killed run resumes at the first one missing
-    parts = rounds.open_parts(out.with_name(f".{out.name}.parts"),
-                              {**s, "k": args.resample, "run": str(run.resolve()), "backend": backend,
-                               "rollout_dtype": rollout_dtype(args.rollout_dtype, device.type == "cuda")})
+    key = {**s, "k": args.resample, "run": str(run.resolve()), "backend": backend,
+           "rollout_dtype": rollout_dtype(args.rollout_dtype, device.type == "cuda")}
+    parts = rounds.open_parts(rounds.Parts(out.with_name(f".{out.name}.parts"), key))
     main_rank, engine, tok = dist.is_main(), None, None
     for step, ckpt in ckpts:
         if rounds.done_upto(parts, ckpt.name) >= len(problems):

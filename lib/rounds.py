@@ -49,7 +49,10 @@ class Parts:
         return self.folder / f"{safe}.{lo:07d}.{ext}"
 
     def finished(self, name: str) -> list[tuple[int, int, float]]:
-        """(lo, hi, seconds) of the finished rounds of `name`, contiguous from problem 0."""
+        """(lo, hi, seconds) of the finished rounds of `name`, contiguous from problem 0 (none when the folder holds
+        samples made with other settings: open() discards them)."""
+        if cli.read_json(self.folder / "settings.json") != self.key:
+            return []
         rounds, lo = [], 0
         while isinstance(meta := cli.read_json(self._file(name, lo, "json")), dict) and meta.get("hi", 0) > lo:
             rounds.append((lo, meta["hi"], meta.get("seconds", 0.0)))
@@ -73,15 +76,14 @@ class Parts:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def open_parts(folder: str | Path, key: dict) -> Parts:
-    """The parts folder, opened on rank 0 (the other ranks get the object, and never touch the folder)."""
-    parts = Parts(folder, key)
+def open_parts(parts: Parts) -> Parts:
+    """The parts folder, opened on rank 0 (the other ranks never touch it)."""
     dist.main_decides(parts.open)
     return parts
 
 
 def done_upto(parts: Parts, name: str) -> int:
-    """Problems 0..k-1 of `name` are finished: k, the same on every rank."""
+    """Problems 0..k-1 of `name` are finished: k, the same on every rank (read only: the folder may be unopened)."""
     return dist.main_decides(lambda: (parts.finished(name) or [(0, 0, 0.0)])[-1][1])
 
 
