@@ -44,6 +44,9 @@ def get_args(argv=None):
     p.add_argument("--top-p", type=float, default=0.7, help="nucleus sampling (DAPO eval: 0.7)")
     p.add_argument("--max-new-tokens", type=int, default=96, help="response length cap (DAPO: 20480)")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems per benchmark (0 = all)")
+    p.add_argument("--max-prompt-len", type=int, default=0,
+                   help="drop every problem whose rendered prompt is longer than N tokens (one line per benchmark "
+                        "counts them; never truncated); the context is planned for N + --max-new-tokens. 0 = no cap")
     p.add_argument("--reward", default="dapo",
                    help="verifier: dapo (DAPO's string match, what RL trains on), math_verify (symbolic "
                         "equivalence: compares with published MATH-500 / AIME scores; pip install math-verify), "
@@ -64,7 +67,7 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     cli.check_positive(args, "n", "max_new_tokens")
     check_engine_args(args)
-    cli.check_positive(args, "limit", "max_model_len", "part_size", allow_zero=True)
+    cli.check_positive(args, "limit", "max_model_len", "max_prompt_len", "part_size", allow_zero=True)
     if not 0 < args.top_p <= 1:
         raise cli.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
     cli.check_out_dir(args.out)
@@ -90,11 +93,11 @@ def run(args):
     model_path = dist.main_first(lambda: toy.resolve(args.model, "model"))
     # the context every benchmark needs, from the config and the tokenizer, before any weight loads
     tok = load_tokenizer(model_path, args.trust_remote_code)
-    for probs in problems.values():
-        data.render_prompts(probs, tok)
+    problems = {name: data.drop_long_prompts(data.render_prompts(probs, tok), tok, args.max_prompt_len, name)
+                for name, probs in problems.items()}
     context, overrides = plan_context(load_config(model_path, args.trust_remote_code),
                                       longest_prompt(tok, [p.prompt for ps in problems.values() for p in ps]),
-                                      args.max_new_tokens, args.max_model_len, model_path)
+                                      args.max_new_tokens, args.max_model_len, model_path, args.max_prompt_len)
     backend, dtype = resolve_backend(args.backend), rollout_dtype(args.rollout_dtype, device.type == "cuda")
     if dist.is_distributed():
         print(f"{dist.world_size()} ranks, data-parallel: one {backend} engine per rank")
@@ -102,8 +105,8 @@ def run(args):
     # what the samples depend on: parts made with anything else are discarded (the world size is not in it)
     key = {"model": model_path, "benchmarks": {k: list(v) for k, v in benches.items()}, "limit": args.limit,
            "n": args.n, "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
-           "max_model_len": args.max_model_len, "reward": args.reward, "seed": args.seed, "backend": backend,
-           "rollout_dtype": dtype}
+           "max_model_len": args.max_model_len, "max_prompt_len": args.max_prompt_len, "reward": args.reward,
+           "seed": args.seed, "backend": backend, "rollout_dtype": dtype}
     parts, main_rank = rounds.Parts(out / ".parts", key), dist.is_main()
     todo = [name for name, probs in problems.items() if rounds.done_upto(parts, name) < len(probs)]
     for name in (n for n in problems if n not in todo):

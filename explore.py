@@ -58,8 +58,8 @@ from tqdm import tqdm
 from lib import checkpoint, cli, data, dist, reward, toy, tracking, validation
 from lib.dapo import group_advantages, kept_group_ids, kl_loss, overlong_penalty, policy_loss
 from lib.modeling import extend_context, load_config, load_policy, load_tokenizer, longest_prompt, plan_context
-from lib.metrics import json_num, rl_step_row
-from lib.records import append_jsonl
+from lib.metrics import capped_summary, json_num, rl_step_row
+from lib.records import append_jsonl, read_jsonl
 from lib.rollout import (Completion, add_engine_args, check_engine_args, gather_replicas, make_engine, replica_share,
                          rollout_dtype, sample_and_score, sample_seed)
 from lib.train import (MicroBatch, Seq, add_trainer_args, autocast, default_bf16, empty_micro_batch, equal_passes,
@@ -107,6 +107,10 @@ def get_args(argv=None):
       help="responses per prompt (DAPO: 16). Under torchrun spell it --n-responses: torchrun's own parser "
            "rejects --n as an ambiguous abbreviation of its --nnodes / --nproc-per-node")
     a("--max-new-tokens", type=int, default=80, help="response length cap (DAPO: 20480)")
+    a("--max-prompt-len", type=int, default=0,
+      help="drop, at load time, every prompt (training and --eval-data) longer than N tokens once rendered with the "
+           "chat template, with one line counting them (verl's filter_overlong_prompts; never truncated); the "
+           "context is then planned for N + --max-new-tokens. 0 = no cap (verl's DAPO on Qwen2.5-Math-7B: 2048)")
     a("--temperature", type=float, default=1.0, help="sampling temperature (DAPO: 1.0)")
     a("--top-p", type=float, default=1.0, help="nucleus sampling (DAPO: 1.0)")
     a("--reward", default="dapo",
@@ -118,8 +122,10 @@ def get_args(argv=None):
     a("--filter-metric", default="acc", choices=["acc", "reward"],
       help="what must vary within a group to keep it (verl's DAPO scripts: acc, before the overlong penalty)")
     a("--max-gen-batches", type=int, default=10,
-      help="cap on generation batches per step (0 = no cap); when hit, train on the prompts kept so far "
-           "(DAPO: 10)")
+      help="cap on generation batches per step (0 = no cap; DAPO: 10). When hit, the step trains on the prompts "
+           "kept so far (verl stops with an error instead: a multi-day run should not die on one hard stretch of "
+           "data, and a step on fewer prompts is still a DAPO update, only a smaller one); it is visible: one log "
+           "line, capped 1 in that step's metrics row, and the run ends with the count of capped steps")
     a("--overlong-shaping", action=B, default=True,
       help="DAPO trick: soft penalty for responses within --overlong-buffer tokens of --max-new-tokens")
     a("--overlong-buffer", type=int, default=16, help="penalty ramp length in tokens (DAPO: 4096)")
@@ -168,7 +174,7 @@ def get_args(argv=None):
                        "micro_batch", "max_nonfinite")
     cli.check_positive(args, "kl_coef", allow_zero=True)
     cli.check_positive(args, "limit", "gen_batch_size", "max_gen_batches", "overlong_buffer", "warmup_steps",
-                       "max_model_len", allow_zero=True)
+                       "max_model_len", "max_prompt_len", allow_zero=True)
     args.keep_checkpoints = checkpoint.parse_keep(args.keep_checkpoints)
     if args.prompts_per_step % args.mini_batch:
         raise cli.UserError(f"--prompts-per-step ({args.prompts_per_step}) must be a multiple of "
@@ -272,7 +278,7 @@ def collect_batch(engine, stream: data.PromptStream, tokenizer, reward_fn: Rewar
             return StepBatch(kept, gen, drawn, passed, rows, capped=False)
         if args.max_gen_batches and gen >= args.max_gen_batches:
             log(f"step {step}: --max-gen-batches {args.max_gen_batches} reached with {len(kept)} of {want} "
-                f"prompts kept; training on those")
+                f"prompts kept; this step trains on {len(kept)} prompts (capped 1 in metrics.jsonl)")
             return StepBatch(kept, gen, drawn, passed, rows, capped=True)
 
 
@@ -465,9 +471,12 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
     # The context (prompt + response) the engine samples and the trainer scores, checked from the config and the
     # tokenizer alone, before any weight is loaded or anything written (lib/modeling.plan_context).
     tok = load_tokenizer(model_path, args.trust_remote_code)
-    prompts = [p.prompt for ps in (problems, *val_sets.values()) for p in data.render_prompts(ps, tok)]
+    problems = data.drop_long_prompts(data.render_prompts(problems, tok), tok, args.max_prompt_len, args.data)
+    val_sets = {name: data.drop_long_prompts(data.render_prompts(ps, tok), tok, args.max_prompt_len,
+                                             f"validation set {name}") for name, ps in val_sets.items()}
+    prompts = [p.prompt for ps in (problems, *val_sets.values()) for p in ps]
     context, overrides = plan_context(load_config(model_path, args.trust_remote_code), longest_prompt(tok, prompts),
-                                      args.max_new_tokens, args.max_model_len, model_path)
+                                      args.max_new_tokens, args.max_model_len, model_path, args.max_prompt_len)
     model, tok = load_policy(model_path, device=load_device(device), trust_remote_code=args.trust_remote_code)
     extend_context(model, overrides)  # saved with every checkpoint: later stages load the same context
     prepare(model, device, args.bf16, args.grad_checkpointing)  # (under torchrun: FSDP2 shards)
@@ -573,6 +582,8 @@ def run(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> int:
                                         dtype=torch.bfloat16 if args.bf16 else None)
             print(f"saved {saved}")
     tracker.close()
+    if main_rank and args.dynamic_sampling and args.max_gen_batches:  # the whole run's, resumed parts included
+        print(capped_summary([r for _, r in read_jsonl(metrics_path, allow_empty=True)], args.max_gen_batches))
     engine.close()  # (vLLM: frees its memory and its process groups before torch.distributed is torn down)
     return 0
 

@@ -15,8 +15,10 @@ throws every step's samples away after its update. RLoop keeps them. Two sources
     python harvest.py --run runs/loop/iter1/explore --out h.jsonl --steps 1-100,150,200
     python harvest.py --run runs/loop/iter1/explore --out h.jsonl --resample 8 --steps 50-200
 
-Every logged rollout counts, whether or not DAPO's dynamic sampling trained on it (explore.py's extra `kept`
-field is not carried over); the harvest is streamed, so it need not fit in memory.
+Every logged rollout counts, whether or not DAPO's dynamic sampling trained on it; the harvest is streamed, so it
+need not fit in memory. When every step is taken (the default) the harvest is the rollouts file itself, hard-linked
+(explore.py's extra `kept` field then stays; readers ignore it): at full scale that file is tens of GB per run.
+A subset of steps is written out, without `kept`.
 --steps: comma-separated steps and inclusive ranges ("1-200", "50,100,150", "1-50,100", "150-" = 150 on).
 Output: one JSONL of the shared trajectory record, written atomically, and a summary line per step range
 (default) or per checkpoint (--resample): trajectories, accuracy, problems. --resample keeps its finished rounds
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -57,6 +60,9 @@ def get_args(argv=None):
     g.add_argument("--split", default=None, help="dataset split, for --data given as a hub dataset id")
     g.add_argument("--limit", type=int, default=None, help="only the first N problems (0 = all)")
     g.add_argument("--max-new-tokens", type=int, default=None, help="response length cap")
+    g.add_argument("--max-prompt-len", type=int, default=None,
+                   help="drop problems whose rendered prompt is longer than N tokens, with one line counting them "
+                        "(explore.py's --max-prompt-len); 0 = no cap")
     g.add_argument("--max-model-len", type=int, default=None,
                    help="context (prompt + response) in tokens; 0 = the checkpoint's max_position_embeddings, which "
                         "carries the explore run's --max-model-len")
@@ -75,7 +81,7 @@ def get_args(argv=None):
                    help="cpu / cuda / auto (hf backend; under torchrun: each rank's own GPU)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
     args = p.parse_args(argv)
-    cli.check_positive(args, "resample", "limit", "max_model_len", "part_size", allow_zero=True)
+    cli.check_positive(args, "resample", "limit", "max_model_len", "max_prompt_len", "part_size", allow_zero=True)
     cli.check_positive(args, "max_new_tokens")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise cli.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
@@ -151,25 +157,55 @@ def step_chunks(steps: list[int], max_lines: int = 10) -> list[list[int]]:
 
 
 def from_rollouts(run: Path, ranges, out: Path) -> dict[int, Tally]:
-    """Stream the selected steps' rollouts into `out`; returns a Tally per step."""
+    """The selected steps' rollouts into `out`; returns a Tally per step. Every step selected and every record
+    usable as logged (explore.py's always are): `out` is a hard link to the rollouts file, not a copy of it."""
     path = run / "rollouts.jsonl"
     if not path.is_file():
         raise cli.UserError(f"{path}: no such file (is --run an explore.py output folder?)")
-    tallies: dict[int, Tally] = {}
-    lo, hi = math.inf, -math.inf  # the steps the run logged, for the error message
+    if ranges == parse_steps(""):
+        tallies, as_is = read_rollouts(path, ranges)  # validates every record
+        if as_is and hard_link(path, out):
+            return tallies
     with cli.atomic_open(out) as f:
-        for ln, d in read_jsonl(path):
-            t = trajectory_from_dict(d, f"{path}:{ln}")
-            if t.step is None:
-                raise cli.UserError(f"{path}:{ln}: missing field 'step' (explore.py rollouts carry their RL step)")
-            lo, hi = min(lo, t.step), max(hi, t.step)
-            if in_steps(t.step, ranges):
-                t.source = t.source or "rollout"
+        return read_rollouts(path, ranges, f)[0]
+
+
+def read_rollouts(path: Path, ranges, f=None) -> tuple[dict[int, Tally], bool]:
+    """Validate every logged rollout and tally the selected steps' (writing them to the open file f, if given).
+    Returns (a Tally per step, whether every selected record stands as logged: it names its source)."""
+    tallies: dict[int, Tally] = {}
+    as_is = True
+    lo, hi = math.inf, -math.inf  # the steps the run logged, for the error message
+    for ln, d in read_jsonl(path):
+        t = trajectory_from_dict(d, f"{path}:{ln}")
+        if t.step is None:
+            raise cli.UserError(f"{path}:{ln}: missing field 'step' (explore.py rollouts carry their RL step)")
+        lo, hi = min(lo, t.step), max(hi, t.step)
+        if in_steps(t.step, ranges):
+            as_is = as_is and bool(t.source)
+            t.source = t.source or "rollout"
+            if f is not None:
                 f.write(t.to_json() + "\n")
-                tallies.setdefault(t.step, Tally()).add(t)
-        if not tallies:
-            raise cli.UserError(f"{path}: no rollouts at the requested --steps (the run logged steps {lo}-{hi})")
-    return tallies
+            tallies.setdefault(t.step, Tally()).add(t)
+    if not tallies:
+        raise cli.UserError(f"{path}: no rollouts at the requested --steps (the run logged steps {lo}-{hi})")
+    return tallies, as_is
+
+
+def hard_link(src: Path, out: Path) -> bool:
+    """Make `out` a hard link to src (in one rename: a reader never sees a half file); False where the filesystem
+    cannot (another device), and the caller writes a copy. explore.py only appends to its rollouts while its run
+    goes on, and a finished run's file stays as it is; resuming that run with more --steps grows this harvest
+    too, so harvest again after."""
+    tmp = out.with_name(f".{out.name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.link(src, tmp)
+    except OSError:
+        return False
+    os.replace(tmp, out)
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,7 +224,7 @@ def resample_settings(args, run: Path) -> dict:
             raise cli.UserError(f"{run / 'args.json'}: not valid UTF-8") from None
     s = {}
     for key, default in (("data", None), ("split", "train"), ("limit", 0), ("max_new_tokens", None), ("max_model_len", 0),
-                         ("temperature", 1.0), ("top_p", 1.0), ("seed", 0), ("reward", "dapo")):
+                         ("max_prompt_len", 0), ("temperature", 1.0), ("top_p", 1.0), ("seed", 0), ("reward", "dapo")):
         v = getattr(args, key)
         s[key] = v if v is not None else explore.get(key, default)
         if s[key] is None:
@@ -209,7 +245,7 @@ def load_for_sampling(ckpt: Path, problems, s: dict, backend: str, device, gpu_m
     data.render_prompts(problems, tok)
     context, overrides = plan_context(load_config(str(ckpt), trust_remote_code),
                                       longest_prompt(tok, [p.prompt for p in problems]), s["max_new_tokens"],
-                                      s["max_model_len"], str(ckpt))
+                                      s["max_model_len"], str(ckpt), s["max_prompt_len"])
     load = lambda: load_policy(str(ckpt), device=device, trust_remote_code=trust_remote_code)[0]  # noqa: E731
     return make_engine(backend, load, tok, str(ckpt), max_model_len=context, hf_overrides=overrides,
                        dtype=rollout_dtype(dtype, torch.device(device).type == "cuda"),
@@ -252,6 +288,11 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally] | None:
     # fails before any model loads ('toy' writes its files once: rank 0 first)
     problems = dist.main_first(lambda: data.load_problems(toy.resolve(s["data"], "data"), split=s["split"],
                                                           limit=s["limit"]))
+    if s["max_prompt_len"]:  # (one run's checkpoints share a tokenizer: the first one's decides)
+        from lib.modeling import load_tokenizer
+
+        tok = load_tokenizer(str(ckpts[0][1]), args.trust_remote_code)
+        problems = data.drop_long_prompts(data.render_prompts(problems, tok), tok, s["max_prompt_len"], s["data"])
     verifier = reward.load_reward(s["reward"])  # (so does a bad --reward)
     backend = resolve_backend(args.backend)
     device = dist.device(args.device)
@@ -327,7 +368,9 @@ def main(argv=None):
     for t in tallies.values():
         total.merge(t)
     print(total.line(f"total ({len(tallies)} {what})"))
-    print(f"wrote {out}")
+    linked = not args.resample and os.path.samefile(out, run / "rollouts.jsonl")
+    print(f"wrote {out}" + (" (a hard link to the run's rollouts.jsonl: every step, as logged; no copy)"
+                            if linked else ""))
 
 
 if __name__ == "__main__":

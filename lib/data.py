@@ -277,6 +277,30 @@ def render_prompts(problems: list[Problem], tokenizer) -> list[Problem]:
     return problems
 
 
+def prompt_lengths(tokenizer, prompts: list[str]) -> list[int]:
+    """Tokens of each rendered prompt, as the engines tokenize them (no special tokens added)."""
+    return [len(x) for x in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+
+
+def drop_long_prompts(problems: list[Problem], tokenizer, max_prompt_len: int, name: str,
+                      log=print) -> list[Problem]:
+    """The problems whose rendered prompt (render_prompts first) holds at most max_prompt_len tokens; 0 = all.
+
+    As verl's filter_overlong_prompts: a longer prompt is dropped at load time, never cut (a truncated problem
+    statement is another problem, with the same ground truth). One line counts what went; a set left empty is a
+    one-line error."""
+    if not max_prompt_len:
+        return problems
+    lengths = prompt_lengths(tokenizer, [p.prompt for p in problems])
+    kept = [p for p, n in zip(problems, lengths) if n <= max_prompt_len]
+    if not kept:
+        raise UserError(f"{name}: every one of its {len(problems):,} prompts is longer than --max-prompt-len "
+                        f"{max_prompt_len} tokens (the shortest has {min(lengths, default=0):,})")
+    log(f"{name}: dropped {len(problems) - len(kept):,} of {len(problems):,} prompts longer than {max_prompt_len} "
+        f"tokens (--max-prompt-len)")
+    return kept
+
+
 def parse_benchmarks(spec: str) -> dict[str, str]:
     """'NAME=PATH[,NAME=PATH...]' -> {name: path} (a stage turns 'toy' into this form: lib/toy.resolve)."""
     out = {}

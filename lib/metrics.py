@@ -116,3 +116,12 @@ def rl_step_row(step: int, batch, st: dict, lr_used: float, t_gen: float, step_t
         "gen_time": t_gen,
         "step_time": step_time,
     }
+
+
+def capped_summary(rows: list[dict], max_gen_batches: int) -> str:
+    """The end-of-run line counting the steps explore.py's generation-batch cap cut short (metrics rows with
+    `capped` 1), over every RL step row (validation-only rows have no `capped`)."""
+    steps = [r for r in rows if "capped" in r]
+    hit = sum(int(r["capped"]) for r in steps)
+    return (f"the generation-batch cap was hit on {hit} of {len(steps)} steps (--max-gen-batches {max_gen_batches})"
+            + (": those steps trained on fewer than --prompts-per-step prompts" if hit else ""))

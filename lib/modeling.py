@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.cli import UserError, replace_dir
+from lib.data import prompt_lengths
 
 
 def _check_folder(path: str) -> None:
@@ -100,25 +101,30 @@ def load_policy(spec: str, device: torch.device | str = "cpu", dtype: torch.dtyp
 
 
 def plan_context(config, longest_prompt: int, max_new_tokens: int, max_model_len: int = 0,
-                 model: str = "the model") -> tuple[int, dict | None]:
+                 model: str = "the model", max_prompt_len: int = 0) -> tuple[int, dict | None]:
     """(context, config overrides) for sampling up to max_new_tokens after the longest prompt.
 
-    Without max_model_len (--max-model-len 0) the model's own max_position_embeddings must hold the longest
-    prompt + max_new_tokens, or one line says both numbers and the flag. With it, the context is max_model_len
-    (it must hold them too), and when it exceeds the config the override {"max_position_embeddings": N} is
-    returned: vLLM gets it as hf_overrides, the trained model's config is raised (extend_context), and every
-    checkpoint saved from it carries N, so later stages load it at the same length without the flag."""
+    With max_prompt_len (--max-prompt-len: longer prompts are dropped at load time, lib/data.drop_long_prompts)
+    the context is planned for a prompt of that length instead of the longest one present, so it holds whatever
+    the cap lets through. Without max_model_len (--max-model-len 0) the model's own max_position_embeddings must
+    hold the prompt + max_new_tokens, or one line says both numbers and the flag. With it, the context is
+    max_model_len (it must hold them too), and when it exceeds the config the override
+    {"max_position_embeddings": N} is returned: vLLM gets it as hf_overrides, the trained model's config is raised
+    (extend_context), and every checkpoint saved from it carries N, so later stages load it at the same length
+    without the flag."""
     native = int(getattr(config, "max_position_embeddings", 0) or 0)
-    need = longest_prompt + max_new_tokens
+    prompt = (f"--max-prompt-len ({max_prompt_len})" if max_prompt_len
+              else f"the longest prompt ({longest_prompt} tokens)")
+    need = (max_prompt_len or longest_prompt) + max_new_tokens
     if max_model_len:
         if need > max_model_len:
-            raise UserError(f"the longest prompt ({longest_prompt} tokens) + --max-new-tokens ({max_new_tokens}) = "
-                            f"{need} tokens exceed --max-model-len {max_model_len}")
+            raise UserError(f"{prompt} + --max-new-tokens ({max_new_tokens}) = {need} tokens exceed --max-model-len "
+                            f"{max_model_len}")
         ctx = max_model_len
     elif native and need > native:
-        raise UserError(f"the longest prompt ({longest_prompt} tokens) + --max-new-tokens ({max_new_tokens}) = {need} "
-                        f"tokens exceed {model}'s context ({native}, its max_position_embeddings); pass "
-                        f"--max-model-len N with N >= {need} (DAPO's recipe: 32768)")
+        raise UserError(f"{prompt} + --max-new-tokens ({max_new_tokens}) = {need} tokens exceed {model}'s context "
+                        f"({native}, its max_position_embeddings); pass --max-model-len N with N >= {need} "
+                        f"(DAPO's recipe: 32768)")
     else:
         ctx = native or need
     return ctx, ({"max_position_embeddings": ctx} if native and ctx > native else None)
@@ -132,7 +138,7 @@ def extend_context(model, overrides: dict | None) -> None:
 
 def longest_prompt(tokenizer, prompts: list[str]) -> int:
     """Tokens of the longest prompt (as the engines tokenize them: no special tokens added)."""
-    return max((len(x) for x in tokenizer(prompts, add_special_tokens=False)["input_ids"]), default=0)
+    return max(prompt_lengths(tokenizer, prompts), default=0)
 
 
 def _looks_like_hub_id(path: str) -> bool:

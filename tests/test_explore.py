@@ -408,7 +408,7 @@ def test_resume_matches_an_uninterrupted_run(tiny_model_dir, data_file, tmp_path
         explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "4"), reward_fn=digit_reward)
 
 
-def test_cap_hit_every_step_never_crashes(tiny_model_dir, data_file, tmp_path):
+def test_cap_hit_every_step_never_crashes(tiny_model_dir, data_file, tmp_path, capsys):
     never = lambda response, gt: {"score": -1.0, "acc": False, "pred": ""}  # noqa: E731  no spread, ever
     out = tmp_path / "flat"
     explore.main(run_args(tiny_model_dir, data_file, out, "--steps", "2", "--save-every", "2", "--max-gen-batches",
@@ -416,6 +416,11 @@ def test_cap_hit_every_step_never_crashes(tiny_model_dir, data_file, tmp_path):
     rows = [r for _, r in read_jsonl(out / "metrics.jsonl")]
     assert [(r["capped"], r["gen_batches"], r["train_prompts"], r["updates"]) for r in rows] == [(1, 2, 0, 0)] * 2
     assert (out / "ckpt_000002" / "config.json").exists()
+    log = capsys.readouterr().out.splitlines()
+    assert "step 2: --max-gen-batches 2 reached with 0 of 4 prompts kept; this step trains on 0 prompts " \
+           "(capped 1 in metrics.jsonl)" in log
+    assert log[-1] == ("the generation-batch cap was hit on 2 of 2 steps (--max-gen-batches 2): those steps trained "
+                       "on fewer than --prompts-per-step prompts")
 
 
 # -----------------------------------------------------------------------------

@@ -107,6 +107,49 @@ def test_plan_context_literal_cases():
     assert plan_context(NoLen(), 10, 20, 0) == (30, None)
 
 
+def test_plan_context_with_a_prompt_cap():
+    class Cfg:
+        max_position_embeddings = 4096
+
+    # the cap, not the longest prompt present, is planned for: what the cap lets through must fit
+    with pytest.raises(UserError, match=r"^--max-prompt-len \(2048\) \+ --max-new-tokens \(8192\) = 10240 tokens exceed "
+                                        r"Qwen's context \(4096, .*--max-model-len N with N >= 10240"):
+        plan_context(Cfg(), 300, 8192, 0, "Qwen", max_prompt_len=2048)
+    assert plan_context(Cfg(), 300, 8192, 32768, max_prompt_len=2048) == (32768, {"max_position_embeddings": 32768})
+    assert plan_context(Cfg(), 5000, 1000, 0, max_prompt_len=2048) == (4096, None)  # longer prompts are dropped
+    with pytest.raises(UserError, match=r"--max-prompt-len \(2048\) \+ --max-new-tokens \(20480\) = 22528 tokens "
+                                        r"exceed --max-model-len 16384"):
+        plan_context(Cfg(), 10, 20480, 16384, max_prompt_len=2048)
+
+
+def test_prompt_cap_in_explore_and_evaluate(tiny_model_dir, tmp_path, capsys):
+    rows = [{"id": f"p{i}", "problem": "Compute " + "1+" * (40 * i) + "1.", "answer": "1"} for i in range(4)]
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = modeling.load_tokenizer(str(tiny_model_dir))
+    from lib import data as data_lib
+
+    lengths = data_lib.prompt_lengths(tok, [p.prompt for p in data_lib.render_prompts(
+        data_lib.load_problems(str(data)), tok)])
+    cap = (lengths[1] + lengths[2]) // 2  # p0, p1 fit; p2, p3 do not
+    run_explore(tiny_model_dir, data, tmp_path / "run", "--steps", "1", "--save-every", "1", "--max-prompt-len", cap,
+                "--eval-data", f"b={data}", "--eval-n", "2", "--eval-before-train")
+    out = capsys.readouterr().out
+    assert f"{data}: dropped 2 of 4 prompts longer than {cap} tokens (--max-prompt-len)" in out
+    assert f"validation set b: dropped 2 of 4 prompts longer than {cap} tokens (--max-prompt-len)" in out
+    assert {r["problem_id"] for _, r in read_jsonl(tmp_path / "run" / "rollouts.jsonl")} == {"p0", "p1"}
+    assert json.loads((tmp_path / "run" / "args.json").read_text())["max_prompt_len"] == cap
+    # evaluate.py: the same line per benchmark; a benchmark the cap empties is one line, nothing written
+    evaluate.main(["--model", str(tiny_model_dir), "--benchmarks", f"b={data}", "--n", "1", "--max-new-tokens", "4",
+                   "--max-prompt-len", str(cap), "--device", "cpu", "--out", str(tmp_path / "eval")])
+    assert f"b: dropped 2 of 4 prompts longer than {cap} tokens (--max-prompt-len)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["benchmarks"]["b"]["problems"] == 2
+    with pytest.raises(UserError, match=r"^b: every one of its 4 prompts is longer than --max-prompt-len 5 tokens"):
+        evaluate.main(["--model", str(tiny_model_dir), "--benchmarks", f"b={data}", "--n", "1", "--max-prompt-len",
+                       "5", "--device", "cpu", "--out", str(tmp_path / "eval2")])
+    assert not (tmp_path / "eval2").exists()
+
+
 def test_explore_refuses_a_context_the_model_lacks_before_writing(tiny_model_dir, tmp_path):
     data, out = write_problems(tmp_path / "p.jsonl"), tmp_path / "run"
     with pytest.raises(UserError, match=r"--max-new-tokens \(900\) = \d+ tokens exceed .*context \(1024.*"

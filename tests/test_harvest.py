@@ -112,6 +112,35 @@ def test_resample_from_checkpoints(run, tmp_path, capsys):
     assert all(t.response_tokens <= 2 for t in got2)
 
 
+def test_resample_prompt_cap(run, tmp_path, capsys):
+    # the cap (here from the flag; by default explore's args.json) drops problems before any model loads
+    with pytest.raises(UserError, match=r"every one of its 3 prompts is longer than --max-prompt-len 2 tokens"):
+        harvest.main(["--run", str(run), "--out", str(tmp_path / "h.jsonl"), "--resample", "2", "--device", "cpu",
+                      "--max-prompt-len", "2"])
+    assert not (tmp_path / "h.jsonl").exists()
+    harvest.main(["--run", str(run), "--out", str(tmp_path / "h.jsonl"), "--resample", "1", "--device", "cpu",
+                  "--max-prompt-len", "1000", "--steps", "4"])
+    assert "dropped 0 of 3 prompts longer than 1000 tokens (--max-prompt-len)" in capsys.readouterr().out
+
+
+def test_default_harvest_is_a_hard_link_to_the_rollouts(run, tmp_path, capsys):
+    out = tmp_path / "h.jsonl"
+    harvest.main(["--run", str(run), "--out", str(out)])
+    assert out.stat().st_ino == (run / "rollouts.jsonl").stat().st_ino  # every step: no copy
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {out} (a hard link to the run's rollouts.jsonl: " \
+                                                      "every step, as logged; no copy)"
+    harvest.main(["--run", str(run), "--out", str(out), "--steps", "1-4"])  # a rerun with a range: a file of its own
+    assert out.stat().st_ino != (run / "rollouts.jsonl").stat().st_ino
+    assert out.read_bytes() == (run / "rollouts.jsonl").read_bytes()  # (its records needed no change)
+    bare = tmp_path / "bare"  # records without a source are written out, with source "rollout"
+    bare.mkdir()
+    rows = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
+    (bare / "rollouts.jsonl").write_text("".join(json.dumps({**r, "source": ""}) + "\n" for r in rows))
+    harvest.main(["--run", str(bare), "--out", str(out)])
+    assert out.stat().st_ino != (bare / "rollouts.jsonl").stat().st_ino
+    assert {t.source for t in read_trajectories(out)} == {"rollout"}
+
+
 def test_resample_resumes_after_a_kill(run, tmp_path, monkeypatch):
     straight = tmp_path / "straight.jsonl"
     harvest.main(["--run", str(run), "--out", str(straight), "--resample", "2"])

@@ -78,3 +78,13 @@ def test_ks_up_to(n, expected):
 def test_ks_up_to_invalid():
     with pytest.raises(ValueError):
         ks_up_to(0)
+
+
+def test_capped_summary_counts_rl_steps_only():
+    from lib.metrics import capped_summary
+
+    rows = [{"step": 0, "val/mean_acc": 0.1}, {"step": 1, "capped": 0}, {"step": 2, "capped": 1},
+            {"step": 3, "capped": 1}, {"step": 4, "capped": 0}]
+    assert capped_summary(rows, 10) == ("the generation-batch cap was hit on 2 of 4 steps (--max-gen-batches 10): "
+                                        "those steps trained on fewer than --prompts-per-step prompts")
+    assert capped_summary(rows[:2], 3) == "the generation-batch cap was hit on 0 of 1 steps (--max-gen-batches 3)"

@@ -100,6 +100,38 @@ def test_wandb_offline(tmp_path, monkeypatch):
     assert list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
 
 
+def test_wandb_run_per_stage_in_the_loop_group(tmp_path, monkeypatch):
+    """Under loop.sh (RLOOP_STAGE, RLOOP_WANDB_GROUP) a stage's wandb run is named after the stage, in the loop
+    run's group; by hand, after its OUT, in no group. (A stand-in wandb records what init is given.)"""
+    import types
+
+    inits = []
+    fake = types.SimpleNamespace(util=types.SimpleNamespace(generate_id=lambda: "id0"),
+                                 init=lambda **kw: inits.append(kw) or types.SimpleNamespace(finish=lambda: None))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.delenv(tracking.STAGE_ENV, raising=False)
+    monkeypatch.delenv(tracking.GROUP_ENV, raising=False)
+    tracking.Tracker(["wandb"], tmp_path / "a", "explore").close()
+    monkeypatch.setenv(tracking.STAGE_ENV, "iter2-explore")
+    monkeypatch.setenv(tracking.GROUP_ENV, "loop-3f9a1c2e")
+    tracking.Tracker(["wandb"], tmp_path / "b", "explore").close()
+    assert [(kw["name"], kw["group"], kw["job_type"]) for kw in inits] == \
+        [(str(tmp_path / "a"), None, "explore"), ("iter2-explore", "loop-3f9a1c2e", "explore")]
+    assert tracking.wandb_names("x", env={}) == {"name": "x", "group": None}
+
+
+def test_loop_group_is_kept_in_the_loop_folder(tmp_path):
+    loop = tmp_path / "qwen-run"
+    dry = tracking.loop_group(loop, create=False)
+    assert dry.startswith("qwen-run-") and len(dry) == len("qwen-run-") + 8 and not loop.exists()  # writes nothing
+    group = tracking.loop_group(loop)
+    assert (loop / tracking.GROUP_FILE).read_text() == group + "\n"
+    assert tracking.loop_group(loop) == tracking.loop_group(loop, create=False) == group  # a rerun joins it
+    r = subprocess.run([sys.executable, "-m", "lib.tracking", "group", str(loop)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout == group + "\n"
+
+
 def test_explore_mirrors_every_row_and_logs_samples(tiny_model_dir, tmp_path):
     from test_explore import digit_reward, run_args, write_problems
 

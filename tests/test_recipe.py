@@ -1,0 +1,109 @@
+"""recipes/qwen2.5-math-7b-dapo.sh without a GPU: --help and --vars run nothing; the values in use and their origin
+are printed first; a variable it does not list never leaks in; DRY_RUN=1 prints the values, footprint's estimate and
+(once loop.sh has a dry run) the stage commands in order, writing nothing under OUT. The recipe running the stages
+is scripts/rehearse.sh's job (tests/test_rehearse.py)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = "recipes/qwen2.5-math-7b-dapo.sh"
+CLEAN_ENV = {"PATH": os.environ["PATH"], "PYTHON": sys.executable}  # no recipe variable from the caller's shell
+
+
+def recipe(*args, **env):
+    return subprocess.run(["bash", RECIPE, *args], cwd=ROOT, env={**CLEAN_ENV, **env}, capture_output=True,
+                          text=True, timeout=120)
+
+
+def values(**env) -> dict:
+    r = recipe("--vars", **env)
+    assert r.returncode == 0, r.stderr
+    return dict(line.split("=", 1) for line in r.stdout.splitlines())
+
+
+def test_help_lists_every_variable_and_runs_nothing(tmp_path):
+    r = recipe("--help", OUT=str(tmp_path / "out"))
+    assert r.returncode == 0 and r.stderr == ""
+    for name in values():  # each with its value and a meaning line that names its origin
+        assert f"\n  {name:<18} " in r.stdout, name
+    assert "dapo-32b-lengths   MAX_NEW_TOKENS=20480 GEN_BATCH_SIZE=1536 MICRO_BATCH=2" in r.stdout
+    assert "(verl 7B: override_config.max_position_embeddings=32768)" in r.stdout
+    assert not (tmp_path / "out").exists()
+    assert recipe("--bogus").returncode == 2
+
+
+def test_defaults_follow_verl_7b_and_the_preset():
+    v = values()
+    assert {k: v[k] for k in ("MAX_PROMPT_LEN", "MAX_NEW_TOKENS", "OVERLONG_BUFFER", "OVERLONG_FACTOR",
+                              "MAX_MODEL_LEN", "PROMPTS_PER_STEP", "GEN_BATCH_SIZE", "N_SAMPLES", "MINI_BATCH", "LR",
+                              "WARMUP_STEPS", "WEIGHT_DECAY", "GRAD_CLIP", "EPS_LOW", "EPS_HIGH", "CLIP_RATIO_C",
+                              "LOSS_AGG", "TEMPERATURE", "TOP_P", "EVAL_EVERY", "EVAL_BEFORE_TRAIN", "EVAL_TOP_P",
+                              "EVAL_TEMPERATURE", "RL_STEPS", "SAVE_EVERY", "LOGGER", "KEEP_CHECKPOINTS")} == {
+        "MAX_PROMPT_LEN": "2048", "MAX_NEW_TOKENS": "8192", "OVERLONG_BUFFER": "4096", "OVERLONG_FACTOR": "1.0",
+        "MAX_MODEL_LEN": "32768", "PROMPTS_PER_STEP": "512", "GEN_BATCH_SIZE": "512", "N_SAMPLES": "16",
+        "MINI_BATCH": "32", "LR": "1e-6", "WARMUP_STEPS": "10", "WEIGHT_DECAY": "0.1", "GRAD_CLIP": "1.0",
+        "EPS_LOW": "0.2", "EPS_HIGH": "0.28", "CLIP_RATIO_C": "10", "LOSS_AGG": "token-mean", "TEMPERATURE": "1.0",
+        "TOP_P": "1.0", "EVAL_EVERY": "10", "EVAL_BEFORE_TRAIN": "1", "EVAL_TOP_P": "0.7", "EVAL_TEMPERATURE": "1.0",
+        "RL_STEPS": "200", "SAVE_EVERY": "10", "LOGGER": "tensorboard", "KEEP_CHECKPOINTS": "200"}
+    assert v["EVAL_BENCHMARKS"] == "aime24=HuggingFaceH4/aime_2024@train"
+    v32 = values(PRESET="dapo-32b-lengths")
+    assert (v32["MAX_NEW_TOKENS"], v32["GEN_BATCH_SIZE"], v32["MICRO_BATCH"]) == ("20480", "1536", "2")
+    assert {k: x for k, x in v32.items() if v[k] != x} == {"PRESET": "dapo-32b-lengths", "MAX_NEW_TOKENS": "20480",
+                                                          "GEN_BATCH_SIZE": "1536", "MICRO_BATCH": "2"}
+    assert values(PRESET="dapo-32b-lengths", MAX_NEW_TOKENS="9000")["MAX_NEW_TOKENS"] == "9000"  # a variable wins
+    r = recipe("--vars", PRESET="dapo-70b")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: PRESET=dapo-70b: expected one of:")
+
+
+def test_no_common_word_leaks_in():
+    v = values(N="3", EVAL="x=y.jsonl", GEN_BATCH="7")
+    assert v["N_SAMPLES"] == "16" and v["BENCHMARKS"].startswith("aime24=") and v["GEN_BATCH_SIZE"] == "512"
+
+
+def dry_run(tmp_path, **env):
+    out = tmp_path / "out"
+    r = recipe(DRY_RUN="1", OUT=str(out), **env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    assert not out.exists()  # nothing written under OUT
+    return r.stdout
+
+
+def test_dry_run_prints_values_and_the_estimate_and_runs_nothing(tmp_path):
+    text = dry_run(tmp_path, N="5", RL_STEPS="100")
+    assert "== recipes/qwen2.5-math-7b-dapo.sh (PRESET=dapo-7b)" in text
+    assert "   MAX_NEW_TOKENS     8192" in text and "(preset dapo-7b)" in text
+    assert "   RL_STEPS           100" in text and "(environment)" in text
+    assert "note: N is set in the environment and not read (the variable is N_SAMPLES)" in text
+    assert "ESTIMATE (arithmetic, not a measurement; nothing here has run on a GPU) — PRESET=dapo-7b" in text
+    assert "ESTIMATE" in dry_run(tmp_path, PRESET="dapo-32b-lengths")
+
+
+LOOP_HAS_DRY_RUN = "DRY_RUN" in (ROOT / "loop.sh").read_text()
+
+
+@pytest.mark.skipif(not LOOP_HAS_DRY_RUN, reason="loop.sh has no DRY_RUN yet: the recipe prints the values and the "
+                                                 "estimate and stops (test_dry_run_without_loop_support)")
+@pytest.mark.parametrize("preset, new_tokens", [("dapo-7b", 8192), ("dapo-32b-lengths", 20480)])
+def test_dry_run_lists_the_stage_commands_in_order(tmp_path, preset, new_tokens):
+    text = dry_run(tmp_path, PRESET=preset)
+    stages = [line for line in text.splitlines() if line.startswith("+ ")]
+    explore = [s for s in stages if "explore.py" in s]
+    assert len(explore) == 4 and "iter1/explore" in explore[0] and "vanilla" in explore[-1]
+    for flag in (f"--max-new-tokens {new_tokens}", "--max-prompt-len 2048", "--max-model-len 32768",
+                 "--eval-every 10", "--eval-before-train", "--eval-data aime24=HuggingFaceH4/aime_2024@train",
+                 "--logger tensorboard", "--n-responses 16", "--prompts-per-step 512", "--lr 1e-6"):
+        assert flag in explore[0], flag
+    order = [next(i for i, s in enumerate(stages) if word in s) for word in
+             ("explore.py", "harvest.py", "filter.py", "consolidate.py", "evaluate.py", "report.py")]
+    assert order[:4] == sorted(order[:4]) and order[-1] == len(stages) - 1
+
+
+@pytest.mark.skipif(LOOP_HAS_DRY_RUN, reason="loop.sh has a dry run")
+def test_dry_run_without_loop_support(tmp_path):
+    text = dry_run(tmp_path)
+    assert text.rstrip().endswith("DRY_RUN: this loop.sh cannot list its stage commands without running them; "
+                                  "nothing was run")
