@@ -126,6 +126,19 @@ torchrun="$PYTHON -m torch.distributed.run --nnodes $NNODES --node-rank $NODE_RA
 torchrun+=" --master-port $MASTER_PORT --nproc-per-node $NPROC_PER_NODE"
 if [[ -z "$TRAIN_LAUNCH" ]]; then if (( world > 1 )); then TRAIN_LAUNCH=$torchrun; else TRAIN_LAUNCH=$PYTHON; fi; fi
 if [[ -z "$EVAL_LAUNCH" ]]; then if (( JOBS == 2 )); then EVAL_LAUNCH=$PYTHON; else EVAL_LAUNCH=$TRAIN_LAUNCH; fi; fi
+# torchrun reads an abbreviation of its own options anywhere on its command line (--n: --nnodes or --nproc-per-node,
+# --run: --run-path) and stops: refused now, not hours later when the first evaluation starts
+for v in EXPLORE_ARGS CONSOLIDATE_ARGS EVAL_ARGS HARVEST_ARGS; do
+  launch=$TRAIN_LAUNCH
+  if [[ $v == EVAL_ARGS || $v == HARVEST_ARGS ]]; then launch=$EVAL_LAUNCH; fi
+  [[ "$launch" == *torch.distributed.run* || "$launch" == *torchrun* ]] || continue
+  for a in ${!v}; do
+    if [[ "$a" =~ ^--(n|no|node|nproc|run)(=.*)?$ ]]; then
+      die "$v: ${a%%=*} is an abbreviation of a torchrun option and this stage runs under torchrun: write it in full" \
+        "(--n-samples / --n-responses, --run-dir)"
+    fi
+  done
+done
 cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
 all_threads=${OMP_NUM_THREADS:-$cores}
 if (( JOBS == 2 )) && [[ -z "${OMP_NUM_THREADS:-}" ]]; then  # two stages at a time: half the cores each

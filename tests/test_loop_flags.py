@@ -134,6 +134,7 @@ def test_dry_run_of_node_1_and_of_a_resampling_harvest(tmp_path):
     ({"NNODES": "2", "NODE_RANK": "2"}, "NODE_RANK=2 must be in 0..NNODES-1"),
     ({"NPROC_PER_NODE": "2", "JOBS": "2"}, "JOBS=2 runs two stages at once"),
     ({"NNODES": "two"}, "NNODES=two must be a whole number"),
+    ({"NPROC_PER_NODE": "2", "EVAL_ARGS": "--n 4"}, "EVAL_ARGS: --n is an abbreviation of a torchrun option"),
 ])
 def test_bad_settings_stop_before_anything_is_written(tmp_path, env, expect):
     rc, out, err = loop(tmp_path, **env)
