@@ -26,7 +26,6 @@ Rank 0 alone writes; the folder is the same one from_pretrained model. --resume 
 """
 from __future__ import annotations
 
-import copy
 import shutil
 import tempfile
 import time
@@ -186,9 +185,9 @@ def run(args):
         for d in out.parent.glob(f".{out.name}.final.*"):  # a final folder a kill left half-written
             shutil.rmtree(d, ignore_errors=True)
     cli.seed_everything(args.seed)
+    overrides = {"max_position_embeddings": max_len} if native and max_len > native else None
+    # the KL reference: the starting policy, frozen (loaded after the policy is sharded: one unsharded copy at a time)
     ref = None
-    if args.kl_coef > 0:  # the starting policy, frozen
-        ref = copy.deepcopy(model).eval().requires_grad_(False)
     resume_state = None
     metrics = out / "metrics.jsonl"
     if ckpt:
@@ -202,8 +201,8 @@ def run(args):
     elif main_rank:
         checkpoint.start_fresh(out, [metrics], drop_checkpoints=True)
     train.prepare(model, device, args.bf16, args.grad_checkpointing)
-    if ref is not None:
-        dist.shard_model(ref, device, bf16=args.bf16)  # (no optimizer state: sharding only saves its memory)
+    if args.kl_coef > 0:
+        ref = train.frozen_reference(model_path, device, args.bf16, overrides, args.trust_remote_code)
     if main_rank:
         cli.save_args(args, out)
     n_tok = sum(len(e.response_ids) for e in examples)
@@ -245,7 +244,7 @@ def run(args):
         return 0
     all_rows = [r for _, r in read_jsonl(metrics, allow_empty=True)]
     summary = {"model": model_path, "data": args.data, "trajectories": len(trajs),
-               "examples": len(examples), "response_tokens": n_tok, "truncated": truncated, "steps": total,
+               "examples": len(examples), "response_tokens": n_tok, "truncated_count": truncated, "steps": total,
                "warmup": cfg.warmup,
                "loss_first": all_rows[0]["loss"] if all_rows else None,
                "loss_last": all_rows[-1]["loss"] if all_rows else None,
@@ -259,6 +258,7 @@ def run(args):
             if (out / name).is_dir():
                 shutil.copytree(out / name, tmp / name)
         cli.atomic_write_json(tmp / DONE, summary)
+        cli.mark_done(tmp, "consolidate", steps=total)
         cli.replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

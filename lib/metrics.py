@@ -63,6 +63,22 @@ def summarize(trajectories, n: int) -> dict:
             "pass@k": {str(k): mean_pass_at_k(counts, k) for k in ks_up_to(n)}}
 
 
+# Keys renamed so that one name means one thing in every output (docs/outputs.md): canonical name -> the names
+# outputs written earlier carry. Readers look keys up through `metric`, so old run folders still report.
+RENAMED = {"mean_acc": ("acc",), "truncated_frac": ("truncated",), "truncated_count": ("truncated",),
+           "skipped_updates": ("skipped",), "kept_trajectories": ("kept",)}
+
+
+def metric(row: dict, name: str, default=None):
+    """row[name], else the value under one of its earlier names (RENAMED), else default."""
+    if name in row:
+        return row[name]
+    for old in RENAMED.get(name, ()):
+        if old in row:
+            return row[old]
+    return default
+
+
 def json_num(v, digits: int = 5):
     """A metrics value for JSONL: floats rounded to `digits` decimals, or to `digits` significant digits when that
     keeps more (a probability gap of 3e-7 stays 3e-7, not 0); nan / inf as null (strict JSON: jq and friends reject
@@ -87,7 +103,7 @@ def rl_step_row(step: int, batch, st: dict, lr_used: float, t_gen: float, step_t
     return {
         "step": step,
         "reward": mean([r["reward"] for r in batch.rows]),  # over every rollout drawn this step
-        "acc": mean([float(r["acc"]) for r in batch.rows]),
+        "mean_acc": mean([float(r["acc"]) for r in batch.rows]),
         "train_reward": mean([x for g in batch.groups for x in g.rewards]),  # the trained (filtered) groups
         "groups_kept": batch.passed_filter / max(1, batch.drawn_groups),
         "gen_batches": batch.gen_batches,
@@ -95,7 +111,7 @@ def rl_step_row(step: int, batch, st: dict, lr_used: float, t_gen: float, step_t
         "capped": int(batch.capped),
         "resp_len_mean": mean(lengths),
         "resp_len_max": max(lengths),
-        "truncated": mean([float(r["finish_reason"] == "length") for r in batch.rows]),
+        "truncated_frac": mean([float(r["finish_reason"] == "length") for r in batch.rows]),
         "entropy": st["entropy"],
         "pg_loss": st["pg_loss"],
         "grad_norm": st["grad_norm"],

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from lib import checkpoint, dist
+from lib.dapo import kl_penalty
 from lib.metrics import json_num
 from lib.modeling import token_logprobs
 from lib.train import autocast, empty_batch, equal_passes, lr_factor, micro_batches, right_padded
@@ -151,10 +152,9 @@ def step_loss(model, examples: list[Example], cfg: SFTConfig, pad_id: int, n_tok
         if cfg.kl_coef > 0 and ref_model is not None:
             with torch.no_grad(), autocast(device, cfg.bf16):
                 ref_logp = token_logprobs(ref_model, ids, attn)  # [b, T]
-            # k3 estimator of KL(pi || ref): e^d - d - 1 >= 0, low variance. d is masked *before* exp: at pad
-            # positions the two models may disagree wildly, and inf * 0 would be nan.
-            d = (ref_logp - logp) * mask
-            kl = ((d.exp() - d - 1) * mask).sum()
+            # KL(pi || ref) per token, verl's low_var_kl (the k3 estimator, as explore.py --kl-coef), summed over
+            # response tokens (train divides by the step's token count, as the loss)
+            kl = (kl_penalty(logp, ref_logp) * mask).sum()
             loss = loss + cfg.kl_coef * kl
             kl_sum += kl.item()
         (loss / n_tokens * scale).backward()
@@ -201,7 +201,7 @@ def train(model, examples: list[Example], cfg: SFTConfig, pad_id: int, ref_model
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
             sched.step()
         row = {"step": step + 1, "loss": json_num(nll, 5), "kl": json_num(kl, 6), "grad_norm": json_num(grad_norm, 4),
-               "lr": lr, "tokens": int(n_tokens), "skipped": int(skipped), "step_time": round(time.time() - t0, 3)}
+               "lr": lr, "tokens": int(n_tokens), "skipped_updates": int(skipped), "step_time": round(time.time() - t0, 3)}
         rows.append(row)
         bar.set_postfix(loss=f"{nll:.3f}", grad_norm=f"{grad_norm:.3g}", lr=f"{lr:.2g}",
                         tok_s=round(n_tokens / max(row["step_time"], 1e-9)))

@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 
 from lib import dist
+from lib.dapo import kl_loss, policy_loss
 from lib.modeling import pad_rows, shared_prompt_logprobs, token_logprobs
 
 
@@ -224,6 +225,98 @@ def micro_batch_logprobs(model, mb: MicroBatch, temperature: float, with_entropy
                                   with_entropy=with_entropy)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The RL update (explore.py's train_on_batch): one optimiser update per mini-batch, gradients accumulated over its
+# micro-batches. Under torchrun (FSDP2) every rank runs these on its share of the mini-batch: optimizer_update
+# all-reduces `global_tokens` / `global_seqs` and multiplies the loss by the world size (FSDP averages gradients
+# over ranks; the token mean over all ranks needs their sum).
+
+
+@dataclass
+class LossConfig:
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    clip_ratio_c: float = 10.0
+    agg: str = "token-mean"
+    temperature: float = 1.0  # log-probs under softmax(logits / T), the distribution that was sampled
+    bf16: bool | None = None  # bf16 autocast; None = lib/train.default_bf16
+    kl_coef: float = 0.0  # weight of the KL penalty to the reference (needs every MicroBatch.ref_logp)
+
+
+@dataclass
+class UpdateConfig:
+    """One RL step's update: its batching and its loss (explore.update_config builds it from the flags)."""
+    mini_batch: int  # prompts, with all their responses, per optimiser update
+    micro_batch: int  # sequences per forward / backward
+    share_prompt: bool  # each prompt runs once per micro-batch (lib/modeling.shared_prompt_logprobs)
+    grad_clip: float
+    loss: LossConfig
+
+
+def accumulate_gradients(model, mbs: list[MicroBatch], cfg: LossConfig, global_tokens: float,
+                         global_seqs: float, loss_scale: float = 1.0) -> dict:
+    """Forward + backward over one mini-batch's micro-batches. Each micro-batch's loss is its share of the
+    mini-batch loss (divided by global_tokens / global_seqs, the mini-batch totals), so the accumulated
+    gradient equals the one of a single pass over the whole mini-batch. Under data parallelism, pass the
+    totals over all ranks and loss_scale = world size (FSDP averages gradients over ranks).
+    Returns sums over the mini-batch (this rank's part): loss (unscaled), token-weighted stats, entropy
+    (when old_logp is None)."""
+    device = mbs[0].ids.device
+    out = {"loss": 0.0, "tokens": 0, "clipfrac_high": 0.0, "clipfrac_low": 0.0, "clipfrac_dual": 0.0,
+           "approx_kl": 0.0, "entropy_sum": 0.0, "kl": 0.0}
+    for mb in mbs:
+        reuse = mb.old_logp is None  # the step's first update: the sampling policy IS the current one
+        with autocast(device, cfg.bf16):
+            if reuse:
+                logp, ent = micro_batch_logprobs(model, mb, cfg.temperature, with_entropy=True)
+                out["entropy_sum"] += ent.float()[mb.mask].sum().item()
+            else:
+                logp = micro_batch_logprobs(model, mb, cfg.temperature)  # [b, T]
+        logp = logp.float()
+        old = logp.detach() if reuse else mb.old_logp
+        mb.old_logp = old  # (kept: rollout_probs_diff reads every micro-batch's old log-probs after the updates)
+        loss, st = policy_loss(logp, old, mb.adv, mb.mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+                               clip_ratio_c=cfg.clip_ratio_c, agg=cfg.agg, global_tokens=global_tokens,
+                               global_seqs=global_seqs)
+        if cfg.kl_coef and mb.ref_logp is not None:  # this micro-batch's share of the mini-batch's KL term
+            kl = kl_loss(logp, mb.ref_logp, mb.mask, cfg.agg, global_tokens, global_seqs)
+            out["kl"] += kl.item()
+            loss = loss + cfg.kl_coef * kl
+        (loss * loss_scale).backward()
+        k = int(mb.mask.sum())
+        out["loss"] += loss.item()
+        out["tokens"] += k
+        if k:  # (an empty padding micro-batch has no stats)
+            for name in ("clipfrac_high", "clipfrac_low", "clipfrac_dual", "approx_kl"):
+                out[name] += st[name] * k  # stats are means over this micro-batch's tokens
+    return out
+
+
+def optimizer_update(model, optimizer, mbs: list[MicroBatch], cfg: LossConfig, grad_clip: float) -> dict:
+    """One optimiser update on one mini-batch. A non-finite loss or gradient skips the update (the weights
+    and the optimizer state stay as they were) and reports skipped=True."""
+    optimizer.zero_grad(set_to_none=True)
+    global_tokens = float(sum(int(mb.mask.sum()) for mb in mbs))
+    global_seqs = float(sum(int((mb.mask.sum(-1) > 0).sum()) for mb in mbs))
+    if dist.is_distributed():  # the mini-batch is spread over the ranks: normalise by its total over all
+        global_tokens, global_seqs = dist.all_reduce_sum([global_tokens, global_seqs])
+    st = accumulate_gradients(model, mbs, cfg, global_tokens, global_seqs, loss_scale=dist.loss_scale())
+    if dist.is_distributed():  # the whole mini-batch's sums, the same on every rank (so is the skip decision)
+        keys = ["loss", "tokens", "clipfrac_high", "clipfrac_low", "clipfrac_dual", "approx_kl", "entropy_sum",
+                "kl"]
+        st.update(zip(keys, dist.all_reduce_sum([st[k] for k in keys])))
+        st["tokens"] = int(st["tokens"])
+    # clip_grad_norm_ returns the norm BEFORE clipping: the number the paper's stability claim is about
+    grad_norm = dist.clip_grad_norm(model.parameters(), grad_clip)
+    st["grad_norm"] = grad_norm
+    st["skipped"] = not (math.isfinite(st["loss"]) and math.isfinite(grad_norm))
+    if st["skipped"]:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.step()
+    return st
+
+
 @torch.no_grad()
 def fill_old_logprobs(model, mbs: list[MicroBatch], temperature: float, bf16: bool | None = None) -> tuple[float, int]:
     """Score every micro-batch with the current (= sampling) policy, before any update, through the same
@@ -260,6 +353,20 @@ def rollout_probs_diff(mbs: list[MicroBatch]) -> dict:
         worst = dist.all_reduce_max([worst])[0]
     return {"rollout_probs_diff_mean": total / n if n else float("nan"),
             "rollout_probs_diff_max": worst if n else float("nan")}
+
+
+def frozen_reference(path: str, device: torch.device, bf16: bool, overrides: dict | None = None,
+                     trust_remote_code: bool = False):
+    """A frozen copy of the policy at `path` (the KL reference of explore.py --kl-coef and consolidate.py --kl-coef):
+    loaded on the CPU under FSDP, the context overrides applied as to the policy, no gradient, then sharded like the
+    policy (a rank never holds two unsharded copies; no optimizer state)."""
+    from lib.modeling import extend_context, load_policy
+
+    ref = load_policy(path, device=load_device(device), trust_remote_code=trust_remote_code)[0]
+    extend_context(ref, overrides)
+    ref.eval().requires_grad_(False)
+    prepare(ref, device, bf16)
+    return ref
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """Validation during RL: avg@n and pass@k of the current policy on held-out benchmarks, between steps.
 
-explore.py --eval-data SPEC --eval-every K --eval-n N (verl's test_freq; --eval-before-train is its
+explore.py --eval-benchmarks SPEC --eval-every K --eval-n-samples N (verl's test_freq; --eval-before-train is its
 val_before_train). SPEC is what evaluate.py's --benchmarks takes ('toy', NAME=PATH[@SPLIT],...), and the
 numbers are evaluate.py's (lib.metrics.summarize), so a curve point at step s equals an evaluate.py run on
 ckpt_s with the same n, sampling settings and seed. They go into that step's metrics.jsonl row as flat keys:
@@ -20,11 +20,12 @@ PREFIX = "val/"
 def add_args(p) -> None:
     """explore.py's validation flags (their defaults are evaluate.py's sampling settings)."""
     a = p.add_argument
-    a("--eval-data", default="", metavar="SPEC",
+    a("--eval-benchmarks", "--eval-data", dest="eval_benchmarks", default="", metavar="SPEC",
       help="validate during RL on these benchmarks (evaluate.py's --benchmarks: 'toy' or NAME=PATH[@SPLIT],...): "
            "val/<bench>/mean_acc (avg@n) and val/<bench>/pass@k in metrics.jsonl; '' = off")
     a("--eval-every", type=int, default=0, help="validate every K steps and at the last (0 = at the last step only)")
-    a("--eval-n", type=int, default=4, help="samples per validation problem (avg@n, pass@k up to n)")
+    a("--eval-n-samples", "--eval-n", dest="eval_n_samples", type=int, default=4,
+      help="samples per validation problem (avg@n, pass@k up to n)")
     a("--eval-before-train", action="store_true", help="also validate the initial policy: a metrics row at step 0")
     a("--eval-limit", type=int, default=0, help="validate on the first N problems of each benchmark (0 = all)")
     a("--eval-split", default="test", help="split of hub benchmarks given without @SPLIT")
@@ -34,7 +35,7 @@ def add_args(p) -> None:
 
 def check_args(args) -> None:
     """add_args' flags, checked: one line naming the flag."""
-    cli.check_positive(args, "eval_n")
+    cli.check_positive(args, "eval_n_samples")
     cli.check_positive(args, "eval_every", "eval_limit", allow_zero=True)
     if not 0 < args.eval_top_p <= 1 or args.eval_temperature <= 0:
         raise cli.UserError(f"--eval-top-p must be in (0, 1] and --eval-temperature > 0, got {args.eval_top_p} "
@@ -42,12 +43,12 @@ def check_args(args) -> None:
 
 
 # the flags that only watch an RL run (free to change on --resume)
-FLAGS = ("eval_data", "eval_every", "eval_n", "eval_before_train", "eval_limit", "eval_split", "eval_temperature",
-         "eval_top_p")
+FLAGS = ("eval_benchmarks", "eval_every", "eval_n_samples", "eval_before_train", "eval_limit", "eval_split",
+         "eval_temperature", "eval_top_p")
 
 
 def load_benchmarks(spec: str, default_split: str = "test", limit: int = 0) -> dict[str, list[data.Problem]]:
-    """{name: problems} for an --eval-data SPEC; bad files fail now (one line), before any model loads."""
+    """{name: problems} for an --eval-benchmarks SPEC; bad files fail now (one line), before any model loads."""
     return {name: data.load_problems(path, split=split, limit=limit)
             for name, (path, split) in data.benchmark_splits(spec, default_split).items()}
 

@@ -64,7 +64,7 @@ explore_tail() {
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 r = rows[-1]
-print(f"    steps {len(rows)}, last: acc {r['acc']}, updates {r['updates']}, gen {r['gen_time']:.2f}s, "
+print(f"    steps {len(rows)}, last: acc {r.get('mean_acc', r.get('acc'))}, updates {r['updates']}, gen {r['gen_time']:.2f}s, "
       f"step {r['step_time']:.2f}s, {r['tokens_per_s']:.0f} tok/s; mean step {sum(x['step_time'] for x in rows) / len(rows):.2f}s")
 EOF
 }

@@ -89,7 +89,7 @@ CASES = [
     ("explore-wrong-type", "explore", "--data {w}/wrong_type.jsonl --out {o}", "", 2,
      ["{w}/wrong_type.jsonl:2: field 'problem' should be str, got int"]),
     ("explore-n0", "explore", "--data {w}/problems.jsonl --out {o} " + TINY_RL + " --n 0", "", 2,
-     ["--n must be >= 1, got 0"]),
+     ["--n-samples must be >= 1, got 0"]),
     ("explore-mini-batch-larger-than-batch", "explore",
      "--data {w}/problems.jsonl --out {o} " + TINY_RL + " --mini-batch 4", "", 2,
      ["--prompts-per-step (2) must be a multiple of --mini-batch (4)"]),
@@ -321,7 +321,7 @@ def test_sft_skips_a_nonfinite_step_and_goes_on():
 
     rows = sft.train(model, examples, sft.SFTConfig(steps=3, batch_size=4, lr=1e-2), tok.pad_token_id,
                      on_step=on_step, progress=False)
-    assert [r["skipped"] for r in rows] == [0, 1, 0]
+    assert [r["skipped_updates"] for r in rows] == [0, 1, 0]
     assert rows[1]["loss"] is None or not math.isfinite(rows[1]["loss"])
     assert all(torch.equal(a, b) for a, b in zip(snap[1], snap[2]))  # the skipped step changed nothing
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -343,4 +343,4 @@ def test_consolidate_stops_on_nonfinite_steps_and_writes_no_model(tiny_model_dir
     assert not (out / "consolidate.json").exists() and not (out / "config.json").exists()  # not "finished"
     rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in metrics.jsonl"))
             for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["skipped"] for r in rows] == [0, 1, 1, 1]
+    assert [r["skipped_updates"] for r in rows] == [0, 1, 1, 1]

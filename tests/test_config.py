@@ -25,13 +25,13 @@ def write(path: Path, text: str) -> Path:
 def test_json_values_are_defaults_and_the_command_line_wins(tmp_path):
     cfg = write(tmp_path / "c.json", json.dumps({"steps": 7, "lr": 1e-4, "dynamic_sampling": False,
                                                  "reward": "math_verify", "out": str(tmp_path / "a")}))
-    a = explore.get_args(["--config", str(cfg)])
-    assert (a.steps, a.lr, a.dynamic_sampling, a.reward) == (7, 1e-4, False, "math_verify")
-    assert a.out == str(tmp_path / "a") and a.n == 8  # unset keys keep the stage's defaults
-    b = explore.get_args(["--config", str(cfg), "--steps", "3", "--dynamic-sampling", "--out", str(tmp_path / "b")])
-    assert (b.steps, b.dynamic_sampling, b.out, b.lr) == (3, True, str(tmp_path / "b"), 1e-4)
+    a = explore.get_args(["--config", str(cfg)])  # ("steps": an older name of rl_steps, still read)
+    assert (a.rl_steps, a.lr, a.dynamic_sampling, a.reward) == (7, 1e-4, False, "math_verify")
+    assert a.out == str(tmp_path / "a") and a.n_samples == 8  # unset keys keep the stage's defaults
+    b = explore.get_args(["--config", str(cfg), "--rl-steps", "3", "--dynamic-sampling", "--out", str(tmp_path / "b")])
+    assert (b.rl_steps, b.dynamic_sampling, b.out, b.lr) == (3, True, str(tmp_path / "b"), 1e-4)
     c = explore.get_args([f"--config={cfg}", "--n-responses", "2"])  # the '=' spelling; an alias flag
-    assert (c.n, c.steps) == (2, 7)
+    assert (c.n_samples, c.rl_steps) == (2, 7)
 
 
 def test_yaml_with_dashed_keys(tmp_path):
@@ -117,6 +117,8 @@ def test_explore_replays_from_its_args_json(tiny_model_dir, tmp_path):
     rows = [strip_times([r for _, r in read_jsonl(d / "metrics.jsonl")]) for d in (x, y)]
     assert rows[0] == rows[1] and len(rows[0]) == 2
     ax, ay = (json.loads((d / "args.json").read_text()) for d in (x, y))
-    assert {k: v for k, v in ay.items() if k not in ("out", "config")} == \
-        {k: v for k, v in ax.items() if k not in ("out", "config")}
+    assert {k: v for k, v in ay.items() if k not in ("out", "config", "_run")} == \
+        {k: v for k, v in ax.items() if k not in ("out", "config", "_run")}
+    run = ay["_run"]  # where the run came from: commit, versions, command line (--config skips it)
+    assert run["commit"] and {"python", "torch", "transformers"} <= set(run["versions"]) and run["argv"]
     assert (ay["config"], ay["seed"], ay["overlong_shaping"]) == (str(x / "args.json"), 3, False)

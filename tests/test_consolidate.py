@@ -151,9 +151,10 @@ def sharpened(tok, seed: int, scale: float = 3.0):
 
 @pytest.mark.parametrize("micro_batch", [0, 1])
 def test_kl_term_equals_a_hand_computed_k3_between_two_different_models(tok, micro_batch):
-    """KL(pi || ref) on response tokens, k3 estimator: sum over response tokens of e^d - d - 1 with
-    d = log ref(token) - log pi(token), divided by the step's response tokens. Computed here from the two
-    models' logits with plain torch; and the gradient is that of (nll + kl_coef * kl) / tokens."""
+    """KL(pi || ref) on response tokens, k3 estimator with verl's clamp (low_var_kl, the same as explore.py's):
+    sum over response tokens of min(e^d - d - 1, 10) with d = log ref(token) - log pi(token), divided by the step's
+    response tokens. Computed here from the two models' logits with plain torch; and the gradient is that of
+    (nll + kl_coef * kl) / tokens (0 through a clamped token)."""
     policy, ref = sharpened(tok, seed=0), sharpened(tok, seed=1).eval()
     exs = [sft.Example([5, 6, 7, 8], [10, 11, 12]), sft.Example([5], [13, 14]), sft.Example([9, 9], [15])]
     n_tokens, coef = 6.0, 0.3
@@ -175,7 +176,7 @@ def test_kl_term_equals_a_hand_computed_k3_between_two_different_models(tok, mic
         ref_tok = lr.gather(-1, tgt[:, None])[:, 0]
         d = ref_tok - pi_tok
         nll_sum = nll_sum - pi_tok.sum()
-        kl_sum = kl_sum + (torch.exp(d) - d - 1).sum()
+        kl_sum = kl_sum + (torch.exp(d) - d - 1).clamp(max=10.0).sum()
     ((nll_sum + coef * kl_sum) / n_tokens).backward()
     want_grad = torch.cat([p.grad.flatten() for p in by_hand.parameters()]).float()
 

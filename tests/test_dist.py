@@ -94,7 +94,8 @@ def one_process_reference(model_dir):
     model = load_model(model_dir)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
     args = explore.get_args(RL_FLAGS)
-    st = explore.train_on_batch(model, opt, rl_groups(model.config.vocab_size), args, pad_id=0, device="cpu")
+    st = explore.train_on_batch(model, opt, rl_groups(model.config.vocab_size), explore.update_config(args), pad_id=0,
+                                  device="cpu")
     rl = {k: v.clone() for k, v in model.state_dict().items()}
     model = load_model(model_dir)
     ref = load_model(model_dir).eval().requires_grad_(False)
@@ -120,7 +121,8 @@ def _rank_worker(rank: int, world: int, port: int, model_dir: str, out_file: str
         model = dist.shard_model(load_model(model_dir), torch.device("cpu"))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
         args = explore.get_args(RL_FLAGS)
-        st = explore.train_on_batch(model, opt, rl_groups(model.config.vocab_size), args, pad_id=0, device="cpu")
+        st = explore.train_on_batch(model, opt, rl_groups(model.config.vocab_size), explore.update_config(args), pad_id=0,
+                                  device="cpu")
         rl = dist.full_state_dict(model)
         # vLLM glue: the engine (in this rank: external_launcher) receives whole tensors gathered from the
         # shards, in bf16, into its fused parameters

@@ -94,12 +94,12 @@ def grads_of(model, seqs, micro, cfg, per_micro_mean=False, share_prompt=False):
     mbs = train.make_micro_batches(seqs, micro, pad_id=0, device="cpu", share_prompt=share_prompt)
     if per_micro_mean:  # the trl#5619 bug: each micro-batch normalised by its own token count, then averaged
         for mb in mbs:
-            explore.accumulate_gradients(model, [mb], cfg, float(mb.mask.sum()), float(mb.ids.shape[0]))
+            train.accumulate_gradients(model, [mb], cfg, float(mb.mask.sum()), float(mb.ids.shape[0]))
         for p in model.parameters():
             p.grad /= len(mbs)
     else:
         tokens = float(sum(len(s.response_ids) for s in seqs))
-        explore.accumulate_gradients(model, mbs, cfg, tokens, float(len(seqs)))
+        train.accumulate_gradients(model, mbs, cfg, tokens, float(len(seqs)))
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -124,7 +124,7 @@ def test_micro_batch_invariance(tiny_model_dir, agg, share):
     model = load_model(tiny_model_dir)
     seqs = with_old_logprobs(model, grouped_seqs(model.config.vocab_size) if share
                              else random_seqs(model.config.vocab_size))
-    cfg = explore.LossConfig(agg=agg)
+    cfg = train.LossConfig(agg=agg)
     one = grads_of(model, seqs, 16, cfg, share_prompt=share)
     four = grads_of(model, seqs, 4, cfg, share_prompt=share)
     assert one.keys() == four.keys() and len(one) > 0
@@ -158,7 +158,7 @@ def test_shared_prompt_gives_the_full_rows_log_probs_and_gradients(tiny_model_di
         torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
         torch.testing.assert_close(d, c, rtol=0, atol=1e-5)
     seqs = with_old_logprobs(model, seqs)  # ratios away from 1: every clip branch in the gradient
-    cfg = explore.LossConfig(temperature=0.7)
+    cfg = train.LossConfig(temperature=0.7)
     one, two = grads_of(model, seqs, 8, cfg), grads_of(model, seqs, 8, cfg, share_prompt=True)
     assert one.keys() == two.keys() and len(one) > 0
     for name in one:
@@ -174,14 +174,14 @@ def test_train_on_batch_scores_old_log_probs_once_per_mini_batch_after_the_first
                                                         for s in seqs[i:i + 3]],
                             [1.0, -1.0, 1.0 if i % 2 else -1.0], [], []) for i in range(0, 18, 3)]
     args = explore.get_args(["--prompts-per-step", "6", "--mini-batch", "2", "--micro-batch", "4", "--lr", "1e-3"])
-    cfg = explore.LossConfig(temperature=args.temperature)
+    cfg = train.LossConfig(temperature=args.temperature)
 
     model = load_model(tiny_model_dir)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     scored = []
     fill = explore.fill_old_logprobs
     monkeypatch.setattr(explore, "fill_old_logprobs", lambda m, mbs, *a: scored.append(len(mbs)) or fill(m, mbs, *a))
-    st = explore.train_on_batch(model, opt, groups, args, pad_id=0, device="cpu")
+    st = explore.train_on_batch(model, opt, groups, explore.update_config(args), pad_id=0, device="cpu")
     assert st["updates"] == 3 and len(scored) == 2  # mini-batches 2 and 3 only
 
     ref = load_model(tiny_model_dir)  # the reference: score every mini-batch first, then update
@@ -192,7 +192,7 @@ def test_train_on_batch_scores_old_log_probs_once_per_mini_batch_after_the_first
     for mbs in plans:
         fill(ref, mbs, cfg.temperature)
     for mbs in plans:
-        explore.optimizer_update(ref, ref_opt, mbs, cfg, args.grad_clip)
+        train.optimizer_update(ref, ref_opt, mbs, cfg, args.grad_clip)
     for (name, a), b in zip(model.named_parameters(), ref.parameters()):
         assert not torch.equal(a, load_model(tiny_model_dir).get_parameter(name))  # the weights moved
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
@@ -204,7 +204,7 @@ def test_first_update_sees_ratio_one(tiny_model_dir, share):
     seqs = grouped_seqs(model.config.vocab_size, groups=2) if share else random_seqs(model.config.vocab_size, 8)
     mbs = train.make_micro_batches(seqs, 3, pad_id=0, device="cpu", share_prompt=share)
     train.fill_old_logprobs(model, mbs, temperature=0.7)
-    st = explore.accumulate_gradients(model, mbs, explore.LossConfig(temperature=0.7), 100.0, 8.0)
+    st = train.accumulate_gradients(model, mbs, train.LossConfig(temperature=0.7), 100.0, 8.0)
     assert st["approx_kl"] == 0.0  # old == new bit for bit: log-ratio exactly 0 on every token
     assert st["clipfrac_high"] == st["clipfrac_low"] == st["clipfrac_dual"] == 0.0
 
@@ -216,7 +216,7 @@ def test_nonfinite_update_is_skipped(tiny_model_dir):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     mbs = train.make_micro_batches(seqs, 2, pad_id=0, device="cpu")
-    st = explore.optimizer_update(model, opt, mbs, explore.LossConfig(), grad_clip=1.0)
+    st = train.optimizer_update(model, opt, mbs, train.LossConfig(), grad_clip=1.0)
     assert st["skipped"] is True
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
     assert not opt.state  # AdamW never stepped
@@ -343,8 +343,8 @@ def test_short_run_raises_the_reward(tiny_model_dir, data_file, tmp_path):
                  reward_fn=digit_reward, engine_fn=engine_fn)
     rows = [r for _, r in read_jsonl(out / "metrics.jsonl")]
     assert [r["step"] for r in rows] == list(range(1, 7))
-    early, late = sum(r["acc"] for r in rows[:2]) / 2, sum(r["acc"] for r in rows[-2:]) / 2
-    assert late > early + 0.15, [r["acc"] for r in rows]  # measured: 0.59 -> 0.88
+    early, late = sum(r["mean_acc"] for r in rows[:2]) / 2, sum(r["mean_acc"] for r in rows[-2:]) / 2
+    assert late > early + 0.15, [r["mean_acc"] for r in rows]  # measured: 0.59 -> 0.88
     # every step pushed its weights to the engine, new ones after each step with updates; the last push is
     # the saved final weights
     synced = engines[0].synced
