@@ -7,21 +7,26 @@ For every problem of every benchmark, sample n responses, score each with the ru
 for k = 1, 2, 4, ... up to n, and the unweighted average over benchmarks.
 
     python evaluate.py                                   # the toy base on the toy's test / ood / probe splits
-    python evaluate.py --model runs/loop/iter1/consolidated --benchmarks aime24=data/aime24.jsonl --n 32
+    python evaluate.py --model runs/loop/iter1/consolidated --benchmarks aime24=data/aime24.jsonl --n-samples 32
+    torchrun --nproc-per-node 8 evaluate.py --model ... --n-samples 32     # data-parallel: 8 ranks
 
 Writes OUT/samples.jsonl (every scored sample, the shared trajectory record), OUT/metrics.json, OUT/args.json.
+
+Data-parallel under torchrun (lib/rounds.py): every rank holds its own whole engine (the HF model, or a vLLM
+engine in the rank's process; no FSDP: nothing trains), samples its contiguous share of each benchmark with the
+problems' global seeds, and rank 0 gathers the records and alone writes: the outputs equal one process's.
+Resume: finished rounds of problems (--part-size per rank) are kept in OUT/.parts/; a killed evaluation rerun
+with the same command samples only the rest (parts made with other settings are discarded). samples.jsonl and
+metrics.json are written atomically once every benchmark is complete, metrics.json last; then .parts/ goes.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from lib import cli, data, reward, toy
+from lib import cli, data, dist, reward, rounds, toy
 from lib.metrics import ks_up_to, summarize
 from lib.modeling import load_config, load_policy, load_tokenizer, longest_prompt, plan_context
-from lib.records import write_jsonl
-from lib.rollout import (add_engine_args, check_engine_args, make_engine, rollout_dtype, sample_and_score,
-                         trajectories)
+from lib.rollout import add_engine_args, check_engine_args, make_engine, resolve_backend, rollout_dtype
 
 
 def get_args(argv=None):
@@ -32,7 +37,9 @@ def get_args(argv=None):
                         "@SPLIT picks a hub set's split, e.g. aime24=HuggingFaceH4/aime_2024@train); "
                         "'toy' = the toy's test, ood and probe splits")
     p.add_argument("--split", default="test", help="dataset split, for hub dataset ids given without @SPLIT")
-    p.add_argument("--n", type=int, default=8, help="samples per problem (avg@n, pass@k up to k = n)")
+    p.add_argument("--n-samples", "--n", dest="n", type=int, default=8,
+                   help="samples per problem (avg@n, pass@k up to k = n); under torchrun write --n-samples (torchrun "
+                        "reads --n as an abbreviation of its own options)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (DAPO eval: 1.0)")
     p.add_argument("--top-p", type=float, default=0.7, help="nucleus sampling (DAPO eval: 0.7)")
     p.add_argument("--max-new-tokens", type=int, default=96, help="response length cap (DAPO: 20480)")
@@ -51,12 +58,16 @@ def get_args(argv=None):
                    help="context (prompt + response) in tokens; 0 = the model's max_position_embeddings (explore.py's "
                         "checkpoints carry its --max-model-len). Qwen2.5-Math-7B itself (4096) at DAPO's 20480 new "
                         "tokens: 32768")
-    p.add_argument("--device", default="auto", help="cpu / cuda / auto")
+    p.add_argument("--part-size", type=int, default=0,
+                   help="problems each rank samples per saved part (what a killed run keeps), rounded up to whole HF "
+                        "engine batches; 0 = one HF engine batch (512 // n prompts) or "
+                        f"{rounds.VLLM_PART_SIZE} with vLLM")
+    p.add_argument("--device", default="auto", help="cpu / cuda / auto (under torchrun: each rank's own GPU)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
     args = p.parse_args(argv)
     cli.check_positive(args, "n", "max_new_tokens")
     check_engine_args(args)
-    cli.check_positive(args, "limit", "max_model_len", "max_prompt_len", allow_zero=True)
+    cli.check_positive(args, "limit", "max_model_len", "max_prompt_len", "part_size", allow_zero=True)
     if not 0 < args.top_p <= 1:
         raise cli.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
     cli.check_out_dir(args.out)
@@ -65,12 +76,21 @@ def get_args(argv=None):
 
 def main(argv=None):
     args = get_args(argv)
-    benches = data.benchmark_splits(toy.resolve(args.benchmarks, "benchmarks"), args.split)
-    # load every benchmark before any sampling: a bad file fails in a second, not after an hour of generation
+    with dist.session():  # (without torchrun nothing below touches torch.distributed)
+        return run(args)
+
+
+def run(args):
+    if dist.is_distributed() and args.tp > 1:
+        raise cli.UserError("--tp > 1 under torchrun: evaluate.py runs one engine per rank (data-parallel); "
+                            "use --tp 1, or run it with python for tensor-parallel vLLM")
+    # every benchmark loads before any sampling: a bad file fails in a second, not after an hour of generation
+    # ('toy' writes its files once: rank 0 first)
+    benches = dist.main_first(lambda: data.benchmark_splits(toy.resolve(args.benchmarks, "benchmarks"), args.split))
     problems = {name: data.load_problems(path, split=split, limit=args.limit) for name, (path, split) in benches.items()}
     verifier = reward.load_reward(args.reward)  # (a bad --reward fails here too, before the model loads)
-    device = cli.pick_device(args.device)
-    model_path = toy.resolve(args.model, "model")
+    device = dist.device(args.device)
+    model_path = dist.main_first(lambda: toy.resolve(args.model, "model"))
     # the context every benchmark needs, from the config and the tokenizer, before any weight loads
     tok = load_tokenizer(model_path, args.trust_remote_code)
     problems = {name: data.drop_long_prompts(data.render_prompts(probs, tok), tok, args.max_prompt_len, name)
@@ -78,37 +98,59 @@ def main(argv=None):
     context, overrides = plan_context(load_config(model_path, args.trust_remote_code),
                                       longest_prompt(tok, [p.prompt for ps in problems.values() for p in ps]),
                                       args.max_new_tokens, args.max_model_len, model_path, args.max_prompt_len)
+    backend, dtype = resolve_backend(args.backend), rollout_dtype(args.rollout_dtype, device.type == "cuda")
+    if dist.is_distributed():
+        print(f"{dist.world_size()} ranks, data-parallel: one {backend} engine per rank")
+    out = Path(args.out)
+    # what the samples depend on: parts made with anything else are discarded (the world size is not in it)
+    key = {"model": model_path, "benchmarks": {k: list(v) for k, v in benches.items()}, "limit": args.limit,
+           "n": args.n, "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
+           "max_model_len": args.max_model_len, "max_prompt_len": args.max_prompt_len, "reward": args.reward,
+           "seed": args.seed, "backend": backend, "rollout_dtype": dtype}
+    parts, main_rank = rounds.Parts(out / ".parts", key), dist.is_main()
+    todo = [name for name, probs in problems.items() if rounds.done_upto(parts, name) < len(probs)]
+    for name in (n for n in problems if n not in todo):
+        print(f"{name}: {len(problems[name])} problems sampled by an earlier run")
     # With vLLM the engine loads the weights itself: no HF copy of the policy may sit on the GPU beside it (7.6B in
     # fp32 is 30 GB, and vLLM asks for --gpu-memory-utilization of the whole card): make_engine calls the loader
-    # only for the HF engine
+    # only for the HF engine. Under torchrun each rank builds its own engine, vLLM's in this process
+    # (external_launcher, one engine per rank). Bad weights fail here, before anything is written.
     load = lambda: load_policy(model_path, device=device, trust_remote_code=args.trust_remote_code)[0]  # noqa: E731
-    engine = make_engine(args.backend, load, tok, model_path, max_model_len=context, hf_overrides=overrides,
-                         dtype=rollout_dtype(args.rollout_dtype, device.type == "cuda"),
+    engine = make_engine(backend, load, tok, model_path, max_model_len=context, hf_overrides=overrides, dtype=dtype,
                          gpu_memory_utilization=args.gpu_memory_utilization, tp=args.tp, seed=args.seed,
-                         trust_remote_code=args.trust_remote_code)
+                         trust_remote_code=args.trust_remote_code, in_process=dist.is_distributed()) if todo else None
+    rounds.open_parts(parts)
+    if main_rank:
+        cli.save_args(args, out)
+    for name in todo:
+        probs = problems[name]
+        rounds.sample_in_rounds(engine, probs, verifier, parts, name, n=args.n, seed=args.seed,
+                                part_size=args.part_size, max_new_tokens=args.max_new_tokens,
+                                temperature=args.temperature, top_p=args.top_p, tokenizer=tok,
+                                source=f"eval:{name}", keep_ids=False)
+    if engine is not None:
+        engine.close()  # (after the last collective: vLLM's close takes torch.distributed down with its own groups)
+    if main_rank:
+        write_outputs(args, out, parts, list(problems), model_path)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cli.save_args(args, out)
-    samples, result = [], {}
-    for name, probs in problems.items():
-        t0 = time.time()
-        trajs = trajectories(sample_and_score(engine, probs, verifier, n=args.n, max_new_tokens=args.max_new_tokens,
-                                              temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                                              tokenizer=tok, source=f"eval:{name}", keep_ids=False))
-        result[name] = summarize(trajs, args.n)
-        result[name]["seconds"] = round(time.time() - t0, 1)
-        samples += trajs
+
+def write_outputs(args, out: Path, parts: rounds.Parts, names: list[str], model_path: str) -> None:
+    """samples.jsonl, then metrics.json (last: its presence means the evaluation finished), then the table."""
+    result = {}
+    with cli.atomic_open(out / "samples.jsonl") as f:
+        for name in names:
+            trajs, seconds = parts.records(name)
+            result[name] = {**summarize(trajs, args.n), "seconds": seconds}
+            f.writelines(t.to_json() + "\n" for t in trajs)
     ks = [str(k) for k in ks_up_to(args.n)]
     average = {"mean_acc": sum(r["mean_acc"] for r in result.values()) / len(result),
                "pass@k": {k: sum(r["pass@k"][k] for r in result.values()) / len(result) for k in ks}}
     metrics = {"model": args.model if args.model != "toy" else model_path, "n": args.n,
                "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
                "benchmarks": result, "average": average}
-    write_jsonl(out / "samples.jsonl", samples)
-    cli.atomic_write_json(out / "metrics.json", metrics)  # written last: its presence means the run finished
+    cli.atomic_write_json(out / "metrics.json", metrics)
+    parts.remove()
 
-    # the table
     head = f"{'benchmark':<12} {'problems':>8} {'mean_acc':>9} " + " ".join(f"{'pass@' + k:>8}" for k in ks)
     print(head)
     print("-" * len(head))

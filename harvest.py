@@ -21,9 +21,15 @@ need not fit in memory. When every step is taken (the default) the harvest is th
 A subset of steps is written out, without `kept`.
 --steps: comma-separated steps and inclusive ranges ("1-200", "50,100,150", "1-50,100", "150-" = 150 on).
 Output: one JSONL of the shared trajectory record, written atomically, and a summary line per step range
-(default) or per checkpoint (--resample): trajectories, accuracy, problems. --resample keeps each finished
-checkpoint's samples in a hidden .OUT.parts/ folder next to the output, so a killed run resumes where it
-stopped; the folder is removed once the output is written.
+(default) or per checkpoint (--resample): trajectories, accuracy, problems. --resample keeps its finished rounds
+of problems (--part-size per rank, per checkpoint) in a hidden .OUT.parts/ folder next to the output, so a
+killed run resumes where it stopped; the folder is removed once the output is written.
+
+--resample runs data-parallel under torchrun (lib/rounds.py): every rank loads each checkpoint whole (the HF
+model, or a vLLM engine in its own process), samples its contiguous share of the problems with their global
+seeds, and rank 0 gathers the records and alone writes: the output equals one process's. Under torchrun, name
+the run with --run-dir (torchrun reads --run as an abbreviation of its --run-path). The default mode is a
+single-process file copy: run it with python.
 """
 from __future__ import annotations
 
@@ -34,16 +40,16 @@ import shutil
 import time
 from pathlib import Path
 
-from lib import cli, data, reward, toy
+from lib import cli, data, dist, reward, rounds, toy
 from lib.checkpoint import list_checkpoints
-from lib.rollout import (add_engine_args, check_engine_args, make_engine, resolve_backend, rollout_dtype,
-                         sample_and_score, trajectories)
-from lib.records import Trajectory, read_jsonl, read_trajectories, trajectory_from_dict, write_jsonl
+from lib.rollout import add_engine_args, check_engine_args, make_engine, resolve_backend, rollout_dtype
+from lib.records import Trajectory, read_jsonl, trajectory_from_dict
 
 
 def get_args(argv=None):
     p = cli.make_parser(__doc__)
-    p.add_argument("--run", required=True, help="explore.py output folder (rollouts.jsonl, ckpt_*/, args.json)")
+    p.add_argument("--run-dir", "--run", dest="run", required=True,
+                   help="explore.py output folder (rollouts.jsonl, ckpt_*/, args.json); under torchrun write --run-dir")
     p.add_argument("--out", required=True, help="output JSONL (the harvest)")
     p.add_argument("--steps", default="", help="steps / ranges to take, e.g. '1-200' or '50,100,150' (default: all)")
     p.add_argument("--resample", type=int, default=0, metavar="K",
@@ -67,10 +73,15 @@ def get_args(argv=None):
                    help="verifier: dapo, math_verify or path/to/file.py:function (runs that file; signature of "
                         "lib/reward.score)")
     add_engine_args(g, gpu_memory_utilization=0.85, tp=False)  # --backend, --gpu-memory-utilization
-    g.add_argument("--device", default="auto", help="cpu / cuda / auto (hf backend)")
+    g.add_argument("--part-size", type=int, default=0,
+                   help="problems each rank samples per saved part (what a killed run keeps), rounded up to whole HF "
+                        "engine batches; 0 = one HF engine batch (512 // K prompts) or "
+                        f"{rounds.VLLM_PART_SIZE} with vLLM")
+    g.add_argument("--device", default="auto",
+                   help="cpu / cuda / auto (hf backend; under torchrun: each rank's own GPU)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
     args = p.parse_args(argv)
-    cli.check_positive(args, "resample", "limit", "max_model_len", "max_prompt_len", allow_zero=True)
+    cli.check_positive(args, "resample", "limit", "max_model_len", "max_prompt_len", "part_size", allow_zero=True)
     cli.check_positive(args, "max_new_tokens")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise cli.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
@@ -238,60 +249,95 @@ def load_for_sampling(ckpt: Path, problems, s: dict, backend: str, device, gpu_m
     load = lambda: load_policy(str(ckpt), device=device, trust_remote_code=trust_remote_code)[0]  # noqa: E731
     return make_engine(backend, load, tok, str(ckpt), max_model_len=context, hf_overrides=overrides,
                        dtype=rollout_dtype(dtype, torch.device(device).type == "cuda"),
-                       gpu_memory_utilization=gpu_mem, trust_remote_code=trust_remote_code), tok
+                       gpu_memory_utilization=gpu_mem, trust_remote_code=trust_remote_code,
+                       in_process=dist.is_distributed()), tok
 
 
-def resample(args, run: Path, out: Path) -> dict[int, Tally]:
-    """Sample every checkpoint within --steps into its own part file, then join the parts into `out`."""
+class StreamedCheckpoint:
+    """A checkpoint folder's weights as VLLMEngine.sync_weights reads a model's (`state_dict().items()`), streamed
+    from its safetensors files one tensor at a time: no second copy of the model in memory. A tied lm_head, which
+    the file stores once as the embedding, is given under its own name too, as a model's state dict gives it (an
+    engine may hold it as a separate, repacked weight: vLLM's CPU build does)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def state_dict(self) -> "StreamedCheckpoint":
+        return self
+
+    def items(self):
+        from safetensors import safe_open
+
+        tied = (cli.read_json(self.folder / "config.json") or {}).get("tie_word_embeddings", False)
+        for f in sorted(self.folder.glob("*.safetensors")):
+            with safe_open(str(f), framework="pt") as st:
+                for name in st.keys():
+                    yield name, st.get_tensor(name)
+                    if tied and name == "model.embed_tokens.weight":
+                        yield "lm_head.weight", st.get_tensor(name)
+
+
+def resample(args, run: Path, out: Path) -> dict[int, Tally] | None:
+    """Sample every checkpoint within --steps, round by round, into the parts folder, then join the parts into
+    `out`. Under torchrun every rank calls it; rank 0 alone writes, and returns the tallies (None elsewhere)."""
     ckpts = [(s, d) for s, d in list_checkpoints(run) if in_steps(s, args.step_ranges)]
     if not ckpts:
         have = [d.name for _, d in list_checkpoints(run)]
         raise cli.UserError(f"{run}: no checkpoint at the requested --steps (found: {', '.join(have) or 'none'})")
     s = resample_settings(args, run)
-    # fails before any model loads
-    problems = data.load_problems(toy.resolve(s["data"], "data"), split=s["split"], limit=s["limit"])
+    # fails before any model loads ('toy' writes its files once: rank 0 first)
+    problems = dist.main_first(lambda: data.load_problems(toy.resolve(s["data"], "data"), split=s["split"],
+                                                          limit=s["limit"]))
     if s["max_prompt_len"]:  # (one run's checkpoints share a tokenizer: the first one's decides)
         from lib.modeling import load_tokenizer
 
         tok = load_tokenizer(str(ckpts[0][1]), args.trust_remote_code)
         problems = data.drop_long_prompts(data.render_prompts(problems, tok), tok, s["max_prompt_len"], s["data"])
     verifier = reward.load_reward(s["reward"])  # (so does a bad --reward)
-    backend = resolve_backend(args.backend)  # (for the summary line; make_engine takes it as it is)
-    device = cli.pick_device(args.device)
+    backend = resolve_backend(args.backend)
+    device = dist.device(args.device)
     print(f"resampling {len(problems)} problems x {args.resample} from {len(ckpts)} checkpoint(s) "
-          f"({backend}; max_new_tokens {s['max_new_tokens']}, temperature {s['temperature']}, top_p {s['top_p']})")
+          f"({backend}; max_new_tokens {s['max_new_tokens']}, temperature {s['temperature']}, top_p {s['top_p']}"
+          f"{f'; {dist.world_size()} ranks' if dist.is_distributed() else ''})")
 
-    # one finished file per checkpoint: a killed run resumes at the first checkpoint without one
-    parts = out.with_name(f".{out.name}.parts")
-    key = {**s, "k": args.resample, "run": str(run.resolve())}
-    if parts.is_dir() and cli.read_json(parts / "settings.json") != key:
-        shutil.rmtree(parts)  # samples made with other settings must not mix in
-    parts.mkdir(parents=True, exist_ok=True)
-    cli.atomic_write_json(parts / "settings.json", key)
-
-    tallies: dict[int, Tally] = {}
+    # the finished rounds of every checkpoint: a killed run resumes at the first one missing
+    key = {**s, "k": args.resample, "run": str(run.resolve()), "backend": backend,
+           "rollout_dtype": rollout_dtype(args.rollout_dtype, device.type == "cuda")}
+    parts = rounds.open_parts(rounds.Parts(out.with_name(f".{out.name}.parts"), key))
+    main_rank, engine, tok = dist.is_main(), None, None
     for step, ckpt in ckpts:
-        part = parts / f"{ckpt.name}.jsonl"
-        if part.is_file():
-            tallies[step] = tally(read_trajectories(part, allow_empty=True))
-            print(tallies[step].line(f"{ckpt.name} (step {step}, from an earlier run)"))
+        if rounds.done_upto(parts, ckpt.name) >= len(problems):
+            print(f"{ckpt.name} (step {step}): sampled by an earlier run")
             continue
         t0 = time.time()
-        engine, tok = load_for_sampling(ckpt, problems, s, backend, device, args.gpu_memory_utilization,
-                                        args.trust_remote_code, args.rollout_dtype)
-        trajs = trajectories(sample_and_score(engine, problems, verifier, n=args.resample, tokenizer=tok,
-                                              max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
-                                              top_p=s["top_p"], seed=s["seed"] + step, step=step, source=ckpt.name))
-        engine.close()
-        write_jsonl(part, trajs)
-        tallies[step] = tally(trajs)
-        print(tallies[step].line(f"{ckpt.name} (step {step})") + f", {time.time() - t0:.1f}s")
+        if getattr(engine, "in_process", False):
+            # a vLLM engine in this process (under torchrun) takes the next checkpoint's weights in place: no engine
+            # start per checkpoint, and no close() between them (it takes torch.distributed down with vLLM's groups)
+            engine.sync_weights(StreamedCheckpoint(ckpt))
+        else:
+            if engine is not None:
+                engine.close()
+            engine, tok = load_for_sampling(ckpt, problems, s, backend, device, args.gpu_memory_utilization,
+                                            args.trust_remote_code, args.rollout_dtype)
+        rounds.sample_in_rounds(engine, problems, verifier, parts, ckpt.name, n=args.resample,
+                                seed=s["seed"] + step, part_size=args.part_size, tokenizer=tok,
+                                max_new_tokens=s["max_new_tokens"], temperature=s["temperature"], top_p=s["top_p"],
+                                step=step, source=ckpt.name)
+        if main_rank:
+            print(tally(parts.records(ckpt.name)[0]).line(f"{ckpt.name} (step {step})") + f", {time.time() - t0:.1f}s")
+    if engine is not None:
+        engine.close()  # (after the last collective)
+    if not main_rank:
+        return None
 
+    tallies: dict[int, Tally] = {}
     with cli.atomic_open(out) as f:
-        for _, ckpt in ckpts:
-            with open(parts / f"{ckpt.name}.jsonl", encoding="utf-8") as part:
-                shutil.copyfileobj(part, f)
-    shutil.rmtree(parts)
+        for step, ckpt in ckpts:
+            tallies[step] = tally(parts.records(ckpt.name)[0])
+            for path in parts.files(ckpt.name):
+                with open(path, encoding="utf-8") as part:
+                    shutil.copyfileobj(part, f)
+    parts.remove()
     return tallies
 
 
@@ -301,9 +347,15 @@ def main(argv=None):
     if not run.is_dir():
         raise cli.UserError(f"{run}: no such folder (--run takes an explore.py output folder)")
     if args.resample:
-        tallies = resample(args, run, out)
+        with dist.session():  # (without torchrun nothing below touches torch.distributed)
+            tallies = resample(args, run, out)
+        if tallies is None:  # (a rank other than 0: rank 0 wrote the output and prints the summary)
+            return
         what = "checkpoint(s)"
     else:
+        if dist.launched():
+            raise cli.UserError("harvest.py without --resample copies logged rollouts in one process: run it with "
+                                "python, not torchrun")
         tallies = from_rollouts(run, args.step_ranges, out)
         for chunk in step_chunks(sorted(tallies)):
             lo, hi = chunk[0], chunk[-1]

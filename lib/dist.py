@@ -57,6 +57,19 @@ def teardown() -> None:
         tdist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def session() -> Iterator[bool]:
+    """A stage's run under torchrun: join the process group (init), silence stdout off rank 0, tear the group down
+    at the end. Yields whether it is distributed; without torchrun it is nothing at all."""
+    distributed = init()
+    try:
+        with quiet_unless_main():
+            yield distributed
+    finally:
+        if distributed:
+            teardown()
+
+
 def is_distributed() -> bool:
     return tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
 
@@ -194,6 +207,14 @@ def split_range(n: int, parts: int, index: int) -> tuple[int, int]:
     q, r = divmod(n, parts)
     lo = index * q + min(index, r)
     return lo, lo + q + (index < r)
+
+
+def split_chunks(n: int, chunk: int, parts: int, index: int) -> tuple[int, int]:
+    """[lo, hi) of part `index` when n items are cut into `parts` contiguous parts made of whole chunks of
+    `chunk` items (the last chunk may be short; chunk counts differ by at most one). A part's chunks are then
+    the chunks one process would cut from 0..n-1. chunk = 1 is split_range."""
+    lo, hi = split_range(-(-n // chunk), parts, index)
+    return min(n, lo * chunk), min(n, hi * chunk)
 
 
 def shard(items: Sequence[T], parts: int | None = None, index: int | None = None) -> list[T]:

@@ -195,7 +195,7 @@ FILTER_ARGS="--max-per-problem $MAX_PER_PROBLEM $EXTRA_FILTER_ARGS"
 CONSOLIDATE_ARGS="--lr $RFT_LR --epochs $RFT_EPOCHS --batch-size $RFT_BATCH --micro-batch $RFT_MICRO \
 --max-len $RFT_MAX_LEN $(flag "$BF16" --bf16 --no-bf16) $(flag "$GRAD_CKPT" --grad-checkpointing) \
 $EXTRA_CONSOLIDATE_ARGS"
-EVAL_ARGS="--backend $BACKEND --n $BENCH_N_SAMPLES --temperature $BENCH_TEMPERATURE --top-p $BENCH_TOP_P \
+EVAL_ARGS="--backend $BACKEND --n-samples $BENCH_N_SAMPLES --temperature $BENCH_TEMPERATURE --top-p $BENCH_TOP_P \
 --max-prompt-len $MAX_PROMPT_LEN --max-new-tokens $MAX_NEW_TOKENS --max-model-len $MAX_MODEL_LEN \
 --reward $BENCH_REWARD --gpu-memory-utilization $BENCH_GPU_MEM $EXTRA_EVAL_ARGS"
 EVAL=$BENCHMARKS  # (loop.sh's name for BENCHMARKS)

@@ -8,6 +8,7 @@
     exact with 2 ranks and refused with 1; `torchrun ... consolidate.py` ends with the 1-process weights
 Every process runs one intra-op thread (a shared 2-core box). Whole file: ~60 s on an idle 2-core box.
 """
+import importlib.util
 import json
 import os
 import socket
@@ -372,3 +373,93 @@ def test_torchrun_consolidate_matches_one_process(tiny_model_dir, tmp_path):
     la = [row["loss"] for _, row in read_jsonl(tmp_path / "one" / "metrics.jsonl")]
     lb = [row["loss"] for _, row in read_jsonl(tmp_path / "two" / "metrics.jsonl")]
     assert lb == pytest.approx(la, rel=TOL) and len(la) == 3
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data-parallel sampling: evaluate.py and harvest.py --resample under torchrun write one process's outputs
+
+
+def sums_bench(folder: Path) -> Path:
+    """The memo problems five times over (40 problems; DAPO schema: the bare prompts memo_model_dir knows): with
+    32 samples the HF engine decodes 16 prompts at a time, so they are 3 engine batches (16, 16, 8)."""
+    f = folder / "sums.jsonl"
+    f.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": MEMO_PROBLEMS[i % 8][0]}],
+                                     "reward_model": {"ground_truth": str(MEMO_PROBLEMS[i % 8][1])},
+                                     "extra_info": {"index": f"s{i}"}}) + "\n" for i in range(40)))
+    return f
+
+
+def test_torchrun_evaluate_and_harvest_resample_equal_one_process(memo_model_dir, tmp_path):
+    """2 ranks vs 1 process, the same records byte for byte. evaluate: --part-size 16 makes rounds of 32 problems
+    on 2 ranks (16 each) and of 16 in one process; the last round (8 problems, one engine batch) leaves rank 1
+    nothing. harvest --resample: two checkpoints, 32 + 8 problems per rank."""
+    import evaluate
+    import harvest
+    from lib import checkpoint
+    from lib.modeling import load_policy
+
+    bench = sums_bench(tmp_path)
+    common = ["--model", memo_model_dir, "--benchmarks", f"a={bench},b={bench}", "--n-samples", "32", "--part-size",
+              "16", "--max-new-tokens", "16", "--backend", "hf", "--device", "cpu"]
+    r = torchrun("evaluate.py", *common, "--out", tmp_path / "two")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "2 ranks, data-parallel" in r.stdout and r.stdout.count("wrote ") == 1  # rank 0 alone reports
+    evaluate.main([str(a) for a in common] + ["--out", str(tmp_path / "one")])
+    one, two = (tmp_path / d for d in ("one", "two"))
+    assert (one / "samples.jsonl").read_bytes() == (two / "samples.jsonl").read_bytes()
+    strip = lambda m: {**m, "benchmarks": {k: {**b, "seconds": 0} for k, b in m["benchmarks"].items()}}  # noqa: E731
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert strip(m1) == strip(m2) and 0 < m1["average"]["mean_acc"] < 1  # (right and wrong answers: teeth)
+    assert not (two / ".parts").exists()
+
+    run = tmp_path / "run"
+    model, tok = load_policy(str(memo_model_dir))
+    for step in (1, 2):
+        checkpoint.drop_resume_state(checkpoint.save(run, step, model, tok, {}))
+    (run / "args.json").write_text(json.dumps({"data": str(bench), "max_new_tokens": 16, "seed": 3}))
+    flags = ["--resample", "16", "--backend", "hf", "--device", "cpu"]
+    r = torchrun("harvest.py", "--run-dir", run, "--out", tmp_path / "h2.jsonl", *flags)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert r.stdout.count("total (2 checkpoint(s)): 1280 trajectories") == 1
+    harvest.main(["--run", str(run), "--out", str(tmp_path / "h1.jsonl"), *flags])
+    assert (tmp_path / "h1.jsonl").read_bytes() == (tmp_path / "h2.jsonl").read_bytes()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vllm: run with .venv-vllm's python "
+                    "(scripts/vllm_cpu_env.sh)")
+def test_torchrun_vllm_evaluate_and_harvest_equal_one_process(memo_model_dir, tmp_path):
+    """vLLM's CPU build: under torchrun every rank holds its own engine (external_launcher); harvest pushes each
+    next checkpoint's weights into it (the second checkpoint differs from the first: the push must land, tied
+    lm_head included). The records equal one process's, which builds a fresh engine per checkpoint."""
+    from lib import checkpoint
+    from lib.modeling import load_policy
+
+    env = {**ENV, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
+    one = lambda script, *a: subprocess.run([sys.executable, script, *map(str, a)], cwd=ROOT, env=env,  # noqa: E731
+                                            capture_output=True, text=True, timeout=300)
+    vllm = ["--backend", "vllm", "--rollout-dtype", "float32"]
+    bench = sums_bench(tmp_path)
+    common = ["--model", memo_model_dir, "--benchmarks", f"a={bench}", "--n-samples", "4", "--max-new-tokens", "16",
+              *vllm]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master-port", str(free_port())]
+    r = subprocess.run([*cmd, "evaluate.py", *map(str, common), "--out", tmp_path / "two"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "2 ranks, data-parallel: one vllm engine per rank" in r.stdout, r.stderr[-3000:]
+    r = one("evaluate.py", *common, "--out", tmp_path / "one")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "one" / "samples.jsonl").read_bytes() == (tmp_path / "two" / "samples.jsonl").read_bytes()
+
+    run = tmp_path / "run"
+    model, tok = load_policy(str(memo_model_dir))
+    checkpoint.drop_resume_state(checkpoint.save(run, 1, model, tok, {}))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.02)
+    checkpoint.drop_resume_state(checkpoint.save(run, 2, model, tok, {}))
+    (run / "args.json").write_text(json.dumps({"data": str(bench), "max_new_tokens": 16, "seed": 3}))
+    r = subprocess.run([*cmd[:-1], str(free_port()), "harvest.py", "--run-dir", run, "--out", tmp_path / "h2.jsonl",
+                        "--resample", "4", *vllm], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = one("harvest.py", "--run", run, "--out", tmp_path / "h1.jsonl", "--resample", "4", *vllm)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "h1.jsonl").read_bytes() == (tmp_path / "h2.jsonl").read_bytes()

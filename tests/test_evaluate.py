@@ -90,6 +90,9 @@ class ScriptedEngine:
     def __init__(self, script: dict[str, list[int]], answers: dict[str, str]):
         self.script, self.answers, self.calls = script, answers, []
 
+    def close(self):
+        self.calls.append("close")
+
     def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, seed=0):
         from lib.rollout import Completion
 
@@ -107,6 +110,7 @@ class ScriptedEngine:
 def test_metrics_of_a_policy_that_solves_some_problems(tmp_path, tiny_model_dir, monkeypatch):
     """n = 4, literal successes per problem; mean_acc and unbiased pass@k = 1 - C(4-c, k) / C(4, k) by hand."""
     import evaluate
+    from lib.rollout import prompt_seed
 
     script = {"Compute 1+2.": [1, 0, 1, 1],  # c = 3: pass@1 3/4, pass@2 1 - C(1,2)/C(4,2) = 1, pass@4 1
               "Compute 3+4.": [0, 0, 0, 0],  # c = 0: 0, 0, 0
@@ -137,9 +141,11 @@ def test_metrics_of_a_policy_that_solves_some_problems(tmp_path, tiny_model_dir,
     assert m["average"]["mean_acc"] == pytest.approx((7 / 12 + 3 / 8) / 2)
     assert m["average"]["pass@k"] == pytest.approx({"1": (7 / 12 + 3 / 8) / 2, "2": (2 / 3 + 2 / 3) / 2,
                                                     "4": (2 / 3 + 1) / 2})
-    # the flags reach the engine; one call per benchmark
-    assert engine.calls == [{"prompts": 3, "n": 4, "max_new_tokens": 8, "temperature": 1.0, "top_p": 0.7, "seed": 7},
-                            {"prompts": 2, "n": 4, "max_new_tokens": 8, "temperature": 1.0, "top_p": 0.7, "seed": 7}]
+    # the flags reach the engine; one call per benchmark, each prompt with its own seed (problem i: prompt_seed(7, i));
+    # the engine is closed at the end
+    seeds = [prompt_seed(7, i) for i in range(3)]
+    flags = {"n": 4, "max_new_tokens": 8, "temperature": 1.0, "top_p": 0.7}
+    assert engine.calls == [{"prompts": 3, **flags, "seed": seeds}, {"prompts": 2, **flags, "seed": seeds[:2]}, "close"]
     # every sample is recorded, in order, with the verifier's verdict
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     got = {}

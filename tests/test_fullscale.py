@@ -39,6 +39,9 @@ class ScriptedEngine:
         self.stop = tok.convert_tokens_to_ids("<|im_end|>")
         self.events = []
 
+    def close(self):
+        """(nothing to free: explore closes its engine at the end)"""
+
     def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, seed=0):
         out = []
         for _ in prompts:

@@ -156,7 +156,7 @@ def test_resample_resumes_after_a_kill(run, tmp_path, monkeypatch):
     monkeypatch.setattr(harvest, "load_for_sampling", dies_at_step_4)
     with pytest.raises(KeyboardInterrupt):
         harvest.main(["--run", str(run), "--out", str(out), "--resample", "2"])
-    assert not out.exists() and (tmp_path / ".h.jsonl.parts" / "ckpt_000002.jsonl").is_file()
+    assert not out.exists() and (tmp_path / ".h.jsonl.parts" / "ckpt_000002.0000000.json").is_file()
 
     calls = []
 

@@ -6,7 +6,10 @@ uninterrupted run ends: same weights, every step logged once, no torn line, ever
 The exact moments come from a small driver (written below) that runs a stage's own main() with one pause
 point patched in: it creates a flag file and sleeps there, and the test kills it while it sleeps. One kill
 per stage is at a polled moment of the plain script instead (whatever it was doing then).
-loop.sh killed mid-stage is in tests/test_loop.py. About 35 s on 2 CPU cores.
+evaluate.py and harvest.py --resample are killed between a part's records and its marker (an earlier part
+finished), and (evaluate) between samples.jsonl and metrics.json: the rerun samples only the unfinished rounds and
+ends with the uninterrupted run's files. loop.sh killed mid-stage is in tests/test_loop.py (and across two
+"nodes" in scripts/rehearse_nodes.sh). About 60 s on 2 CPU cores.
 """
 import json
 import os
@@ -74,6 +77,24 @@ elif where == "final":  # consolidate: the finished model is in its temp folder,
             pause()
         return real_replace(tmp, final)
     cli.replace_dir = replace_dir
+elif where == "meta":  # evaluate / harvest --resample: part `at`'s records written, its .json (marker) not yet
+    from lib import rounds
+    from lib.records import write_jsonl
+    real_write, calls = rounds.Parts.write, []
+    def write(self, name, lo, hi, records, seconds):
+        calls.append(name)
+        if len(calls) == at:
+            write_jsonl(self._file(name, lo, "jsonl"), records)
+            pause()
+        real_write(self, name, lo, hi, records, seconds)
+    rounds.Parts.write = write
+elif where == "metrics":  # evaluate: samples.jsonl written, metrics.json not yet
+    real_json = cli.atomic_write_json
+    def atomic_write_json(path, obj):
+        if Path(path).name == "metrics.json":
+            pause()
+        return real_json(path, obj)
+    cli.atomic_write_json = atomic_write_json
 sys.argv = [stage + ".py", *argv]
 cli.run_main(mod.main)
 '''
@@ -345,3 +366,63 @@ def test_consolidate_resumes_over_a_torn_metrics_line(tiny_model_dir, rft, tmp_p
     finally:
         torch.set_num_threads(threads)
     assert [r["step"] for r in clean_lines(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# evaluate.py and harvest.py --resample: resumable by parts
+
+
+def eval_args(model, bench, out):
+    """Two benchmarks of the 8 memo problems, 64 samples each: one round (one HF engine batch) per benchmark."""
+    return ["--model", model, "--benchmarks", f"a={bench},b={bench}", "--n-samples", "64", "--max-new-tokens", "16",
+            "--backend", "hf", "--device", "cpu", "--out", out]
+
+
+def test_evaluate_killed_twice_ends_like_an_uninterrupted_run(memo_model_dir, memo_data, driver, tmp_path):
+    bench = memo_dapo(memo_data, tmp_path)
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    reference = start("evaluate", eval_args(memo_model_dir, bench, ref))
+
+    # 1. benchmark a's part finished; b's records written, its marker not (the rerun keeps a, redoes b)
+    kill_at(driver, "evaluate", "meta", 2, eval_args(memo_model_dir, bench, out), tmp_path)
+    assert sorted(p.name for p in (out / ".parts").iterdir()) == ["a.0000000.json", "a.0000000.jsonl",
+                                                                  "b.0000000.jsonl", "settings.json"]
+    # 2. samples.jsonl written, metrics.json not
+    kill_at(driver, "evaluate", "metrics", 0, eval_args(memo_model_dir, bench, out), tmp_path)
+    assert (out / "samples.jsonl").exists() and not (out / "metrics.json").exists()
+    # 3. to the end: nothing left to sample
+    stdout = finish(start("evaluate", eval_args(memo_model_dir, bench, out)))
+    assert "a: 8 problems sampled by an earlier run" in stdout and "b: 8 problems sampled by an earlier run" in stdout
+    finish(reference)
+
+    assert (out / "samples.jsonl").read_bytes() == (ref / "samples.jsonl").read_bytes()
+    rows = clean_lines(out / "samples.jsonl")
+    assert len(rows) == 2 * 8 * 64 and 0 < sum(r["acc"] for r in rows) < len(rows)
+    m, r = (json.loads((d / "metrics.json").read_text()) for d in (out, ref))
+    for x in (m, r):
+        for b in x["benchmarks"].values():
+            b.pop("seconds")
+    assert m == r and not (out / ".parts").exists() and temps(out) == []
+
+
+def test_harvest_resample_killed_ends_like_an_uninterrupted_run(memo_model_dir, memo_data, driver, tmp_path):
+    from lib import checkpoint
+    from lib.modeling import load_policy
+
+    run = tmp_path / "run"
+    model, tok = load_policy(str(memo_model_dir))
+    for step in (1, 2):
+        checkpoint.drop_resume_state(checkpoint.save(run, step, model, tok, {}))
+    (run / "args.json").write_text(json.dumps({"data": str(memo_dapo(memo_data, tmp_path)), "max_new_tokens": 16}))
+    args = lambda out: ["--run", run, "--out", out, "--resample", "64", "--backend", "hf",  # noqa: E731
+                        "--device", "cpu"]
+    ref, out = tmp_path / "ref.jsonl", tmp_path / "h.jsonl"
+    reference = start("harvest", args(ref))
+    kill_at(driver, "harvest", "meta", 2, args(out), tmp_path)  # ckpt_000001 finished; ckpt_000002's records, no marker
+    assert sorted(p.name for p in (tmp_path / ".h.jsonl.parts").iterdir()) == [
+        "ckpt_000001.0000000.json", "ckpt_000001.0000000.jsonl", "ckpt_000002.0000000.jsonl", "settings.json"]
+    stdout = finish(start("harvest", args(out)))
+    assert "ckpt_000001 (step 1): sampled by an earlier run" in stdout and "ckpt_000002 (step 2): 512" in stdout
+    finish(reference)
+    assert out.read_bytes() == ref.read_bytes() and len(clean_lines(out)) == 2 * 8 * 64
+    assert not (tmp_path / ".h.jsonl.parts").exists()
