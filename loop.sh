@@ -283,7 +283,7 @@ vanilla() {
       :
     elif (( NODE_RANK == 0 )); then
       rm -rf "$OUT/vanilla.partial"
-      cp -a "$OUT/iter1/explore" "$OUT/vanilla.partial"  # MERGE: wt-recipe's hard-link copy helper replaces this line
+      $PYTHON -m lib.linkcopy "$OUT/iter1/explore" "$OUT/vanilla.partial"  # hard links for what is written once
       mv "$OUT/vanilla.partial" "$OUT/vanilla"
     else
       wait_for "$OUT/vanilla"

@@ -9,8 +9,8 @@ imported only when asked for, and a missing one fails at argument parsing with o
                 files under OUT/wandb/; a resumed stage continues the same wandb run (id in that folder). Under
                 loop.sh the run is named after the stage (iter1-explore, vanilla-explore, iter2-consolidate, ...)
                 and grouped with the loop run's other stages: loop.sh exports RLOOP_STAGE per stage and
-                RLOOP_WANDB_GROUP once (`python -m lib.tracking group LOOP_OUT`: the folder's name + an id kept in
-                LOOP_OUT/.wandb-group, so a rerun joins its group). A stage run by hand: named after its OUT.
+                RLOOP_RUN_GROUP once (the folder's name + an id kept in LOOP_OUT/.run_group, so a rerun joins
+                its group). A stage run by hand: named after its OUT, in no group.
 
 Scalars are named STAGE/KEY (explore/reward, consolidate/loss, explore/val/test/mean_acc); non-numeric values
 are not logged. Tables of sampled responses go to TensorBoard as a markdown text panel, to wandb as a Table.
@@ -20,8 +20,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import secrets
-import sys
 from pathlib import Path
 
 from lib.cli import UserError, atomic_write_text
@@ -29,8 +27,7 @@ from lib.cli import UserError, atomic_write_text
 LOGGERS = ("tensorboard", "wandb")
 DIRS = ("tensorboard", "wandb")  # what trackers write inside a stage's OUT (consolidate.py keeps them)
 INSTALL = {"tensorboard": "pip install tensorboard", "wandb": "pip install wandb"}
-STAGE_ENV, GROUP_ENV = "RLOOP_STAGE", "RLOOP_WANDB_GROUP"  # what loop.sh exports (see the docstring)
-GROUP_FILE = ".wandb-group"  # in a loop run's OUT: its group's id
+STAGE_ENV, GROUP_ENV = "RLOOP_STAGE", "RLOOP_RUN_GROUP"  # what loop.sh exports (see the docstring)
 
 
 def parse_loggers(spec: str | None) -> list[str]:
@@ -128,22 +125,9 @@ class Tracker:
 
 def wandb_names(out: str | Path, env=None) -> dict:
     """A stage's wandb run name and group: loop.sh's stage name (RLOOP_STAGE) in the loop run's group
-    (RLOOP_WANDB_GROUP); without them (a stage run by hand) the run is named after its OUT, in no group."""
+    (RLOOP_RUN_GROUP); without them (a stage run by hand) the run is named after its OUT, in no group."""
     env = os.environ if env is None else env
     return {"name": env.get(STAGE_ENV) or str(out), "group": env.get(GROUP_ENV) or None}
-
-
-def loop_group(loop_out: str | Path, create: bool = True) -> str:
-    """The wandb group of a loop run: its folder's name + an id kept in LOOP_OUT/.wandb-group, so a rerun of the
-    same loop (a resume) joins the same group and a new loop in a fresh folder gets its own. create=False (a dry
-    run) writes nothing: a new id is drawn and forgotten."""
-    path = Path(loop_out) / GROUP_FILE
-    if path.is_file() and path.read_text().strip():
-        return path.read_text().strip()
-    group = f"{Path(loop_out).resolve().name}-{secrets.token_hex(4)}"
-    if create:
-        atomic_write_text(path, group + "\n")
-    return group
 
 
 def _plain(config: dict) -> dict:
@@ -165,22 +149,3 @@ def sample_rows(rollouts: list[dict], k: int = 4) -> list[list]:
     taken = {id(r) for r in picked}
     picked += [r for r in rollouts if id(r) not in taken][:k - len(picked)]
     return [[r.get(c, "") for c in SAMPLE_COLUMNS] for r in picked]
-
-
-def main(argv=None) -> int:
-    """`python -m lib.tracking group LOOP_OUT [--dry-run]`: print the loop run's wandb group (loop.sh exports it as
-    RLOOP_WANDB_GROUP); --dry-run writes nothing."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m lib.tracking", description=main.__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("group", help="print (and keep) a loop run's wandb group")
-    g.add_argument("loop_out", help="the loop run's OUT folder")
-    g.add_argument("--dry-run", action="store_true", help="write nothing (the id printed is not kept)")
-    args = p.parse_args(argv)
-    print(loop_group(args.loop_out, create=not args.dry_run))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

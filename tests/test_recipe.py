@@ -82,11 +82,6 @@ def test_dry_run_prints_values_and_the_estimate_and_runs_nothing(tmp_path):
     assert "ESTIMATE" in dry_run(tmp_path, PRESET="dapo-32b-lengths")
 
 
-LOOP_HAS_DRY_RUN = "DRY_RUN" in (ROOT / "loop.sh").read_text()
-
-
-@pytest.mark.skipif(not LOOP_HAS_DRY_RUN, reason="loop.sh has no DRY_RUN yet: the recipe prints the values and the "
-                                                 "estimate and stops (test_dry_run_without_loop_support)")
 @pytest.mark.parametrize("preset, new_tokens", [("dapo-7b", 8192), ("dapo-32b-lengths", 20480)])
 def test_dry_run_lists_the_stage_commands_in_order(tmp_path, preset, new_tokens):
     text = dry_run(tmp_path, PRESET=preset)
@@ -100,10 +95,3 @@ def test_dry_run_lists_the_stage_commands_in_order(tmp_path, preset, new_tokens)
     order = [next(i for i, s in enumerate(stages) if word in s) for word in
              ("explore.py", "harvest.py", "filter.py", "consolidate.py", "evaluate.py", "report.py")]
     assert order[:4] == sorted(order[:4]) and order[-1] == len(stages) - 1
-
-
-@pytest.mark.skipif(LOOP_HAS_DRY_RUN, reason="loop.sh has a dry run")
-def test_dry_run_without_loop_support(tmp_path):
-    text = dry_run(tmp_path)
-    assert text.rstrip().endswith("DRY_RUN: this loop.sh cannot list its stage commands without running them; "
-                                  "nothing was run")
