@@ -134,8 +134,8 @@ from pathlib import Path
 script, args = sys.argv[1], sys.argv[2:]
 with open(os.environ["SHIM_LOG"], "a") as f:
     f.write(json.dumps([script, *args]) + "\\n")
-if script in ("harvest.py", "filter.py", "report.py"):
-    os.execv(sys.executable, [sys.executable, script, *args])  # the real stage
+if script in ("harvest.py", "filter.py", "report.py", "-m"):  # the real stage, or a real module (lib.linkcopy)
+    os.execv(sys.executable, [sys.executable, script, *args])
 flag = lambda name: args[args.index(name) + 1]
 out = Path(flag("--out"))
 out.mkdir(parents=True, exist_ok=True)
