@@ -8,7 +8,7 @@ The prompt is masked; AdamW, linear warm-up then cosine decay; the batch is leng
 (right-padded rows, no packing, so no attention crosses examples); bf16 autocast on GPU. RFT weights every
 success equally (an absolute signal, unlike RL's relative advantages), which is what anchors the policy.
 
-    python consolidate.py --model runs/loop/iter1/init --data runs/loop/iter1/filter/rft.jsonl \
+    python consolidate.py --model toy --trajectories runs/loop/iter1/filter \
                           --out runs/loop/iter1/consolidated
 
 Output: DIR is a `from_pretrained` folder (weights + tokenizer; evaluate.py and vLLM load it as it is) with
@@ -35,7 +35,7 @@ import torch
 
 from lib import checkpoint, cli, dist, sft, toy, tracking, train
 from lib.modeling import end_of_turn_id, extend_context, load_policy
-from lib.records import read_jsonl, read_trajectories
+from lib.records import read_jsonl, read_trajectories, stage_file
 
 
 def rft_loss(logp: torch.Tensor, mask: torch.Tensor, examples: list[sft.Example]) -> torch.Tensor:
@@ -58,46 +58,54 @@ FREE_ON_RESUME = {"out", "resume", "micro_batch", "max_nonfinite", "save_every",
 
 def get_args(argv=None):
     p = cli.make_parser(__doc__)
-    p.add_argument("--model", default="toy", help="the policy to fine-tune (the iteration's initial policy); "
+    g = p.add_argument_group("data")
+    g.add_argument("--model", default="toy", help="the policy to fine-tune (the iteration's initial policy); "
                                                   "'toy' = the embedded toy base model")
-    p.add_argument("--data", required=True, help="RFT trajectories (filter.py's rft.jsonl)")
-    p.add_argument("--out", required=True, help="output folder (a from_pretrained model when done)")
-    p.add_argument("--epochs", type=float, default=3.0, help="passes over the data (used when --steps is 0)")
-    p.add_argument("--steps", type=int, default=0, help="optimiser steps (0 = from --epochs)")
-    p.add_argument("--batch-size", type=int, default=32, help="trajectories per optimiser step")
-    p.add_argument("--micro-batch", type=int, default=0,
+    g.add_argument("--trajectories", "--data", dest="trajectories", required=True,
+                   help="RFT trajectories: filter.py's rft.jsonl, or its --out folder")
+    g.add_argument("--max-model-len", "--max-len", dest="max_model_len", type=int, default=0,
+                   help="truncate prompt + response to this many tokens (0 = the model's max_position_embeddings; above "
+                        "it, the output's config is raised to N, as explore.py --max-model-len does)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=float, default=3.0, help="passes over the data (used when --sft-steps is 0)")
+    g.add_argument("--sft-steps", "--steps", dest="sft_steps", type=int, default=0,
+                   help="optimiser steps (0 = from --epochs)")
+    g.add_argument("--batch-size", type=int, default=32, help="trajectories per optimiser step")
+    g.add_argument("--micro-batch", type=int, default=0,
                    help="most trajectories per forward/backward (0 = no limit: the step is split into length-sorted "
                         "micro-batches that minimise padding); does not change the objective")
-    p.add_argument("--lr", type=float, default=2e-5,
+    g.add_argument("--lr", type=float, default=2e-5,
                    help="peak learning rate (toy: 2e-5 -- on a loop's iteration-1 RFT set it lifted test accuracy, while "
                         "2e-4 lowered it and made the probe skill fade; 7B: ~1e-5)")
-    p.add_argument("--warmup", type=int, default=5,
+    g.add_argument("--warmup-steps", "--warmup", dest="warmup_steps", type=int, default=5,
                    help="linear warm-up steps (at most a quarter of the run), then cosine decay")
-    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decays to this fraction of --lr")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this")
-    p.add_argument("--kl-coef", type=float, default=0.0,
+    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decays to this fraction of --lr")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this")
+    g.add_argument("--kl-coef", type=float, default=0.0,
                    help="weight of KL(policy || starting policy) on response tokens (0 = off; loads a 2nd copy)")
-    p.add_argument("--max-len", type=int, default=0,
-                   help="truncate prompt + response to this many tokens (0 = the model's max_position_embeddings; above it, "
-                        "the output's config is raised to N, as explore.py --max-model-len does)")
-    p.add_argument("--seed", type=int, default=0, help="data order (and torch) seed")
-    p.add_argument("--max-nonfinite", type=int, default=5,
+    g.add_argument("--seed", type=int, default=0, help="data order (and torch) seed")
+    g.add_argument("--max-nonfinite", type=int, default=5,
                    help="stop after this many consecutive steps with a non-finite loss or gradient (each is skipped)")
-    p.add_argument("--save-every", type=int, default=100, help="write a resume checkpoint every N steps (0 = never)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its checkpoint")
-    train.add_trainer_args(p)  # --device, --bf16, --grad-checkpointing
-    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
-    p.add_argument("--logger", default="", help="live tracking, comma-separated: tensorboard (DIR/tensorboard), "
+    g = p.add_argument_group("run")
+    g.add_argument("--out", required=True, help="output folder (a from_pretrained model when done)")
+    g.add_argument("--save-every", type=int, default=100, help="write a resume checkpoint every N steps (0 = never)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its checkpoint")
+    g = p.add_argument_group("engine")
+    train.add_trainer_args(g)  # --device, --bf16, --grad-checkpointing
+    g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
+    g = p.add_argument_group("logging")
+    g.add_argument("--logger", default="", help="live tracking, comma-separated: tensorboard (DIR/tensorboard), "
                                                 "wandb; every metrics.jsonl row mirrored as consolidate/KEY")
     args = p.parse_args(argv)
     tracking.parse_loggers(args.logger)  # an unknown name or a missing package: one line, now
     cli.check_positive(args, "batch_size", "max_nonfinite")
-    cli.check_positive(args, "steps", "micro_batch", "warmup", "save_every", "max_len", "kl_coef",
+    cli.check_positive(args, "sft_steps", "micro_batch", "warmup_steps", "save_every", "max_model_len", "kl_coef",
                        "weight_decay", allow_zero=True)
     cli.check_positive(args, "lr", "grad_clip")
-    if args.steps == 0 and not args.epochs > 0:
-        raise cli.UserError(f"--epochs must be > 0 when --steps is 0, got {args.epochs}")
+    if args.sft_steps == 0 and not args.epochs > 0:
+        raise cli.UserError(f"--epochs must be > 0 when --sft-steps is 0, got {args.epochs}")
+    args.trajectories = str(stage_file(args.trajectories, "rft.jsonl"))
     return args
 
 
@@ -149,7 +157,7 @@ def run(args):
         return 0
 
     # --- everything that can fail on bad input happens before anything is written ---------------------
-    trajs = read_trajectories(args.data)
+    trajs = read_trajectories(args.trajectories)
     n_wrong = sum(not t.acc for t in trajs)
     device = dist.device(args.device)
     if args.bf16 is None:
@@ -158,24 +166,24 @@ def run(args):
     model_path = dist.main_first(lambda: toy.resolve(args.model, "model"))  # ('toy' may build the base: rank 0 first)
     model, tok = load_policy(model_path, device=load_device, trust_remote_code=args.trust_remote_code)
     native = int(getattr(model.config, "max_position_embeddings", 0) or 0)
-    max_len = args.max_len or native
+    max_len = args.max_model_len or native
     if native and max_len > native:  # trained at a longer context: the output's config says so (as explore's do)
         extend_context(model, {"max_position_embeddings": max_len})
     # RFT trains on the tokens the policy sampled (records' response_ids, the stop token included); records
     # without them get their text tokenised + the policy's end-of-turn token (not necessarily its eos_token)
     examples = sft.tokenize(tok, trajs, append_eos=True, max_len=max_len, stop_id=end_of_turn_id(model, tok))
     if not examples:
-        raise cli.UserError(f"{args.data}: no trainable trajectory (every response is empty or past --max-len)")
+        raise cli.UserError(f"{args.trajectories}: no trainable trajectory (every response is empty or past --max-model-len)")
     truncated = sum(e.truncated for e in examples)  # cut by max_len: they lost their end and their stop token
     if ckpt:  # a resumed run is the same run (no record of the old settings: nothing to compare)
         checkpoint.check_same_args(cli.read_json(out / "args.json") or {}, vars(args), FREE_ON_RESUME, out)
-    cfg = sft.SFTConfig(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
-                        micro_batch=args.micro_batch, lr=args.lr, warmup=args.warmup, min_lr_ratio=args.min_lr_ratio,
+    cfg = sft.SFTConfig(steps=args.sft_steps, epochs=args.epochs, batch_size=args.batch_size,
+                        micro_batch=args.micro_batch, lr=args.lr, warmup=args.warmup_steps, min_lr_ratio=args.min_lr_ratio,
                         weight_decay=args.weight_decay, grad_clip=args.grad_clip, kl_coef=args.kl_coef,
                         seed=args.seed, bf16=args.bf16, max_nonfinite=args.max_nonfinite)
     total = sft.total_steps(len(examples), cfg)
     # a small RFT set makes a short run: a warm-up longer than the run would never reach --lr
-    cfg.warmup = min(args.warmup, total // 4)
+    cfg.warmup = min(args.warmup_steps, total // 4)
 
     # --- the run ---------------------------------------------------------------------------------------
     dist.barrier()  # every rank has read --out before rank 0 changes it
@@ -243,9 +251,9 @@ def run(args):
         dist.barrier()
         return 0
     all_rows = [r for _, r in read_jsonl(metrics, allow_empty=True)]
-    summary = {"model": model_path, "data": args.data, "trajectories": len(trajs),
+    summary = {"model": model_path, "trajectories_file": args.trajectories, "trajectories": len(trajs),
                "examples": len(examples), "response_tokens": n_tok, "truncated_count": truncated, "steps": total,
-               "warmup": cfg.warmup,
+               "warmup_steps": cfg.warmup,
                "loss_first": all_rows[0]["loss"] if all_rows else None,
                "loss_last": all_rows[-1]["loss"] if all_rows else None,
                "seconds_this_run": round(time.time() - t0, 1), "steps_this_run": len(rows)}

@@ -10,14 +10,15 @@ for k = 1, 2, 4, ... up to n, and the unweighted average over benchmarks.
     python evaluate.py --model runs/loop/iter1/consolidated --benchmarks aime24=data/aime24.jsonl --n-samples 32
     torchrun --nproc-per-node 8 evaluate.py --model ... --n-samples 32     # data-parallel: 8 ranks
 
-Writes OUT/samples.jsonl (every scored sample, the shared trajectory record), OUT/metrics.json, OUT/args.json.
+Writes OUT/samples.jsonl (every scored sample, the shared trajectory record), OUT/metrics.json (per benchmark
+and on average: problems, mean_acc, pass@1, pass@2, ...), OUT/args.json and, last, OUT/done.json.
 
 Data-parallel under torchrun (lib/rounds.py): every rank holds its own whole engine (the HF model, or a vLLM
 engine in the rank's process; no FSDP: nothing trains), samples its contiguous share of each benchmark with the
 problems' global seeds, and rank 0 gathers the records and alone writes: the outputs equal one process's.
 Resume: finished rounds of problems (--part-size per rank) are kept in OUT/.parts/; a killed evaluation rerun
 with the same command samples only the rest (parts made with other settings are discarded). samples.jsonl and
-metrics.json are written atomically once every benchmark is complete, metrics.json last; then .parts/ goes.
+metrics.json are written atomically once every benchmark is complete, then .parts/ goes, then done.json.
 """
 from __future__ import annotations
 
@@ -31,41 +32,44 @@ from lib.rollout import add_engine_args, check_engine_args, make_engine, resolve
 
 def get_args(argv=None):
     p = cli.make_parser(__doc__)
-    p.add_argument("--model", default="toy", help="policy folder or hub id; 'toy' = the embedded toy base model")
-    p.add_argument("--benchmarks", default="toy",
+    g = p.add_argument_group("data")
+    g.add_argument("--model", default="toy", help="policy folder or hub id; 'toy' = the embedded toy base model")
+    g.add_argument("--benchmarks", default="toy",
                    help="NAME=PATH[@SPLIT][,NAME=PATH[@SPLIT]...] (JSONL / JSON / parquet files or dataset ids; "
                         "@SPLIT picks a hub set's split, e.g. aime24=HuggingFaceH4/aime_2024@train); "
                         "'toy' = the toy's test, ood and probe splits")
-    p.add_argument("--split", default="test", help="dataset split, for hub dataset ids given without @SPLIT")
-    p.add_argument("--n-samples", "--n", dest="n", type=int, default=8,
-                   help="samples per problem (avg@n, pass@k up to k = n); under torchrun write --n-samples (torchrun "
-                        "reads --n as an abbreviation of its own options)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (DAPO eval: 1.0)")
-    p.add_argument("--top-p", type=float, default=0.7, help="nucleus sampling (DAPO eval: 0.7)")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="response length cap (DAPO: 20480)")
-    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems per benchmark (0 = all)")
-    p.add_argument("--max-prompt-len", type=int, default=0,
+    g.add_argument("--split", default="test", help="dataset split, for hub dataset ids given without @SPLIT")
+    g.add_argument("--limit", type=int, default=0, help="evaluate only the first N problems per benchmark (0 = all)")
+    g.add_argument("--max-prompt-len", type=int, default=0,
                    help="drop every problem whose rendered prompt is longer than N tokens (one line per benchmark "
                         "counts them; never truncated); the context is planned for N + --max-new-tokens. 0 = no cap")
-    p.add_argument("--reward", default="dapo",
+    g.add_argument("--reward", default="dapo",
                    help="verifier: dapo (DAPO's string match, what RL trains on), math_verify (symbolic "
                         "equivalence: compares with published MATH-500 / AIME scores; pip install math-verify), "
                         "or path/to/file.py:function (runs that file; same signature as lib/reward.score)")
-    p.add_argument("--out", default="runs/eval/toy-base", help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    add_engine_args(p, gpu_memory_utilization=0.85)  # --backend, --gpu-memory-utilization, --tp
-    p.add_argument("--max-model-len", type=int, default=0,
+    g.add_argument("--out", default="runs/eval/toy-base", help="output folder")
+    g = p.add_argument_group("sampling")
+    g.add_argument("--n-samples", "--n", dest="n_samples", type=int, default=8,
+                   help="samples per problem (avg@n, pass@k up to k = n); under torchrun write --n-samples (torchrun "
+                        "reads --n as an abbreviation of its own options)")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (DAPO eval: 1.0)")
+    g.add_argument("--top-p", type=float, default=0.7, help="nucleus sampling (DAPO eval: 0.7)")
+    g.add_argument("--max-new-tokens", type=int, default=96, help="response length cap (DAPO: 20480)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g = p.add_argument_group("engine")
+    add_engine_args(g, gpu_memory_utilization=0.85)  # --backend, --gpu-memory-utilization, --tp
+    g.add_argument("--max-model-len", type=int, default=0,
                    help="context (prompt + response) in tokens; 0 = the model's max_position_embeddings (explore.py's "
                         "checkpoints carry its --max-model-len). Qwen2.5-Math-7B itself (4096) at DAPO's 20480 new "
                         "tokens: 32768")
-    p.add_argument("--part-size", type=int, default=0,
+    g.add_argument("--part-size", type=int, default=0,
                    help="problems each rank samples per saved part (what a killed run keeps), rounded up to whole HF "
                         "engine batches; 0 = one HF engine batch (512 // n prompts) or "
                         f"{rounds.VLLM_PART_SIZE} with vLLM")
-    p.add_argument("--device", default="auto", help="cpu / cuda / auto (under torchrun: each rank's own GPU)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
+    g.add_argument("--device", default="auto", help="cpu / cuda / auto (under torchrun: each rank's own GPU)")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
     args = p.parse_args(argv)
-    cli.check_positive(args, "n", "max_new_tokens")
+    cli.check_positive(args, "n_samples", "max_new_tokens")
     check_engine_args(args)
     cli.check_positive(args, "limit", "max_model_len", "max_prompt_len", "part_size", allow_zero=True)
     if not 0 < args.top_p <= 1:
@@ -104,7 +108,7 @@ def run(args):
     out = Path(args.out)
     # what the samples depend on: parts made with anything else are discarded (the world size is not in it)
     key = {"model": model_path, "benchmarks": {k: list(v) for k, v in benches.items()}, "limit": args.limit,
-           "n": args.n, "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
+           "n_samples": args.n_samples, "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
            "max_model_len": args.max_model_len, "max_prompt_len": args.max_prompt_len, "reward": args.reward,
            "seed": args.seed, "backend": backend, "rollout_dtype": dtype}
     parts, main_rank = rounds.Parts(out / ".parts", key), dist.is_main()
@@ -121,10 +125,11 @@ def run(args):
                          trust_remote_code=args.trust_remote_code, in_process=dist.is_distributed()) if todo else None
     rounds.open_parts(parts)
     if main_rank:
+        (out / cli.DONE_FILE).unlink(missing_ok=True)  # (a finished evaluation in this folder: done again at the end)
         cli.save_args(args, out)
     for name in todo:
         probs = problems[name]
-        rounds.sample_in_rounds(engine, probs, verifier, parts, name, n=args.n, seed=args.seed,
+        rounds.sample_in_rounds(engine, probs, verifier, parts, name, n=args.n_samples, seed=args.seed,
                                 part_size=args.part_size, max_new_tokens=args.max_new_tokens,
                                 temperature=args.temperature, top_p=args.top_p, tokenizer=tok,
                                 source=f"eval:{name}", keep_ids=False)
@@ -135,28 +140,29 @@ def run(args):
 
 
 def write_outputs(args, out: Path, parts: rounds.Parts, names: list[str], model_path: str) -> None:
-    """samples.jsonl, then metrics.json (last: its presence means the evaluation finished), then the table."""
+    """samples.jsonl, metrics.json, then done.json (its presence means the evaluation finished), then the table."""
     result = {}
     with cli.atomic_open(out / "samples.jsonl") as f:
         for name in names:
             trajs, seconds = parts.records(name)
-            result[name] = {**summarize(trajs, args.n), "seconds": seconds}
+            result[name] = {**summarize(trajs, args.n_samples), "seconds": seconds}
             f.writelines(t.to_json() + "\n" for t in trajs)
-    ks = [str(k) for k in ks_up_to(args.n)]
+    ks = [str(k) for k in ks_up_to(args.n_samples)]
     average = {"mean_acc": sum(r["mean_acc"] for r in result.values()) / len(result),
-               "pass@k": {k: sum(r["pass@k"][k] for r in result.values()) / len(result) for k in ks}}
-    metrics = {"model": args.model if args.model != "toy" else model_path, "n": args.n,
+               **{f"pass@{k}": sum(r[f"pass@{k}"] for r in result.values()) / len(result) for k in ks}}
+    metrics = {"model": args.model if args.model != "toy" else model_path, "n_samples": args.n_samples,
                "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
                "benchmarks": result, "average": average}
     cli.atomic_write_json(out / "metrics.json", metrics)
     parts.remove()
+    cli.mark_done(out, "evaluate", **{k: v for k, v in average.items()})
 
     head = f"{'benchmark':<12} {'problems':>8} {'mean_acc':>9} " + " ".join(f"{'pass@' + k:>8}" for k in ks)
     print(head)
     print("-" * len(head))
     for name, r in list(result.items()) + [("average", {"problems": sum(x["problems"] for x in result.values()),
                                                          **average})]:
-        print(f"{name:<12} {r['problems']:>8} {r['mean_acc']:>9.3f} " + " ".join(f"{r['pass@k'][k]:>8.3f}" for k in ks))
+        print(f"{name:<12} {r['problems']:>8} {r['mean_acc']:>9.3f} " + " ".join(f"{r['pass@' + k]:>8.3f}" for k in ks))
     print(f"wrote {out / 'metrics.json'} and {out / 'samples.jsonl'}")
 
 

@@ -18,10 +18,10 @@ From each selected problem, in order:
      ascending order (one from step a, one from step b, ..., then a second from a, ...), each step's own
      trajectories in harvest order — so the kept set spans the RL run instead of crowding at one step.
 
-    python filter.py --in runs/loop/iter1/harvest.jsonl --out runs/loop/iter1/filter --threshold 0.1
+    python filter.py --trajectories runs/loop/iter1/harvest --out runs/loop/iter1/filter --threshold 0.1
 
-Writes DIR/rft.jsonl (the kept trajectories, the shared record, grouped by problem), DIR/args.json and, last,
-DIR/filter_stats.json. When nothing is kept: a one-line message, exit code 3 (lib.cli.EXIT_NOTHING_KEPT, so
+Writes DIR/rft.jsonl (the kept trajectories, the shared record, grouped by problem), DIR/args.json,
+DIR/filter_stats.json and, last, DIR/done.json (docs/outputs.md). When nothing is kept: a one-line message, exit code 3 (lib.cli.EXIT_NOTHING_KEPT, so
 loop.sh can branch on it), filter_stats.json still written (it says why), and no rft.jsonl — a stale one from
 an earlier run in DIR is removed, so no later stage can train on it by mistake.
 """
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from lib import cli
-from lib.records import Trajectory, read_jsonl, trajectory_from_dict
+from lib.records import Trajectory, read_jsonl, stage_file, trajectory_from_dict
 
 BUCKETS = ("never_solved", "hard", "medium", "always_solved")
 
@@ -51,18 +51,22 @@ def is_selected(correct: int, total: int, threshold: float) -> bool:
 
 def get_args(argv=None):
     p = cli.make_parser(__doc__)
-    p.add_argument("--in", dest="inp", required=True, help="harvest JSONL (harvest.py's output)")
-    p.add_argument("--out", required=True, help="output folder: rft.jsonl, filter_stats.json, args.json")
-    p.add_argument("--threshold", type=float, default=0.1,
+    g = p.add_argument_group("data")
+    g.add_argument("--trajectories", "--in", dest="trajectories", required=True,
+                   help="the harvest: harvest.py's --out folder (its harvest.jsonl) or any JSONL of trajectory records")
+    g.add_argument("--out", required=True, help="output folder: rft.jsonl, filter_stats.json, args.json, done.json")
+    g = p.add_argument_group("selection")
+    g.add_argument("--threshold", type=float, default=0.1,
                    help="a problem is hard when 0 < success rate < threshold (paper: 0.1); >= 1 keeps every "
                         "problem with a success (the no-active-learning ablation)")
-    p.add_argument("--max-per-problem", type=int, default=0,
+    g.add_argument("--max-per-problem", type=int, default=0,
                    help="keep at most M trajectories per problem, spread across source steps (0 = no cap)")
     args = p.parse_args(argv)
     if not args.threshold > 0:
         raise cli.UserError(f"--threshold must be > 0, got {args.threshold}")
     cli.check_positive(args, "max_per_problem", allow_zero=True)
     cli.check_out_dir(args.out)
+    args.trajectories = str(stage_file(args.trajectories, "harvest.jsonl"))
     return args
 
 
@@ -161,7 +165,7 @@ def select_counted(counts: dict[str, list[int]], correct: Iterable, threshold: f
         "candidates": candidates,  # correct trajectories of the selected problems
         "deduplicated": deduplicated,
         "capped": candidates - deduplicated - len(kept),
-        "kept": len(kept),
+        "kept_trajectories": len(kept),
         "kept_per_problem": {"min": min(per_problem, default=0), "max": max(per_problem, default=0),
                              "mean": round(sum(per_problem) / len(per_problem), 3) if per_problem else 0.0},
         # JSON keys are strings; "none" = trajectories without a source step
@@ -212,22 +216,23 @@ def main(argv=None):
     args = get_args(argv)
     # streaming passes: a harvest can be far larger than memory (every rollout of a long RL run): counts, then
     # the selected problems' successes as references to their lines, then the kept lines
-    counts = count(iter_trajectories(args.inp))  # validates every line before anything is written
+    counts = count(iter_trajectories(args.trajectories))  # validates every line before anything is written
     selected = {pid for pid, (c, n) in counts.items() if is_selected(c, n, args.threshold)}
-    kept, stats = select_counted(counts, correct_refs(args.inp, selected), args.threshold, args.max_per_problem,
+    kept, stats = select_counted(counts, correct_refs(args.trajectories, selected), args.threshold, args.max_per_problem,
                                  key=lambda r: r.digest)
-    stats["input"] = str(args.inp)
+    stats["input"] = str(args.trajectories)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "filter_stats.json").unlink(missing_ok=True)  # it marks a finished run: not until this one is
+    for name in (cli.DONE_FILE, "filter_stats.json"):  # they mark a finished run: not until this one is
+        (out / name).unlink(missing_ok=True)
     cli.save_args(args, out)
     b = stats["buckets"]
     print(f"{stats['problems_seen']} problems: {b['never_solved']} never solved, {b['hard']} hard, "
           f"{b['medium']} medium, {b['always_solved']} always solved (threshold {args.threshold})")
     print(f"{stats['trajectories_in']} trajectories in -> {stats['candidates']} correct of "
           f"{stats['problems_selected']} selected problems -> -{stats['deduplicated']} duplicates "
-          f"-> -{stats['capped']} over the cap -> {stats['kept']} kept")
+          f"-> -{stats['capped']} over the cap -> {stats['kept_trajectories']} kept")
     few = sum(n * args.threshold <= 1 for _, n in counts.values())
     if args.threshold < 1 and few:  # one success in n already reaches the threshold: "hard" is out of reach
         print(f"note: {few} problems have <= {1 / args.threshold:g} trajectories; at threshold {args.threshold} "
@@ -238,12 +243,13 @@ def main(argv=None):
             rft.unlink()
         cli.atomic_write_json(out / "filter_stats.json", stats)
         want = "a success" if args.threshold >= 1 else f"0 < success rate < {args.threshold}"
-        raise cli.UserError(f"{args.inp}: nothing kept — no problem has {want} "
+        raise cli.UserError(f"{args.trajectories}: nothing kept — no problem has {want} "
                             f"({b['never_solved']} never solved, {b['medium']} medium, "
                             f"{b['always_solved']} always solved); see {out / 'filter_stats.json'}",
                             code=cli.EXIT_NOTHING_KEPT)
-    write_kept(args.inp, kept, out / "rft.jsonl")
-    cli.atomic_write_json(out / "filter_stats.json", stats)  # written last: its presence means done
+    write_kept(args.trajectories, kept, out / "rft.jsonl")
+    cli.atomic_write_json(out / "filter_stats.json", stats)
+    cli.mark_done(out, "filter", kept_trajectories=len(kept))  # written last
     print(f"wrote {out / 'rft.jsonl'} ({len(kept)} trajectories) and {out / 'filter_stats.json'}")
 
 

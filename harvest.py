@@ -1,35 +1,35 @@
 """harvest.py — pool the trajectories of an RL run across its steps: RLoop's inter-step diversity.
 
+    python harvest.py --run-dir runs/loop/iter1/explore --out runs/loop/iter1/harvest
+    python harvest.py --run-dir runs/loop/iter1/explore --out runs/h --select-steps 1-10,15,20
+    python harvest.py --run-dir runs/loop/iter1/explore --out runs/h --n-samples 8 --select-steps 10-
+
 RL policies at different steps solve problems in different ways (low inter-step similarity); standard RL
 throws every step's samples away after its update. RLoop keeps them. Two sources:
 
-  default       every rollout explore.py logged (EXPLORE_OUT/rollouts.jsonl): free, already scored, each
-                record tagged with the RL step that sampled it. --steps picks a subset of steps.
-  --resample K  instead, sample K fresh responses to every training problem from each saved intermediate
-                checkpoint EXPLORE_OUT/ckpt_*/ (those within --steps): uniform coverage of every problem at
-                every checkpoint, at the cost of generation. Each record is tagged step = checkpoint step,
-                source = checkpoint folder name. Problems come from the explore run's args.json `data`
-                (or --data), sampling settings from its args.json unless given here.
+  default          every rollout explore.py logged (RUN_DIR/rollouts.jsonl): free, already scored, each record
+                   tagged with the RL step that sampled it. --select-steps picks a subset of steps.
+  --n-samples K    instead, sample K fresh responses to every training problem from each saved intermediate
+                   checkpoint RUN_DIR/ckpt_*/ (those within --select-steps): uniform coverage of every problem at
+                   every checkpoint, at the cost of generation. Each record is tagged step = checkpoint step,
+                   source = checkpoint folder name. Problems come from the explore run's args.json `data`
+                   (or --data), sampling settings from its args.json unless given here.
 
-    python harvest.py --run runs/loop/iter1/explore --out runs/loop/iter1/harvest.jsonl
-    python harvest.py --run runs/loop/iter1/explore --out h.jsonl --steps 1-100,150,200
-    python harvest.py --run runs/loop/iter1/explore --out h.jsonl --resample 8 --steps 50-200
+Output: OUT/harvest.jsonl (the shared trajectory record), OUT/args.json and, last, OUT/done.json; a summary line
+per step range (default) or per checkpoint (--n-samples): trajectories, accuracy, problems. (An --out ending in
+.jsonl is that file alone.) Every logged rollout counts, whether or not DAPO's dynamic sampling trained on it; the
+harvest is streamed, so it need not fit in memory. When every step is taken (the default) harvest.jsonl is the
+rollouts file itself, hard-linked (explore.py's extra `kept` field then stays; readers ignore it): at full scale
+that file is tens of GB per run. A subset of steps is written out, without `kept`.
+--select-steps: comma-separated steps and inclusive ranges ("1-200", "50,100,150", "1-50,100", "150-" = 150 on).
+--n-samples keeps its finished rounds of problems (--part-size per rank, per checkpoint) in a hidden parts folder
+next to harvest.jsonl, so a killed run resumes where it stopped; the folder is removed once the output is written.
 
-Every logged rollout counts, whether or not DAPO's dynamic sampling trained on it; the harvest is streamed, so it
-need not fit in memory. When every step is taken (the default) the harvest is the rollouts file itself, hard-linked
-(explore.py's extra `kept` field then stays; readers ignore it): at full scale that file is tens of GB per run.
-A subset of steps is written out, without `kept`.
---steps: comma-separated steps and inclusive ranges ("1-200", "50,100,150", "1-50,100", "150-" = 150 on).
-Output: one JSONL of the shared trajectory record, written atomically, and a summary line per step range
-(default) or per checkpoint (--resample): trajectories, accuracy, problems. --resample keeps its finished rounds
-of problems (--part-size per rank, per checkpoint) in a hidden .OUT.parts/ folder next to the output, so a
-killed run resumes where it stopped; the folder is removed once the output is written.
-
---resample runs data-parallel under torchrun (lib/rounds.py): every rank loads each checkpoint whole (the HF
+--n-samples runs data-parallel under torchrun (lib/rounds.py): every rank loads each checkpoint whole (the HF
 model, or a vLLM engine in its own process), samples its contiguous share of the problems with their global
-seeds, and rank 0 gathers the records and alone writes: the output equals one process's. Under torchrun, name
-the run with --run-dir (torchrun reads --run as an abbreviation of its --run-path). The default mode is a
-single-process file copy: run it with python.
+seeds, and rank 0 gathers the records and alone writes: the output equals one process's. The default mode is a
+single-process file link: run it with python. (Old spellings: --run, --steps, --resample; under torchrun write
+the canonical ones, which torchrun's own parser leaves alone.)
 """
 from __future__ import annotations
 
@@ -48,14 +48,17 @@ from lib.records import Trajectory, read_jsonl, trajectory_from_dict
 
 def get_args(argv=None):
     p = cli.make_parser(__doc__)
-    p.add_argument("--run-dir", "--run", dest="run", required=True,
+    g = p.add_argument_group("data")
+    g.add_argument("--run-dir", "--run", dest="run_dir", required=True,
                    help="explore.py output folder (rollouts.jsonl, ckpt_*/, args.json); under torchrun write --run-dir")
-    p.add_argument("--out", required=True, help="output JSONL (the harvest)")
-    p.add_argument("--steps", default="", help="steps / ranges to take, e.g. '1-200' or '50,100,150' (default: all)")
-    p.add_argument("--resample", type=int, default=0, metavar="K",
+    g.add_argument("--out", required=True,
+                   help="output folder: harvest.jsonl, args.json, done.json (a path ending in .jsonl: that file alone)")
+    g.add_argument("--select-steps", "--steps", dest="select_steps", default="",
+                   help="RL steps / ranges to take, e.g. '1-200' or '50,100,150' (default: all)")
+    g.add_argument("--n-samples", "--resample", dest="n_samples", type=int, default=0, metavar="K",
                    help="generate K samples per training problem from each saved checkpoint instead of "
                         "reading the logged rollouts (0 = read the rollouts)")
-    g = p.add_argument_group("--resample settings (default: the explore run's args.json)")
+    g = p.add_argument_group("sampling, with --n-samples K (default: the explore run's args.json)")
     g.add_argument("--data", default=None, help="training problems (file / dataset id / 'toy')")
     g.add_argument("--split", default=None, help="dataset split, for --data given as a hub dataset id")
     g.add_argument("--limit", type=int, default=None, help="only the first N problems (0 = all)")
@@ -72,6 +75,7 @@ def get_args(argv=None):
     g.add_argument("--reward", default=None,
                    help="verifier: dapo, math_verify or path/to/file.py:function (runs that file; signature of "
                         "lib/reward.score)")
+    g = p.add_argument_group("engine, with --n-samples K")
     add_engine_args(g, gpu_memory_utilization=0.85, tp=False)  # --backend, --gpu-memory-utilization
     g.add_argument("--part-size", type=int, default=0,
                    help="problems each rank samples per saved part (what a killed run keeps), rounded up to whole HF "
@@ -81,14 +85,22 @@ def get_args(argv=None):
                    help="cpu / cuda / auto (hf backend; under torchrun: each rank's own GPU)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
     args = p.parse_args(argv)
-    cli.check_positive(args, "resample", "limit", "max_model_len", "max_prompt_len", "part_size", allow_zero=True)
+    cli.check_positive(args, "n_samples", "limit", "max_model_len", "max_prompt_len", "part_size", allow_zero=True)
     cli.check_positive(args, "max_new_tokens")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise cli.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
     check_engine_args(args)
-    args.step_ranges = parse_steps(args.steps)
-    cli.check_out_file(args.out)
+    args.step_ranges = parse_steps(args.select_steps)
+    if args.out.endswith(".jsonl"):
+        cli.check_out_file(args.out)
+    else:
+        cli.check_out_dir(args.out)
     return args
+
+
+def output_file(out: str) -> Path:
+    """The harvest file of --out: OUT/harvest.jsonl for a folder, the path itself for a .jsonl."""
+    return Path(out) if out.endswith(".jsonl") else Path(out) / "harvest.jsonl"
 
 
 def parse_steps(spec: str) -> list[tuple[int, float]]:
@@ -103,9 +115,9 @@ def parse_steps(spec: str) -> list[tuple[int, float]]:
             a = int(lo)
             b = (int(hi) if hi.strip() else math.inf) if dash else a
         except ValueError:
-            raise cli.UserError(f"--steps: expected steps or ranges like '1-200' or '50,100', got '{item}'") from None
+            raise cli.UserError(f"--select-steps: expected steps or ranges like '1-200' or '50,100', got '{item}'") from None
         if a < 0 or b < a:
-            raise cli.UserError(f"--steps: bad range '{item}'")
+            raise cli.UserError(f"--select-steps: bad range '{item}'")
         ranges.append((a, b))
     return ranges
 
@@ -161,7 +173,7 @@ def from_rollouts(run: Path, ranges, out: Path) -> dict[int, Tally]:
     usable as logged (explore.py's always are): `out` is a hard link to the rollouts file, not a copy of it."""
     path = run / "rollouts.jsonl"
     if not path.is_file():
-        raise cli.UserError(f"{path}: no such file (is --run an explore.py output folder?)")
+        raise cli.UserError(f"{path}: no such file (is --run-dir an explore.py output folder?)")
     if ranges == parse_steps(""):
         tallies, as_is = read_rollouts(path, ranges)  # validates every record
         if as_is and hard_link(path, out):
@@ -188,14 +200,14 @@ def read_rollouts(path: Path, ranges, f=None) -> tuple[dict[int, Tally], bool]:
                 f.write(t.to_json() + "\n")
             tallies.setdefault(t.step, Tally()).add(t)
     if not tallies:
-        raise cli.UserError(f"{path}: no rollouts at the requested --steps (the run logged steps {lo}-{hi})")
+        raise cli.UserError(f"{path}: no rollouts at the requested --select-steps (the run logged steps {lo}-{hi})")
     return tallies, as_is
 
 
 def hard_link(src: Path, out: Path) -> bool:
     """Make `out` a hard link to src (in one rename: a reader never sees a half file); False where the filesystem
     cannot (another device), and the caller writes a copy. explore.py only appends to its rollouts while its run
-    goes on, and a finished run's file stays as it is; resuming that run with more --steps grows this harvest
+    goes on, and a finished run's file stays as it is; resuming that run with more --rl-steps grows this harvest
     too, so harvest again after."""
     tmp = out.with_name(f".{out.name}.link")
     tmp.unlink(missing_ok=True)
@@ -209,7 +221,7 @@ def hard_link(src: Path, out: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# --resample: fresh samples from every saved checkpoint
+# --n-samples: fresh samples from every saved checkpoint
 
 
 def resample_settings(args, run: Path) -> dict:
@@ -278,12 +290,12 @@ class StreamedCheckpoint:
 
 
 def resample(args, run: Path, out: Path) -> dict[int, Tally] | None:
-    """Sample every checkpoint within --steps, round by round, into the parts folder, then join the parts into
+    """Sample every checkpoint within --select-steps, round by round, into the parts folder, then join the parts into
     `out`. Under torchrun every rank calls it; rank 0 alone writes, and returns the tallies (None elsewhere)."""
     ckpts = [(s, d) for s, d in list_checkpoints(run) if in_steps(s, args.step_ranges)]
     if not ckpts:
         have = [d.name for _, d in list_checkpoints(run)]
-        raise cli.UserError(f"{run}: no checkpoint at the requested --steps (found: {', '.join(have) or 'none'})")
+        raise cli.UserError(f"{run}: no checkpoint at the requested --select-steps (found: {', '.join(have) or 'none'})")
     s = resample_settings(args, run)
     # fails before any model loads ('toy' writes its files once: rank 0 first)
     problems = dist.main_first(lambda: data.load_problems(toy.resolve(s["data"], "data"), split=s["split"],
@@ -296,12 +308,12 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally] | None:
     verifier = reward.load_reward(s["reward"])  # (so does a bad --reward)
     backend = resolve_backend(args.backend)
     device = dist.device(args.device)
-    print(f"resampling {len(problems)} problems x {args.resample} from {len(ckpts)} checkpoint(s) "
+    print(f"resampling {len(problems)} problems x {args.n_samples} from {len(ckpts)} checkpoint(s) "
           f"({backend}; max_new_tokens {s['max_new_tokens']}, temperature {s['temperature']}, top_p {s['top_p']}"
           f"{f'; {dist.world_size()} ranks' if dist.is_distributed() else ''})")
 
     # the finished rounds of every checkpoint: a killed run resumes at the first one missing
-    key = {**s, "k": args.resample, "run": str(run.resolve()), "backend": backend,
+    key = {**s, "k": args.n_samples, "run": str(run.resolve()), "backend": backend,
            "rollout_dtype": rollout_dtype(args.rollout_dtype, device.type == "cuda")}
     parts = rounds.open_parts(rounds.Parts(out.with_name(f".{out.name}.parts"), key))
     main_rank, engine, tok = dist.is_main(), None, None
@@ -319,7 +331,7 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally] | None:
                 engine.close()
             engine, tok = load_for_sampling(ckpt, problems, s, backend, device, args.gpu_memory_utilization,
                                             args.trust_remote_code, args.rollout_dtype)
-        rounds.sample_in_rounds(engine, problems, verifier, parts, ckpt.name, n=args.resample,
+        rounds.sample_in_rounds(engine, problems, verifier, parts, ckpt.name, n=args.n_samples,
                                 seed=s["seed"] + step, part_size=args.part_size, tokenizer=tok,
                                 max_new_tokens=s["max_new_tokens"], temperature=s["temperature"], top_p=s["top_p"],
                                 step=step, source=ckpt.name)
@@ -343,10 +355,14 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally] | None:
 
 def main(argv=None):
     args = get_args(argv)
-    run, out = Path(args.run), Path(args.out)
+    run, out = Path(args.run_dir), output_file(args.out)
+    folder = None if args.out.endswith(".jsonl") else Path(args.out)  # (a .jsonl --out: that file alone)
     if not run.is_dir():
-        raise cli.UserError(f"{run}: no such folder (--run takes an explore.py output folder)")
-    if args.resample:
+        raise cli.UserError(f"{run}: no such folder (--run-dir takes an explore.py output folder)")
+    if folder is not None and dist.is_main():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / cli.DONE_FILE).unlink(missing_ok=True)  # it marks a finished harvest: not until this one is
+    if args.n_samples:
         with dist.session():  # (without torchrun nothing below touches torch.distributed)
             tallies = resample(args, run, out)
         if tallies is None:  # (a rank other than 0: rank 0 wrote the output and prints the summary)
@@ -354,7 +370,7 @@ def main(argv=None):
         what = "checkpoint(s)"
     else:
         if dist.launched():
-            raise cli.UserError("harvest.py without --resample copies logged rollouts in one process: run it with "
+            raise cli.UserError("harvest.py without --n-samples copies logged rollouts in one process: run it with "
                                 "python, not torchrun")
         tallies = from_rollouts(run, args.step_ranges, out)
         for chunk in step_chunks(sorted(tallies)):
@@ -368,7 +384,10 @@ def main(argv=None):
     for t in tallies.values():
         total.merge(t)
     print(total.line(f"total ({len(tallies)} {what})"))
-    linked = not args.resample and os.path.samefile(out, run / "rollouts.jsonl")
+    linked = not args.n_samples and os.path.samefile(out, run / "rollouts.jsonl")
+    if folder is not None:
+        cli.save_args(args, folder)
+        cli.mark_done(folder, "harvest", trajectories=total.n, correct=total.correct, problems=len(total.problems))
     print(f"wrote {out}" + (" (a hard link to the run's rollouts.jsonl: every step, as logged; no copy)"
                             if linked else ""))
 

@@ -20,14 +20,14 @@
 # With JOBS=2 (the toy's default) the vanilla run and half the evaluations go beside RLoop's chain, one torch
 # thread each: the same stages, the same outputs, in less wall time on a 2-core box.
 #
-# Several GPUs, several nodes (docs/scaling.md): explore, consolidate, evaluate and harvest --resample run under
+# Several GPUs, several nodes (docs/scaling.md): explore, consolidate, evaluate and harvest --n-samples run under
 # torchrun over NNODES x NPROC_PER_NODE processes (static rendezvous at MASTER_ADDR:MASTER_PORT); every node runs
 # this same script with its NODE_RANK and the same OUT on a shared filesystem. The single-process stages (harvest's
 # default mode, filter, report, the toy base build) run on node 0, the other nodes wait for node 0's marker.
 # Node 0 alone writes markers and OUT/loop.log; node k logs to OUT/loop.node<k>.log.
 #
 # Rerunning resumes: a stage that finished is skipped (OUT/.done/<stage> is written last), an interrupted one
-# resumes (explore and consolidate from their last checkpoint, evaluate and harvest --resample from their last
+# resumes (explore and consolidate from their last checkpoint, evaluate and harvest --n-samples from their last
 # finished part). After a failure on any node, rerun the same command on every node.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -51,8 +51,8 @@ var SEED 0 "seed of iteration 1's RL run, vanilla RL, consolidation and evaluati
 var VANILLA 1 "0 = no vanilla-RL baseline"
 var RLOOP 1 "0 = no RLoop iterations (a vanilla-only run, e.g. lab.sh's vanilla arms)"
 var THRESHOLD 0.1 "hard = 0 < success < THRESHOLD; 1.0 = the no-active-learning ablation"
-var EXPLORE_ARGS "" "extra flags of explore.py, e.g. \"--lr 1e-6 --n-responses 16\""
-var HARVEST_ARGS "" "extra flags of harvest.py (--resample K: sampled from the checkpoints, data-parallel)"
+var EXPLORE_ARGS "" "extra flags of explore.py, e.g. \"--lr 1e-6 --n-samples 16\""
+var HARVEST_ARGS "" "extra flags of harvest.py (--n-samples K: sampled from the checkpoints, data-parallel)"
 var FILTER_ARGS "" "extra flags of filter.py"
 var CONSOLIDATE_ARGS "" "extra flags of consolidate.py"
 var EVAL_ARGS "--n-samples 8" "extra flags of evaluate.py"
@@ -68,7 +68,7 @@ var MASTER_PORT 29500 "a free port on node 0; every distributed stage rendezvous
 var NPROC_PER_NODE "" "processes per node (empty: the node's GPU count, 1 without a GPU)"
 var TRAIN_LAUNCH "" "launcher of explore / consolidate, one node only (empty: torchrun over NNODES x NPROC_PER_NODE "\
 "processes when more than one, else PYTHON)"
-var EVAL_LAUNCH "" "launcher of evaluate / harvest --resample, one node only (empty: TRAIN_LAUNCH; PYTHON with JOBS=2)"
+var EVAL_LAUNCH "" "launcher of evaluate / harvest --n-samples, one node only (empty: TRAIN_LAUNCH; PYTHON with JOBS=2)"
 var JOBS "" "stages side by side, 1 or 2: 2 = vanilla RL and half the evaluations beside RLoop's chain (empty: 2 "\
 "for the toy in one process, else 1)"
 var NODE_TIMEOUT 600 "seconds a node > 0 waits on a silent node 0 (heartbeat OUT/.node0.alive unchanged), then fails"
@@ -231,7 +231,7 @@ nothing_kept() {  # nothing_kept iterI: the filter kept nothing: the iteration h
   echo "$policy" > "$OUT/iter$i/next_policy"
   echo 0 > "$OUT/.done/iter$i-consolidate"  # (before the filter's marker: the other nodes read both after it)
 }
-resampling() {  # HARVEST_ARGS asks harvest.py for fresh samples (--resample K > 0): a data-parallel stage
+resampling() {  # HARVEST_ARGS asks harvest.py for fresh samples (--n-samples K > 0): a data-parallel stage
   local a prev=
   for a in $HARVEST_ARGS; do
     if [[ "$prev" =~ ^--(resample|n-samples)$ && "$a" != 0 ]] || [[ "$a" =~ ^--(resample|n-samples)=[1-9] ]]; then
@@ -250,19 +250,19 @@ rloop() {
     policy=$(initial_policy "$i")
     # shellcheck disable=SC2086  # *_ARGS and the launchers are deliberately word-split
     stage "iter$i-explore" all $TRAIN_LAUNCH explore.py --model "$policy" --data "$DATA" --out "$it/explore" \
-      --steps "$RL_STEPS" --save-every "$SAVE_EVERY" --seed $((SEED + i - 1)) --resume "${log_flag[@]}" $EXPLORE_ARGS
+      --rl-steps "$RL_STEPS" --save-every "$SAVE_EVERY" --seed $((SEED + i - 1)) --resume "${log_flag[@]}" $EXPLORE_ARGS
     if resampling; then
       # shellcheck disable=SC2086
-      stage "iter$i-harvest" all $EVAL_LAUNCH harvest.py --run-dir "$it/explore" --out "$it/harvest.jsonl" $HARVEST_ARGS
+      stage "iter$i-harvest" all $EVAL_LAUNCH harvest.py --run-dir "$it/explore" --out "$it/harvest" $HARVEST_ARGS
     else
       # shellcheck disable=SC2086
-      stage "iter$i-harvest" 0 $PYTHON harvest.py --run "$it/explore" --out "$it/harvest.jsonl" $HARVEST_ARGS
+      stage "iter$i-harvest" 0 $PYTHON harvest.py --run-dir "$it/explore" --out "$it/harvest" $HARVEST_ARGS
     fi
     # shellcheck disable=SC2086
-    stage "iter$i-filter" 0 $PYTHON filter.py --in "$it/harvest.jsonl" --out "$it/filter" --threshold "$THRESHOLD" \
+    stage "iter$i-filter" 0 $PYTHON filter.py --trajectories "$it/harvest" --out "$it/filter" --threshold "$THRESHOLD" \
       $FILTER_ARGS
     # shellcheck disable=SC2086
-    stage "iter$i-consolidate" all $TRAIN_LAUNCH consolidate.py --model "$policy" --data "$it/filter/rft.jsonl" \
+    stage "iter$i-consolidate" all $TRAIN_LAUNCH consolidate.py --model "$policy" --trajectories "$it/filter" \
       --out "$it/consolidated" --seed "$SEED" --resume "${log_flag[@]}" $CONSOLIDATE_ARGS
     if (( NODE_RANK == 0 && ! DRY_RUN )) && [[ ! -e "$it/next_policy" ]]; then
       echo "$it/consolidated" > "$it/next_policy"
@@ -291,7 +291,7 @@ vanilla() {
   fi
   # shellcheck disable=SC2086
   stage vanilla-explore all $TRAIN_LAUNCH explore.py --model "$MODEL" --data "$DATA" --out "$OUT/vanilla" \
-    --steps $((ITERS * RL_STEPS)) --save-every "$SAVE_EVERY" --seed "$SEED" --resume "${log_flag[@]}" $EXPLORE_ARGS
+    --rl-steps $((ITERS * RL_STEPS)) --save-every "$SAVE_EVERY" --seed "$SEED" --resume "${log_flag[@]}" $EXPLORE_ARGS
 }
 
 # --- evaluation ----------------------------------------------------------------------------------------

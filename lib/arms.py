@@ -207,7 +207,7 @@ def copies(arm: Arm, reuse: Reuse, s: Sizes) -> list[Copy]:
             stage, path = first_run(src)
             out.append(Copy(stage, path, first_run(arm)[1], done=False))
         elif part == ITERATION_1:
-            out += [Copy("iter1-explore", "iter1/explore"), Copy("iter1-harvest", "iter1/harvest.jsonl"),
+            out += [Copy("iter1-explore", "iter1/explore"), Copy("iter1-harvest", "iter1/harvest"),
                     Copy("eval-iter1-rl", "eval/iter1-rl")]
         elif part == VANILLA_EVALS and total_steps(src, s) <= total_steps(arm, s):
             out.append(Copy("eval-vanilla-*", "eval/vanilla-*"))

@@ -14,8 +14,8 @@ from pathlib import Path
 from lib import arms as A
 from lib import stats
 from lib.diversity import similarity, strategy_entropy
-from lib.metrics import metric
-from lib.report_run import comparison, end_to_end, ks_of, load_run, pass_at, peak_norm
+from lib.metrics import ks_of, metric, pass_at
+from lib.report_run import comparison, end_to_end, load_run, peak_norm
 
 
 # --- values over seeds ----------------------------------------------------------------------------------------

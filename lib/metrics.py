@@ -50,8 +50,8 @@ def ks_up_to(n: int) -> list[int]:
 
 def summarize(trajectories, n: int) -> dict:
     """Per-benchmark numbers from scored samples (objects with .problem_id and .acc): problems, mean_acc
-    (avg@n: the mean over problems of correct / samples), pass@k for k in ks_up_to(n). evaluate.py and
-    explore.py's validation report the same numbers through this one function."""
+    (avg@n: the mean over problems of correct / samples), and one flat key pass@K for each K in ks_up_to(n).
+    evaluate.py and explore.py's validation report the same numbers through this one function."""
     correct: dict[str, int] = {}
     total: dict[str, int] = {}
     for t in trajectories:
@@ -60,7 +60,18 @@ def summarize(trajectories, n: int) -> dict:
     counts = [(total[p], correct[p]) for p in total]
     return {"problems": len(counts),
             "mean_acc": sum(c / m for m, c in counts) / len(counts),
-            "pass@k": {str(k): mean_pass_at_k(counts, k) for k in ks_up_to(n)}}
+            **{f"pass@{k}": mean_pass_at_k(counts, k) for k in ks_up_to(n)}}
+
+
+def ks_of(b: dict) -> list[str]:
+    """The K values of one evaluation's pass@K keys (flat "pass@K"; outputs written earlier nest them under
+    "pass@k": {"K": ...}, and are read too)."""
+    return list(b["pass@k"]) if "pass@k" in b else [k[5:] for k in b if k.startswith("pass@")]
+
+
+def pass_at(b: dict, k) -> float | None:
+    """One evaluation's pass@k (either layout, see ks_of); None when it has no such k."""
+    return b["pass@k"].get(str(k)) if "pass@k" in b else b.get(f"pass@{k}")
 
 
 # Keys renamed so that one name means one thing in every output (docs/outputs.md): canonical name -> the names

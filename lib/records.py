@@ -151,3 +151,10 @@ def truncate_to(path: str | os.PathLike, size: int) -> None:
     if path.exists() and path.stat().st_size > size:
         with open(path, "r+b") as f:
             f.truncate(size)
+
+
+def stage_file(path: str | os.PathLike, name: str) -> Path:
+    """A stage's input given as a file or as the folder of the stage that wrote it: folder/name (harvest.py's
+    --out holds harvest.jsonl, filter.py's rft.jsonl)."""
+    p = Path(path)
+    return p / name if p.is_dir() else p

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from lib import cli
-from lib.metrics import metric
+from lib.metrics import ks_of, metric, pass_at
 from lib.diversity import similarity
 from lib.records import read_jsonl
 
@@ -35,15 +35,6 @@ def read_rows(path: Path) -> list[dict]:
 
 def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
-def ks_of(b: dict) -> list[str]:
-    """The k values of an evaluation's pass@k (evaluate.py's metrics.json: a "pass@k" map, or flat "pass@K" keys)."""
-    return list(b["pass@k"]) if "pass@k" in b else [k[5:] for k in b if k.startswith("pass@")]
-
-
-def pass_at(b: dict, k: str) -> float | None:
-    return b["pass@k"].get(str(k)) if "pass@k" in b else b.get(f"pass@{k}")
 
 
 def engine_gap(rows: list[dict]) -> str:

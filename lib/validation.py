@@ -11,7 +11,7 @@ ckpt_s with the same n, sampling settings and seed. They go into that step's met
 from __future__ import annotations
 
 from lib import cli, data
-from lib.metrics import summarize
+from lib.metrics import ks_of, summarize
 from lib.rollout import sample_and_score, trajectories
 
 PREFIX = "val/"
@@ -65,8 +65,8 @@ def validate(engine, benchmarks: dict[str, list[data.Problem]], n: int, reward_f
                                   temperature=temperature, top_p=top_p, seed=seed, source=f"val:{name}")
         s = summarize(trajectories(scored), n)
         row[f"{PREFIX}{name}/mean_acc"] = s["mean_acc"]
-        for k, v in s["pass@k"].items():
-            row[f"{PREFIX}{name}/pass@{k}"] = v
+        for k in ks_of(s):
+            row[f"{PREFIX}{name}/pass@{k}"] = s[f"pass@{k}"]
         accs.append(s["mean_acc"])
     if accs:
         row[f"{PREFIX}mean_acc"] = sum(accs) / len(accs)

@@ -137,7 +137,7 @@ var BENCH_GPU_MEM 0.85 "vLLM's share of each GPU in evaluation (ours: nothing el
 
 # --- anything else: flags appended to a stage's, as they are ---------------------------------------------------
 var EXTRA_EXPLORE_ARGS "" "more explore.py flags (e.g. --kl-coef 0.001)"
-var EXTRA_HARVEST_ARGS "" "more harvest.py flags (e.g. --resample 8)"
+var EXTRA_HARVEST_ARGS "" "more harvest.py flags (e.g. --n-samples 8)"
 var EXTRA_FILTER_ARGS "" "more filter.py flags"
 var EXTRA_CONSOLIDATE_ARGS "" "more consolidate.py flags"
 var EXTRA_EVAL_ARGS "" "more evaluate.py flags (e.g. --limit 50)"
@@ -177,13 +177,13 @@ flag() { (( $1 )) && echo "$2" || echo "${3:-}"; }
 vllm_only() { [[ "$BACKEND" == vllm ]] && echo "$1" || true; }
 validation=""
 if [[ -n "$EVAL_BENCHMARKS" ]]; then
-  validation="--eval-data $EVAL_BENCHMARKS --eval-every $EVAL_EVERY --eval-n $EVAL_N_SAMPLES \
+  validation="--eval-benchmarks $EVAL_BENCHMARKS --eval-every $EVAL_EVERY --eval-n-samples $EVAL_N_SAMPLES \
 --eval-temperature $EVAL_TEMPERATURE --eval-top-p $EVAL_TOP_P $(flag "$EVAL_BEFORE_TRAIN" --eval-before-train)"
 fi
 
 EXPLORE_ARGS="--backend $BACKEND --prompts-per-step $PROMPTS_PER_STEP --gen-batch-size $GEN_BATCH_SIZE \
 $(flag "$DYNAMIC_SAMPLING" --dynamic-sampling --no-dynamic-sampling) --max-gen-batches $MAX_GEN_BATCHES \
---n-responses $N_SAMPLES --max-prompt-len $MAX_PROMPT_LEN --max-new-tokens $MAX_NEW_TOKENS \
+--n-samples $N_SAMPLES --max-prompt-len $MAX_PROMPT_LEN --max-new-tokens $MAX_NEW_TOKENS \
 --overlong-buffer $OVERLONG_BUFFER --overlong-factor $OVERLONG_FACTOR --max-model-len $MAX_MODEL_LEN \
 --temperature $TEMPERATURE --top-p $TOP_P --reward $REWARD --mini-batch $MINI_BATCH --micro-batch $MICRO_BATCH \
 --lr $LR --warmup-steps $WARMUP_STEPS --weight-decay $WEIGHT_DECAY --grad-clip $GRAD_CLIP --eps-low $EPS_LOW \
@@ -193,7 +193,7 @@ $(vllm_only "--tp $TP") $(vllm_only "$(flag "$SLEEP_MODE" --sleep-mode)") $valid
 HARVEST_ARGS="$EXTRA_HARVEST_ARGS"
 FILTER_ARGS="--max-per-problem $MAX_PER_PROBLEM $EXTRA_FILTER_ARGS"
 CONSOLIDATE_ARGS="--lr $RFT_LR --epochs $RFT_EPOCHS --batch-size $RFT_BATCH --micro-batch $RFT_MICRO \
---max-len $RFT_MAX_LEN $(flag "$BF16" --bf16 --no-bf16) $(flag "$GRAD_CKPT" --grad-checkpointing) \
+--max-model-len $RFT_MAX_LEN $(flag "$BF16" --bf16 --no-bf16) $(flag "$GRAD_CKPT" --grad-checkpointing) \
 $EXTRA_CONSOLIDATE_ARGS"
 EVAL_ARGS="--backend $BACKEND --n-samples $BENCH_N_SAMPLES --temperature $BENCH_TEMPERATURE --top-p $BENCH_TOP_P \
 --max-prompt-len $MAX_PROMPT_LEN --max-new-tokens $MAX_NEW_TOKENS --max-model-len $MAX_MODEL_LEN \

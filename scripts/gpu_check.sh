@@ -85,7 +85,7 @@ toy.build_base(Path('$OUT/base'), steps=120, quiet=True)" && BASE=$OUT/base
 fi
 [[ -n "$BASE" ]] || { echo "error: no toy base model"; exit 1; }
 echo "base: $BASE"
-TOY="--model $BASE --data toy --device cuda --bf16 --steps $STEPS --save-every $STEPS"
+TOY="--model $BASE --data toy --device cuda --bf16 --rl-steps $STEPS --save-every $STEPS"
 
 # --- one GPU ---------------------------------------------------------------------------------------------
 # shellcheck disable=SC2086
@@ -100,21 +100,21 @@ if (( HAS_VLLM )); then
   explore_tail "$OUT/explore_vllm_sleep"
 fi
 
-run harvest $PYTHON harvest.py --run "$OUT/explore_hf" --out "$OUT/harvest.jsonl"
-run filter $PYTHON filter.py --in "$OUT/harvest.jsonl" --out "$OUT/filter" --threshold 1.0
+run harvest $PYTHON harvest.py --run-dir "$OUT/explore_hf" --out "$OUT/harvest"
+run filter $PYTHON filter.py --trajectories "$OUT/harvest" --out "$OUT/filter" --threshold 1.0
 if [[ -s "$OUT/filter/rft.jsonl" ]]; then
-  run consolidate $PYTHON consolidate.py --model "$BASE" --data "$OUT/filter/rft.jsonl" --out "$OUT/consolidated" \
+  run consolidate $PYTHON consolidate.py --model "$BASE" --trajectories "$OUT/filter" --out "$OUT/consolidated" \
     --epochs 1 --device cuda --bf16 && tail -n 1 "$OUT/consolidate.log" | sed 's/^/    /'
   POLICY=$OUT/consolidated
 else
   echo "  (no successful trajectory to consolidate on: evaluating the base)"
   POLICY=$BASE
 fi
-run evaluate-hf $PYTHON evaluate.py --model "$POLICY" --benchmarks toy --limit 64 --n 4 --device cuda --backend hf \
+run evaluate-hf $PYTHON evaluate.py --model "$POLICY" --benchmarks toy --limit 64 --n-samples 4 --device cuda --backend hf \
   --out "$OUT/eval_hf" && grep -i "mean_acc\|average" "$OUT/evaluate-hf.log" | tail -n 3 | sed 's/^/    /'
 if (( HAS_VLLM )); then
   run vllm-sync-check $PYTHON scripts/vllm_sync_check.py; tail -n 1 "$OUT/vllm-sync-check.log" | sed 's/^/    /'
-  run evaluate-vllm $PYTHON evaluate.py --model "$POLICY" --benchmarks toy --limit 64 --n 4 --backend vllm \
+  run evaluate-vllm $PYTHON evaluate.py --model "$POLICY" --benchmarks toy --limit 64 --n-samples 4 --backend vllm \
     --gpu-memory-utilization 0.3 --out "$OUT/eval_vllm" && grep -i "mean_acc\|average" "$OUT/evaluate-vllm.log" | tail -n 3 | sed 's/^/    /'
 fi
 
@@ -130,7 +130,7 @@ if (( NGPU >= 2 )); then
     explore_tail "$OUT/tr_explore_vllm"
   fi
   if [[ -s "$OUT/filter/rft.jsonl" ]]; then
-    run torchrun-consolidate $TR consolidate.py --model "$BASE" --data "$OUT/filter/rft.jsonl" \
+    run torchrun-consolidate $TR consolidate.py --model "$BASE" --trajectories "$OUT/filter" \
       --out "$OUT/tr_consolidated" --epochs 1 --device cuda --bf16
   fi
 else

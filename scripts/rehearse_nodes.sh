@@ -4,7 +4,7 @@
 #   bash scripts/rehearse_nodes.sh [OUT]      # default OUT=runs/rehearse_nodes; ~10 min on 2 cores
 #
 # Two `bash loop.sh` processes with NNODES=2, NPROC_PER_NODE=1 and NODE_RANK 0 / 1 play two nodes (torchrun's
-# static rendezvous on localhost, gloo), on the toy at tiny sizes: ITERS=2, RL_STEPS=2, harvest --resample (so
+# static rendezvous on localhost, gloo), on the toy at tiny sizes: ITERS=2, RL_STEPS=2, harvest --n-samples (so
 # every kind of distributed stage runs), EVAL_ITERS=output. One PASS / FAIL line per check, exit 1 if any fails:
 #   1. node 1 lost (SIGKILL to all its processes) during iteration 2's explore: node 0 fails by itself
 #      within BOUND seconds
@@ -31,9 +31,9 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 eval_args="--n-samples 4 --limit 8 --max-new-tokens 48 --backend hf"
 settings=(MODEL=toy DATA=toy BENCHMARKS=toy ITERS=2 RL_STEPS=2 SAVE_EVERY=1 THRESHOLD=1.0 EVAL_ITERS=output
   PYTHON="$PYTHON" MASTER_PORT="$PORT" NODE_TIMEOUT=60
-  EXPLORE_ARGS="--prompts-per-step 8 --n-responses 4 --mini-batch 4 --micro-batch 16 --max-new-tokens 48
+  EXPLORE_ARGS="--prompts-per-step 8 --n-samples 4 --mini-batch 4 --micro-batch 16 --max-new-tokens 48
     --overlong-buffer 8 --max-gen-batches 2 --lr 1e-4 --warmup-steps 0 --backend hf"
-  HARVEST_ARGS="--resample 2 --limit 16 --backend hf" CONSOLIDATE_ARGS="--epochs 1 --batch-size 8 --lr 1e-4"
+  HARVEST_ARGS="--n-samples 2 --limit 16 --backend hf" CONSOLIDATE_ARGS="--epochs 1 --batch-size 8 --lr 1e-4"
   EVAL_ARGS="$eval_args")
 
 fails=0
@@ -79,7 +79,7 @@ def canon(x, root):
     log that holds times) left out."""
     if isinstance(x, dict):
         return {k: canon(v, root) for k, v in x.items()
-                if not ("seconds" in str(k) or "time" in str(k) or k in ("tokens_per_s", "_run", "metrics_bytes"))}
+                if not ("seconds" in str(k) or "time" in str(k) or k in ("tokens_per_s", "_run", "metrics_bytes", "finished"))}
     if isinstance(x, (list, tuple)):
         return [canon(v, root) for v in x]
     if isinstance(x, str):
@@ -94,7 +94,7 @@ def load(path: Path, root: Path):
     if path.suffix == ".jsonl":
         return [canon(json.loads(line), root) for line in path.read_text().splitlines()]
     if path.suffix == ".pt":
-        return canon(torch.load(path, weights_only=False), root)
+        return canon(torch.load(path, weights_only=True), root)
     data = path.read_bytes()
     return data if path.suffix == ".safetensors" else data.replace(str(root).encode(), b"OUT")
 

@@ -6,8 +6,8 @@ millions of records. This writes such a file (lib/synthetic.write_rollouts; by d
 ~21 GB: 4,000 problems, ~10% correct, token ids on the correct ones) as iteration 1 of a loop.sh run folder, then
 runs each stage in its own process, as loop.sh does:
   report   python report.py DIR/run                                 (its diversity pass reads every rollout)
-  harvest  python harvest.py --run DIR/run/iter1/explore --out DIR/harvest    (default mode: the logged rollouts)
-  filter   python filter.py --in <the harvest> --out DIR/filter --threshold 0.1
+  harvest  python harvest.py --run-dir DIR/run/iter1/explore --out DIR/harvest    (default mode: the logged rollouts)
+  filter   python filter.py --trajectories DIR/harvest --out DIR/filter --threshold 0.1
 and prints each one's wall time and peak resident memory (its own high-water mark, from os.wait4) against the
 bounds, as ratios: PASS when both are <= 1.
 
@@ -108,10 +108,9 @@ def main(argv=None) -> int:
     rows = [measure("report", [py, "report.py", str(run)], logs)]
     print(f"  report done in {rows[-1]['seconds']} s", flush=True)
     harvest = out / "harvest"
-    rows.append(measure("harvest", [py, "harvest.py", "--run", str(explore), "--out", str(harvest)], logs))
+    rows.append(measure("harvest", [py, "harvest.py", "--run-dir", str(explore), "--out", str(harvest)], logs))
     print(f"  harvest done in {rows[-1]['seconds']} s", flush=True)
-    trajectories = harvest / "harvest.jsonl" if harvest.is_dir() else harvest  # (a folder or a file, as --out is)
-    rows.append(measure("filter", [py, "filter.py", "--in", str(trajectories), "--out", str(out / "filter"),
+    rows.append(measure("filter", [py, "filter.py", "--trajectories", str(harvest), "--out", str(out / "filter"),
                                    "--threshold", str(args.threshold)], logs))
     stats = json.loads((out / "filter" / "filter_stats.json").read_text(encoding="utf-8"))
     print()
@@ -119,10 +118,10 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['stage']:<8} {r['seconds']:>8.1f} s {r['time_ratio']:>8.3f} {r['peak_gb']:>7.3f} GB "
               f"{r['memory_ratio']:>7.3f}  {r['status']}")
-    print(f"(filter kept {stats['kept']:,} of {stats['trajectories_in']:,} trajectories, "
+    print(f"(filter kept {stats['kept_trajectories']:,} of {stats['trajectories_in']:,} trajectories, "
           f"{stats['problems_selected']:,} problems selected)")
     result = {"command": " ".join(["python scripts/scale_bench.py"] + (sys.argv[1:] if argv is None else list(argv))),
-              "rollouts": info, "rows": rows, "filter": {k: stats[k] for k in ("kept", "problems_selected")},
+              "rollouts": info, "rows": rows, "filter": {k: stats[k] for k in ("kept_trajectories", "problems_selected")},
               "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                           "python": platform.python_version()}}
     cli.atomic_write_json(out / "scale.json", result)

@@ -1,6 +1,6 @@
 """Build (once) and measure the toy base model: the figures the README quotes.
 
-    python scripts/toy_base_report.py [--seed 0] [--n 16]
+    python scripts/toy_base_report.py [--seed 0] [--n-samples 16]
 
 Accuracy per split (n samples, temperature 1.0, top_p 1.0) through evaluate.py — the same code path users
 run — the share of hard train problems (0 < success < 0.1), of never-solved ones, and the build time.
@@ -19,13 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root
 import evaluate  # noqa: E402
 from lib import toy  # noqa: E402
 from lib.cli import atomic_write_json  # noqa: E402
+from lib.metrics import pass_at  # noqa: E402
 
 
 def report(seed: int = 0, n: int = 16) -> dict:
     base = toy.ensure_base(seed)
     out = toy.toy_dir(seed) / "base_report"
     benches = ",".join(f"{s}={toy.data_path(s, seed)}" for s in ("train", "test", "ood", "probe"))
-    evaluate.main(["--model", str(base), "--benchmarks", benches, "--n", str(n), "--top-p", "1.0",
+    evaluate.main(["--model", str(base), "--benchmarks", benches, "--n-samples", str(n), "--top-p", "1.0",
                    "--max-new-tokens", "96", "--out", str(out)])
     metrics = json.loads((out / "metrics.json").read_text())
     per = defaultdict(list)
@@ -35,7 +36,7 @@ def report(seed: int = 0, n: int = 16) -> dict:
             per[t["problem_id"]].append(t["acc"])
     rates = [sum(v) / len(v) for v in per.values()]
     rep = {"n": n, "mean_acc": {k: round(v["mean_acc"], 3) for k, v in metrics["benchmarks"].items()},
-           f"pass@{n}": {k: round(v["pass@k"][str(n)], 3) for k, v in metrics["benchmarks"].items()},
+           f"pass@{n}": {k: round(pass_at(v, n), 3) for k, v in metrics["benchmarks"].items()},
            "train_hard_share": round(sum(0 < r < 0.1 for r in rates) / len(rates), 3),
            "train_never_solved_share": round(sum(r == 0 for r in rates) / len(rates), 3),
            "build_seconds": json.loads((toy.toy_dir(seed) / "base_build.json").read_text())["seconds"]}
@@ -47,6 +48,6 @@ def report(seed: int = 0, n: int = 16) -> dict:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Build (once) and measure the toy base model.")
     ap.add_argument("--seed", type=int, default=0, help="toy world seed")
-    ap.add_argument("--n", type=int, default=16, help="samples per problem")
+    ap.add_argument("--n-samples", "--n", dest="n", type=int, default=16, help="samples per problem")
     a = ap.parse_args()
     report(a.seed, a.n)

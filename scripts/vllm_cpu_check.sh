@@ -18,7 +18,7 @@
 #   resume        explore killed mid-step (SIGKILL), --resume: the weights, metrics and rollouts of an uninterrupted run
 #   context       a model whose config context is shorter than prompt + response: refused in one line without
 #                 --max-model-len, runs with it (vLLM's hf_overrides), its checkpoints carry the raised context
-#   harvest       harvest.py --resample --backend vllm
+#   harvest       harvest.py --n-samples --backend vllm
 #   evaluate      evaluate.py --backend vllm; greedy (temperature 0) samples identical to --backend hf
 #   torchrun      torchrun --nproc_per_node 2 explore.py --backend vllm: a colocated engine per rank (gloo, vLLM's
 #                 external_launcher), FSDP2 full-tensor pushes; the gap check on every step
@@ -62,12 +62,12 @@ engine_tests() {  # one line per test of tests/test_vllm_real.py
 
 resume_exact() {  # the same explore run, once uninterrupted and once killed mid-step 3 and resumed
   local a=$OUT/resume/full b=$OUT/resume/killed pid
-  "$PY" explore.py "${TOY[@]}" --steps 4 --out "$a" || return 1
-  "$PY" explore.py "${TOY[@]}" --steps 4 --out "$b" & pid=$!
+  "$PY" explore.py "${TOY[@]}" --rl-steps 4 --out "$a" || return 1
+  "$PY" explore.py "${TOY[@]}" --rl-steps 4 --out "$b" & pid=$!
   until [[ -d "$b/ckpt_000002" ]] || ! kill -0 $pid 2>/dev/null; do sleep 0.5; done
   sleep 3 && kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
   [[ ! -d "$b/ckpt_000004" ]] || { echo "FAIL  the kill came too late (the run had finished)"; return 1; }
-  "$PY" explore.py "${TOY[@]}" --steps 4 --out "$b" --resume || return 1
+  "$PY" explore.py "${TOY[@]}" --rl-steps 4 --out "$b" --resume || return 1
   "$PY" - "$a" "$b" <<'EOF'
 import json, sys
 from pathlib import Path
@@ -96,11 +96,11 @@ shutil.copytree(base, short, dirs_exist_ok=True)
 cfg = json.load(open(f"{short}/config.json")); cfg["max_position_embeddings"] = 64
 json.dump(cfg, open(f"{short}/config.json", "w"))
 EOF
-  msg=$("$PY" explore.py "${TOY[@]}" --model "$short" --steps 2 --out "$OUT/context/refused" 2>&1 | grep '^error:')
+  msg=$("$PY" explore.py "${TOY[@]}" --model "$short" --rl-steps 2 --out "$OUT/context/refused" 2>&1 | grep '^error:')
   if [[ "$msg" == *--max-model-len* && ! -d "$OUT/context/refused/ckpt_000002" ]]; then
     echo "PASS  without --max-model-len: $msg"
   else echo "FAIL  without --max-model-len the run was not refused in one line: $msg"; return 1; fi
-  "$PY" explore.py "${TOY[@]}" --model "$short" --steps 2 --max-model-len 160 --out "$OUT/context/run" || return 1
+  "$PY" explore.py "${TOY[@]}" --model "$short" --rl-steps 2 --max-model-len 160 --out "$OUT/context/run" || return 1
   "$PY" - "$OUT/context/run" <<'EOF'
 import json, sys
 from pathlib import Path
@@ -116,10 +116,10 @@ EOF
 
 evaluate_both() {
   local m=$OUT/explore/ckpt_000004
-  "$PY" evaluate.py --model "$m" --backend vllm --rollout-dtype float32 --n 4 --limit 32 --out "$OUT/eval/vllm" || return 1
-  "$PY" evaluate.py --model "$m" --backend vllm --rollout-dtype float32 --temperature 0 --n 1 --limit 32 \
+  "$PY" evaluate.py --model "$m" --backend vllm --rollout-dtype float32 --n-samples 4 --limit 32 --out "$OUT/eval/vllm" || return 1
+  "$PY" evaluate.py --model "$m" --backend vllm --rollout-dtype float32 --temperature 0 --n-samples 1 --limit 32 \
     --out "$OUT/eval/vllm-greedy" || return 1
-  "$PY" evaluate.py --model "$m" --backend hf --temperature 0 --n 1 --limit 32 --out "$OUT/eval/hf-greedy" || return 1
+  "$PY" evaluate.py --model "$m" --backend hf --temperature 0 --n-samples 1 --limit 32 --out "$OUT/eval/hf-greedy" || return 1
   "$PY" - "$OUT/eval" <<'EOF'
 import json, sys
 from pathlib import Path
@@ -137,16 +137,16 @@ EOF
 
 TR=("$PY" -m torch.distributed.run --nproc_per_node 2 --master-port "${MASTER_PORT:-29633}")
 check engine engine_tests
-check explore "$PY" scripts/vllm_explore_check.py "${TOY[@]}" --steps 4 --out "$OUT/explore"
-check control "$PY" scripts/vllm_explore_check.py --no-push "${TOY[@]}" --steps 2 --out "$OUT/control"
-check sleep-mode "$PY" scripts/vllm_explore_check.py "${TOY[@]}" --sleep-mode --steps 2 --out "$OUT/sleep"
+check explore "$PY" scripts/vllm_explore_check.py "${TOY[@]}" --rl-steps 4 --out "$OUT/explore"
+check control "$PY" scripts/vllm_explore_check.py --no-push "${TOY[@]}" --rl-steps 2 --out "$OUT/control"
+check sleep-mode "$PY" scripts/vllm_explore_check.py "${TOY[@]}" --sleep-mode --rl-steps 2 --out "$OUT/sleep"
 check resume resume_exact
 check context context
-check harvest "$PY" harvest.py --run "$OUT/explore" --out "$OUT/harvest-resample.jsonl" --resample 2 --backend vllm \
+check harvest "$PY" harvest.py --run-dir "$OUT/explore" --out "$OUT/harvest-resample" --n-samples 2 --backend vllm \
   --rollout-dtype float32
 check evaluate evaluate_both
-check torchrun "${TR[@]}" scripts/vllm_explore_check.py "${TOY[@]}" --steps 2 --out "$OUT/torchrun"
-check torchrun-tp2 "${TR[@]}" scripts/vllm_explore_check.py "${TOY[@]}" --tp 2 --steps 2 --out "$OUT/torchrun-tp2"
+check torchrun "${TR[@]}" scripts/vllm_explore_check.py "${TOY[@]}" --rl-steps 2 --out "$OUT/torchrun"
+check torchrun-tp2 "${TR[@]}" scripts/vllm_explore_check.py "${TOY[@]}" --tp 2 --rl-steps 2 --out "$OUT/torchrun-tp2"
 check rehearsal env BACKEND=vllm FAST=1 PYTHON="$PY" bash scripts/rehearse.sh "$OUT/rehearse"
 echo "vllm_cpu_check: $fails failed, $((SECONDS - t_all)) s in all (logs: $OUT)"
 exit $(( fails > 0 ))

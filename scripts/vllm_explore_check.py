@@ -1,6 +1,6 @@
 """explore.py on a real vLLM engine, checked from inside: every push landed, and the engine ends on the trainer's weights.
 
-    python scripts/vllm_explore_check.py --backend vllm --steps 4 --out runs/vllm_check/explore   # explore's flags
+    python scripts/vllm_explore_check.py --backend vllm --rl-steps 4 --out runs/vllm_check/explore   # explore's flags
     python scripts/vllm_explore_check.py --no-push ...     # the control: the same run with sync_weights disabled
 
 Runs explore.py in this process (its own make_engine, whose engine is kept), then checks, one PASS / FAIL line each:

@@ -90,6 +90,6 @@ def test_scale_bench_measures_the_stages_on_a_generated_rollouts_file(tmp_path, 
     assert [r["stage"] for r in res["rows"]] == ["report", "harvest", "filter"]
     for r in res["rows"]:
         assert r["seconds"] > 0 and 0.01 < r["peak_gb"] < 2 and r["status"] == "PASS"
-    assert res["filter"]["kept"] > 0
+    assert res["filter"]["kept_trajectories"] > 0
     assert sorted(p.name for p in out.iterdir()) == ["logs", "scale.json"]  # the generated files are gone
     assert "report" in capsys.readouterr().out

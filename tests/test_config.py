@@ -42,9 +42,10 @@ def test_yaml_with_dashed_keys(tmp_path):
 
 
 def test_required_flags_may_come_from_the_file(tmp_path):
+    # (the keys of an args.json written under the old names: run, steps)
     cfg = write(tmp_path / "c.json", json.dumps({"run": "r", "out": str(tmp_path / "h.jsonl"), "steps": "1-5"}))
     a = harvest.get_args(["--config", str(cfg)])
-    assert (a.run, a.steps, a.step_ranges) == ("r", "1-5", [(1, 5)])
+    assert (a.run_dir, a.select_steps, a.step_ranges) == ("r", "1-5", [(1, 5)])
     with pytest.raises(SystemExit):  # still required when neither gives it
         harvest.get_args(["--config", str(write(tmp_path / "d.json", "{}"))])
 

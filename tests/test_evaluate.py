@@ -30,16 +30,17 @@ def test_end_to_end_contract(tmp_path, tiny_model_dir, toy_data_dir):
                    f"test={toy_data_dir / 'test.jsonl'},probe={toy_data_dir / 'probe.jsonl'}",
                    "--n", "4", "--limit", "5", "--max-new-tokens", "8", "--out", str(out)])
     m = json.loads((out / "metrics.json").read_text())
-    assert m["n"] == 4 and m["temperature"] == 1.0 and m["top_p"] == 0.7 and m["max_new_tokens"] == 8
+    assert m["n_samples"] == 4 and m["temperature"] == 1.0 and m["top_p"] == 0.7 and m["max_new_tokens"] == 8
     assert set(m["benchmarks"]) == {"test", "probe"}
     for b in m["benchmarks"].values():
-        assert b["problems"] == 5 and list(b["pass@k"]) == ["1", "2", "4"]
-        assert b["pass@k"]["1"] == pytest.approx(b["mean_acc"])
-    assert set(m["average"]) >= {"mean_acc", "pass@k"}
+        assert b["problems"] == 5 and [k for k in b if k.startswith("pass@")] == ["pass@1", "pass@2", "pass@4"]
+        assert b["pass@1"] == pytest.approx(b["mean_acc"])
+    assert set(m["average"]) == {"mean_acc", "pass@1", "pass@2", "pass@4"}
+    assert json.loads((out / "done.json").read_text())["stage"] == "evaluate"
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 * 5 * 4
     assert {"problem_id", "prompt", "response", "reward", "acc"} <= set(samples[0]) and "step" not in samples[0]
-    assert json.loads((out / "args.json").read_text())["n"] == 4
+    assert json.loads((out / "args.json").read_text())["n_samples"] == 4
 
 
 def test_metrics_from_samples_literal():
@@ -49,14 +50,14 @@ def test_metrics_from_samples_literal():
     t = [Trajectory("a", "", "", 1.0, True), Trajectory("a", "", "", -1.0, False),
          Trajectory("b", "", "", -1.0, False), Trajectory("b", "", "", -1.0, False)]
     s = summarize(t, 2)
-    assert s == {"problems": 2, "mean_acc": 0.25, "pass@k": {"1": 0.25, "2": 0.5}}
+    assert s == {"problems": 2, "mean_acc": 0.25, "pass@1": 0.25, "pass@2": 0.5}
 
 
 @pytest.mark.parametrize("case, expect", [
     ("missing", "missing.jsonl: no such file"),
     ("notjson", "bench.jsonl:2: not valid JSON"),
     ("noanswer", "bench.jsonl:1: missing field 'answer'"),
-    ("n0", "--n must be >= 1"),
+    ("n0", "--n-samples must be >= 1"),
     ("nomodel", "model folder does not exist"),
 ])
 def test_bad_input_one_line(tmp_path, tiny_model_dir, case, expect):
@@ -134,12 +135,13 @@ def test_metrics_of_a_policy_that_solves_some_problems(tmp_path, tiny_model_dir,
     A, B = m["benchmarks"]["a"], m["benchmarks"]["b"]
     assert A["problems"] == 3 and B["problems"] == 2
     assert A["mean_acc"] == pytest.approx((3 / 4 + 0 + 1) / 3)
-    assert A["pass@k"] == pytest.approx({"1": (3 / 4 + 0 + 1) / 3, "2": (1 + 0 + 1) / 3, "4": 2 / 3})
+    pk = lambda b: {k[5:]: v for k, v in b.items() if k.startswith("pass@")}  # noqa: E731
+    assert pk(A) == pytest.approx({"1": (3 / 4 + 0 + 1) / 3, "2": (1 + 0 + 1) / 3, "4": 2 / 3})
     assert B["mean_acc"] == pytest.approx((1 / 4 + 1 / 2) / 2)
-    assert B["pass@k"] == pytest.approx({"1": 3 / 8, "2": (1 / 2 + 5 / 6) / 2, "4": 1.0})
+    assert pk(B) == pytest.approx({"1": 3 / 8, "2": (1 / 2 + 5 / 6) / 2, "4": 1.0})
     # the average is over benchmarks (unweighted), not over problems
     assert m["average"]["mean_acc"] == pytest.approx((7 / 12 + 3 / 8) / 2)
-    assert m["average"]["pass@k"] == pytest.approx({"1": (7 / 12 + 3 / 8) / 2, "2": (2 / 3 + 2 / 3) / 2,
+    assert pk(m["average"]) == pytest.approx({"1": (7 / 12 + 3 / 8) / 2, "2": (2 / 3 + 2 / 3) / 2,
                                                     "4": (2 / 3 + 1) / 2})
     # the flags reach the engine; one call per benchmark, each prompt with its own seed (problem i: prompt_seed(7, i));
     # the engine is closed at the end

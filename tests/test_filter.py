@@ -54,7 +54,7 @@ def test_duplicates_removed_before_the_cap():
     kept, stats = select(trajs, threshold=0.1, max_per_problem=2)
     # cap first would keep "same" twice; dedup first keeps both distinct answers
     assert [t.response for t in kept] == ["same", "other"]
-    assert (stats["candidates"], stats["deduplicated"], stats["capped"], stats["kept"]) == (3, 1, 0, 2)
+    assert (stats["candidates"], stats["deduplicated"], stats["capped"], stats["kept_trajectories"]) == (3, 1, 0, 2)
 
 
 def test_duplicates_are_per_problem():
@@ -87,7 +87,7 @@ def test_threshold_one_is_the_no_active_learning_ablation():
     trajs = problem("never", 0, 4) + problem("hard", 1, 20) + problem("medium", 2, 4) + problem("always", 4, 4)
     kept, stats = select(trajs, threshold=1.0)
     assert pids(kept) == ["always", "hard", "medium"]  # every problem with a success
-    assert stats["problems_selected"] == 3 and stats["kept"] == 1 + 2 + 4
+    assert stats["problems_selected"] == 3 and stats["kept_trajectories"] == 1 + 2 + 4
     kept, _ = select(trajs, threshold=0.999)
     assert pids(kept) == ["hard", "medium"]  # below 1, always-solved problems are never hard
     kept, _ = select(trajs, threshold=5.0)
@@ -104,7 +104,7 @@ def test_stats_counts():
         "buckets": {"never_solved": 1, "hard": 1, "medium": 1, "always_solved": 1},
         "problems_selected": 1, "trajectories_in": 80, "trajectories_per_problem": {"min": 10, "max": 50},
         "candidates": 4, "deduplicated": 1, "capped": 1,
-        "kept": 2, "kept_per_problem": {"min": 2, "max": 2, "mean": 2.0},
+        "kept_trajectories": 2, "kept_per_problem": {"min": 2, "max": 2, "mean": 2.0},
         "kept_per_step": {"50": 1, "100": 1},
     }
     assert [t.response for t in kept] == ["h1", "h2"]  # h1@50, then step 100's first unique: h2
@@ -129,15 +129,16 @@ def test_cli_writes_rft_and_stats_then_nothing_kept_exits_3(tmp_path):
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in (out / "rft.jsonl").read_text().splitlines()]
     assert [(d["problem_id"], d["response"], d["step"]) for d in rows] == [("a", "a-ok-0", 1)]
-    assert json.loads((out / "filter_stats.json").read_text())["kept"] == 1
+    assert json.loads((out / "filter_stats.json").read_text())["kept_trajectories"] == 1
+    assert json.loads((out / "done.json").read_text())["stage"] == "filter"
 
     # same folder, a threshold nothing passes: exit 3, stats say why, the stale rft.jsonl is gone
     r = run_filter("--in", harvest, "--out", out, "--threshold", "0.05")
     assert r.returncode == EXIT_NOTHING_KEPT
     assert "nothing kept" in r.stderr and "Traceback" not in r.stderr
-    assert not (out / "rft.jsonl").exists()
+    assert not (out / "rft.jsonl").exists() and not (out / "done.json").exists()
     stats = json.loads((out / "filter_stats.json").read_text())
-    assert stats["kept"] == 0 and stats["buckets"]["medium"] == 1 and stats["threshold"] == 0.05
+    assert stats["kept_trajectories"] == 0 and stats["buckets"]["medium"] == 1 and stats["threshold"] == 0.05
 
 
 def test_cli_streams_by_reference_and_writes_what_select_keeps(tmp_path):

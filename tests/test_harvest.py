@@ -55,7 +55,7 @@ def test_parse_steps():
     assert harvest.parse_steps("50,100, 150") == [(50, 50), (100, 100), (150, 150)]
     assert harvest.parse_steps("1-50,100,150-") == [(1, 50), (100, 100), (150, inf)]
     for bad in ("a", "5-1", "1-2-3", "-5", "1,,2"):
-        with pytest.raises(UserError, match="--steps"):
+        with pytest.raises(UserError, match="--select-steps"):
             harvest.parse_steps(bad)
 
 
@@ -74,6 +74,23 @@ def test_default_pools_every_rollout(run, tmp_path, capsys):
     # step 1: t1's 2nd and t2's 1st sample are correct (acc_of)
     assert lines[0] == "step 1: 6 trajectories, acc 0.333, 3 problems (2 solved at least once)"
     assert lines[4].startswith("total (4 steps): 24 trajectories")
+
+
+def test_out_folder_has_the_harvest_its_args_and_done(run, tmp_path):
+    """--out a folder (the canonical names): OUT/harvest.jsonl, OUT/args.json with provenance, OUT/done.json last;
+    filter.py takes the folder as it is."""
+    out = tmp_path / "harvest"
+    harvest.main(["--run-dir", str(run), "--out", str(out), "--select-steps", "2-3"])
+    assert {t.step for t in read_trajectories(out / "harvest.jsonl")} == {2, 3}
+    args = json.loads((out / "args.json").read_text())
+    assert args["select_steps"] == "2-3" and args["run_dir"] == str(run)
+    assert {"commit", "argv", "versions"} <= set(args["_run"]) and "torch" in args["_run"]["versions"]
+    done = json.loads((out / "done.json").read_text())
+    assert (done["stage"], done["trajectories"]) == ("harvest", 12)
+    import filter as filter_stage
+
+    filter_stage.main(["--trajectories", str(out), "--out", str(tmp_path / "f"), "--threshold", "1.0"])
+    assert json.loads((tmp_path / "f" / "filter_stats.json").read_text())["trajectories_in"] == 12
 
 
 @pytest.mark.parametrize("spec,steps", [("2-3", {2, 3}), ("1,4", {1, 4}), ("3-", {3, 4}), ("1-2,4", {1, 2, 4})])

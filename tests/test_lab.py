@@ -41,11 +41,12 @@ if script == "report.py":  # (a run's own report; the lab's is the real one)
     sys.exit()
 out = Path(flag("--out"))
 if script == "harvest.py":  # every logged rollout, as harvest.py's default mode pools them
-    out.write_text((Path(flag("--run")) / "rollouts.jsonl").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "harvest.jsonl").write_text((Path(flag("--run-dir")) / "rollouts.jsonl").read_text())
     sys.exit()
 out.mkdir(parents=True, exist_ok=True)
 if script == "explore.py":
-    steps, every, seed = int(flag("--steps")), int(flag("--save-every")), int(flag("--seed"))
+    steps, every, seed = int(flag("--rl-steps")), int(flag("--save-every")), int(flag("--seed"))
     m = out / "metrics.jsonl"
     start = len(m.read_text().splitlines()) if "--resume" in args and m.exists() else 0
     with open(out / "rollouts.jsonl", "a" if start else "w") as f, open(m, "a" if start else "w") as g:
@@ -177,7 +178,7 @@ def test_micro_lab_runs_every_arm_reusing_what_it_shares(micro_lab):
     for png in ("lab_accuracy.png", "overfit.png", "horizon.png"):
         assert (out / "report" / png).stat().st_size > 1000, png
     c = calls(tmp)
-    explores = [(flag(x, "--out"), flag(x, "--steps"), flag(x, "--seed")) for x in c if x[0] == "explore.py"]
+    explores = [(flag(x, "--out"), flag(x, "--rl-steps"), flag(x, "--seed")) for x in c if x[0] == "explore.py"]
     for seed in (0, 1):
         run = lambda arm, *p: str(out.joinpath(arm, f"seed{seed}", *p))  # noqa: E731
         rows = lambda arm, *p: [json.loads(x)["step"] for x in  # noqa: E731
@@ -197,9 +198,9 @@ def test_micro_lab_runs_every_arm_reusing_what_it_shares(micro_lab):
         assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(chain, chain[1:]))
         # no-al-long starts from rloop-long's iteration 1 (RL run and harvest: the threshold acts after them)
         assert text("no-al-long", "iter1", "explore") == chain[2]
-        assert (out / "no-al-long" / f"seed{seed}" / "iter1" / "harvest.jsonl").read_bytes() == \
-            (out / "rloop-long" / f"seed{seed}" / "iter1" / "harvest.jsonl").read_bytes()
-        assert [flag(x, "--threshold") for x in c if x[0] == "filter.py" and run("no-al-long") in flag(x, "--in")] \
+        assert (out / "no-al-long" / f"seed{seed}" / "iter1" / "harvest" / "harvest.jsonl").read_bytes() == \
+            (out / "rloop-long" / f"seed{seed}" / "iter1" / "harvest" / "harvest.jsonl").read_bytes()
+        assert [flag(x, "--threshold") for x in c if x[0] == "filter.py" and run("no-al-long") in flag(x, "--trajectories")] \
             == ["1", "1"]
     evals = [flag(x, "--out") for x in c if x[0] == "evaluate.py"]
     assert len(evals) == len(set(evals))  # nothing evaluated twice

@@ -142,7 +142,7 @@ out.mkdir(parents=True, exist_ok=True)
 if script == "explore.py":
     # SUCCESSES: per run, "problem@step" -> how many of its 6 samples at that step are correct
     succ = json.loads(os.environ["SUCCESSES"])[out.parent.name if out.name == "explore" else out.name]
-    steps, every = int(flag("--steps")), int(flag("--save-every"))
+    steps, every = int(flag("--rl-steps")), int(flag("--save-every"))
     with open(out / "rollouts.jsonl", "w") as f:
         for (pid, step), c in ((tuple(k.split("@")), v) for k, v in succ.items()):
             for j in range(6):
@@ -156,7 +156,7 @@ if script == "explore.py":
 elif script == "consolidate.py":
     (out / "config.json").write_text("{{}}")
 elif script == "evaluate.py":
-    b = {{"problems": 2, "mean_acc": 0.5, "pass@k": {{"1": 0.5, "2": 0.75}}}}
+    b = {{"problems": 2, "mean_acc": 0.5, "pass@1": 0.5, "pass@2": 0.75}}
     (out / "metrics.json").write_text(json.dumps({{"benchmarks": {{"memo": b}}, "average": b}}))
 '''
 
@@ -186,7 +186,7 @@ def test_filter_keeps_nothing_at_the_default_threshold(tmp_path):
     assert [flag(c, "--threshold") for c in by("filter.py")] == ["0.1", "0.1"]  # the default
     assert "iteration 2 starts again from /models/initial" in r.stdout
     stats1 = json.loads((out / "iter1" / "filter" / "filter_stats.json").read_text())
-    assert stats1["kept"] == 0 and stats1["buckets"]["medium"] == 1 and stats1["buckets"]["never_solved"] == 1
+    assert stats1["kept_trajectories"] == 0 and stats1["buckets"]["medium"] == 1 and stats1["buckets"]["never_solved"] == 1
     assert not (out / "iter1" / "filter" / "rft.jsonl").exists() and not (out / "iter1" / "consolidated").exists()
     assert (out / "iter1" / "next_policy").read_text().strip() == model
     # iteration 2 explores from the initial policy again, and consolidates it (not iteration 1's RL policy)

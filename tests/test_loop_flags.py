@@ -78,13 +78,13 @@ def test_dry_run_prints_the_stage_commands_in_order_and_writes_nothing(tmp_path)
     tr = ("python -m torch.distributed.run --nnodes 1 --node-rank 0 --master-addr 127.0.0.1 --master-port 29533 "
           "--nproc-per-node 2")
     def explore(model, out, steps, seed):
-        return (f"{tr} explore.py --model {model} --data toy --out {o}/{out} --steps {steps} --save-every 4 "
+        return (f"{tr} explore.py --model {model} --data toy --out {o}/{out} --rl-steps {steps} --save-every 4 "
                 f"--seed {seed} --resume")
     def iteration(i, initial):  # (iteration i starts from `initial`: explores it, consolidates it)
         return [explore(initial, f"iter{i}/explore", 4, i - 1),
-                f"python harvest.py --run {o}/iter{i}/explore --out {o}/iter{i}/harvest.jsonl",
-                f"python filter.py --in {o}/iter{i}/harvest.jsonl --out {o}/iter{i}/filter --threshold 0.1",
-                f"{tr} consolidate.py --model {initial} --data {o}/iter{i}/filter/rft.jsonl "
+                f"python harvest.py --run-dir {o}/iter{i}/explore --out {o}/iter{i}/harvest",
+                f"python filter.py --trajectories {o}/iter{i}/harvest --out {o}/iter{i}/filter --threshold 0.1",
+                f"{tr} consolidate.py --model {initial} --trajectories {o}/iter{i}/filter "
                 f"--out {o}/iter{i}/consolidated --seed 0 --resume"]
     evals = [("base", "m"), ("iter1-rl", f"{o}/iter1/explore/ckpt_000004"), ("iter1-rft", f"{o}/iter1/consolidated"),
              ("vanilla-4", f"{o}/vanilla/ckpt_000004"), ("iter2-rl", f"{o}/iter2/explore/ckpt_000004"),

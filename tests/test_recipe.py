@@ -89,8 +89,8 @@ def test_dry_run_lists_the_stage_commands_in_order(tmp_path, preset, new_tokens)
     explore = [s for s in stages if "explore.py" in s]
     assert len(explore) == 4 and "iter1/explore" in explore[0] and "vanilla" in explore[-1]
     for flag in (f"--max-new-tokens {new_tokens}", "--max-prompt-len 2048", "--max-model-len 32768",
-                 "--eval-every 10", "--eval-before-train", "--eval-data aime24=HuggingFaceH4/aime_2024@train",
-                 "--logger tensorboard", "--n-responses 16", "--prompts-per-step 512", "--lr 1e-6"):
+                 "--eval-every 10", "--eval-before-train", "--eval-benchmarks aime24=HuggingFaceH4/aime_2024@train",
+                 "--logger tensorboard", "--n-samples 16", "--prompts-per-step 512", "--lr 1e-6"):
         assert flag in explore[0], flag
     order = [next(i for i, s in enumerate(stages) if word in s) for word in
              ("explore.py", "harvest.py", "filter.py", "consolidate.py", "evaluate.py", "report.py")]
