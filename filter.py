@@ -236,7 +236,7 @@ def main(argv=None):
     few = sum(n * args.threshold <= 1 for _, n in counts.values())
     if args.threshold < 1 and few:  # one success in n already reaches the threshold: "hard" is out of reach
         print(f"note: {few} problems have <= {1 / args.threshold:g} trajectories; at threshold {args.threshold} "
-              f"they can never be hard (more samples per problem: explore longer or harvest --resample K)")
+              f"they can never be hard (more samples per problem: explore longer or harvest --n-samples K)")
     if not kept:
         rft = out / "rft.jsonl"
         if rft.exists():  # a stale set from an earlier run must not be trained on

@@ -135,7 +135,7 @@ for v in EXPLORE_ARGS CONSOLIDATE_ARGS EVAL_ARGS HARVEST_ARGS; do
   for a in ${!v}; do
     if [[ "$a" =~ ^--(n|no|node|nproc|run)(=.*)?$ ]]; then
       die "$v: ${a%%=*} is an abbreviation of a torchrun option and this stage runs under torchrun: write it in full" \
-        "(--n-samples / --n-responses, --run-dir)"
+        "(--n-samples, --run-dir)"
     fi
   done
 done

@@ -77,7 +77,8 @@ def pass_at(b: dict, k) -> float | None:
 # Keys renamed so that one name means one thing in every output (docs/outputs.md): canonical name -> the names
 # outputs written earlier carry. Readers look keys up through `metric`, so old run folders still report.
 RENAMED = {"mean_acc": ("acc",), "truncated_frac": ("truncated",), "truncated_count": ("truncated",),
-           "skipped_updates": ("skipped",), "kept_trajectories": ("kept",)}
+           "skipped_updates": ("skipped",), "kept_trajectories": ("kept",), "sft_steps": ("steps",),
+           "warmup_steps": ("warmup",)}
 
 
 def metric(row: dict, name: str, default=None):

@@ -1,5 +1,5 @@
 """Data-parallel, resumable sample-and-score of a problem list, in rounds: what evaluate.py and
-harvest.py --resample share.
+harvest.py --n-samples share.
 
 A round is `part_size` problems per rank (world size x part_size problems, the last round shorter). Under
 torchrun every rank samples its contiguous share of the round with the GLOBAL per-prompt seeds

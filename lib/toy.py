@@ -279,7 +279,7 @@ def build_base(out: Path, seed: int = 0, quiet: bool = False, **overrides) -> Pa
     return out
 
 
-BENCHMARKS = ("test", "ood", "probe")  # what '--benchmarks toy' / '--eval-data toy' evaluate on
+BENCHMARKS = ("test", "ood", "probe")  # what '--benchmarks toy' / '--eval-benchmarks toy' evaluate on
 
 
 def resolve(spec: str, kind: str) -> str:
@@ -287,7 +287,7 @@ def resolve(spec: str, kind: str) -> str:
     where they first use the flag (lib/data and lib/modeling know nothing of the toy):
       kind 'model'       the toy base model folder (built once, then cached: minutes on first use)
       kind 'data'        the train split's JSONL
-      kind 'benchmarks'  'test=PATH,ood=PATH,probe=PATH' (the --benchmarks / --eval-data form)"""
+      kind 'benchmarks'  'test=PATH,ood=PATH,probe=PATH' (the --benchmarks / --eval-benchmarks form)"""
     if spec != "toy":
         return spec
     if kind == "model":

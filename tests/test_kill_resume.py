@@ -313,7 +313,7 @@ def test_consolidate_killed_three_times_ends_like_an_uninterrupted_run(tiny_mode
     rows, ref_rows = clean_lines(out / "metrics.jsonl"), clean_lines(ref / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
-    assert json.loads((out / "consolidate.json").read_text())["steps"] == 6
+    assert json.loads((out / "consolidate.json").read_text())["sft_steps"] == 6
     assert not ckpts(out) and temps(out) == []
     assert not [n for n in temps(tmp_path) if n.startswith((f".{out.name}.", f".{ref.name}."))]
 
