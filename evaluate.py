@@ -125,7 +125,7 @@ def run(args):
                          trust_remote_code=args.trust_remote_code, in_process=dist.is_distributed()) if todo else None
     rounds.open_parts(parts)
     if main_rank:
-        (out / cli.DONE_FILE).unlink(missing_ok=True)  # (a finished evaluation in this folder: done again at the end)
+        cli.clear_done(out)
         cli.save_args(args, out)
     for name in todo:
         probs = problems[name]
@@ -155,7 +155,7 @@ def write_outputs(args, out: Path, parts: rounds.Parts, names: list[str], model_
                "benchmarks": result, "average": average}
     cli.atomic_write_json(out / "metrics.json", metrics)
     parts.remove()
-    cli.mark_done(out, "evaluate", **{k: v for k, v in average.items()})
+    cli.mark_done(out, "evaluate", **average)
 
     head = f"{'benchmark':<12} {'problems':>8} {'mean_acc':>9} " + " ".join(f"{'pass@' + k:>8}" for k in ks)
     print(head)

@@ -224,8 +224,8 @@ def main(argv=None):
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in (cli.DONE_FILE, "filter_stats.json"):  # they mark a finished run: not until this one is
-        (out / name).unlink(missing_ok=True)
+    cli.clear_done(out)
+    (out / "filter_stats.json").unlink(missing_ok=True)  # (it describes a finished run: not until this one is)
     cli.save_args(args, out)
     b = stats["buckets"]
     print(f"{stats['problems_seen']} problems: {b['never_solved']} never solved, {b['hard']} hard, "

@@ -33,6 +33,7 @@ the canonical ones, which torchrun's own parser leaves alone.)
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -91,16 +92,14 @@ def get_args(argv=None):
         raise cli.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
     check_engine_args(args)
     args.step_ranges = parse_steps(args.select_steps)
-    if args.out.endswith(".jsonl"):
-        cli.check_out_file(args.out)
-    else:
-        cli.check_out_dir(args.out)
+    (cli.check_out_dir if output_paths(args.out)[1] else cli.check_out_file)(args.out)
     return args
 
 
-def output_file(out: str) -> Path:
-    """The harvest file of --out: OUT/harvest.jsonl for a folder, the path itself for a .jsonl."""
-    return Path(out) if out.endswith(".jsonl") else Path(out) / "harvest.jsonl"
+def output_paths(out: str) -> tuple[Path, Path | None]:
+    """(the harvest file, the output folder) of --out: OUT/harvest.jsonl and OUT for a folder; a path ending in
+    .jsonl is that file alone, without a folder (no args.json, no done.json)."""
+    return (Path(out), None) if out.endswith(".jsonl") else (Path(out) / "harvest.jsonl", Path(out))
 
 
 def parse_steps(spec: str) -> list[tuple[int, float]]:
@@ -355,13 +354,12 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally] | None:
 
 def main(argv=None):
     args = get_args(argv)
-    run, out = Path(args.run_dir), output_file(args.out)
-    folder = None if args.out.endswith(".jsonl") else Path(args.out)  # (a .jsonl --out: that file alone)
+    (out, folder), run = output_paths(args.out), Path(args.run_dir)
     if not run.is_dir():
         raise cli.UserError(f"{run}: no such folder (--run-dir takes an explore.py output folder)")
     if folder is not None and dist.is_main():
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / cli.DONE_FILE).unlink(missing_ok=True)  # it marks a finished harvest: not until this one is
+        cli.clear_done(folder)
     if args.n_samples:
         with dist.session():  # (without torchrun nothing below touches torch.distributed)
             tallies = resample(args, run, out)
@@ -386,7 +384,8 @@ def main(argv=None):
     print(total.line(f"total ({len(tallies)} {what})"))
     linked = not args.n_samples and os.path.samefile(out, run / "rollouts.jsonl")
     if folder is not None:
-        cli.save_args(args, folder)
+        flags = {k: v for k, v in vars(args).items() if k != "step_ranges"}  # (the flags only: --config replays them)
+        cli.save_args(argparse.Namespace(**flags), folder)
         cli.mark_done(folder, "harvest", trajectories=total.n, correct=total.correct, problems=len(total.problems))
     print(f"wrote {out}" + (" (a hard link to the run's rollouts.jsonl: every step, as logged; no copy)"
                             if linked else ""))

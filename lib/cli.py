@@ -318,6 +318,11 @@ def mark_done(out_dir: str | os.PathLike, stage: str, **summary) -> None:
                                                   **summary})
 
 
+def clear_done(out_dir: str | os.PathLike) -> None:
+    """A stage starting over in out_dir: a done.json left by an earlier run goes first (mark_done writes it again)."""
+    (Path(out_dir) / DONE_FILE).unlink(missing_ok=True)
+
+
 def is_done(out_dir: str | os.PathLike) -> bool:
     return (Path(out_dir) / DONE_FILE).is_file()
 
