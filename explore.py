@@ -2,7 +2,7 @@
 
 One training step (DAPO, arXiv 2503.14476, as verl's DAPO recipe runs it):
   1. draw prompts (a fixed, seeded order over the prompt set) and sample n responses to each
-  2. reward = verifier score (+1 / -1, lib/reward.py) + overlong penalty (soft, over the last
+  2. reward = verifier score (+1 / -1, lib/algo/reward.py) + overlong penalty (soft, over the last
      --overlong-buffer tokens before --max-new-tokens)
   3. dynamic sampling: drop every prompt whose n responses are all right or all wrong (their
      group-normalised advantage is 0: they would only dilute the token mean), and keep drawing
@@ -17,12 +17,12 @@ One training step (DAPO, arXiv 2503.14476, as verl's DAPO recipe runs it):
   7. push the new weights into the rollout engine (vLLM: in memory; the HF engine samples the policy itself)
   loss per token = max(-A r, -A clip(r, 1 - eps_low, 1 + eps_high)), for A < 0 capped at -A c (dual clip),
   r = pi(token) / pi_old(token). No KL penalty, no entropy bonus (DAPO drops both); --kl-coef C > 0 adds
-  C x KL(pi || pi_init) per token (verl's low_var_kl, lib/dapo.kl_penalty; aggregated like the policy loss),
+  C x KL(pi || pi_init) per token (verl's low_var_kl, lib/algo/dapo.kl_penalty; aggregated like the policy loss),
   pi_init = this run's initial policy, frozen: the constrained-optimisation baseline.
 
 The four DAPO tricks, each one flag: --clip-higher (eps_high 0.28 > eps_low 0.2), --dynamic-sampling,
 --loss-agg token-mean (token-level loss), --overlong-shaping. One speed trick, exact: --share-prompt (each
-prompt's n responses read one forward pass of it through its KV cache; lib/modeling.shared_prompt_logprobs).
+prompt's n responses read one forward pass of it through its KV cache; lib/train/modeling.shared_prompt_logprobs).
 
     python explore.py          # the toy: 60 steps in ~2 min on 2 CPU cores (the full-scale flags: docs/full-scale.md)
 
@@ -40,30 +40,65 @@ import argparse
 import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from lib import checkpoint, cli, data, dist, reward, toy, tracking, validation
-from lib.dapo import group_advantages, kept_group_ids, overlong_penalty
-from lib.metrics import capped_summary, json_num, rl_step_row
-from lib.modeling import extend_context, load_config, load_policy, load_tokenizer, longest_prompt, plan_context
-from lib.records import append_jsonl, read_jsonl
-from lib.rollout import (Completion, add_engine_args, check_engine_args, gather_replicas, make_engine, replica_share,
-                         rollout_dtype, sample_and_score, sample_seed)
-from lib.train import (LossConfig, Seq, UpdateConfig, add_trainer_args, default_bf16, empty_micro_batch,
-                       equal_passes, fill_old_logprobs, fill_ref_logprobs, frozen_reference, load_device, lr_factor,
-                       make_micro_batches, optimizer_update, prepare, rollout_probs_diff)
+from lib.algo import reward
+from lib.algo.dapo import group_advantages, kept_group_ids, overlong_penalty
+from lib.engine import validation
+from lib.engine.rollout import (
+    Completion,
+    add_engine_args,
+    check_engine_args,
+    gather_replicas,
+    make_engine,
+    replica_share,
+    rollout_dtype,
+    sample_and_score,
+    sample_seed,
+)
+from lib.run import cli, data, tracking
+from lib.run.metrics import capped_summary, json_num, rl_step_row
+from lib.run.records import append_jsonl, read_jsonl
+from lib.train import checkpoint, dist
+from lib.train.modeling import (
+    extend_context,
+    load_config,
+    load_policy,
+    load_tokenizer,
+    longest_prompt,
+    plan_context,
+)
+from lib.train.update import (
+    LossConfig,
+    Seq,
+    UpdateConfig,
+    add_trainer_args,
+    default_bf16,
+    empty_micro_batch,
+    equal_passes,
+    fill_old_logprobs,
+    fill_ref_logprobs,
+    frozen_reference,
+    load_device,
+    lr_factor,
+    make_micro_batches,
+    optimizer_update,
+    prepare,
+    rollout_probs_diff,
+)
+from lib.worlds import toy
 
 RewardFn = Callable[[str, str], dict]  # (response, ground_truth) -> {"score", "acc", "pred"}
 
 
 def advantages(groups: list[Group]) -> list[list[float]]:
     """The advantage of every response, group by group: (r - mean of its group) / (std of its group + 1e-6)
-    (GRPO / DAPO, lib/dapo.group_advantages), r = verifier score + overlong penalty.
+    (GRPO / DAPO, lib/algo/dapo.group_advantages), r = verifier score + overlong penalty.
     To fork: return other numbers here (e.g. r - mean without the std, or a leave-one-out baseline); one
     float per response of each group, in group order. Nothing else in the update needs to change."""
     rewards = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float64)
@@ -228,7 +263,7 @@ def collect_batch(engine, stream: data.PromptStream, tokenizer, reward_fn: Rewar
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The update: one optimiser update per mini-batch (lib/train.optimizer_update: DAPO's loss over micro-batches)
+# The update: one optimiser update per mini-batch (lib/train/update.optimizer_update: DAPO's loss over micro-batches)
 
 
 def update_config(args, kl: bool = False) -> UpdateConfig:
@@ -303,7 +338,7 @@ class Run:
     device: torch.device
     model: torch.nn.Module  # the policy (FSDP-sharded under torchrun) and its tokenizer
     tok: object
-    engine: object  # lib/rollout's
+    engine: object  # lib/engine/rollout's
     optimizer: torch.optim.Optimizer
     scheduler: object
     stream: data.PromptStream
@@ -349,7 +384,7 @@ def setup(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> Run |
     init_path = dist.main_first(lambda: toy.resolve(args.model, "model"))
     model_path = str(resume_from) if resume_from else init_path
     # The context (prompt + response) the engine samples and the trainer scores, checked from the config and the
-    # tokenizer alone, before any weight is loaded or anything written (lib/modeling.plan_context).
+    # tokenizer alone, before any weight is loaded or anything written (lib/train/modeling.plan_context).
     tok = load_tokenizer(model_path, args.trust_remote_code)
     problems = data.drop_long_prompts(data.render_prompts(problems, tok), tok, args.max_prompt_len, args.data)
     val_sets = {name: data.drop_long_prompts(data.render_prompts(ps, tok), tok, args.max_prompt_len,
@@ -408,7 +443,7 @@ def setup(args, reward_fn: RewardFn | None, engine_fn: Callable | None) -> Run |
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Flags. Those that only place, watch or pace the run may change on --resume (lib/checkpoint.check_same_args).
+# Flags. Those that only place, watch or pace the run may change on --resume (lib/train/checkpoint.check_same_args).
 
 FREE_ON_RESUME = {"resume", "out", "rl_steps", "save_every", "device", "backend", "rollout_dtype",
                   "gpu_memory_utilization", "max_nonfinite", "tp", "sleep_mode", "grad_checkpointing", "share_prompt",
@@ -436,8 +471,8 @@ def get_args(argv=None):
       help="drop (one line counts them; never truncated: verl's filter_overlong_prompts) prompts longer than N tokens "
            "with the chat template; the context is planned for N + --max-new-tokens. 0 = no cap (verl 7B: 2048)")
     g("--reward", default="dapo",
-      help="verifier: dapo | math_verify (lib/reward.py) | path/to/file.py:function (runs that file; same "
-           "signature as lib/reward.score: (response, ground_truth) -> {score, acc, pred})")
+      help="verifier: dapo | math_verify (lib/algo/reward.py) | path/to/file.py:function (runs that file; same "
+           "signature as lib/algo/reward.score: (response, ground_truth) -> {score, acc, pred})")
     g = p.add_argument_group("sampling").add_argument
     g("--prompts-per-step", type=int, default=32, help="prompts trained on per step (DAPO: 512)")
     g("--gen-batch-size", type=int, default=0,

@@ -21,7 +21,7 @@ From each selected problem, in order:
     python filter.py --trajectories runs/loop/iter1/harvest --out runs/loop/iter1/filter --threshold 0.1
 
 Writes DIR/rft.jsonl (the kept trajectories, the shared record, grouped by problem), DIR/args.json,
-DIR/filter_stats.json and, last, DIR/done.json (docs/outputs.md). When nothing is kept: a one-line message, exit code 3 (lib.cli.EXIT_NOTHING_KEPT, so
+DIR/filter_stats.json and, last, DIR/done.json (docs/outputs.md). When nothing is kept: a one-line message, exit code 3 (lib.run.cli.EXIT_NOTHING_KEPT, so
 loop.sh can branch on it), filter_stats.json still written (it says why), and no rft.jsonl — a stale one from
 an earlier run in DIR is removed, so no later stage can train on it by mistake.
 """
@@ -31,12 +31,12 @@ import hashlib
 import json
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
-from lib import cli
-from lib.records import Trajectory, read_jsonl, stage_file, trajectory_from_dict
+from lib.run import cli
+from lib.run.records import Trajectory, read_jsonl, stage_file, trajectory_from_dict
 
 BUCKETS = ("never_solved", "hard", "medium", "always_solved")
 

@@ -25,7 +25,7 @@ that file is tens of GB per run. A subset of steps is written out, without `kept
 --n-samples keeps its finished rounds of problems (--part-size per rank, per checkpoint) in a hidden parts folder
 next to harvest.jsonl, so a killed run resumes where it stopped; the folder is removed once the output is written.
 
---n-samples runs data-parallel under torchrun (lib/rounds.py): every rank loads each checkpoint whole (the HF
+--n-samples runs data-parallel under torchrun (lib/engine/rounds.py): every rank loads each checkpoint whole (the HF
 model, or a vLLM engine in its own process), samples its contiguous share of the problems with their global
 seeds, and rank 0 gathers the records and alone writes: the output equals one process's. The default mode is a
 single-process file link: run it with python. (Old spellings: --run, --steps, --resample; under torchrun write
@@ -41,10 +41,14 @@ import shutil
 import time
 from pathlib import Path
 
-from lib import cli, data, dist, reward, rounds, toy
-from lib.checkpoint import list_checkpoints
-from lib.rollout import add_engine_args, check_engine_args, make_engine, resolve_backend, rollout_dtype
-from lib.records import Trajectory, read_jsonl, trajectory_from_dict
+from lib.algo import reward
+from lib.engine import rounds
+from lib.engine.rollout import add_engine_args, check_engine_args, make_engine, resolve_backend, rollout_dtype
+from lib.run import cli, data
+from lib.run.records import Trajectory, read_jsonl, trajectory_from_dict
+from lib.train import dist
+from lib.train.checkpoint import list_checkpoints
+from lib.worlds import toy
 
 
 def get_args(argv=None):
@@ -75,7 +79,7 @@ def get_args(argv=None):
     g.add_argument("--seed", type=int, default=None, help="sampling seed (checkpoint at step s uses seed + s)")
     g.add_argument("--reward", default=None,
                    help="verifier: dapo, math_verify or path/to/file.py:function (runs that file; signature of "
-                        "lib/reward.score)")
+                        "lib/algo/reward.score)")
     g = p.add_argument_group("engine, with --n-samples K")
     add_engine_args(g, gpu_memory_utilization=0.85, tp=False)  # --backend, --gpu-memory-utilization
     g.add_argument("--part-size", type=int, default=0,
@@ -138,7 +142,7 @@ class Tally:
         if t.acc:
             self.solved.add(t.problem_id)
 
-    def merge(self, other: "Tally") -> "Tally":
+    def merge(self, other: Tally) -> Tally:
         self.n += other.n
         self.correct += other.correct
         self.problems |= other.problems
@@ -250,7 +254,7 @@ def load_for_sampling(ckpt: Path, problems, s: dict, backend: str, device, gpu_m
     weights."""
     import torch
 
-    from lib.modeling import load_config, load_policy, load_tokenizer, longest_prompt, plan_context
+    from lib.train.modeling import load_config, load_policy, load_tokenizer, longest_prompt, plan_context
 
     tok = load_tokenizer(str(ckpt), trust_remote_code)
     data.render_prompts(problems, tok)
@@ -273,7 +277,7 @@ class StreamedCheckpoint:
     def __init__(self, folder: Path):
         self.folder = folder
 
-    def state_dict(self) -> "StreamedCheckpoint":
+    def state_dict(self) -> StreamedCheckpoint:
         return self
 
     def items(self):
@@ -300,7 +304,7 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally] | None:
     problems = dist.main_first(lambda: data.load_problems(toy.resolve(s["data"], "data"), split=s["split"],
                                                           limit=s["limit"]))
     if s["max_prompt_len"]:  # (one run's checkpoints share a tokenizer: the first one's decides)
-        from lib.modeling import load_tokenizer
+        from lib.train.modeling import load_tokenizer
 
         tok = load_tokenizer(str(ckpts[0][1]), args.trust_remote_code)
         problems = data.drop_long_prompts(data.render_prompts(problems, tok), tok, s["max_prompt_len"], s["data"])

@@ -5,7 +5,7 @@
     python lab.py --arms rloop,vanilla --seeds 0,1,2,3,4
     python lab.py --preset horizon --dry-run      # the loop.sh commands it would run, in order; writes nothing
 
-Every arm (lib/arms.py: the table of arms and presets) is one `loop.sh` run per seed, in OUT/<arm>/seed<k>/, with
+Every arm (lib/lab/arms.py: the table of arms and presets) is one `loop.sh` run per seed, in OUT/<arm>/seed<k>/, with
 the arm's loop.sh settings; JOBS runs go side by side, one torch thread each, every run's own output in its
 lab_job.log. An arm that reuses another's finished work (same seed) starts when that arm has finished, as a copy
 of what it reuses; when that arm failed or is not in this lab, it computes everything itself. A rerun skips the
@@ -25,11 +25,11 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from lib import arms as A
-from lib import cli
+from lib.lab import arms as A
+from lib.run import cli
 
 ROOT = Path(__file__).resolve().parent
 STAGE_ARGS = ("explore", "harvest", "filter", "consolidate", "eval")  # --X-args -> loop.sh's X_ARGS
@@ -56,7 +56,7 @@ def get_args(argv=None):
     g.add_argument("--seeds", default=None,
                    help="a count (3 = seeds 0, 1, 2) or a comma list of seeds (0,1,2,3,4); default: the preset's")
     g.add_argument("--out", default=None, help="the lab folder (default: the preset's)")
-    g = p.add_argument_group("sizes (every arm's ITERS and RL_STEPS derive from them; lib/arms.py)")
+    g = p.add_argument_group("sizes (every arm's ITERS and RL_STEPS derive from them; lib/lab/arms.py)")
     d = A.Sizes()
     g.add_argument("--iters", type=int, default=d.iters, help="RLoop iterations")
     g.add_argument("--rl-steps", type=int, default=d.rl_steps, help="RL steps per iteration")
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
     cli.atomic_write_text(args.out / "lab_commit", git_commit() + "\n")
     t0 = time.time()
     s = args.sizes
-    lab.say(f"== RLoop lab {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}: preset {args.preset}; arms "
+    lab.say(f"== RLoop lab {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}: preset {args.preset}; arms "
             f"{' '.join(args.arms)}; seeds {' '.join(map(str, args.seeds))}; ITERS={s.iters} RL_STEPS={s.rl_steps} "
             f"OVERFIT_X={s.overfit_x}; {args.jobs} jobs; OUT={args.out}")
     failed = lab.run()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The RLoop lab through environment variables: each one is a flag of lab.py (`python lab.py --help`), which runs
-# the arms of lib/arms.py x seeds through loop.sh and then report.py.
+# the arms of lib/lab/arms.py x seeds through loop.sh and then report.py.
 #
 #   bash lab.sh                                    # the quick preset: 8 arms x 3 seeds, runs/lab/report/summary.md
 #   PRESET=horizon bash lab.sh                     # the claims at 60 and 300 RL steps: 5 arms x 5 seeds

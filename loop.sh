@@ -283,7 +283,7 @@ vanilla() {
       :
     elif (( NODE_RANK == 0 )); then
       rm -rf "$OUT/vanilla.partial"
-      $PYTHON -m lib.linkcopy "$OUT/iter1/explore" "$OUT/vanilla.partial"  # hard links for what is written once
+      $PYTHON -m lib.run.linkcopy "$OUT/iter1/explore" "$OUT/vanilla.partial"  # hard links for what is written once
       mv "$OUT/vanilla.partial" "$OUT/vanilla"
     else
       wait_for "$OUT/vanilla"
@@ -342,7 +342,7 @@ evaluations() {
 lanes=$JOBS lane=
 if (( DRY_RUN )); then lanes=1; fi
 if [[ "$MODEL" == toy ]] && (( JOBS == 2 || NNODES > 1 )); then  # the toy base, built once (cached) with every
-  stage toy-base 0 env OMP_NUM_THREADS="$all_threads" MKL_NUM_THREADS="$all_threads" $PYTHON -m lib.toy  # core
+  stage toy-base 0 env OMP_NUM_THREADS="$all_threads" MKL_NUM_THREADS="$all_threads" $PYTHON -m lib.worlds.toy  # core
 fi
 cleanup() {
   if [[ -n "$lane" ]]; then pkill -P "$lane" 2>/dev/null || true; kill "$lane" 2>/dev/null || true; fi

@@ -1,19 +1,20 @@
 """report.py — what a run or a lab shows.
 
     python report.py RUN_DIR     (loop.sh's OUT, default runs/loop): RLoop against vanilla RL at equal RL steps;
-                                 RUN_DIR/report/summary.md, report.json and plots (lib/report_run.py)
+                                 RUN_DIR/report/summary.md, report.json and plots (lib/lab/report_run.py)
     python report.py LAB_DIR     (lab.py's OUT, e.g. runs/lab: <arm>/seed<k>/ run folders): the verdicts on the
                                  paper's claims, every arm over seeds with 95% intervals, the overfitting horizon,
                                  the threshold sweep; LAB_DIR/report/summary.md, lab.json and plots
-                                 (lib/lab_tables.py computes, lib/report_lab.py renders)
+                                 (lib/lab/tables.py computes, lib/lab/report_lab.py renders)
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from lib import cli, report_lab
-from lib.lab_tables import is_lab
-from lib.report_run import end_to_end, load_run, val_curves, write_report  # noqa: F401 (the run report's API)
+from lib.lab import report_lab
+from lib.lab.report_run import end_to_end, load_run, val_curves, write_report  # noqa: F401 (the run report's API)
+from lib.lab.tables import is_lab
+from lib.run import cli
 
 
 def main(argv=None):

@@ -82,7 +82,7 @@ class Recipe:
     max_per_problem: int
 
     @classmethod
-    def from_vars(cls, v: dict) -> "Recipe":
+    def from_vars(cls, v: dict) -> Recipe:
         i = lambda k: int(v[k])  # noqa: E731
         return cls(v["PRESET"], i("NPROC"), i("ITERS"), i("RL_STEPS"), i("SAVE_EVERY"), v["KEEP_CHECKPOINTS"],
                    bool(i("VANILLA")), i("PROMPTS_PER_STEP"), i("GEN_BATCH_SIZE"), bool(i("DYNAMIC_SAMPLING")),
@@ -121,9 +121,9 @@ def record_bytes(overhead: int, prompt_tok: float, resp_tok: float, text_bpt: fl
 
 
 def record_overhead() -> int:
-    """Bytes of a rollouts.jsonl record without its texts: the field names and short values, as lib/records
+    """Bytes of a rollouts.jsonl record without its texts: the field names and short values, as lib/run/records
     writes them (measured on an empty record: the format itself, not an assumption)."""
-    from lib.records import Trajectory
+    from lib.run.records import Trajectory
 
     t = Trajectory("a" * 16, "", "", -1.0, False, pred="12", ground_truth="12", prompt_tokens=200,
                    response_tokens=2000, step=100, source="explore")
@@ -258,7 +258,7 @@ def report(r: Recipe, c: dict, a) -> str:
     cap = f", at most {r.max_gen_batches}" if r.max_gen_batches else ""
     say(f"\nrollouts per RL step: {batches} generation batch(es) x {r.gen_batch} prompts x {r.n} = {per_step:,} "
         f"responses ({why}{cap})")
-    say(f"  a record: {rec / 1e3:,.1f} kB = {overhead} B of fields (lib/records' format) + ({p_tok:g} + {r_tok:g}) "
+    say(f"  a record: {rec / 1e3:,.1f} kB = {overhead} B of fields (lib/run/records' format) + ({p_tok:g} + {r_tok:g}) "
         f"tokens x {a.text_bytes:g} B + {a.acc:g} x {r_tok:g} ids x {a.ids_bytes:g} B")
     runs = [r.rl_steps] * r.iters + ([r.iters * r.rl_steps] if r.vanilla else [])
     explore_steps = sum(runs)

@@ -1,4 +1,4 @@
-"""logprob_check.py — the chunked LM head (lib/modeling.token_logprobs) against the full logits, on a device.
+"""logprob_check.py — the chunked LM head (lib/train/modeling.token_logprobs) against the full logits, on a device.
 
 One PASS / FAIL line each:
   fp32        log-probs, entropies and gradients equal the full-logits reference (1e-5 / 1e-4; TF32 off)
@@ -6,7 +6,7 @@ One PASS / FAIL line each:
   memory T=N  one forward + backward of the log-prob step at Qwen2.5's vocabulary (152,064) and hidden size (3584):
               transient memory of the chunked head vs the full logits, against the bound of 1/4 of one fp32 [T, V]
               tensor. On CUDA: torch.cuda.max_memory_allocated (what the allocator really held); elsewhere the
-              meta-device count of lib/memcount.py (tensor bytes, nothing allocated).
+              meta-device count of lib/train/memcount.py (tensor bytes, nothing allocated).
 
     python scripts/logprob_check.py --device cuda          # scripts/gpu_check.sh runs this
     python scripts/logprob_check.py --device cpu --tokens 512 --hidden 64     # a smoke run (the test suite's)
@@ -26,7 +26,7 @@ V = 152_064
 
 
 def tiny_model(device):
-    from lib import toy
+    from lib.worlds import toy
 
     return toy.make_model(toy.make_tokenizer(), seed=0).to(device)
 
@@ -41,7 +41,7 @@ def reference(model, ids, attn):
 
 
 def check_equal(device) -> list[tuple[str, bool, str]]:
-    from lib import modeling
+    from lib.train import modeling
 
     out = []
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -78,7 +78,7 @@ def check_equal(device) -> list[tuple[str, bool, str]]:
 
 
 def check_memory(device, tokens: list[int], H: int) -> list[tuple[str, bool, str]]:
-    from lib.memcount import head_step_peak
+    from lib.train.memcount import head_step_peak
 
     out = []
     for T in tokens:

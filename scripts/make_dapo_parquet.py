@@ -2,7 +2,7 @@
 
 The real file (BytedTsinghua-SIA/DAPO-Math-17k, data/dapo-math-17k.parquet) holds 1,791,700 rows: 17,917 distinct
 problems, each repeated 100 times. This writes the same schema, column order, nested types and text lengths
-(lib/synthetic.py says which). Nothing is downloaded. Whether the real file holds a problem's copies contiguously
+(lib/worlds/synthetic.py says which). Nothing is downloaded. Whether the real file holds a problem's copies contiguously
 or interleaved could not be checked offline: --order picks (default contiguous).
 
     python scripts/make_dapo_parquet.py --out runs/bench/dapo-math-17k-synthetic.parquet      # full size, a few seconds
@@ -16,8 +16,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `lib` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib import cli  # noqa: E402
-from lib.synthetic import write_dapo_parquet  # noqa: E402,F401 (also this script's API)
+from lib.run import cli  # noqa: E402
+from lib.worlds.synthetic import write_dapo_parquet  # noqa: E402,F401 (also this script's API)
 
 
 def main(argv=None) -> int:

@@ -49,7 +49,7 @@ def make_tokenizer(vocab_size: int = VOCAB_SIZE):
     vocab_size (the test suite's fast variant) keeps the layout: fillers, then the specials, then padding rows."""
     from tokenizers import pre_tokenizers
 
-    from lib.toy import byte_level_tokenizer
+    from lib.worlds.toy import byte_level_tokenizer
 
     byte_chars = sorted(pre_tokenizers.ByteLevel.alphabet())
     first = first_special(vocab_size)
@@ -78,7 +78,7 @@ def write_train_parquet(path: Path, n: int = 16, repeats: int = 3, seed: int = 0
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lib.data import DAPO_TEMPLATE
+    from lib.run.data import DAPO_TEMPLATE
 
     rows = []
     for i, (q, a) in enumerate(problems(n, seed)):
@@ -98,13 +98,12 @@ def build_model(out: Path, tok, seed: int = 0, sft_steps: int = 100, vocab_size:
     """The miniature, warm-started on 'Answer: d<|im_end|>' answers to chat prompts (d random: right 1 in 10)."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
-
     from transformers.utils import logging as hf_logging
 
-    from lib import sft
-    from lib.modeling import save_policy
-    from lib.records import Trajectory
-    from lib.toy import save_tokenizer
+    from lib.run.records import Trajectory
+    from lib.train import sft
+    from lib.train.modeling import save_policy
+    from lib.worlds.toy import save_tokenizer
 
     torch.manual_seed(seed)
     eos, eot = tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|im_end|>")
@@ -128,7 +127,7 @@ def build_model(out: Path, tok, seed: int = 0, sft_steps: int = 100, vocab_size:
 
 def build(out: str | Path, seed: int = 0, vocab_size: int = VOCAB_SIZE, sft_steps: int = 100) -> Path:
     """Everything the rehearsal reads, under `out` (cached: rebuilt only for another VERSION or size)."""
-    from lib.cli import atomic_write_text, replace_dir
+    from lib.run.cli import atomic_write_text, replace_dir
 
     out = Path(out)
     key = f"{VERSION} vocab {vocab_size} sft {sft_steps} seed {seed}"

@@ -27,7 +27,7 @@ VPY=$VENV/bin/python
 have_vllm=0
 if [[ -x "$VPY" ]] && "$VPY" -c "import vllm" 2>/dev/null; then have_vllm=1; fi
 mkdir -p "$OUT"
-"$PY" -m lib.toy > /dev/null  # the toy base, once
+"$PY" -m lib.worlds.toy > /dev/null  # the toy base, once
 
 rows=()
 for setting in "hf float32 fp32" "vllm float32 fp32" "hf bfloat16 bf16" "vllm bfloat16 fp32" "vllm bfloat16 bf16"; do

@@ -2,7 +2,7 @@
 and peak memory of each, against 10 minutes and 2 GB.
 
 At full scale one RL step writes 1,536-15,360 prompts x 16 responses of ~2k tokens, and an iteration of 200 steps
-millions of records. This writes such a file (lib/synthetic.write_rollouts; by default 2,000,000 records of ~10 KB,
+millions of records. This writes such a file (lib/worlds/synthetic.write_rollouts; by default 2,000,000 records of ~10 KB,
 ~21 GB: 4,000 problems, ~10% correct, token ids on the correct ones) as iteration 1 of a loop.sh run folder, then
 runs each stage in its own process, as loop.sh does:
   report   python report.py DIR/run                                 (its diversity pass reads every rollout)
@@ -30,8 +30,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `lib` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lib import cli  # noqa: E402
-from lib.synthetic import write_rollouts  # noqa: E402
+from lib.run import cli  # noqa: E402
+from lib.worlds.synthetic import write_rollouts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND_S, BOUND_GB = 600.0, 2.0

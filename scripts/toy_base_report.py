@@ -17,9 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root: lib/ and the stages
 
 import evaluate  # noqa: E402
-from lib import toy  # noqa: E402
-from lib.cli import atomic_write_json  # noqa: E402
-from lib.metrics import pass_at  # noqa: E402
+from lib.algo.passk import pass_at  # noqa: E402
+from lib.run.cli import atomic_write_json  # noqa: E402
+from lib.worlds import toy  # noqa: E402
 
 
 def report(seed: int = 0, n: int = 16) -> dict:

@@ -39,7 +39,7 @@ if ! "$PY" -c "import vllm" 2>/dev/null; then
 fi
 rm -rf "$OUT" && mkdir -p "$OUT"
 "$PY" -c "import torch, transformers, vllm; print(f'vllm {vllm.__version__}, torch {torch.__version__}, transformers {transformers.__version__}')"
-"$PY" -m lib.toy > /dev/null  # the toy base (cached under runs/toy/)
+"$PY" -m lib.worlds.toy > /dev/null  # the toy base (cached under runs/toy/)
 
 TOY=(--backend vllm --rollout-dtype float32 --save-every 2)
 fails=0 t_all=$SECONDS

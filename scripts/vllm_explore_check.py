@@ -74,7 +74,8 @@ def main(argv: list[str]) -> int:
 
 
 def prompts_of(tok) -> list[str]:
-    from lib import data, toy
+    from lib.run import data
+    from lib.worlds import toy
 
     return [p.prompt for p in data.render_prompts(data.load_problems(str(toy.data_path("test")))[:PROBLEMS], tok)]
 
@@ -93,9 +94,9 @@ def greedy_agree(live: list[list[int]], context: int, out: Path) -> tuple[bool, 
     the same greedy tokens."""
     import torch
 
-    from lib.checkpoint import list_checkpoints
-    from lib.modeling import load_policy
-    from lib.rollout import VLLMEngine
+    from lib.engine.rollout import VLLMEngine
+    from lib.train.checkpoint import list_checkpoints
+    from lib.train.modeling import load_policy
 
     step, ckpt = list_checkpoints(out)[-1]
     model, tok = load_policy(str(ckpt))

@@ -6,7 +6,7 @@
     python scripts/vllm_sync_check.py --dry-run         # no vllm: build, perturb, HF greedy decodes only
 
 Steps: the model folder (given, or a random toy-architecture model with weights scaled up so its greedy
-decodes are not degenerate); an in-process colocated engine (lib/rollout.py) on it, in the trainer's dtype (bf16 on
+decodes are not degenerate); an in-process colocated engine (lib/engine/rollout.py) on it, in the trainer's dtype (bf16 on
 a GPU, fp32 on the CPU), and the same model in transformers; vLLM greedy-decodes a few prompts; the HF model's weights
 are perturbed and pushed with sync_weights, twice, and vLLM decodes after each push. Each vLLM decode is checked by
 teacher forcing: one HF forward over prompt + vLLM's tokens must make every vLLM token HF's greedy choice, up to a
@@ -52,8 +52,8 @@ def get_args(argv=None):
 def build_model(out: Path, seed: int) -> Path:
     """The toy architecture (Qwen2, tied embeddings, byte tokenizer) with random weights, its matrices scaled
     up (x10, embeddings x3): at the default init the residual stream echoes the last input token forever."""
-    from lib import toy
-    from lib.modeling import save_policy
+    from lib.train.modeling import save_policy
+    from lib.worlds import toy
 
     tok = toy.make_tokenizer()
     model = toy.make_model(tok, seed=seed)
@@ -79,7 +79,7 @@ def prompt_ids(tok) -> list[list[int]]:
 @torch.no_grad()
 def hf_greedy(model, tok, max_new: int) -> list[list[int]]:
     """HF's own greedy decode of each prompt, stopping at the model's stop tokens (the dry run's stand-in)."""
-    from lib.modeling import stop_token_ids
+    from lib.train.modeling import stop_token_ids
 
     stops = set(stop_token_ids(model, tok))
     dev = next(model.parameters()).device
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
                 perturb(model, args.noise, args.seed + k)
                 pushes.append((hf_greedy(model, tok, args.max_new_tokens), copy.deepcopy(model)))
         else:
-            from lib.rollout import ColocatedVLLM
+            from lib.engine.rollout import ColocatedVLLM
 
             eng = ColocatedVLLM(str(folder), tok, max_model_len=max_len, dtype=str(dtype).removeprefix("torch."),
                                 seed=args.seed, gpu_memory_utilization=args.gpu_memory_utilization,

@@ -29,7 +29,7 @@ class Killed(Exception):
 
 
 def dying_train(real_train, after_step: int):
-    """lib/sft.train that raises Killed right after optimiser step `after_step` (its metrics row written)."""
+    """lib/train/sft.train that raises Killed right after optimiser step `after_step` (its metrics row written)."""
 
     def train(*a, on_step=None, **kw):
         def hook(step, row, opt, sched):
@@ -45,8 +45,8 @@ def dying_train(real_train, after_step: int):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """An untrained toy-architecture model folder (from_pretrained-loadable): for plumbing tests."""
-    from lib import toy
-    from lib.modeling import save_policy
+    from lib.train.modeling import save_policy
+    from lib.worlds import toy
 
     out = tmp_path_factory.mktemp("tiny") / "model"
     tok_dir = out.parent / "tok"
@@ -61,7 +61,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy_data_dir(tmp_path_factory) -> Path:
     """The toy's data files, generated into a temp toy cache (fast: no model is built)."""
-    from lib import toy
+    from lib.worlds import toy
 
     os.environ["RLOOP_TOY_DIR"] = str(tmp_path_factory.mktemp("toycache"))
     return toy.data_path("train").parent
@@ -88,9 +88,9 @@ def memo_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lib import sft
-    from lib.modeling import save_policy
-    from lib.records import Trajectory
+    from lib.run.records import Trajectory
+    from lib.train import sft
+    from lib.train.modeling import save_policy
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)

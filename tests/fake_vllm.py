@@ -212,7 +212,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 
 class LLM:
-    instances: list["LLM"] = []
+    instances: list[LLM] = []
 
     def __init__(self, model: str, **kw):
         _only(kw, LLM_KWARGS, "LLM")

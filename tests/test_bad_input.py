@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lib.records import Trajectory, write_jsonl
+from lib.run.records import Trajectory, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -192,8 +192,8 @@ def test_weights_that_do_not_fit_the_config_are_refused(w, tmp_path):
     line, and leave the logging level as it was."""
     from transformers.utils import logging as hf_logging
 
-    from lib.cli import UserError
-    from lib.modeling import load_policy
+    from lib.run.cli import UserError
+    from lib.train.modeling import load_policy
 
     folder = tmp_path / "wider"
     folder.mkdir()
@@ -211,7 +211,7 @@ def test_weights_that_do_not_fit_the_config_are_refused(w, tmp_path):
 
 
 def test_a_byte_order_mark_is_not_an_error(tmp_path):
-    from lib.data import load_problems
+    from lib.run.data import load_problems
 
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "p0", "problem": "1+1?", "answer": "2"}).encode() + b"\n")
@@ -273,7 +273,7 @@ def test_explore_skips_nonfinite_updates_counts_them_and_goes_on(tiny_model_dir,
 
 def test_explore_stops_after_k_consecutive_nonfinite_updates(tiny_model_dir, problems, tmp_path):
     import explore
-    from lib.cli import UserError
+    from lib.run.cli import UserError
 
     out = tmp_path / "run"
     with pytest.raises(UserError) as e:
@@ -292,7 +292,7 @@ def test_explore_stops_after_k_consecutive_nonfinite_updates(tiny_model_dir, pro
 
 
 # ---------------------------------------------------------------------------------------------------------
-# non-finite steps: lib/sft.py and consolidate.py skip them, count them and stop after --max-nonfinite
+# non-finite steps: lib/train/sft.py and consolidate.py skip them, count them and stop after --max-nonfinite
 
 
 class NaNWhenTold(torch.nn.Module):
@@ -310,7 +310,8 @@ class NaNWhenTold(torch.nn.Module):
 
 
 def test_sft_skips_a_nonfinite_step_and_goes_on():
-    from lib import sft, toy
+    from lib.train import sft
+    from lib.worlds import toy
 
     tok = toy.make_tokenizer()
     model = NaNWhenTold(toy.make_model(tok, seed=0))

@@ -1,12 +1,13 @@
-"""lib/modeling's chunked LM head: the same log-probs, entropies and gradients as the full [B, T, V] logits, and
+"""lib/train/modeling's chunked LM head: the same log-probs, entropies and gradients as the full [B, T, V] logits, and
 memory that grows with the chunk, not with the sequence.
 
 The reference in each test is computed here, from model(...).logits with plain torch ops, independently of
-lib/modeling's code path."""
+lib/train/modeling's code path."""
 import pytest
 import torch
 
-from lib import modeling, toy
+from lib.train import modeling
+from lib.worlds import toy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,9 +88,9 @@ def test_no_grad_path_keeps_no_graph(tok):
 
 def test_head_memory_grows_with_the_chunk_not_the_sequence():
     """Peak live tensor bytes of one forward + backward of the LM head at Qwen2.5's vocabulary (152,064) and
-    T = 512, counted op by op (lib/memcount.py's LiveBytes, on the meta device: nothing is allocated). The full-logits
+    T = 512, counted op by op (lib/train/memcount.py's LiveBytes, on the meta device: nothing is allocated). The full-logits
     way holds several fp32 [T, V] tensors; the chunked way a few [chunk, V] ones."""
-    from lib.memcount import head_step_peak
+    from lib.train.memcount import head_step_peak
 
     T, V, H, chunk = 512, 152_064, 64, 32
     full = head_step_peak(T, V, H, chunked=False, device="meta")
@@ -101,7 +102,7 @@ def test_head_memory_grows_with_the_chunk_not_the_sequence():
 
 def test_live_bytes_on_meta_equal_a_real_cpu_run():
     """The meta-device count (what bench.py's memory section reports at full size) is the count of a real run."""
-    from lib.memcount import head_step_peak
+    from lib.train.memcount import head_step_peak
 
     for chunked in (False, True):
         real = head_step_peak(64, 1000, 16, chunked=chunked, chunk=16, device="cpu")

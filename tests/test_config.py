@@ -1,4 +1,4 @@
-"""--config FILE on every stage (lib/cli.StageParser): file values are defaults, command-line flags win,
+"""--config FILE on every stage (lib/run/cli.StageParser): file values are defaults, command-line flags win,
 values go through argparse's own types, unknown keys fail in one line, and each stage's args.json replays."""
 import json
 import subprocess
@@ -12,7 +12,7 @@ import evaluate
 import explore
 import filter as filter_stage
 import harvest
-from lib import cli
+from lib.run import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,7 +108,7 @@ def test_explore_replays_from_its_args_json(tiny_model_dir, tmp_path):
     """`explore.py --config runs/x/args.json --out runs/y` repeats run x: the same metrics, step for step."""
     from test_explore import digit_reward, run_args, strip_times, write_problems
 
-    from lib.records import read_jsonl
+    from lib.run.records import read_jsonl
 
     data = write_problems(tmp_path / "train.jsonl")
     x, y = tmp_path / "x", tmp_path / "y"

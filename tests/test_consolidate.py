@@ -1,4 +1,4 @@
-"""lib/sft.py and consolidate.py: prompt masking, the token-mean objective, that SFT learns its data, the
+"""lib/train/sft.py and consolidate.py: prompt masking, the token-mean objective, that SFT learns its data, the
 finished folder loading in evaluate.py, resume equivalence, and bad input refused before anything is written.
 Models are the toy architecture, untrained (plumbing), except where a test needs a run that really trains
 or two models that really differ (the KL term)."""
@@ -13,15 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Killed, dying_train
 from safetensors.torch import load_file
 
 import consolidate
-from conftest import Killed, dying_train
 import evaluate
-from lib import sft, toy
-from lib.cli import EXIT_USER_ERROR, UserError
-from lib.modeling import token_logprobs
-from lib.records import Trajectory, write_jsonl
+from lib.run.cli import EXIT_USER_ERROR, UserError
+from lib.run.records import Trajectory, write_jsonl
+from lib.train import sft
+from lib.train.modeling import token_logprobs
+from lib.worlds import toy
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -59,7 +60,7 @@ def world(tmp_path_factory, tok, tiny_model_dir):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# lib/sft.py
+# lib/train/sft.py
 
 
 class KeepLogits(torch.nn.Module):

@@ -1,11 +1,11 @@
-"""Literal-value tests for lib/dapo.py (DAPO pure functions, matched against verl's recipe)."""
+"""Literal-value tests for lib/algo/dapo.py (DAPO pure functions, matched against verl's recipe)."""
 
 import math
 
 import pytest
 import torch
 
-from lib.dapo import (
+from lib.algo.dapo import (
     group_advantages,
     keep_groups,
     kept_group_ids,

@@ -3,10 +3,17 @@ import json
 
 import pytest
 
-from lib.cli import UserError
-from lib.data import (DAPO_TEMPLATE, Problem, drop_long_prompts, load_problems, parse_benchmarks, parse_row,
-                      render_prompts)
-from lib.records import Trajectory, read_trajectories, trajectory_from_dict, write_jsonl
+from lib.run.cli import UserError
+from lib.run.data import (
+    DAPO_TEMPLATE,
+    Problem,
+    drop_long_prompts,
+    load_problems,
+    parse_benchmarks,
+    parse_row,
+    render_prompts,
+)
+from lib.run.records import Trajectory, read_trajectories, trajectory_from_dict, write_jsonl
 
 DAPO_ROW = {
     "data_source": "math_dapo",
@@ -149,7 +156,7 @@ def write(tmp_path, name, rows, schema=None):
 @pytest.fixture
 def small_batches(monkeypatch):
     """4-row Arrow batches: repeats then fall in other batches than their first row (the cross-batch case)."""
-    from lib import data
+    from lib.run import data
 
     monkeypatch.setattr(data, "_BATCH_ROWS", 4)
 

@@ -17,20 +17,21 @@ import sys
 import time
 from pathlib import Path
 
+import fake_vllm as fv
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import MEMO_PROBLEMS
+from fake_vllm import fake_vllm  # noqa: F401 (a fixture)
 from safetensors.torch import load_file
 
 import consolidate
 import explore
-import fake_vllm as fv
-from conftest import MEMO_PROBLEMS
-from fake_vllm import fake_vllm  # noqa: F401 (a fixture)
-from lib import dist, sft, toy
-from lib.data import Problem
-from lib.records import Trajectory, read_jsonl, write_jsonl
-from lib.rollout import ColocatedVLLM, Completion
+from lib.engine.rollout import ColocatedVLLM, Completion
+from lib.run.data import Problem
+from lib.run.records import Trajectory, read_jsonl, write_jsonl
+from lib.train import dist, sft
+from lib.worlds import toy
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -238,7 +239,7 @@ def test_two_ranks_match_one_process(tiny_model_dir, tmp_path):
 
 
 def test_sleep_before_the_update_wake_and_sync_after(fake_vllm, tiny_model_dir, tmp_path):
-    from lib.rollout import HFEngine
+    from lib.engine.rollout import HFEngine
 
     events = []
 
@@ -395,8 +396,8 @@ def test_torchrun_evaluate_and_harvest_resample_equal_one_process(memo_model_dir
     nothing. harvest --resample: two checkpoints, 32 + 8 problems per rank."""
     import evaluate
     import harvest
-    from lib import checkpoint
-    from lib.modeling import load_policy
+    from lib.train import checkpoint
+    from lib.train.modeling import load_policy
 
     bench = sums_bench(tmp_path)
     common = ["--model", memo_model_dir, "--benchmarks", f"a={bench},b={bench}", "--n-samples", "32", "--part-size",
@@ -431,8 +432,8 @@ def test_torchrun_vllm_evaluate_and_harvest_equal_one_process(memo_model_dir, tm
     """vLLM's CPU build: under torchrun every rank holds its own engine (external_launcher); harvest pushes each
     next checkpoint's weights into it (the second checkpoint differs from the first: the push must land, tied
     lm_head included). The records equal one process's, which builds a fresh engine per checkpoint."""
-    from lib import checkpoint
-    from lib.modeling import load_policy
+    from lib.train import checkpoint
+    from lib.train.modeling import load_policy
 
     env = {**ENV, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
     one = lambda script, *a: subprocess.run([sys.executable, script, *map(str, a)], cwd=ROOT, env=env,  # noqa: E731

@@ -16,7 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -108,7 +108,7 @@ def all_commands():
                     yield doc, toy, line, cmd
 
 
-@lru_cache(maxsize=None)
+@cache
 def help_text(script: str) -> str:
     argv = ["bash", script, "--help"] if script.endswith(".sh") else [sys.executable, script, "--help"]
     r = subprocess.run(argv, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
@@ -189,7 +189,8 @@ def memo_toy_cache(memo_model_dir, tmp_path_factory) -> Path:
     """A toy cache (RLOOP_TOY_DIR) whose base is the memo model and whose every split is the memo problems, in the
     toy's own schema (DAPO-Math-17k's: the prompt as the model was trained on it, no instruction added)."""
     from conftest import MEMO_PROBLEMS
-    from lib import toy
+
+    from lib.worlds import toy
 
     root = tmp_path_factory.mktemp("doc_toy")
     d = root / f"v{toy.TOY_VERSION}-seed0"

@@ -45,7 +45,7 @@ def test_end_to_end_contract(tmp_path, tiny_model_dir, toy_data_dir):
 
 def test_metrics_from_samples_literal():
     from evaluate import summarize
-    from lib.records import Trajectory
+    from lib.run.records import Trajectory
 
     t = [Trajectory("a", "", "", 1.0, True), Trajectory("a", "", "", -1.0, False),
          Trajectory("b", "", "", -1.0, False), Trajectory("b", "", "", -1.0, False)]
@@ -95,7 +95,7 @@ class ScriptedEngine:
         self.calls.append("close")
 
     def generate(self, prompts, n, max_new_tokens, temperature=1.0, top_p=1.0, seed=0):
-        from lib.rollout import Completion
+        from lib.engine.rollout import Completion
 
         self.calls.append({"prompts": len(prompts), "n": n, "max_new_tokens": max_new_tokens,
                            "temperature": temperature, "top_p": top_p, "seed": seed})
@@ -111,7 +111,7 @@ class ScriptedEngine:
 def test_metrics_of_a_policy_that_solves_some_problems(tmp_path, tiny_model_dir, monkeypatch):
     """n = 4, literal successes per problem; mean_acc and unbiased pass@k = 1 - C(4-c, k) / C(4, k) by hand."""
     import evaluate
-    from lib.rollout import prompt_seed
+    from lib.engine.rollout import prompt_seed
 
     script = {"Compute 1+2.": [1, 0, 1, 1],  # c = 3: pass@1 3/4, pass@2 1 - C(1,2)/C(4,2) = 1, pass@4 1
               "Compute 3+4.": [0, 0, 0, 0],  # c = 0: 0, 0, 0

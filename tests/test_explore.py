@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from fake_vllm import fake_vllm  # noqa: F401 (a fixture)
 from safetensors.torch import load_file
 
 import explore
-from lib import data, train
-from lib.modeling import token_logprobs
-from fake_vllm import fake_vllm  # noqa: F401 (a fixture)
-from lib.records import read_jsonl
-from lib.rollout import Completion, HFEngine, VLLMEngine
+from lib.engine.rollout import Completion, HFEngine, VLLMEngine
+from lib.run import data
+from lib.run.records import read_jsonl
+from lib.train import update as train
+from lib.train.modeling import token_logprobs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -246,8 +247,8 @@ class ScriptedEngine:
 
 
 def collect(problem_ids, script, *extra, answers=None):
-    from lib.data import Problem
-    from lib.toy import make_tokenizer
+    from lib.run.data import Problem
+    from lib.worlds.toy import make_tokenizer
 
     problems = [Problem(pid, [], answers[pid] if answers else "5", prompt=pid) for pid in problem_ids]
     args = explore.get_args(["--n", "4", "--max-new-tokens", "24", "--overlong-buffer", "8", *extra])
@@ -306,7 +307,7 @@ def test_filter_metric_acc_ignores_the_overlong_penalty():
 
 
 def test_data_order_is_a_function_of_seed_and_position():
-    from lib.data import Problem
+    from lib.run.data import Problem
 
     probs = [Problem(str(i), [], "0") for i in range(5)]
     a = data.PromptStream(probs, seed=3)
@@ -372,7 +373,7 @@ def test_resume_matches_an_uninterrupted_run(tiny_model_dir, data_file, tmp_path
         f.write('{"problem_id": "torn')
     with open(part / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "reward": 0.1}\n')
-    # one policy for changed arguments (lib/checkpoint.check_same_args, as consolidate.py): a flag that shapes the
+    # one policy for changed arguments (lib/train/checkpoint.check_same_args, as consolidate.py): a flag that shapes the
     # weights is refused, in one line naming it, before anything is written; --steps / --save-every are free
     before = (part / "metrics.jsonl").read_bytes()
     refused = r"cannot --resume with different settings: the run used --lr 0.001 \(now 0.002\)$"

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from filter import select, spread_cap
-from lib.cli import EXIT_NOTHING_KEPT, EXIT_USER_ERROR
-from lib.records import Trajectory, write_jsonl
+from lib.run.cli import EXIT_NOTHING_KEPT, EXIT_USER_ERROR
+from lib.run.records import Trajectory, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,11 +15,12 @@ from safetensors import safe_open
 import consolidate
 import evaluate
 import explore
-from lib import checkpoint, modeling, sft, toy
-from lib.cli import UserError
-from lib.modeling import end_of_turn_id, plan_context
-from lib.records import Trajectory, read_jsonl
-from lib.rollout import Completion
+from lib.engine.rollout import Completion
+from lib.run.cli import UserError
+from lib.run.records import Trajectory, read_jsonl
+from lib.train import checkpoint, modeling, sft
+from lib.train.modeling import end_of_turn_id, plan_context
+from lib.worlds import toy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,7 +131,7 @@ def test_prompt_cap_in_explore_and_evaluate(tiny_model_dir, tmp_path, capsys):
     data = tmp_path / "p.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tok = modeling.load_tokenizer(str(tiny_model_dir))
-    from lib import data as data_lib
+    from lib.run import data as data_lib
 
     lengths = data_lib.prompt_lengths(tok, [p.prompt for p in data_lib.render_prompts(
         data_lib.load_problems(str(data)), tok)])

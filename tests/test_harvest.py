@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 import harvest
-from lib import checkpoint, toy
-from lib.cli import EXIT_USER_ERROR, UserError
-from lib.records import Trajectory, read_trajectories, write_jsonl
+from lib.run.cli import EXIT_USER_ERROR, UserError
+from lib.run.records import Trajectory, read_trajectories, write_jsonl
+from lib.train import checkpoint
+from lib.worlds import toy
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

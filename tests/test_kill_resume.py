@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Killed, dying_train
 from safetensors.torch import load_file
 
-from conftest import Killed, dying_train
-from lib.records import Trajectory, write_jsonl
+from lib.run.records import Trajectory, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -37,7 +37,7 @@ sys.path.insert(0, {root!r})
 stage, where, at, flag, argv = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]), sys.argv[5:]
 mod = importlib.import_module(stage)
 import torch
-from lib import cli, records
+from lib.run import cli, records
 
 def pause():
     flag.write_text("paused")
@@ -78,8 +78,8 @@ elif where == "final":  # consolidate: the finished model is in its temp folder,
         return real_replace(tmp, final)
     cli.replace_dir = replace_dir
 elif where == "meta":  # evaluate / harvest --resample: part `at`'s records written, its .json (marker) not yet
-    from lib import rounds
-    from lib.records import write_jsonl
+    from lib.engine import rounds
+    from lib.run.records import write_jsonl
     real_write, calls = rounds.Parts.write, []
     def write(self, name, lo, hi, records, seconds):
         calls.append(name)
@@ -320,7 +320,7 @@ def test_consolidate_killed_three_times_ends_like_an_uninterrupted_run(tiny_mode
 
 def test_a_kill_between_the_two_renames_of_a_folder_swap_is_undone(tmp_path, monkeypatch):
     import consolidate
-    from lib import cli
+    from lib.run import cli
 
     out, new = tmp_path / "c", tmp_path / ".c.final.x"
     for d, text in ((out, "old"), (new, "new")):
@@ -349,7 +349,7 @@ def test_a_kill_between_the_two_renames_of_a_folder_swap_is_undone(tmp_path, mon
 def test_consolidate_resumes_over_a_torn_metrics_line(tiny_model_dir, rft, tmp_path, monkeypatch):
     """A kill in the middle of a metrics row (a torn last line) must not make the run un-resumable."""
     import consolidate
-    from lib import sft
+    from lib.train import sft
 
     real_train = sft.train
     out = tmp_path / "out"
@@ -406,8 +406,8 @@ def test_evaluate_killed_twice_ends_like_an_uninterrupted_run(memo_model_dir, me
 
 
 def test_harvest_resample_killed_ends_like_an_uninterrupted_run(memo_model_dir, memo_data, driver, tmp_path):
-    from lib import checkpoint
-    from lib.modeling import load_policy
+    from lib.train import checkpoint
+    from lib.train.modeling import load_policy
 
     run = tmp_path / "run"
     model, tok = load_policy(str(memo_model_dir))

@@ -1,14 +1,14 @@
-"""The KL penalty to the initial policy: lib/dapo.kl_penalty (verl's low_var_kl) on literal tensors, and
+"""The KL penalty to the initial policy: lib/algo/dapo.kl_penalty (verl's low_var_kl) on literal tensors, and
 explore.py --kl-coef end to end on the tiny model."""
 import math
 
 import pytest
 import torch
+from test_explore import data_file, digit_reward, run_args  # noqa: F401 (data_file: a fixture)
 
 import explore
-from lib.dapo import kl_loss, kl_penalty
-from lib.records import read_jsonl
-from test_explore import data_file, digit_reward, run_args  # noqa: F401 (data_file: a fixture)
+from lib.algo.dapo import kl_loss, kl_penalty
+from lib.run.records import read_jsonl
 
 
 def test_low_var_kl_literal_values():

@@ -1,4 +1,4 @@
-"""The lab: the arms table (lib/arms.py) drives lab.py (through lab.sh) over micro labs in seconds, with
+"""The lab: the arms table (lib/lab/arms.py) drives lab.py (through lab.sh) over micro labs in seconds, with
 stand-in stages (a PYTHON shim; filter.py, lab.py and the lab's report.py are the real ones): the horizon arms
 x 2 seeds end to end, what each arm reuses and when it starts, the report's verdicts against hand-computed
 intervals, a rerun that skips every finished run, a failed run that stops nothing else; and, with the real
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import arms as A
+from lib.lab import arms as A
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""lib/linkcopy: a run folder copied with hard links for what is written once (checkpoints, args, event files) and
+"""lib/run/linkcopy: a run folder copied with hard links for what is written once (checkpoints, args, event files) and
 real copies for the logs a resumed run appends to and truncates; a resumed explore in the copy leaves the source's
 every byte as it was."""
 import hashlib
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import explore
-from lib import linkcopy
-from lib.cli import UserError
-from lib.records import read_jsonl
+from lib.run import linkcopy
+from lib.run.cli import UserError
+from lib.run.records import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,7 +42,7 @@ def test_links_immutable_files_copies_logs_leaves_wandb_out(tmp_path):
     with pytest.raises(UserError, match="exists already"):
         linkcopy.link_copy(src, tmp_path / "copy")
     assert not list(tmp_path.glob(".copy*"))  # no temp folder left behind
-    r = subprocess.run([sys.executable, "-m", "lib.linkcopy", str(src), str(tmp_path / "c2")], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "lib.run.linkcopy", str(src), str(tmp_path / "c2")], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "5 files hard-linked, 2 copied" in r.stdout, r.stderr
 

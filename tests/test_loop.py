@@ -134,7 +134,7 @@ from pathlib import Path
 script, args = sys.argv[1], sys.argv[2:]
 with open(os.environ["SHIM_LOG"], "a") as f:
     f.write(json.dumps([script, *args]) + "\\n")
-if script in ("harvest.py", "filter.py", "report.py", "-m"):  # the real stage, or a real module (lib.linkcopy)
+if script in ("harvest.py", "filter.py", "report.py", "-m"):  # the real stage, or a real module (lib.run.linkcopy)
     os.execv(sys.executable, [sys.executable, script, *args])
 flag = lambda name: args[args.index(name) + 1]
 out = Path(flag("--out"))

@@ -1,6 +1,6 @@
 import pytest
 
-from lib.metrics import ks_up_to, mean_pass_at_k, pass_at_k
+from lib.algo.passk import ks_up_to, mean_pass_at_k, pass_at_k
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,7 @@ def test_ks_up_to_invalid():
 
 
 def test_capped_summary_counts_rl_steps_only():
-    from lib.metrics import capped_summary
+    from lib.run.metrics import capped_summary
 
     rows = [{"step": 0, "val/mean_acc": 0.1}, {"step": 1, "capped": 0}, {"step": 2, "capped": 1},
             {"step": 3, "capped": 1}, {"step": 4, "capped": 0}]

@@ -1,4 +1,4 @@
-"""lib/modeling.token_logprobs against references computed here from the model's own logits with plain torch:
+"""lib/train/modeling.token_logprobs against references computed here from the model's own logits with plain torch:
 the log-prob of each token and the entropy explore.py logs (with_entropy=True), at temperature 1 and not,
 for right- and left-padded batches. Tested only through the public signature
 token_logprobs(model, input_ids, attention_mask, temperature, with_entropy)."""
@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.distributions import Categorical
 
-from lib import toy
-from lib.modeling import pad_rows, token_logprobs
+from lib.train.modeling import pad_rows, token_logprobs
+from lib.worlds import toy
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest) tiny models, shared 2-core box
 

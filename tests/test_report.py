@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import report
-from lib import diversity
-from lib.report_run import comparison
+from lib.lab import diversity
+from lib.lab.report_run import comparison
 
 
 def write(path: Path, obj) -> None:

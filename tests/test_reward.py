@@ -4,8 +4,8 @@ import types
 
 import pytest
 
-from lib import reward
-from lib.reward import normalize_final_answer, score
+from lib.algo import reward
+from lib.algo.reward import normalize_final_answer, score
 
 # (response, ground_truth, expected acc, expected pred), expectations worked out by hand from the
 # semantics of verl's math_dapo.compute_score.

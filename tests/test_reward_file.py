@@ -1,4 +1,4 @@
-"""--reward path/to/file.py:function (lib/reward.load_reward) on explore, harvest and evaluate: the user's
+"""--reward path/to/file.py:function (lib/algo/reward.load_reward) on explore, harvest and evaluate: the user's
 function scores rollouts; a bad path, a missing function or a wrong return shape is one line, exit != 0,
 before any model loads."""
 import json
@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 import explore
-from lib import cli, reward
-from lib.records import read_jsonl
+from lib.algo import reward
+from lib.run import cli
+from lib.run.records import read_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,8 +3,8 @@ forward, finished rows dropped, seeded sampling."""
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lib.modeling import token_logprobs
-from lib.rollout import HFEngine, prompt_seed, row_keys, row_uniforms, sample_token
+from lib.engine.rollout import HFEngine, prompt_seed, row_keys, row_uniforms, sample_token
+from lib.train.modeling import token_logprobs
 
 PROMPTS = ["<|im_start|>user\nCompute 1+2.<|im_end|>\n<|im_start|>assistant\n",
            "<|im_start|>user\nCompute 7*8+5, then tell me more.<|im_end|>\n<|im_start|>assistant\n"]
@@ -81,10 +81,10 @@ def test_top_p_samples_the_renormalised_nucleus():
 
 
 def test_in_place_kv_cache_decodes_as_the_models_forward(tiny_model_dir):
-    """lib/decode.py (the engine's default for Qwen2) against the model's own forward with transformers'
+    """lib/engine/decode.py (the engine's default for Qwen2) against the model's own forward with transformers'
     DynamicCache: the same tokens from the same seed, across several cache growths (70 tokens, BLOCK 32) and rows
     finishing at different steps, and log-probs equal to float rounding."""
-    from lib import decode
+    from lib.engine import decode
 
     model, tok = load(tiny_model_dir)
     fast, plain = HFEngine(model, tok), HFEngine(model, tok, fast_decode=False)
@@ -99,7 +99,7 @@ def test_in_place_kv_cache_decodes_as_the_models_forward(tiny_model_dir):
 
 
 def test_in_place_kv_cache_only_where_it_reproduces_the_model(tiny_model_dir):
-    from lib import decode
+    from lib.engine import decode
 
     model, _ = load(tiny_model_dir)
     assert decode.supports(model)

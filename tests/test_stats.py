@@ -1,10 +1,10 @@
-"""lib/stats.py: the lab's 95% intervals, paired differences, verdicts and strategy entropy, on hand-computed
+"""lib/lab/stats.py: the lab's 95% intervals, paired differences, verdicts and strategy entropy, on hand-computed
 cases."""
 import math
 
 import pytest
 
-from lib import stats
+from lib.lab import stats
 
 
 def test_t_table_values_and_large_df():

@@ -4,8 +4,8 @@ import json
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lib import toy
-from lib.reward import score
+from lib.algo.reward import score
+from lib.worlds import toy
 
 
 def test_splits_deterministic_and_held_out():

@@ -1,4 +1,4 @@
-"""--logger (lib/tracking.py): TensorBoard event files read back, wandb offline (skipped without wandb),
+"""--logger (lib/run/tracking.py): TensorBoard event files read back, wandb offline (skipped without wandb),
 one-line errors for unknown loggers and missing packages, and explore / consolidate mirroring every
 metrics.jsonl row."""
 import importlib.util
@@ -13,8 +13,9 @@ import pytest
 
 import consolidate
 import explore
-from lib import cli, toy, tracking
-from lib.records import Trajectory, read_jsonl, write_jsonl
+from lib.run import cli, tracking
+from lib.run.records import Trajectory, read_jsonl, write_jsonl
+from lib.worlds import toy
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -5,7 +5,7 @@ Static checks on the code base (its Python syntax trees, not a text grep, so com
   - every torch.load passes weights_only=True;
   - trust_remote_code is never set to True in code: only passed through from --trust-remote-code (default off);
   - model weights are written with save_pretrained(safe_serialization=True); torch.save only writes resume
-    state (lib/checkpoint.py), never weights.
+    state (lib/train/checkpoint.py), never weights.
 And the folders the stages write: model.safetensors, no pytorch_model.bin, a resume state that loads with
 weights_only=True.
 """
@@ -80,7 +80,7 @@ def test_every_torch_load_is_weights_only():
                 v = kw(c, "weights_only")
                 if not (isinstance(v, ast.Constant) and v.value is True):
                     bad.append(where(path, c))
-    assert found >= 1 and not bad, bad  # (found: lib/checkpoint.py's resume state)
+    assert found >= 1 and not bad, bad  # (found: lib/train/checkpoint.py's resume state)
 
 
 def test_trust_remote_code_only_from_the_flag():
@@ -134,16 +134,16 @@ def test_weights_are_written_as_safetensors_and_state_is_not_pickled_code():
                 v = kw(c, "safe_serialization")
                 if not (isinstance(v, ast.Constant) and v.value is True):
                     bad.append(f"{where(path, c)}: {n} without safe_serialization=True")
-            if n == "torch.save" and path.relative_to(ROOT).as_posix() != "lib/checkpoint.py":
-                bad.append(f"{where(path, c)}: torch.save outside lib/checkpoint.py (weights go to safetensors)")
+            if n == "torch.save" and path.relative_to(ROOT).as_posix() != "lib/train/checkpoint.py":
+                bad.append(f"{where(path, c)}: torch.save outside lib/train/checkpoint.py (weights go to safetensors)")
     assert not bad, bad
 
 
 def test_written_folders_hold_safetensors_only(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lib import checkpoint
-    from lib.modeling import save_policy
+    from lib.train import checkpoint
+    from lib.train.modeling import save_policy
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -1,5 +1,5 @@
 """Validation during RL (explore.py --eval-data / --eval-every / --eval-n / --eval-before-train,
-lib/validation.py), per-benchmark splits (NAME=PATH@SPLIT), and report.py's curves of the val keys."""
+lib/engine/validation.py), per-benchmark splits (NAME=PATH@SPLIT), and report.py's curves of the val keys."""
 import json
 from pathlib import Path
 
@@ -7,9 +7,10 @@ import pytest
 
 import explore
 import report
-from lib import data, validation
-from lib.records import read_jsonl
-from lib.rollout import Completion
+from lib.engine import validation
+from lib.engine.rollout import Completion
+from lib.run import data
+from lib.run.records import read_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

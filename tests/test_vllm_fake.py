@@ -1,4 +1,4 @@
-"""The vLLM glue (lib/rollout.py) against tests/fake_vllm.py, a stand-in strict about vLLM 0.33.0's names.
+"""The vLLM glue (lib/engine/rollout.py) against tests/fake_vllm.py, a stand-in strict about vLLM 0.33.0's names.
 
   * sampling: the same prompt twice in one call gets two different groups; the same call twice, the same
     outputs (resume exactness); the engine passes max_model_len / hf_overrides to LLM(...)
@@ -13,12 +13,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_vllm import (COMPLETION_OUTPUT_FIELDS, IMPORTS, LLM_KWARGS, LLM_METHODS, LOGPROB_FIELDS, PLATFORM_METHODS,
-                       PROMPT_FIELDS, REQUEST_OUTPUT_FIELDS, SAMPLING_PARAMS_FIELDS, WORKER_METHODS, CompletionOutput,
-                       Logprob, fake_vllm)  # noqa: F401
+from fake_vllm import (
+    COMPLETION_OUTPUT_FIELDS,
+    IMPORTS,
+    LLM_KWARGS,
+    LLM_METHODS,
+    LOGPROB_FIELDS,
+    PLATFORM_METHODS,
+    PROMPT_FIELDS,
+    REQUEST_OUTPUT_FIELDS,
+    SAMPLING_PARAMS_FIELDS,
+    WORKER_METHODS,
+    CompletionOutput,
+    Logprob,  # noqa: F401
+    )
 
-from lib import rollout
-from lib.rollout import ColocatedVLLM, VLLMEngine, _from_vllm, make_engine, prompt_seed, resolve_backend
+from lib.engine import rollout
+from lib.engine.rollout import ColocatedVLLM, VLLMEngine, _from_vllm, make_engine, prompt_seed, resolve_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""The vLLM glue (lib/rollout.py) against the real engine: vLLM's CPU build (vllm-cpu 0.32.0, made by
+"""The vLLM glue (lib/engine/rollout.py) against the real engine: vLLM's CPU build (vllm-cpu 0.32.0, made by
 scripts/vllm_cpu_env.sh) here, vLLM 0.33 on a GPU. Skipped where vllm does not import (CI, the main venv), where
 tests/test_vllm_fake.py drives the same glue through a strict fake.
 
@@ -24,8 +24,8 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on the C
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 vllm = pytest.importorskip("vllm", reason="vllm is not installed (scripts/vllm_cpu_env.sh makes a venv with its CPU build)")
 
-from lib.modeling import load_policy, plan_context, token_logprobs  # noqa: E402
-from lib.rollout import VLLMEngine, prompt_seed  # noqa: E402
+from lib.engine.rollout import VLLMEngine, prompt_seed  # noqa: E402
+from lib.train.modeling import load_policy, plan_context, token_logprobs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["<|im_start|>user\nCompute 1+2.<|im_end|>\n<|im_start|>assistant\n",

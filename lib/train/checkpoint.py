@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib import dist
-from lib.cli import UserError, atomic_write_text, replace_dir
-from lib.records import read_jsonl, truncate_to
+from lib.run.cli import UserError, atomic_write_text, replace_dir
+from lib.run.records import read_jsonl, truncate_to
+from lib.train import dist
 
 CKPT_RE = re.compile(r"^ckpt_(\d{6,})$")
 

@@ -1,4 +1,4 @@
-"""The lab's arms and presets, as data: the runner (lab.py) and the lab report (lib/report_lab.py) both read ARMS.
+"""The lab's arms and presets, as data: the runner (lab.py) and the lab report (lib/lab/report_lab.py) both read ARMS.
 
 An arm is one `loop.sh` run per seed, under OUT/<arm>/seed<k>/, all from the same MODEL. Its entry holds:
   env        the loop.sh variables it sets over LOOP_DEFAULTS (VANILLA, RLOOP, THRESHOLD, EVAL_ITERS)

@@ -10,7 +10,7 @@ each repeated 100 times, in this schema, column order and nested types:
   reward_model struct<ground_truth: string, style: string>   an integer answer, "rule-lighteval/MATH_v2"
   extra_info   struct<index: string>                   a uuid per distinct problem
 
-with realistic text lengths (lib.data.DAPO_TEMPLATE around a synthetic problem of 150-700 characters), so that a
+with realistic text lengths (lib.run.data.DAPO_TEMPLATE around a synthetic problem of 150-700 characters), so that a
 loader meets the same bytes and rows as on the real file. Whether the real file holds a problem's copies
 contiguously or interleaved could not be checked offline: `order` picks.
 
@@ -32,8 +32,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lib.cli import atomic_open
-from lib.data import DAPO_TEMPLATE
+from lib.run.cli import atomic_open
+from lib.run.data import DAPO_TEMPLATE
 
 SCHEMA = pa.schema([
     ("data_source", pa.string()),

@@ -5,7 +5,7 @@ A round is `part_size` problems per rank (world size x part_size problems, the l
 torchrun every rank samples its contiguous share of the round with the GLOBAL per-prompt seeds
 (`prompt_seed(seed, i)` for problem i of the list), and rank 0 gathers the scored records in rank order and
 writes the round as one part. A problem's samples depend on its own seed only, not on the rank or the batch that
-drew it (the engines' contract, lib/rollout.py), so the records are one process's. The HF engine's float
+drew it (the engines' contract, lib/engine/rollout.py), so the records are one process's. The HF engine's float
 rounding also depends on which prompts share a batch: it decodes `max_batch // n` prompts at a time, so each
 rank's share is made of whole such chunks counted from the list's first problem (`engine_chunk`), and every
 chunk holds the prompts it holds in one process: the same logits, bit for bit.
@@ -23,9 +23,10 @@ import shutil
 import time
 from pathlib import Path
 
-from lib import cli, dist
-from lib.records import Trajectory, read_trajectories, write_jsonl
-from lib.rollout import prompt_seed, sample_and_score, trajectories
+from lib.engine.rollout import prompt_seed, sample_and_score, trajectories
+from lib.run import cli
+from lib.run.records import Trajectory, read_trajectories, write_jsonl
+from lib.train import dist
 
 VLLM_PART_SIZE = 64  # problems per rank per round with an engine that batches on its own (vLLM)
 
@@ -36,7 +37,7 @@ class Parts:
     def __init__(self, folder: str | Path, key: dict):
         self.folder, self.key = Path(folder), key
 
-    def open(self) -> "Parts":
+    def open(self) -> Parts:
         """Create the folder; empty it first when its samples were made with other settings."""
         if self.folder.is_dir() and cli.read_json(self.folder / "settings.json") != self.key:
             shutil.rmtree(self.folder)
@@ -89,7 +90,7 @@ def done_upto(parts: Parts, name: str) -> int:
 
 def engine_chunk(engine, n: int) -> int:
     """Prompts the engine decodes together: the HF engine cuts a call into chunks of max_batch // n prompts
-    (lib/rollout.HFEngine.generate); an engine that batches on its own (vLLM) counts as 1."""
+    (lib/engine/rollout.HFEngine.generate); an engine that batches on its own (vLLM) counts as 1."""
     max_batch = getattr(engine, "max_batch", None)
     return max(1, max_batch // n) if max_batch else 1
 

@@ -6,7 +6,7 @@ What DAPO adds on top of GRPO, and where it lives here:
   * overlong reward shaping (soft length penalty) ............. overlong_penalty
   * dynamic sampling (drop groups with no reward spread) ...... keep_groups / kept_group_ids
 plus the GRPO group-normalised advantage (group_advantages) and a helper (masked_mean). The entropy explore.py
-logs is not here: lib/modeling.token_logprobs computes it in the same pass as the log-probs.
+logs is not here: lib/train/modeling.token_logprobs computes it in the same pass as the log-probs.
 
 Shapes: B = sequences in the call, T = padded response length, V = vocab, G = groups.
 Masks are 0/1 (bool, int or float); 1 marks a real response token.
@@ -21,7 +21,7 @@ Where we deliberately differ from verl (details at each function):
   * overlong_penalty: buffer_len == 0 returns zeros (verl would divide by zero).
 """
 
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 from torch import Tensor

@@ -6,7 +6,7 @@ metrics.json) and writes RUN_DIR/report/summary.md, report.json and PNG plots:
                   gradient norm, entropy, response length, share of groups kept by dynamic sampling
   eval.png        mean accuracy and pass@k per split after each iteration, vanilla at the same RL steps
   forgetting.png  accuracy on the probe split (a skill RL never trains): base -> each iteration
-and the diversity measure behind the paper's mechanism (lib/diversity.py): how similar are successful solutions
+and the diversity measure behind the paper's mechanism (lib/lab/diversity.py): how similar are successful solutions
 to the same problem drawn at the same RL step (intra-step) versus at different steps (inter-step)?
 """
 from __future__ import annotations
@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lib import cli
-from lib.metrics import ks_of, metric, pass_at
-from lib.diversity import similarity
-from lib.records import read_jsonl
+from lib.algo.passk import ks_of, pass_at
+from lib.lab.diversity import similarity
+from lib.run import cli
+from lib.run.metrics import metric
+from lib.run.records import read_jsonl
 
 CURVES = [("reward", "train reward"), ("grad_norm", "grad norm (pre-clip)"), ("entropy", "entropy"),
           ("resp_len_mean", "response length"), ("groups_kept", "groups kept (dynamic sampling)"),
@@ -81,7 +82,7 @@ def end_to_end(r: dict) -> list[dict]:
 
 
 def val_curves(rows: list[dict]) -> list[tuple[str, str]]:
-    """Panels for explore.py's validation keys (val/<bench>/mean_acc, lib/validation.py), when a run has them."""
+    """Panels for explore.py's validation keys (val/<bench>/mean_acc, lib/engine/validation.py), when a run has them."""
     names = dict.fromkeys(k for row in rows for k in row if k.startswith("val/") and k.endswith("/mean_acc")
                           and k != "val/mean_acc")
     return [(k, f"val {k[4:-9]} avg@n") for k in names]
@@ -253,7 +254,7 @@ def summary(r: dict, comp: list[dict], run: Path) -> str:
                          f"{fmt(d.get('inter_step'))} |")
         lines += ["", "Similarity = mean pairwise Jaccard similarity of word/symbol trigram sets of two successful "
                   "responses to the same problem, drawn at the same RL step (intra) or at different steps (inter), "
-                  "over a seeded sample of problems and of their successes (lib/diversity.py). The paper's mechanism "
+                  "over a seeded sample of problems and of their successes (lib/lab/diversity.py). The paper's mechanism "
                   "predicts inter < intra: intermediate checkpoints solve problems differently.", ""]
     # --- RL steps the generation-batch cap cut short
     capped = [(name, capped_steps(rows)) for name, rows in

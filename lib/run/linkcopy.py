@@ -3,27 +3,26 @@ RL run (loop.sh), and at full scale that folder holds a 30 GB checkpoint and its
 
 A run folder's files are of three kinds, and the copy treats each its own way:
   written once   checkpoint folders (weights, config, tokenizer, resume state), args.json, TensorBoard event files:
-                 replaced whole by a rename (lib/cli.replace_dir, atomic writes, lib/checkpoint.cast_weights) or
+                 replaced whole by a rename (lib/run/cli.replace_dir, atomic writes, lib/train/checkpoint.cast_weights) or
                  deleted, never changed in place -> hard links: no byte is copied, and a run working in the copy
                  replaces or unlinks its own names, never the source's files
   appended       APPENDED (rollouts.jsonl, metrics.jsonl): a resumed run appends to them and cuts them back to its
-                 checkpoint (lib/checkpoint.restore_logs) -> real copies (a copy-on-write clone where the
+                 checkpoint (lib/train/checkpoint.restore_logs) -> real copies (a copy-on-write clone where the
                  filesystem has one: XFS, btrfs)
   left out       LEFT_OUT (wandb/): the copy is another run; wandb's id file there would resume the source's run
 A file that cannot be hard-linked (another filesystem) is copied. The copy is written under a temp name and
 renamed into place: a kill leaves no half copy.
 
-    python -m lib.linkcopy runs/loop/iter1/explore runs/loop/vanilla
+    python -m lib.run.linkcopy runs/loop/iter1/explore runs/loop/vanilla
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
-import sys
 from pathlib import Path
 
-from lib.cli import UserError
+from lib.run.cli import UserError
 
 APPENDED = ("rollouts.jsonl", "metrics.jsonl")  # names, at any depth, a resumed run appends to or truncates
 LEFT_OUT = ("wandb",)  # top-level entries the copy does without
@@ -89,7 +88,7 @@ def link_copy(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, int]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lib.linkcopy", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m lib.run.linkcopy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="the run folder to copy (explore.py's --out)")
     p.add_argument("dst", help="the new folder (must not exist)")
@@ -101,6 +100,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from lib.cli import run_main
+    from lib.run.cli import run_main
 
     run_main(main)

@@ -1,4 +1,4 @@
-"""The lab report (report.py LAB_DIR): lib/lab_tables.py's records rendered as LAB_DIR/report/summary.md, lab.json
+"""The lab report (report.py LAB_DIR): lib/lab/tables.py's records rendered as LAB_DIR/report/summary.md, lab.json
 and plots (lab_accuracy.png, overfit.png, horizon.png). It opens with the verdicts on the paper's claims in words.
 """
 from __future__ import annotations
@@ -8,9 +8,9 @@ import math
 import subprocess
 from pathlib import Path
 
-from lib import cli
-from lib import lab_tables as T
-from lib.report_run import fmt
+from lib.lab import tables as T
+from lib.lab.report_run import fmt
+from lib.run import cli
 
 
 def interval(d: T.Difference | None) -> str:
@@ -52,7 +52,7 @@ def markdown(t: T.LabTables) -> str:
     k = t.kmax
     L = [f"# RLoop lab: `{t.folder}`", "",
          f"Commit {t.commit}; seeds {', '.join(map(str, t.seeds))}; every cell is the mean over seeds ± the half-width "
-         f"of its 95% t interval (lib/stats.py). Evaluation: avg@{k} accuracy and unbiased pass@k "
+         f"of its 95% t interval (lib/lab/stats.py). Evaluation: avg@{k} accuracy and unbiased pass@k "
          f"(k = {', '.join(t.ks)}) of each arm's output policy; RLoop arms: the last consolidated policy.", ""]
     L += verdict_lines(t)
     for split, rows in t.accuracy.items():
@@ -64,7 +64,7 @@ def markdown(t: T.LabTables) -> str:
         L.append("")
     if t.differences:
         L += ["## Paired differences", "",
-              "arm − the arm it is measured against (lib/arms.py), per seed, mean [95% interval]; a gain (or loss) "
+              "arm − the arm it is measured against (lib/lab/arms.py), per seed, mean [95% interval]; a gain (or loss) "
               "only when the interval excludes 0, otherwise \"no measurable difference\".", "",
               "| arm | against | " + " | ".join(t.diff_columns) + " |", "|---" * (2 + len(t.diff_columns)) + "|"]
         L += [f"| {r.arm} | {r.against} | " + " | ".join(diff_cell(r.cells[c]) for c in t.diff_columns) + " |"
@@ -106,7 +106,7 @@ def markdown(t: T.LabTables) -> str:
               "Strategy entropy (bits; 2 strategies: at most 1) of a problem's successful rollouts, within one RL step "
               "and across the steps of an iteration (vanilla: the same windows of steps), mean over problems; the "
               "share of the regrouping strategy; and the paper's measure, mean trigram-Jaccard similarity within a "
-              "step (intra) and across steps (inter), over a seeded sample (lib/diversity.py). Over seeds.", "",
+              "step (intra) and across steps (inter), over a seeded sample (lib/lab/diversity.py). Over seeds.", "",
               "| arm | entropy within step | entropy across steps | share 'group' | similarity intra | "
               "similarity inter |", "|---|---|---|---|---|---|"]
         L += [f"| {r.arm} | {cell(r.within_step)} | {cell(r.across_steps)} | {cell(r.share_group)} | "
@@ -225,7 +225,7 @@ def git_commit(folder: Path) -> str:
 def write_report(folder: Path) -> str:
     """LAB_DIR/report/: summary.md, lab.json and the plots. Returns the summary."""
     try:
-        from lib.toy import strategy as label
+        from lib.worlds.toy import strategy as label
     except ImportError:  # (no toy: no strategy labels)
         label = None
     lab = T.load(folder, label)

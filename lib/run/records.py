@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-from lib.cli import UserError, atomic_write_text
+from lib.run.cli import UserError, atomic_write_text
 
 
 @dataclass
 class Trajectory:
-    problem_id: str  # stable id of the problem (lib/data.py)
+    problem_id: str  # stable id of the problem (lib/run/data.py)
     prompt: str  # the exact text the policy was conditioned on (chat template applied)
     response: str  # the sampled completion, special tokens removed
     reward: float  # verifier score (+1 / -1) plus any shaping (overlong penalty)

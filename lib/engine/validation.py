@@ -2,7 +2,7 @@
 
 explore.py --eval-benchmarks SPEC --eval-every K --eval-n-samples N (verl's test_freq; --eval-before-train is its
 val_before_train). SPEC is what evaluate.py's --benchmarks takes ('toy', NAME=PATH[@SPLIT],...), and the
-numbers are evaluate.py's (lib.metrics.summarize), so a curve point at step s equals an evaluate.py run on
+numbers are evaluate.py's (lib.algo.passk.summarize), so a curve point at step s equals an evaluate.py run on
 ckpt_s with the same n, sampling settings and seed. They go into that step's metrics.jsonl row as flat keys:
   val/<bench>/mean_acc   avg@n of benchmark <bench>
   val/<bench>/pass@<k>   unbiased pass@k, k = 1, 2, 4, ... up to n
@@ -10,9 +10,9 @@ ckpt_s with the same n, sampling settings and seed. They go into that step's met
 """
 from __future__ import annotations
 
-from lib import cli, data
-from lib.metrics import ks_of, summarize
-from lib.rollout import sample_and_score, trajectories
+from lib.algo.passk import ks_of, summarize
+from lib.engine.rollout import sample_and_score, trajectories
+from lib.run import cli, data
 
 PREFIX = "val/"
 

@@ -1,4 +1,4 @@
-"""Training mechanics both trainers share (explore.py's RL update, lib/sft.py's SFT): what a batch of sequences
+"""Training mechanics both trainers share (explore.py's RL update, lib/train/sft.py's SFT): what a batch of sequences
 becomes on the device, how many forward passes it takes, and the numeric settings around them.
 
   micro_batches       length-sorted micro-batches, their number chosen to cut padding
@@ -17,14 +17,14 @@ loss), which is where a fork changes them.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
-from lib import dist
-from lib.dapo import kl_loss, policy_loss
-from lib.modeling import pad_rows, shared_prompt_logprobs, token_logprobs
+from lib.algo.dapo import kl_loss, policy_loss
+from lib.train import dist
+from lib.train.modeling import pad_rows, shared_prompt_logprobs, token_logprobs
 
 
 def add_trainer_args(p, device_help: str = "cpu / cuda / auto") -> None:
@@ -239,7 +239,7 @@ class LossConfig:
     clip_ratio_c: float = 10.0
     agg: str = "token-mean"
     temperature: float = 1.0  # log-probs under softmax(logits / T), the distribution that was sampled
-    bf16: bool | None = None  # bf16 autocast; None = lib/train.default_bf16
+    bf16: bool | None = None  # bf16 autocast; None = lib/train/update.default_bf16
     kl_coef: float = 0.0  # weight of the KL penalty to the reference (needs every MicroBatch.ref_logp)
 
 
@@ -248,7 +248,7 @@ class UpdateConfig:
     """One RL step's update: its batching and its loss (explore.update_config builds it from the flags)."""
     mini_batch: int  # prompts, with all their responses, per optimiser update
     micro_batch: int  # sequences per forward / backward
-    share_prompt: bool  # each prompt runs once per micro-batch (lib/modeling.shared_prompt_logprobs)
+    share_prompt: bool  # each prompt runs once per micro-batch (lib/train/modeling.shared_prompt_logprobs)
     grad_clip: float
     loss: LossConfig
 
@@ -360,7 +360,7 @@ def frozen_reference(path: str, device: torch.device, bf16: bool, overrides: dic
     """A frozen copy of the policy at `path` (the KL reference of explore.py --kl-coef and consolidate.py --kl-coef):
     loaded on the CPU under FSDP, the context overrides applied as to the policy, no gradient, then sharded like the
     policy (a rank never holds two unsharded copies; no optimizer state)."""
-    from lib.modeling import extend_context, load_policy
+    from lib.train.modeling import extend_context, load_policy
 
     ref = load_policy(path, device=load_device(device), trust_remote_code=trust_remote_code)[0]
     extend_context(ref, overrides)

@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from itertools import repeat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from lib.cli import UserError
-from lib.records import read_jsonl
+from lib.run.cli import UserError
+from lib.run.records import read_jsonl
 
 # The instruction DAPO-Math-17k wraps every problem in; we wrap raw problems the same way so one reward
 # (the last `Answer:` line) scores both worlds.
@@ -139,8 +140,8 @@ def _candidates(batch) -> tuple[list[int], list[tuple | None]]:
     offsets = np.asarray(prompt.offsets)  # [n + 1], absolute positions in prompt.values
     messages = prompt.values  # every message of the batch's rows (and maybe more: a sliced batch)
     msg_bad = np.concatenate([[0], np.cumsum(
-        (pc.is_null(messages).to_numpy(zero_copy_only=False)
-         | pc.is_null(messages.field("content")).to_numpy(zero_copy_only=False)))])
+        pc.is_null(messages).to_numpy(zero_copy_only=False)
+         | pc.is_null(messages.field("content")).to_numpy(zero_copy_only=False))])
     gt = pc.struct_field(batch.column("reward_model"), "ground_truth")  # null where reward_model is null
     bad = (pc.is_null(prompt).to_numpy(zero_copy_only=False)
            | (offsets[1:] == offsets[:-1])  # no messages
@@ -302,7 +303,7 @@ def drop_long_prompts(problems: list[Problem], tokenizer, max_prompt_len: int, n
 
 
 def parse_benchmarks(spec: str) -> dict[str, str]:
-    """'NAME=PATH[,NAME=PATH...]' -> {name: path} (a stage turns 'toy' into this form: lib/toy.resolve)."""
+    """'NAME=PATH[,NAME=PATH...]' -> {name: path} (a stage turns 'toy' into this form: lib/worlds/toy.resolve)."""
     out = {}
     for item in spec.split(","):
         name, eq, path = item.partition("=")

@@ -14,7 +14,7 @@ its different-step pairs, and each problem's mean is weighted by its true number
 counts): the estimate of the mean over all pairs that a brute force computes, and equal to it when the sample holds
 every success (problems and per_problem at least the file's).
 
-strategy_entropy(): the entropy of the toy's solution strategies (lib.toy.strategy) among a problem's successes,
+strategy_entropy(): the entropy of the toy's solution strategies (lib.worlds.toy.strategy) among a problem's successes,
 within a step and across a window of steps (the lab's report).
 """
 from __future__ import annotations
@@ -24,11 +24,11 @@ import heapq
 import json
 import re
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from itertools import combinations
 from pathlib import Path
-from typing import Callable, Iterator
 
-from lib import stats
+from lib.lab import stats
 
 WORD = re.compile(r"\w+|[^\w\s]")
 SAMPLE_PROBLEMS = 500  # problems sampled
@@ -141,7 +141,7 @@ def similarity(rollouts: Path, problems: int = SAMPLE_PROBLEMS, per_problem: int
 
 
 def strategy_entropy(rollouts: Path, window: int, label: Callable[[str], str | None]) -> dict | None:
-    """Entropy (bits) of the solution strategies (label(response), e.g. lib.toy.strategy) among a problem's
+    """Entropy (bits) of the solution strategies (label(response), e.g. lib.worlds.toy.strategy) among a problem's
     successful responses: within one RL step, and across the steps of a window of `window` steps (an RLoop
     iteration, what one harvest pools; vanilla cut into windows of the same length). Means over (problem, step)
     and (problem, window) cells with at least two labelled successes; plus the share of each strategy. Holds

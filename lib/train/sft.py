@@ -1,14 +1,14 @@
 """Supervised fine-tuning in plain PyTorch — the one SFT implementation of the project.
 
 consolidate.py uses it for rejection-sampling fine-tuning (RFT) of the iteration's initial policy on the
-filtered successful trajectories; lib/toy.py uses it to warm-start the toy base on gold solutions.
+filtered successful trajectories; lib/worlds/toy.py uses it to warm-start the toy base on gold solutions.
 
   loss = sum over response tokens of -log p(token | prefix)  /  response tokens in the whole optimiser step
 (the numerator is `loss_fn`, NLL by default; consolidate.py passes its RFT loss). The prompt is masked (it gets
 no gradient); the normalisation is over the whole optimiser step, not each micro-batch, so gradient
 accumulation does not change the objective. Sequences are length-grouped into micro-batches and right-padded —
 never packed into one row, so no attention leaks across examples. How many micro-batches a step takes is chosen
-per step to cut padding (lib/train.micro_batches); `micro_batch` only caps their size.
+per step to cut padding (lib/train/update.micro_batches); `micro_batch` only caps their size.
 
 Under torchrun (consolidate.py with an FSDP2 model) every rank takes a contiguous slice of each step's
 examples; the divisor stays the token count of the WHOLE step (every rank knows the step's examples), the
@@ -22,17 +22,17 @@ import random
 import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from lib import checkpoint, dist
-from lib.dapo import kl_penalty
-from lib.metrics import json_num
-from lib.modeling import token_logprobs
-from lib.train import autocast, empty_batch, equal_passes, lr_factor, micro_batches, right_padded
+from lib.algo.dapo import kl_penalty
+from lib.run.metrics import json_num
+from lib.train import checkpoint, dist
+from lib.train.modeling import token_logprobs
+from lib.train.update import autocast, empty_batch, equal_passes, lr_factor, micro_batches, right_padded
 
 # loss_fn(logp [b, T], mask [b, T], examples) -> the loss summed over the micro-batch's response tokens (train
 # divides by the step's token count). The default is plain NLL; consolidate.py passes its RFT loss.
@@ -79,7 +79,7 @@ def tokenize(tokenizer, trajectories, append_eos: bool = True, max_len: int = 0,
     The response: its recorded `response_ids` when it has them (the tokens the policy sampled, its stop token
     included); otherwise its text, tokenised, plus the stop token (`stop_id`, default the tokenizer's eos) when
     append_eos, so the model learns to stop. The stop token is one the policy samples: for a chat model the
-    end-of-turn token (lib/modeling.end_of_turn_id), which need not be the tokenizer's eos_token."""
+    end-of-turn token (lib/train/modeling.end_of_turn_id), which need not be the tokenizer's eos_token."""
     stop = tokenizer.eos_token_id if stop_id is None else stop_id
     out = []
     for t in trajectories:

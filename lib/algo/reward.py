@@ -164,7 +164,7 @@ def load_reward(spec: str):
     needs no extra flag. The function must take (response, ground_truth) and return {"score": number,
     "acc": bool, "pred": str}, like `score`; one probe call on a literal input checks that now, so a bad
     path, a missing function or a wrong return shape fails in one line before any model loads."""
-    from lib.cli import UserError  # (lib.cli is below every stage; imported here to keep this module light)
+    from lib.run.cli import UserError  # (lib.run.cli is below every stage; imported here to keep this module light)
 
     if spec in BUILTIN:
         fn = functools.partial(score, mode=spec)

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lib.cli import UserError, replace_dir
-from lib.data import prompt_lengths
+from lib.run.cli import UserError, replace_dir
+from lib.run.data import prompt_lengths
 
 
 def _check_folder(path: str) -> None:
@@ -104,7 +104,7 @@ def plan_context(config, longest_prompt: int, max_new_tokens: int, max_model_len
                  model: str = "the model", max_prompt_len: int = 0) -> tuple[int, dict | None]:
     """(context, config overrides) for sampling up to max_new_tokens after the longest prompt.
 
-    With max_prompt_len (--max-prompt-len: longer prompts are dropped at load time, lib/data.drop_long_prompts)
+    With max_prompt_len (--max-prompt-len: longer prompts are dropped at load time, lib/run/data.drop_long_prompts)
     the context is planned for a prompt of that length instead of the longest one present, so it holds whatever
     the cap lets through. Without max_model_len (--max-model-len 0) the model's own max_position_embeddings must
     hold the prompt + max_new_tokens, or one line says both numbers and the flag. With it, the context is

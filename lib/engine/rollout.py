@@ -5,14 +5,14 @@ One interface, two backends:
               once and its KV cache copied n times, finished rows are dropped from the batch (they stop
               costing compute), sampled tokens and log-probs stay on the device until the end (one host
               sync per step: how many rows finished), and the sampled token's log-prob is read off
-              logsumexp — no full-vocabulary log-softmax is kept. Qwen2 models decode through lib/decode.py
+              logsumexp — no full-vocabulary log-softmax is kept. Qwen2 models decode through lib/engine/decode.py
               (the model's own modules, a KV cache written in place instead of copied every token).
   VLLMEngine  vLLM's offline `LLM` (GPU), used when vllm is importable and a GPU is present;
               ColocatedVLLM, its subclass for explore.py, shares the trainer's GPUs (sleep / wake, FSDP).
   ShardedHFEngine  the HF engine over an FSDP2-sharded policy (explore.py under torchrun without vLLM).
 `make_engine` picks one (`resolve_backend` decides 'auto', once); `close()` frees an engine. HFEngine's
 log-probs are under softmax(logits / temperature), before top-p truncation — the same quantity
-lib/modeling.token_logprobs computes in the training forward (VLLMEngine's: see its docstring).
+lib/train/modeling.token_logprobs computes in the training forward (VLLMEngine's: see its docstring).
 
 `sample_and_score` is the one sample-and-score of the project (explore, harvest, evaluate, validation): n
 responses per prompt, each scored by the verifier into the shared trajectory record, token counts filled.
@@ -23,20 +23,22 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-from array import array
 import os
 import random
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lib import decode, dist
-from lib.cli import UserError, check_positive
-from lib.modeling import cache_keyword, pad_rows, stop_token_ids
-from lib.records import Trajectory
+from lib.engine import decode
+from lib.run.cli import UserError, check_positive
+from lib.run.records import Trajectory
+from lib.train import dist
+from lib.train.modeling import cache_keyword, pad_rows, stop_token_ids
 
 
 @dataclass
@@ -135,7 +137,7 @@ class HFEngine:
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.show_progress = show_progress
         self.cache_kw = cache_keyword(model)
-        # decode steps through lib/decode.py's in-place KV cache where it reproduces the model (Qwen2, plain
+        # decode steps through lib/engine/decode.py's in-place KV cache where it reproduces the model (Qwen2, plain
         # parameters); the model's own forward otherwise. The prompt prefill is always the model's forward.
         self.decoder = decode.Qwen2Decoder if fast_decode and decode.supports(model) else None  # (one per batch)
 
@@ -532,7 +534,7 @@ def to_trajectories(problems, completions: list[list[Completion]], reward_fn, st
 @dataclass
 class Scored:
     """One prompt's n samples, scored: what sample_and_score returns per problem."""
-    problem: Any  # lib.data.Problem
+    problem: Any  # lib.run.data.Problem
     prompt_ids: list[int]  # the prompt as the engine tokenised it (no special tokens added)
     completions: list[Completion]
     trajectories: list[Trajectory]  # one record per completion, same order

@@ -56,10 +56,10 @@ def head_step_peak(T: int, V: int, H: int, chunked: bool, chunk: int = 0, device
     """Transient bytes of one forward + backward of the log-prob step over one sequence: final hidden states
     [1, T, H] (a leaf, standing in for the backbone's output) through the LM head [V, H] to log p and entropy, and
     back to the hidden states' and the head's gradients. Returns the peak live bytes minus what stays alive after
-    it (those gradients: the model's own). chunked: lib/modeling.head_logprobs; else today's full-logits way
-    (lib/modeling.logprobs_from_logits over lm_head(hidden)). On CUDA the figure is the allocator's
+    it (those gradients: the model's own). chunked: lib/train/modeling.head_logprobs; else today's full-logits way
+    (lib/train/modeling.logprobs_from_logits over lm_head(hidden)). On CUDA the figure is the allocator's
     (torch.cuda.max_memory_allocated: what it really held); elsewhere LiveBytes' count."""
-    from lib import modeling
+    from lib.train import modeling
 
     class Head(torch.nn.Module):  # the two methods head_logprobs asks of a causal LM
         def __init__(self):

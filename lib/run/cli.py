@@ -13,9 +13,9 @@ import random
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
+from typing import Any
 
 EXIT_USER_ERROR = 2  # bad input / bad flags
 EXIT_NOTHING_KEPT = 3  # filter.py: nothing survived the filter (loop.sh branches on it)
@@ -338,7 +338,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(device: str = "auto") -> "torch.device":
+def pick_device(device: str = "auto") -> torch.device:
     import torch
 
     if device == "auto":

@@ -1,9 +1,9 @@
-"""The lab's numbers as plain records: every table of the lab report (lib/report_lab.py renders them).
+"""The lab's numbers as plain records: every table of the lab report (lib/lab/report_lab.py renders them).
 
 A lab folder holds OUT/<arm>/seed<k>/, one finished loop.sh run each (lab.py). Every number is per seed first,
 then a mean over seeds with its 95% t interval (Estimate); two arms are compared paired by seed (Difference), a
-gain or a loss only when the interval excludes 0 (lib/stats.py). Which arm is compared with which, judged on the
-paper's claims, swept, drawn as a curve: lib/arms.py.
+gain or a loss only when the interval excludes 0 (lib/lab/stats.py). Which arm is compared with which, judged on the
+paper's claims, swept, drawn as a curve: lib/lab/arms.py.
 """
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lib import arms as A
-from lib import stats
-from lib.diversity import similarity, strategy_entropy
-from lib.metrics import ks_of, metric, pass_at
-from lib.report_run import comparison, end_to_end, load_run, peak_norm
+from lib.algo.passk import ks_of, pass_at
+from lib.lab import arms as A
+from lib.lab import stats
+from lib.lab.diversity import similarity, strategy_entropy
+from lib.lab.report_run import comparison, end_to_end, load_run, peak_norm
+from lib.run.metrics import metric
 
 
 # --- values over seeds ----------------------------------------------------------------------------------------
@@ -277,7 +278,7 @@ class LabTables:
 
 # --- computing them -------------------------------------------------------------------------------------------
 def load(folder: Path, label=None) -> dict[str, tuple[A.Arm, dict[int, Run]]]:
-    """Every finished arm run; with `label` (lib.toy.strategy), the diversity arms' strategy entropy too."""
+    """Every finished arm run; with `label` (lib.worlds.toy.strategy), the diversity arms' strategy entropy too."""
     lab = {}
     for name, seeds in finished_runs(folder).items():
         arm = arm_of(name, seeds)

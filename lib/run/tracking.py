@@ -22,7 +22,7 @@ import math
 import os
 from pathlib import Path
 
-from lib.cli import UserError, atomic_write_text
+from lib.run.cli import UserError
 
 LOGGERS = ("tensorboard", "wandb")
 DIRS = ("tensorboard", "wandb")  # what trackers write inside a stage's OUT (consolidate.py keeps them)

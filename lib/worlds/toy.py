@@ -8,7 +8,7 @@ deterministically from a seed and cached under `runs/toy/` (or $RLOOP_TOY_DIR):
   data/ood.jsonl    harder, out of distribution: longer chains of 6 operations (level 5)
   data/probe.jsonl  a task family RL never trains on (a*b+c) - it measures forgetting
   data/gold.jsonl   gold step-by-step solutions (levels 1-5 + probe family) for the warm start
-  base/             tiny Qwen2 warm-started by SFT on gold.jsonl (lib/sft.py, the code consolidate.py uses)
+  base/             tiny Qwen2 warm-started by SFT on gold.jsonl (lib/train/sft.py, the code consolidate.py uses)
 
 A problem and its gold solutions, in the two strategies (STRATEGIES) the gold data mixes half and half:
   Compute 7+5-3+8.    left to right:  7+5=12       regrouped:  7+5+8-3
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from lib.cli import atomic_write_json, atomic_write_text
+from lib.run.cli import atomic_write_json, atomic_write_text
 
 TOY_VERSION = 6  # bump when the task, tokenizer, model or recipe below changes: the cache key includes it
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ _GROUP_FIRST = re.compile(r"\d+(?:[+-]\d+)+")
 
 def strategy(response: str) -> str | None:
     """The strategy ('left' / 'group') a toy response is written in, or None: a pure function of the text,
-    so the diversity of successful solutions can be counted exactly (lib/stats.entropy of the labels)."""
+    so the diversity of successful solutions can be counted exactly (lib/lab/stats.entropy of the labels)."""
     lines = response.strip().splitlines()
     first = lines[0].strip() if lines else ""
     if _LEFT_FIRST.fullmatch(first):
@@ -244,11 +244,11 @@ def ensure_base(seed: int = 0, quiet: bool = False, **overrides) -> Path:
 
 def build_base(out: Path, seed: int = 0, quiet: bool = False, **overrides) -> Path:
     """Warm-start a fresh tiny Qwen2 on gold solutions with the project's SFT code, and save it."""
-    from lib import sft
-    from lib.modeling import save_policy
-    from lib.records import Trajectory
-
     from transformers import AutoTokenizer
+
+    from lib.run.records import Trajectory
+    from lib.train import sft
+    from lib.train.modeling import save_policy
 
     t0 = time.time()
     torch.manual_seed(seed)
@@ -284,7 +284,7 @@ BENCHMARKS = ("test", "ood", "probe")  # what '--benchmarks toy' / '--eval-bench
 
 def resolve(spec: str, kind: str) -> str:
     """A stage flag's 'toy' -> the toy's files; any other value is returned unchanged. The stages call this
-    where they first use the flag (lib/data and lib/modeling know nothing of the toy):
+    where they first use the flag (lib/run/data and lib/train/modeling know nothing of the toy):
       kind 'model'       the toy base model folder (built once, then cached: minutes on first use)
       kind 'data'        the train split's JSONL
       kind 'benchmarks'  'test=PATH,ood=PATH,probe=PATH' (the --benchmarks / --eval-benchmarks form)"""
@@ -300,5 +300,5 @@ def resolve(spec: str, kind: str) -> str:
 
 
 if __name__ == "__main__":
-    # python -m lib.toy   builds the toy base (if not cached); scripts/toy_base_report.py measures it
+    # python -m lib.worlds.toy   builds the toy base (if not cached); scripts/toy_base_report.py measures it
     print(ensure_base())
