@@ -16,7 +16,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-CODE = sorted([*ROOT.glob("*.py"), *(ROOT / "lib").glob("*.py")])  # the stages, bench/report and lib/
+CODE = sorted([*ROOT.glob("*.py"), *(ROOT / "lib").rglob("*.py")])  # the stages, bench/report and lib/
 ALL = CODE + sorted((ROOT / "tests").glob("*.py"))
 
 
