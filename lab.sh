@@ -18,7 +18,7 @@
 #   PYTHON       the python of lab.py and the stages  (--python, default python)
 #   EXPLORE_ARGS, HARVEST_ARGS, FILTER_ARGS, CONSOLIDATE_ARGS, EVAL_ARGS   stage flags for every arm
 #   DRY_RUN=1    print the commands only              (--dry-run)
-# MODEL, DATA, EVAL, TRAIN_LAUNCH and LOGGER pass through to loop.sh. Arguments after lab.sh go to lab.py.
+# MODEL, DATA, BENCHMARKS, TRAIN_LAUNCH and LOGGER pass through to loop.sh. Arguments after lab.sh go to lab.py.
 set -euo pipefail
 cd "$(dirname "$0")"
 

@@ -39,10 +39,9 @@ var() {  # var NAME DEFAULT MEANING: NAME keeps a non-empty value from the envir
   VAR_NAMES+=("$1") VAR_DEFAULTS+=("$2") VAR_HELPS+=("$3")
   if [[ -n "${!1:-}" ]]; then FROM_ENV[$1]=1; else printf -v "$1" '%s' "$2"; fi
 }
-BENCHMARKS=${BENCHMARKS:-${EVAL:-}}  # (EVAL: the older name)
 var MODEL toy "initial policy: folder or hub id; toy = the embedded toy base (built once)"
 var DATA toy "RL prompt set: JSONL / parquet / dataset id; toy = the toy's train split"
-var BENCHMARKS toy "NAME=PATH,... held-out benchmarks of evaluate.py (EVAL: the same); toy = test, ood, probe"
+var BENCHMARKS toy "NAME=PATH,... held-out benchmarks of evaluate.py; toy = test, ood, probe"
 var ITERS 3 "RLoop iterations"
 var RL_STEPS 20 "RL steps per iteration (vanilla runs ITERS x RL_STEPS)"
 var SAVE_EVERY "" "checkpoint interval of every RL run, dividing RL_STEPS (empty: the largest of 5 4 3 2 1 that does)"
@@ -126,19 +125,6 @@ torchrun="$PYTHON -m torch.distributed.run --nnodes $NNODES --node-rank $NODE_RA
 torchrun+=" --master-port $MASTER_PORT --nproc-per-node $NPROC_PER_NODE"
 if [[ -z "$TRAIN_LAUNCH" ]]; then if (( world > 1 )); then TRAIN_LAUNCH=$torchrun; else TRAIN_LAUNCH=$PYTHON; fi; fi
 if [[ -z "$EVAL_LAUNCH" ]]; then if (( JOBS == 2 )); then EVAL_LAUNCH=$PYTHON; else EVAL_LAUNCH=$TRAIN_LAUNCH; fi; fi
-# torchrun reads an abbreviation of its own options anywhere on its command line (--n: --nnodes or --nproc-per-node,
-# --run: --run-path) and stops: refused now, not hours later when the first evaluation starts
-for v in EXPLORE_ARGS CONSOLIDATE_ARGS EVAL_ARGS HARVEST_ARGS; do
-  launch=$TRAIN_LAUNCH
-  if [[ $v == EVAL_ARGS || $v == HARVEST_ARGS ]]; then launch=$EVAL_LAUNCH; fi
-  [[ "$launch" == *torch.distributed.run* || "$launch" == *torchrun* ]] || continue
-  for a in ${!v}; do
-    if [[ "$a" =~ ^--(n|no|node|nproc|run)(=.*)?$ ]]; then
-      die "$v: ${a%%=*} is an abbreviation of a torchrun option and this stage runs under torchrun: write it in full" \
-        "(--n-samples, --run-dir)"
-    fi
-  done
-done
 cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)
 all_threads=${OMP_NUM_THREADS:-$cores}
 if (( JOBS == 2 )) && [[ -z "${OMP_NUM_THREADS:-}" ]]; then  # two stages at a time: half the cores each
@@ -234,7 +220,7 @@ nothing_kept() {  # nothing_kept iterI: the filter kept nothing: the iteration h
 resampling() {  # HARVEST_ARGS asks harvest.py for fresh samples (--n-samples K > 0): a data-parallel stage
   local a prev=
   for a in $HARVEST_ARGS; do
-    if [[ "$prev" =~ ^--(resample|n-samples)$ && "$a" != 0 ]] || [[ "$a" =~ ^--(resample|n-samples)=[1-9] ]]; then
+    if [[ "$prev" == --n-samples && "$a" != 0 ]] || [[ "$a" =~ ^--n-samples=[1-9] ]]; then
       return 0
     fi
     prev=$a

@@ -14,11 +14,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def loop_env(model, data, out, **over):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHON": sys.executable,
-           "MODEL": str(model), "DATA": str(data), "EVAL": f"memo={data}", "OUT": str(out),
+           "MODEL": str(model), "DATA": str(data), "BENCHMARKS": f"memo={data}", "OUT": str(out),
            "ITERS": "2", "RL_STEPS": "2", "SAVE_EVERY": "1", "THRESHOLD": "1.0",
-           "EXPLORE_ARGS": "--prompts-per-step 4 --n 4 --mini-batch 2 --micro-batch 8 --max-new-tokens 24 "
+           "EXPLORE_ARGS": "--prompts-per-step 4 --n-samples 4 --mini-batch 2 --micro-batch 8 --max-new-tokens 24 "
                            "--overlong-buffer 4 --max-gen-batches 2 --lr 1e-3 --warmup-steps 0 --backend hf",
-           "CONSOLIDATE_ARGS": "--epochs 1 --batch-size 8", "EVAL_ARGS": "--n 4 --max-new-tokens 24 --backend hf",
+           "CONSOLIDATE_ARGS": "--epochs 1 --batch-size 8", "EVAL_ARGS": "--n-samples 4 --max-new-tokens 24 --backend hf",
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # (one thread: runs compare bit for bit, whatever JOBS)
     env.update(over)
     return env
@@ -161,22 +161,28 @@ elif script == "evaluate.py":
 '''
 
 
+def shim_env(tmp_path, successes: dict, **over) -> dict:
+    """loop.sh's environment with PYTHON = the shim (its calls in tmp_path/calls.jsonl), OUT = tmp_path/run: two
+    iterations of 2 RL steps, THRESHOLD unset."""
+    shim = tmp_path / "py"
+    shim.write_text(SHIM.format(python=sys.executable))
+    shim.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("THRESHOLD", "TRAIN_LAUNCH", "VANILLA")}
+    env.update(PYTHON=str(shim), SHIM_LOG=str(tmp_path / "calls.jsonl"), SUCCESSES=json.dumps(successes),
+               MODEL="/models/initial", DATA="d.jsonl", BENCHMARKS="memo=m.jsonl", OUT=str(tmp_path / "run"),
+               ITERS="2", RL_STEPS="2", SAVE_EVERY="2", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return {**env, **over}
+
+
 def test_filter_keeps_nothing_at_the_default_threshold(tmp_path):
     """THRESHOLD unset = 0.1. Iteration 1 solves `a` 2 times in 12 samples (rate 0.17 >= 0.1: medium) and `b`
     never: nothing is hard, filter.py exits 3, iteration 1 keeps its initial policy (no RFT, no RFT
     evaluation) and iteration 2 starts from it again. Iteration 2 solves `a` once in 12 (0.083: hard): RFT of
     the initial policy on that one success, and its evaluation."""
-    shim = tmp_path / "py"
-    shim.write_text(SHIM.format(python=sys.executable))
-    shim.chmod(0o755)
     log, out, model = tmp_path / "calls.jsonl", tmp_path / "run", "/models/initial"
-    successes = {"iter1": {"a@1": 1, "a@2": 1, "b@1": 0, "b@2": 0},
-                 "iter2": {"a@1": 0, "a@2": 1, "b@1": 0, "b@2": 0},
-                 "vanilla": {"a@1": 0, "a@2": 0, "a@3": 0, "a@4": 0}}
-    env = {k: v for k, v in os.environ.items() if k not in ("THRESHOLD", "TRAIN_LAUNCH", "VANILLA")}
-    env.update(PYTHON=str(shim), SHIM_LOG=str(log), SUCCESSES=json.dumps(successes), MODEL=model, DATA="d.jsonl",
-               EVAL="memo=m.jsonl", OUT=str(out), ITERS="2", RL_STEPS="2", SAVE_EVERY="2",
-               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env = shim_env(tmp_path, {"iter1": {"a@1": 1, "a@2": 1, "b@1": 0, "b@2": 0},
+                              "iter2": {"a@1": 0, "a@2": 1, "b@1": 0, "b@2": 0},
+                              "vanilla": {"a@1": 0, "a@2": 0, "a@3": 0, "a@4": 0}})
     r = run_loop(env, timeout=120)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     calls = [json.loads(line) for line in log.read_text().splitlines()]
@@ -200,3 +206,4 @@ def test_filter_keeps_nothing_at_the_default_threshold(tmp_path):
     assert sorted(Path(flag(c, "--out")).name for c in by("evaluate.py")) == \
         ["base", "iter1-rl", "iter2-rft", "iter2-rl", "vanilla-2", "vanilla-4"]
     assert (out / "report" / "summary.md").exists()
+

@@ -109,12 +109,12 @@ def test_eval_iters(tmp_path, which, evals):
 
 
 def test_dry_run_of_node_1_and_of_a_resampling_harvest(tmp_path):
-    """Node 1 of 2 launches the distributed stages (harvest --resample among them, named with --run-dir) and
-    leaves the single-process ones to node 0; markers already written are skipped."""
+    """Node 1 of 2 launches the distributed stages (harvest --n-samples among them) and leaves the single-process
+    ones to node 0; markers already written are skipped."""
     (tmp_path / "loop" / ".done").mkdir(parents=True)
     (tmp_path / "loop" / ".done" / "iter1-explore").write_text("7\n")
     rc, out, err = loop(tmp_path, DRY_RUN="1", ITERS="1", RL_STEPS="2", NNODES="2", NODE_RANK="1", NPROC_PER_NODE="1",
-                        MASTER_ADDR="10.0.0.1", HARVEST_ARGS="--resample 4", VANILLA="0")
+                        MASTER_ADDR="10.0.0.1", HARVEST_ARGS="--n-samples 4", VANILLA="0")
     assert rc == 0, err
     assert sorted(p.name for p in (tmp_path / "loop").rglob("*")) == [".done", "iter1-explore"]
     lines = stage_lines(out)
@@ -122,7 +122,7 @@ def test_dry_run_of_node_1_and_of_a_resampling_harvest(tmp_path):
                              "--master-port 29500 --nproc-per-node 1 ") for ln in lines)
     assert [ln.split()[13] for ln in lines] == ["harvest.py", "consolidate.py", "evaluate.py", "evaluate.py",
                                                 "evaluate.py"]
-    assert "--run-dir" in lines[0] and "--resample 4" in lines[0]
+    assert "--run-dir" in lines[0] and "--n-samples 4" in lines[0]
     for name in ("toy-base", "iter1-filter", "report"):
         assert f"-- {name}: node 0 runs it" in out
     assert "-- iter1-explore: done, skipped" in out
@@ -134,7 +134,6 @@ def test_dry_run_of_node_1_and_of_a_resampling_harvest(tmp_path):
     ({"NNODES": "2", "NODE_RANK": "2"}, "NODE_RANK=2 must be in 0..NNODES-1"),
     ({"NPROC_PER_NODE": "2", "JOBS": "2"}, "JOBS=2 runs two stages at once"),
     ({"NNODES": "two"}, "NNODES=two must be a whole number"),
-    ({"NPROC_PER_NODE": "2", "EVAL_ARGS": "--n 4"}, "EVAL_ARGS: --n is an abbreviation of a torchrun option"),
 ])
 def test_bad_settings_stop_before_anything_is_written(tmp_path, env, expect):
     rc, out, err = loop(tmp_path, **env)
@@ -161,3 +160,4 @@ def test_every_loop_command_of_the_scaling_page_runs(tmp_path):
         nproc = f"--nproc-per-node {want.get('NPROC_PER_NODE', 8)} "
         explore = [ln for ln in stage_lines(r.stdout) if " explore.py " in ln]
         assert explore and all(launch in ln and nproc in ln for ln in explore), (cmd, explore)
+
