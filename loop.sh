@@ -28,7 +28,8 @@
 #
 # Rerunning resumes: a stage that finished is skipped (OUT/.done/<stage> is written last), an interrupted one
 # resumes (explore and consolidate from their last checkpoint, evaluate and harvest --n-samples from their last
-# finished part). After a failure on any node, rerun the same command on every node.
+# finished part). After a failure on any node, rerun the same command on every node. The settings that shape the
+# results (RECORDED below) are written to OUT/.settings at the first start: a rerun with another value stops at once.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -74,6 +75,10 @@ var NODE_TIMEOUT 600 "seconds a node > 0 waits on a silent node 0 (heartbeat OUT
 var RLOOP_RUN_GROUP "" "the run's id for tracking, exported to every stage with RLOOP_STAGE (empty: OUT's name and "\
 "a random suffix, kept in OUT/.run_group)"
 var DRY_RUN 0 "1 = print the stage commands in order, run and write nothing"
+# the variables that shape a run's results: OUT/.settings records them at the run's first start, and a rerun into
+# the same OUT with another value of one of them stops before any stage (the others place, log or launch the run)
+RECORDED=(MODEL DATA BENCHMARKS ITERS RL_STEPS SAVE_EVERY SEED VANILLA RLOOP THRESHOLD EXPLORE_ARGS HARVEST_ARGS
+          FILTER_ARGS CONSOLIDATE_ARGS EVAL_ARGS EVAL_ITERS)
 
 if [[ "${1:-}" == --help || "${1:-}" == -h ]]; then
   echo "usage: [VARIABLE=value ...] bash loop.sh [--help]      (DRY_RUN=1: print the stage commands only)"
@@ -82,6 +87,7 @@ if [[ "${1:-}" == --help || "${1:-}" == -h ]]; then
   for k in "${!VAR_NAMES[@]}"; do
     printf '  %-16s %-16s %s\n' "${VAR_NAMES[k]}" "${VAR_DEFAULTS[k]:-\"\"}" "${VAR_HELPS[k]}"
   done
+  echo "Recorded in OUT/.settings at a run's first start (a rerun into the same OUT keeps them): ${RECORDED[*]}"
   echo "Several GPUs or nodes: docs/scaling.md"
   exit 0
 elif (( $# )); then
@@ -173,6 +179,25 @@ if (( NODE_RANK == 0 && ! DRY_RUN )) && [[ ! -e "$OUT/.run_group" ]]; then
   echo "$RLOOP_RUN_GROUP" > "$OUT/.run_group"
 fi
 export RLOOP_RUN_GROUP
+
+# --- the settings record: node 0 writes OUT/.settings at the run's first start, every node checks it -----------
+settings() { local v; for v in "${RECORDED[@]}"; do printf '%s=%q\n' "$v" "${!v}"; done; }  # one line each
+if (( NODE_RANK > 0 && ! DRY_RUN )); then wait_for "$OUT/.settings"; fi
+if [[ -e "$OUT/.settings" ]]; then
+  was=() now=()
+  while IFS= read -r line; do
+    name=${line%%=*}
+    [[ " ${RECORDED[*]} " == *" $name "* ]] || continue
+    value=$(printf '%q' "${!name}")
+    if [[ "${line#*=}" != "$value" ]]; then was+=("$line") now+=("$name=$value"); fi
+  done < "$OUT/.settings"
+  list() { local all=$1 x; shift; for x; do all+=", $x"; done; echo "$all"; }
+  (( ${#was[@]} == 0 )) || die "$OUT was made with $(list "${was[@]}") ($OUT/.settings); this run has" \
+    "$(list "${now[@]}"): rerun with the recorded settings, pick a new OUT, or delete $OUT/.settings to go on with" \
+    "this run's"
+elif (( NODE_RANK == 0 && ! DRY_RUN )); then
+  settings > "$OUT/.settings.partial" && mv "$OUT/.settings.partial" "$OUT/.settings"
+fi
 
 echo "== RLoop $(date -u +%FT%TZ)$( (( DRY_RUN )) && echo " (dry run: nothing runs)")"\
 "$( (( NNODES > 1 )) && echo " node $NODE_RANK of $NNODES")"

@@ -207,3 +207,21 @@ def test_filter_keeps_nothing_at_the_default_threshold(tmp_path):
         ["base", "iter1-rl", "iter2-rft", "iter2-rl", "vanilla-2", "vanilla-4"]
     assert (out / "report" / "summary.md").exists()
 
+
+def test_a_rerun_with_another_setting_stops_before_any_stage(tmp_path):
+    """The first start records the settings that shape the results (OUT/.settings); a finished run rerun with
+    another THRESHOLD stops with one line naming it, both values and the way out, before any stage; rerun with
+    the same settings, every stage is skipped."""
+    runs = {f"iter{i}": {"a@1": 1, "a@2": 0} for i in (1, 2)} | {"vanilla": {"a@1": 1, "a@2": 0, "a@3": 0, "a@4": 0}}
+    env = shim_env(tmp_path, runs, ITERS="1")
+    r = run_loop(env, timeout=120)
+    out, log = tmp_path / "run", tmp_path / "calls.jsonl"
+    assert r.returncode == 0 and (out / "report" / "summary.md").exists(), r.stdout[-3000:] + r.stderr[-3000:]
+    assert "THRESHOLD=0.1\n" in (out / ".settings").read_text()
+    calls = log.read_text()
+    r = run_loop({**env, "THRESHOLD": "0.5"}, timeout=60)
+    errors = [line for line in r.stdout.splitlines() if line.startswith("error:")]
+    assert r.returncode != 0 and len(errors) == 1 and "+ " not in r.stdout and log.read_text() == calls, r.stdout
+    assert all(s in errors[0] for s in ("THRESHOLD=0.1", "THRESHOLD=0.5", "new OUT", f"delete {out}/.settings"))
+    r = run_loop(env, timeout=60)
+    assert r.returncode == 0 and "done, skipped" in r.stdout and "\n+ " not in r.stdout and log.read_text() == calls

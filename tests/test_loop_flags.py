@@ -161,3 +161,25 @@ def test_every_loop_command_of_the_scaling_page_runs(tmp_path):
         explore = [ln for ln in stage_lines(r.stdout) if " explore.py " in ln]
         assert explore and all(launch in ln and nproc in ln for ln in explore), (cmd, explore)
 
+
+def test_every_node_checks_the_settings_record(tmp_path):
+    """OUT/.settings (node 0 writes it at the first start) is checked on every node, dry runs too: another value
+    of a recorded variable stops the node before any stage, with one line; a placement variable may differ."""
+    out = tmp_path / "loop"
+    out.mkdir()
+    rc, _, _ = loop(tmp_path, DRY_RUN="1", RL_STEPS="2", MODEL="m")
+    assert rc == 0 and not (out / ".settings").exists()  # a dry run writes no record
+    names = re.findall(r"^var (\w+) ", (ROOT / "loop.sh").read_text(), re.M)
+    recorded = re.search(r"RECORDED=\((.*?)\)", (ROOT / "loop.sh").read_text(), re.S).group(1).split()
+    assert set(recorded) < set(names) and not {"NNODES", "NODE_RANK", "MASTER_ADDR", "JOBS", "PYTHON"} & set(recorded)
+    (out / ".settings").write_text("".join(f"{k}={v}\n" for k, v in
+                                           {"MODEL": "m", "RL_STEPS": "2", "THRESHOLD": "0.1"}.items()))
+    for node in ("0", "1"):
+        rc, out_, err = loop(tmp_path, DRY_RUN="1", RL_STEPS="2", MODEL="m", THRESHOLD="0.5", NNODES="2",
+                             NODE_RANK=node, NPROC_PER_NODE="1")
+        assert rc == 2 and not stage_lines(out_), err
+        assert err.strip().count("\n") == 0 and "THRESHOLD=0.1" in err and "THRESHOLD=0.5" in err, err
+        assert "delete" in err and ".settings" in err
+        rc, out_, err = loop(tmp_path, DRY_RUN="1", RL_STEPS="2", MODEL="m", NNODES="2", NODE_RANK=node,
+                             NPROC_PER_NODE="1", MASTER_PORT="29599")
+        assert rc == 0 and stage_lines(out_), err
