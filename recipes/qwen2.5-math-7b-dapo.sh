@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # recipes/qwen2.5-math-7b-dapo.sh — RLoop at full scale: Qwen2.5-Math-7B on DAPO-Math-17k, the paper's 3 x 200 RL
-# steps with verl's DAPO settings for this model, torchrun + FSDP2 over one node's GPUs, colocated vLLM rollouts.
+# steps with verl's DAPO settings for this model, torchrun + FSDP2 over every GPU, colocated vLLM rollouts.
 #
 #   bash recipes/qwen2.5-math-7b-dapo.sh --help                    # every variable: default, meaning, origin
 #   DRY_RUN=1 bash recipes/qwen2.5-math-7b-dapo.sh                 # the values, footprint's estimate, the stage
 #                                                                  # commands in order; runs and writes nothing
 #   bash recipes/qwen2.5-math-7b-dapo.sh                           # one node, 8 GPUs
+#   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 bash recipes/qwen2.5-math-7b-dapo.sh   # node 0 of 2; node 1 the same
+#                                                                  # with NODE_RANK=1, OUT on a shared filesystem
 #   PRESET=dapo-32b-lengths bash recipes/qwen2.5-math-7b-dapo.sh   # DAPO's 32B lengths: 20,480-token responses
 #   RL_STEPS=100 NPROC=4 TP=2 bash recipes/qwen2.5-math-7b-dapo.sh # any value, by its variable
 #
 # Every value is an environment variable; each default says where it comes from: "verl 7B" (verl's
 # recipe/dapo/test_dapo_7b_math.sh, DAPO on Qwen2.5-Math-7B), "DAPO 32B" (recipe/dapo/run_dapo_qwen2.5_32b.sh),
-# "paper" (arXiv 2511.04285) or "ours" (with why). The recipe turns them into the stages' flags and runs loop.sh.
-# One node: loop.sh runs harvest, filter and evaluate as single processes between the torchrun stages. A variable
-# this file does not list is not read (N, EVAL, ... from a shell never leak in): the values in use are printed first.
-# scripts/rehearse.sh runs THIS file on CPU with the sizes shrunk, both presets; docs/full-scale.md has the rest.
+# "paper" (arXiv 2511.04285) or "ours" (with why). The recipe turns them into the stages' flags and runs loop.sh,
+# which runs explore, consolidate, evaluate (and harvest --n-samples) under torchrun over NNODES x NPROC GPUs, and
+# harvest, filter and the report as one process on node 0. A variable this file does not list is not read: loop.sh's
+# others (JOBS, EVAL_ITERS, TRAIN_LAUNCH, ...) are unset before it starts, with a note when the shell sets one. The
+# values in use are printed first. scripts/rehearse.sh runs THIS file on CPU with the sizes shrunk, both presets;
+# docs/full-scale.md has the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,10 +69,15 @@ var THRESHOLD 0.1 "hard problems: 0 < success rate < THRESHOLD (paper)"
 var MAX_PER_PROBLEM 8 "RFT successes kept per hard problem (ours: no problem dominates the RFT set)"
 var VANILLA 1 "1 = the vanilla-RL baseline at equal RL steps (paper)"
 
-# --- launch ---------------------------------------------------------------------------------------------------
-var NPROC 8 "GPUs (processes) on the node (ours: one node; verl 7B ran 8 nodes x 8)"
-var PYTHON python "Python of the stages"
-var TRAIN_LAUNCH "torchrun --nproc_per_node $NPROC" "launcher of explore.py and consolidate.py"
+# --- launch: loop.sh builds every launcher, PYTHON -m torch.distributed.run over NNODES x NPROC processes ---------
+var NPROC 8 "GPUs (processes) per node (ours: one node; verl 7B ran 8 nodes x 8)"
+var NNODES 1 "nodes: each runs this recipe with the same values but NODE_RANK, OUT on a filesystem all see \
+(docs/scaling.md)"
+var NODE_RANK 0 "this node's rank, 0..NNODES-1 (node 0 runs harvest, filter and the report)"
+var MASTER_ADDR 127.0.0.1 "node 0's address, reachable from every node (torchrun's static rendezvous)"
+var MASTER_PORT 29500 "a free port on node 0"
+var NODE_TIMEOUT 600 "seconds a node > 0 waits on a silent node 0, then fails"
+var PYTHON python "Python of the stages (torchrun: its torch.distributed.run)"
 
 # --- rollouts -------------------------------------------------------------------------------------------------
 var BACKEND vllm "rollout engine: vllm (GPU) | hf"
@@ -125,7 +134,7 @@ var RFT_BATCH 64 "RFT sequences per optimiser step (ours)"
 var RFT_MICRO 2 "RFT sequences per forward/backward (ours)"
 var RFT_MAX_LEN "$MAX_MODEL_LEN" "RFT context in tokens (ours: = MAX_MODEL_LEN)"
 
-# --- evaluation (evaluate.py: the base, every iteration, vanilla every RL_STEPS) ------------------------------
+# --- evaluation (evaluate.py under torchrun, every GPU: the base, every iteration, vanilla every RL_STEPS) -------
 var BENCHMARKS aime24=HuggingFaceH4/aime_2024@train,aime25=yentinglin/aime_2025@train,amc23=math-ai/amc23@test,\
 math500=HuggingFaceH4/MATH-500@test,minerva=math-ai/minervamath@test "held-out benchmarks, NAME=SOURCE[@SPLIT],... \
 (ours: hub ids with the splits their cards list)"
@@ -164,14 +173,9 @@ case "${1:-}" in
   *) echo "error: unknown argument '$1' (values are environment variables; see --help)" >&2; exit 2 ;;
 esac
 
-# every value in use, and where it came from; names this file used to read, when set, are named too
+# every value in use, and where it came from
 echo "== recipes/qwen2.5-math-7b-dapo.sh (PRESET=$PRESET)"
 for name in "${NAMES[@]}"; do printf '   %-18s %-40s %s\n' "$name" "${!name}" "(${FROM[$name]})"; done
-declare -A RENAMED=([N]=N_SAMPLES [EVAL]=BENCHMARKS [EVAL_N]=BENCH_N_SAMPLES [EVAL_REWARD]=BENCH_REWARD
-                    [EVAL_GPU_MEM]=BENCH_GPU_MEM [GEN_BATCH]=GEN_BATCH_SIZE [WARMUP]=WARMUP_STEPS)
-for old in "${!RENAMED[@]}"; do
-  if [[ -n "${!old+set}" ]]; then echo "   note: $old is set in the environment and not read (the variable is ${RENAMED[$old]})"; fi
-done
 
 flag() { (( $1 )) && echo "$2" || echo "${3:-}"; }
 vllm_only() { [[ "$BACKEND" == vllm ]] && echo "$1" || true; }
@@ -198,16 +202,23 @@ $EXTRA_CONSOLIDATE_ARGS"
 EVAL_ARGS="--backend $BACKEND --n-samples $BENCH_N_SAMPLES --temperature $BENCH_TEMPERATURE --top-p $BENCH_TOP_P \
 --max-prompt-len $MAX_PROMPT_LEN --max-new-tokens $MAX_NEW_TOKENS --max-model-len $MAX_MODEL_LEN \
 --reward $BENCH_REWARD --gpu-memory-utilization $BENCH_GPU_MEM $EXTRA_EVAL_ARGS"
-EVAL=$BENCHMARKS  # (loop.sh's name for BENCHMARKS)
+NPROC_PER_NODE=$NPROC DRY_RUN=${DRY_RUN:-0}
 
-export MODEL DATA BENCHMARKS EVAL OUT SEED ITERS RL_STEPS SAVE_EVERY THRESHOLD VANILLA PYTHON TRAIN_LAUNCH LOGGER \
-  EXPLORE_ARGS HARVEST_ARGS FILTER_ARGS CONSOLIDATE_ARGS EVAL_ARGS
-if [[ -n "${DRY_RUN:-}" && "${DRY_RUN:-0}" != 0 ]]; then
+# what loop.sh is handed; its other variables are unset, so that a shell's JOBS, TRAIN_LAUNCH, ... never reach it
+HANDED=(MODEL DATA BENCHMARKS OUT SEED ITERS RL_STEPS SAVE_EVERY THRESHOLD VANILLA PYTHON LOGGER NNODES NODE_RANK
+        MASTER_ADDR MASTER_PORT NODE_TIMEOUT NPROC_PER_NODE EXPLORE_ARGS HARVEST_ARGS FILTER_ARGS CONSOLIDATE_ARGS
+        EVAL_ARGS DRY_RUN)
+for v in $(sed -n 's/^var \([A-Z_0-9]*\) .*/\1/p' loop.sh); do
+  [[ " ${HANDED[*]} " == *" $v "* ]] && continue
+  if [[ -n "${!v+set}" ]]; then echo "   note: $v is set in the environment and not read (the recipe unsets it)"; fi
+  unset "$v"
+done
+export "${HANDED[@]}"
+if [[ "$DRY_RUN" != 0 ]]; then
   echo "   what loop.sh is handed:"
   for v in EXPLORE_ARGS HARVEST_ARGS FILTER_ARGS CONSOLIDATE_ARGS EVAL_ARGS; do printf '   %-18s %s\n' "$v" "${!v}"; done
   echo
   "$PYTHON" scripts/footprint.py --preset "$PRESET"
   echo
-  export DRY_RUN
 fi
 exec bash loop.sh

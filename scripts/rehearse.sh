@@ -41,16 +41,16 @@ FIX=$($PYTHON scripts/miniature.py --out "$OUT/fixtures" --vocab-size "$VOCAB" |
 RUN=$OUT/run
 RUN2=$OUT/run-dapo-32b-lengths
 rm -rf "$RUN" "$RUN2"
-if (( FAST )); then
-  launch="$PYTHON"; vanilla=0
-else
-  launch="$PYTHON -m torch.distributed.run --nproc_per_node 2 --master-port ${MASTER_PORT:-29517}"; vanilla=1
-fi
+# one process, or torchrun over 2 (loop.sh's launcher: PYTHON -m torch.distributed.run, gloo on CPU)
+if (( FAST )); then nproc=1 vanilla=0; else nproc=2 vanilla=1; fi
+# where the run is: the miniature's model, data and benchmarks, on this CPU
+where=(MODEL="$FIX/model" DATA="$FIX/train.parquet" BENCHMARKS="a=$FIX/bench_a.jsonl,b=$FIX/bench_b.jsonl"
+  EVAL_BENCHMARKS="a=$FIX/bench_a.jsonl" PYTHON="$PYTHON" BACKEND="$BACKEND" NPROC=$nproc
+  MASTER_PORT="${MASTER_PORT:-29517}")
 # the recipe's values, shrunk for 2 CPU cores (every flag stays); the miniature's prompts have 293 tokens
-shrunk=(MODEL="$FIX/model" DATA="$FIX/train.parquet" BENCHMARKS="a=$FIX/bench_a.jsonl,b=$FIX/bench_b.jsonl"
-  EVAL_BENCHMARKS="a=$FIX/bench_a.jsonl" EVAL_EVERY=1 EVAL_N_SAMPLES=2 OUT="$RUN"
-  ITERS=1 RL_STEPS=2 SAVE_EVERY=1 KEEP_CHECKPOINTS=all VANILLA=$vanilla THRESHOLD=0.5 PYTHON="$PYTHON"
-  TRAIN_LAUNCH="$launch" BACKEND="$BACKEND" PROMPTS_PER_STEP=4 GEN_BATCH_SIZE=4 MAX_GEN_BATCHES=2 N_SAMPLES=4
+shrunk=("${where[@]}" EVAL_EVERY=1 EVAL_N_SAMPLES=2 OUT="$RUN"
+  ITERS=1 RL_STEPS=2 SAVE_EVERY=1 KEEP_CHECKPOINTS=all VANILLA=$vanilla THRESHOLD=0.5
+  PROMPTS_PER_STEP=4 GEN_BATCH_SIZE=4 MAX_GEN_BATCHES=2 N_SAMPLES=4
   MAX_PROMPT_LEN=300 MAX_NEW_TOKENS=40 OVERLONG_BUFFER=8 MAX_MODEL_LEN=512 MINI_BATCH=2 MICRO_BATCH=4 LR=1e-4
   WARMUP_STEPS=0 RFT_LR=1e-4 RFT_EPOCHS=1 RFT_BATCH=4 RFT_MICRO=2 MAX_PER_PROBLEM=2 BENCH_N_SAMPLES=2)
 # the second preset: longer responses, larger generation batches, fewer sequences per forward than the first's, and

@@ -1,8 +1,9 @@
 """recipes/qwen2.5-math-7b-dapo.sh without a GPU: --help and --vars run nothing; the values in use and their origin
 are printed first; a variable it does not list never leaks in; DRY_RUN=1 prints the values, footprint's estimate and
-(once loop.sh has a dry run) the stage commands in order, writing nothing under OUT. The recipe running the stages
+the stage commands in order, writing nothing under OUT, on one node or several. The recipe running the stages
 is scripts/rehearse.sh's job (tests/test_rehearse.py)."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,9 +60,16 @@ def test_defaults_follow_verl_7b_and_the_preset():
     assert r.returncode == 2 and r.stderr.strip().startswith("error: PRESET=dapo-70b: expected one of:")
 
 
-def test_no_common_word_leaks_in():
+def test_no_common_word_leaks_in(tmp_path):
     v = values(N="3", EVAL="x=y.jsonl", GEN_BATCH="7")
     assert v["N_SAMPLES"] == "16" and v["BENCHMARKS"].startswith("aime24=") and v["GEN_BATCH_SIZE"] == "512"
+    # loop.sh's variables the recipe does not list are unset before loop.sh starts, each named in a note
+    text = dry_run(tmp_path, TRAIN_LAUNCH="torchrun --nproc_per_node 2", JOBS="2", EVAL_ITERS="last")
+    for name in ("TRAIN_LAUNCH", "JOBS", "EVAL_ITERS"):
+        assert f"note: {name} is set in the environment and not read (the recipe unsets it)" in text
+    launches = [s for s in stages(text) if re.search(r" (explore|consolidate|evaluate)\.py ", s)]
+    assert len([s for s in launches if " evaluate.py " in s]) == 10  # EVAL_ITERS=all, not the shell's last
+    assert all("-m torch.distributed.run " in s and "--nproc-per-node 8 " in s for s in launches), launches[:2]
 
 
 def dry_run(tmp_path, **env):
@@ -72,12 +80,15 @@ def dry_run(tmp_path, **env):
     return r.stdout
 
 
+def stages(text: str) -> list[str]:
+    return [line[2:] for line in text.splitlines() if line.startswith("+ ")]
+
+
 def test_dry_run_prints_values_and_the_estimate_and_runs_nothing(tmp_path):
     text = dry_run(tmp_path, N="5", RL_STEPS="100")
     assert "== recipes/qwen2.5-math-7b-dapo.sh (PRESET=dapo-7b)" in text
     assert "   MAX_NEW_TOKENS     8192" in text and "(preset dapo-7b)" in text
     assert "   RL_STEPS           100" in text and "(environment)" in text
-    assert "note: N is set in the environment and not read (the variable is N_SAMPLES)" in text
     assert "ESTIMATE (arithmetic, not a measurement; nothing here has run on a GPU) — PRESET=dapo-7b" in text
     assert "ESTIMATE" in dry_run(tmp_path, PRESET="dapo-32b-lengths")
 
@@ -95,3 +106,21 @@ def test_dry_run_lists_the_stage_commands_in_order(tmp_path, preset, new_tokens)
     order = [next(i for i, s in enumerate(stages) if word in s) for word in
              ("explore.py", "harvest.py", "filter.py", "consolidate.py", "evaluate.py", "report.py")]
     assert order[:4] == sorted(order[:4]) and order[-1] == len(stages) - 1
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_several_nodes_leave_the_launchers_to_loop_sh(tmp_path, rank):
+    """NNODES=2: every distributed stage (explore, consolidate, evaluate, harvest --n-samples) is one torchrun over
+    both nodes, from PYTHON's own torch; node 1 leaves filter and the report to node 0."""
+    text = dry_run(tmp_path, NNODES="2", NODE_RANK=rank, MASTER_ADDR="10.0.0.1", EXTRA_HARVEST_ARGS="--n-samples 4")
+    launch = (f"{sys.executable} -m torch.distributed.run --nnodes 2 --node-rank {rank} --master-addr 10.0.0.1 "
+              f"--master-port 29500 --nproc-per-node 8 ")
+    lines = stages(text)
+    scripts = [re.search(r" (\w+)\.py ", s).group(1) for s in lines]
+    distributed = [s for s, name in zip(lines, scripts) if name in ("explore", "consolidate", "evaluate", "harvest")]
+    assert len(distributed) == 4 + 3 + 3 + 10 and all(s.startswith(launch) for s in distributed), distributed[:2]
+    single = {name for name in scripts if name in ("filter", "report")}
+    assert single == ({"filter", "report"} if rank == "0" else set())
+    if rank == "1":
+        assert "-- iter1-filter: node 0 runs it" in text and "-- report: node 0 runs it" in text
+
