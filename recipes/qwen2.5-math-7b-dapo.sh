@@ -98,7 +98,16 @@ override_config.max_position_embeddings=32768)"
 var TEMPERATURE 1.0 "sampling temperature (verl 7B)"
 var TOP_P 1.0 "nucleus sampling (verl 7B)"
 var REWARD dapo "RL verifier: dapo | math_verify | file.py:function (verl 7B: reward_manager dapo)"
-var GPU_MEM 0.4 "vLLM's share of each GPU (ours: the trainer shares the GPU; verl offloads it and gives 0.8)"
+# GPU_MEM's default, scripts/footprint.py's arithmetic: the share of an 80 GB GPU the trainer leaves while vLLM samples
+# (it keeps fp32 weights and AdamW's moments, 12 B x Qwen2.5-Math-7B's 7,615,616,512 parameters / NPROC), less a
+# margin of 0.1 (8 GB) for what the footprint does not count: the CUDA context, NCCL's buffers, the weight push's
+# largest gathered tensor (the fp32 embedding, 2.2 GB, and its bf16 copy) and fragmentation; at least 0.1
+gpu_mem_default() {
+  awk -v n="$NPROC" 'BEGIN { f = 1 - 12 * 7615616512 / n / 80e9 - 0.1; printf "%.2f", f < 0.1 ? 0.1 : f }'
+}
+var GPU_MEM "$(gpu_mem_default)" "vLLM's share of each GPU while it samples beside the trainer (ours: what \
+scripts/footprint.py finds fits on an 80 GB GPU beside the trainer's resident weights and AdamW state, less 0.1 for \
+the CUDA context, NCCL, the weight push and fragmentation: 0.76 at NPROC=8; verl 7B offloads the trainer and gives 0.8)"
 var TP 1 "vLLM tensor-parallel ranks per engine (ours: a 7B engine fits one GPU)"
 var SLEEP_MODE 1 "1 = vLLM frees its GPU memory during the update (ours)"
 

@@ -1,7 +1,8 @@
 """recipes/qwen2.5-math-7b-dapo.sh without a GPU: --help and --vars run nothing; the values in use and their origin
 are printed first; a variable it does not list never leaks in; DRY_RUN=1 prints the values, footprint's estimate and
-the stage commands in order, writing nothing under OUT, on one node or several. The recipe running the stages
-is scripts/rehearse.sh's job (tests/test_rehearse.py)."""
+the stage commands in order, writing nothing under OUT, on one node or several;
+GPU_MEM's default is footprint's room beside the trainer less its margin. The recipe running the stages is
+scripts/rehearse.sh's job (tests/test_rehearse.py)."""
 import os
 import re
 import subprocess
@@ -124,3 +125,11 @@ def test_several_nodes_leave_the_launchers_to_loop_sh(tmp_path, rank):
     if rank == "1":
         assert "-- iter1-filter: node 0 runs it" in text and "-- report: node 0 runs it" in text
 
+
+@pytest.mark.parametrize("nproc", ["8", "4"])
+def test_gpu_mem_is_footprints_room_less_the_margin(nproc):
+    """GPU_MEM's default: what scripts/footprint.py prints fits beside the resident trainer, less 0.1."""
+    r = subprocess.run([sys.executable, "scripts/footprint.py"], cwd=ROOT, env={**CLEAN_ENV, "NPROC": nproc},
+                       capture_output=True, text=True, timeout=120)
+    room = float(re.search(r"GPU_MEM up to ([0-9.]+) fits beside the resident trainer", r.stdout).group(1))
+    assert abs(float(values(NPROC=nproc)["GPU_MEM"]) - (room - 0.1)) < 0.006, r.stdout[-600:]
