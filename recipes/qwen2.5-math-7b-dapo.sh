@@ -5,6 +5,7 @@
 #   bash recipes/qwen2.5-math-7b-dapo.sh --help                    # every variable: default, meaning, origin
 #   DRY_RUN=1 bash recipes/qwen2.5-math-7b-dapo.sh                 # the values, footprint's estimate, the stage
 #                                                                  # commands in order; runs and writes nothing
+#   SMOKE=1 bash recipes/qwen2.5-math-7b-dapo.sh                   # every stage at the smallest sizes: run it first
 #   bash recipes/qwen2.5-math-7b-dapo.sh                           # one node, 8 GPUs
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 bash recipes/qwen2.5-math-7b-dapo.sh   # node 0 of 2; node 1 the same
 #                                                                  # with NODE_RANK=1, OUT on a shared filesystem
@@ -17,8 +18,8 @@
 # which runs explore, consolidate, evaluate (and harvest --n-samples) under torchrun over NNODES x NPROC GPUs, and
 # harvest, filter and the report as one process on node 0. A variable this file does not list is not read: loop.sh's
 # others (JOBS, EVAL_ITERS, TRAIN_LAUNCH, ...) are unset before it starts, with a note when the shell sets one. The
-# values in use are printed first. scripts/rehearse.sh runs THIS file on CPU with the sizes shrunk, both presets;
-# docs/full-scale.md has the rest.
+# values in use are printed first. scripts/rehearse.sh runs THIS file on CPU with the sizes shrunk (both presets and
+# the smoke run); docs/full-scale.md has the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,7 +31,14 @@ declare -A PRESETS=(
   # sequences per forward, so a micro-batch holds about as many tokens as dapo-7b's (verl 32B halves its token budget)
   [dapo-32b-lengths]="MAX_NEW_TOKENS=20480 GEN_BATCH_SIZE=1536 MICRO_BATCH=2"
 )
-declare -A PRESET_VALUE MEANING FROM
+# the smoke run (SMOKE=1): the whole chain on the real model and data at the smallest sizes, in its own OUT: 2 RL
+# steps of 16 prompts x 4 responses of <= 1,024 tokens, one iteration, validation and evaluation on 8 problems per
+# benchmark x 2 samples; THRESHOLD=1.0 so that the filter keeps successes and RFT runs. It wins over the preset.
+SMOKE_SIZES="OUT=runs/qwen2.5-math-7b-dapo-smoke ITERS=1 RL_STEPS=2 SAVE_EVERY=1 THRESHOLD=1.0 DATA_LIMIT=64
+  PROMPTS_PER_STEP=16 GEN_BATCH_SIZE=16 MAX_GEN_BATCHES=2 N_SAMPLES=4 MINI_BATCH=8 MAX_NEW_TOKENS=1024
+  OVERLONG_BUFFER=256 EVAL_EVERY=1 EVAL_LIMIT=8 EVAL_N_SAMPLES=2 RFT_EPOCHS=1 RFT_BATCH=16 BENCH_LIMIT=8
+  BENCH_N_SAMPLES=2"
+declare -A PRESET_VALUE SMOKE_VALUE MEANING FROM
 FROM[PRESET]=$([[ -n "${PRESET+set}" ]] && echo environment || echo default)
 PRESET=${PRESET:-dapo-7b}
 if [[ -z "${PRESETS[$PRESET]+set}" ]]; then
@@ -38,14 +46,22 @@ if [[ -z "${PRESETS[$PRESET]+set}" ]]; then
   exit 2
 fi
 for kv in ${PRESETS[$PRESET]}; do PRESET_VALUE[${kv%%=*}]=${kv#*=}; done
-NAMES=(PRESET)
+FROM[SMOKE]=$([[ -n "${SMOKE+set}" ]] && echo environment || echo default)
+SMOKE=${SMOKE:-0}
+if [[ ! "$SMOKE" =~ ^[01]$ ]]; then echo "error: SMOKE=$SMOKE: expected 0 or 1" >&2; exit 2; fi
+if (( SMOKE )); then for kv in $SMOKE_SIZES; do SMOKE_VALUE[${kv%%=*}]=${kv#*=}; done; fi
+NAMES=(PRESET SMOKE)
 MEANING[PRESET]="dapo-7b (verl 7B) | dapo-32b-lengths (DAPO 32B's response cap and generation batch)"
-var() {  # var NAME DEFAULT MEANING: $NAME from the environment, else the preset's value, else DEFAULT
+MEANING[SMOKE]="1 = the smoke run: every stage at the smallest sizes, in its own OUT (run it before the long run)"
+var() {  # var NAME DEFAULT MEANING: $NAME from the environment, else the smoke run's, else the preset's, else DEFAULT
   local name=$1
   NAMES+=("$name")
   MEANING[$name]=$3
   if [[ -n "${!name+set}" ]]; then
     FROM[$name]=environment
+  elif [[ -n "${SMOKE_VALUE[$name]+set}" ]]; then
+    printf -v "$name" '%s' "${SMOKE_VALUE[$name]}"
+    FROM[$name]=smoke
   elif [[ -n "${PRESET_VALUE[$name]+set}" ]]; then
     printf -v "$name" '%s' "${PRESET_VALUE[$name]}"
     FROM[$name]="preset $PRESET"
@@ -58,6 +74,7 @@ var() {  # var NAME DEFAULT MEANING: $NAME from the environment, else the preset
 # --- what -----------------------------------------------------------------------------------------------------
 var MODEL Qwen/Qwen2.5-Math-7B "initial policy: folder or hub id (verl 7B)"
 var DATA BytedTsinghua-SIA/DAPO-Math-17k "RL prompts: parquet file or hub id (verl 7B; 1.79M rows, 17,917 distinct)"
+var DATA_LIMIT 0 "train on the first N problems of DATA only (0 = all)"
 var OUT runs/qwen2.5-math-7b-dapo "output folder of the whole loop"
 var SEED 0 "data order and sampling seed"
 var ITERS 3 "RLoop iterations (paper)"
@@ -131,6 +148,7 @@ AIME-2024); empty = no validation"
 var EVAL_EVERY 10 "validate every N RL steps and at the last (verl 7B: test_freq 10)"
 var EVAL_BEFORE_TRAIN 1 "1 = validate each RL run's initial policy too, at step 0 (verl 7B: val_before_train)"
 var EVAL_N_SAMPLES 32 "validation samples per problem (ours: avg@32; verl 7B: n 1 per row of its AIME file)"
+var EVAL_LIMIT 0 "validate on the first N problems of each set only (0 = all)"
 var EVAL_TEMPERATURE 1.0 "validation temperature (verl 7B: val_kwargs.temperature)"
 var EVAL_TOP_P 0.7 "validation nucleus sampling (verl 7B: val_kwargs.top_p)"
 var LOGGER tensorboard "live tracking of explore and consolidate: tensorboard, wandb or both (ours; verl 7B: \
@@ -148,6 +166,7 @@ var BENCHMARKS aime24=HuggingFaceH4/aime_2024@train,aime25=yentinglin/aime_2025@
 math500=HuggingFaceH4/MATH-500@test,minerva=math-ai/minervamath@test "held-out benchmarks, NAME=SOURCE[@SPLIT],... \
 (ours: hub ids with the splits their cards list)"
 var BENCH_N_SAMPLES 32 "samples per problem: avg@32, pass@k up to 32 (ours)"
+var BENCH_LIMIT 0 "evaluate the first N problems of each benchmark only (0 = all)"
 var BENCH_TEMPERATURE 1.0 "evaluation temperature (verl 7B's validation)"
 var BENCH_TOP_P 0.7 "evaluation nucleus sampling (verl 7B's validation)"
 var BENCH_REWARD math_verify "evaluation verifier (ours: symbolic equivalence, comparable with published scores)"
@@ -168,6 +187,8 @@ usage() {
   echo "presets (PRESET=NAME): the values each one sets"
   local p name
   for p in $(printf '%s\n' "${!PRESETS[@]}" | sort -r); do printf '  %-18s %s\n' "$p" "${PRESETS[$p]}"; done
+  echo "the smoke run (SMOKE=1): the values it sets, over the preset's"
+  printf '  %s\n' "$(echo $SMOKE_SIZES)"
   echo
   echo "variables: NAME  value under PRESET=$PRESET ('environment' where your shell sets it), then its meaning (origin)"
   for name in "${NAMES[@]}"; do
@@ -183,7 +204,7 @@ case "${1:-}" in
 esac
 
 # every value in use, and where it came from
-echo "== recipes/qwen2.5-math-7b-dapo.sh (PRESET=$PRESET)"
+echo "== recipes/qwen2.5-math-7b-dapo.sh (PRESET=$PRESET$( (( SMOKE )) && echo ", SMOKE=1: the smoke run"))"
 for name in "${NAMES[@]}"; do printf '   %-18s %-40s %s\n' "$name" "${!name}" "(${FROM[$name]})"; done
 
 flag() { (( $1 )) && echo "$2" || echo "${3:-}"; }
@@ -191,7 +212,8 @@ vllm_only() { [[ "$BACKEND" == vllm ]] && echo "$1" || true; }
 validation=""
 if [[ -n "$EVAL_BENCHMARKS" ]]; then
   validation="--eval-benchmarks $EVAL_BENCHMARKS --eval-every $EVAL_EVERY --eval-n-samples $EVAL_N_SAMPLES \
---eval-temperature $EVAL_TEMPERATURE --eval-top-p $EVAL_TOP_P $(flag "$EVAL_BEFORE_TRAIN" --eval-before-train)"
+--eval-temperature $EVAL_TEMPERATURE --eval-top-p $EVAL_TOP_P $(flag "$EVAL_BEFORE_TRAIN" --eval-before-train) \
+$(flag "$EVAL_LIMIT" "--eval-limit $EVAL_LIMIT")"
 fi
 
 EXPLORE_ARGS="--backend $BACKEND --prompts-per-step $PROMPTS_PER_STEP --gen-batch-size $GEN_BATCH_SIZE \
@@ -202,7 +224,8 @@ $(flag "$DYNAMIC_SAMPLING" --dynamic-sampling --no-dynamic-sampling) --max-gen-b
 --lr $LR --warmup-steps $WARMUP_STEPS --weight-decay $WEIGHT_DECAY --grad-clip $GRAD_CLIP --eps-low $EPS_LOW \
 --eps-high $EPS_HIGH --clip-ratio-c $CLIP_RATIO_C --loss-agg $LOSS_AGG $(flag "$BF16" --bf16 --no-bf16) \
 $(flag "$GRAD_CKPT" --grad-checkpointing) --keep-checkpoints $KEEP_CHECKPOINTS --gpu-memory-utilization $GPU_MEM \
-$(vllm_only "--tp $TP") $(vllm_only "$(flag "$SLEEP_MODE" --sleep-mode)") $validation $EXTRA_EXPLORE_ARGS"
+$(vllm_only "--tp $TP") $(vllm_only "$(flag "$SLEEP_MODE" --sleep-mode)") $(flag "$DATA_LIMIT" "--limit $DATA_LIMIT") \
+$validation $EXTRA_EXPLORE_ARGS"
 HARVEST_ARGS="$EXTRA_HARVEST_ARGS"
 FILTER_ARGS="--max-per-problem $MAX_PER_PROBLEM $EXTRA_FILTER_ARGS"
 CONSOLIDATE_ARGS="--lr $RFT_LR --epochs $RFT_EPOCHS --batch-size $RFT_BATCH --micro-batch $RFT_MICRO \
@@ -210,7 +233,8 @@ CONSOLIDATE_ARGS="--lr $RFT_LR --epochs $RFT_EPOCHS --batch-size $RFT_BATCH --mi
 $EXTRA_CONSOLIDATE_ARGS"
 EVAL_ARGS="--backend $BACKEND --n-samples $BENCH_N_SAMPLES --temperature $BENCH_TEMPERATURE --top-p $BENCH_TOP_P \
 --max-prompt-len $MAX_PROMPT_LEN --max-new-tokens $MAX_NEW_TOKENS --max-model-len $MAX_MODEL_LEN \
---reward $BENCH_REWARD --gpu-memory-utilization $BENCH_GPU_MEM $EXTRA_EVAL_ARGS"
+--reward $BENCH_REWARD --gpu-memory-utilization $BENCH_GPU_MEM $(flag "$BENCH_LIMIT" "--limit $BENCH_LIMIT") \
+$EXTRA_EVAL_ARGS"
 NPROC_PER_NODE=$NPROC DRY_RUN=${DRY_RUN:-0}
 
 # what loop.sh is handed; its other variables are unset, so that a shell's JOBS, TRAIN_LAUNCH, ... never reach it

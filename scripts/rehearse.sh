@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # scripts/rehearse.sh — the full-scale recipe (recipes/qwen2.5-math-7b-dapo.sh), run on CPU with its sizes shrunk,
-# under both its presets.
+# under both its presets, and its smoke run (SMOKE=1) at the smoke run's own sizes.
 #
-#   bash scripts/rehearse.sh [OUT]          # default OUT=runs/rehearse; ~5-10 min on 2 cores
+#   bash scripts/rehearse.sh [OUT]          # default OUT=runs/rehearse; ~10 min on 2 cores
 #   FAST=1 bash scripts/rehearse.sh OUT     # the test suite's: one process instead of torchrun, no vanilla run,
 #                                           # a 2,048-entry vocabulary (same layout) instead of 152,064, and the
 #                                           # first preset only (the second adds ~1 min)
@@ -18,8 +18,13 @@
 # The second preset (PRESET=dapo-32b-lengths; not with FAST=1) runs shrunk the same way, with what differs between
 # the presets kept different: a longer response cap, a larger generation batch, a smaller micro-batch (and the
 # recipe's own KEEP_CHECKPOINTS = RL_STEPS).
+# The smoke run (SMOKE=1) runs with its own sizes (two RL steps, one iteration, RFT, vanilla, four evaluations on 8
+# problems per benchmark) and only what the miniature and the CPU need set: the model, data and benchmarks, the HF
+# engine, the processes.
 # Then it checks what it can, one line each (exit 1 if any fails):
 #   - the stages all finished and the report exists, under each preset; a rerun of the recipe skips every stage
+#   - the smoke run ran every stage: explore, harvest, filter, consolidate (RFT trained), vanilla, four evaluations,
+#     the report
 #   - the prompt cap's line, validation at step 0, the generation-batch cap's count at the end of each RL run
 #   - without --max-model-len the same recipe stops before any weight loads, with one line naming the flag
 #   - checkpoints, the consolidated policy load with from_pretrained, and carry the raised context
@@ -40,7 +45,8 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_N
 FIX=$($PYTHON scripts/miniature.py --out "$OUT/fixtures" --vocab-size "$VOCAB" | tail -n 1) || { echo "FAIL building the miniature"; exit 1; }
 RUN=$OUT/run
 RUN2=$OUT/run-dapo-32b-lengths
-rm -rf "$RUN" "$RUN2"
+RUN_SMOKE=$OUT/run-smoke
+rm -rf "$RUN" "$RUN2" "$RUN_SMOKE"
 # one process, or torchrun over 2 (loop.sh's launcher: PYTHON -m torch.distributed.run, gloo on CPU)
 if (( FAST )); then nproc=1 vanilla=0; else nproc=2 vanilla=1; fi
 # where the run is: the miniature's model, data and benchmarks, on this CPU
@@ -147,8 +153,31 @@ assert peak < bound * 2**30
 EOF
 sed -n '/peak RSS/p;/rft.jsonl/p' "$OUT/check.log" | sed 's/^/      /'
 
+# --- the smoke run: SMOKE=1's own sizes, on the miniature ---------------------------------------------------------
+smoke_ran() {  # every stage's marker; RFT trained (iteration 1 hands on its consolidated policy); the smoke's sizes
+  local m
+  for m in iter1-explore iter1-harvest iter1-filter iter1-consolidate vanilla-explore eval-base eval-iter1-rl \
+           eval-iter1-rft eval-vanilla-2 report; do
+    [[ -e "$RUN_SMOKE/.done/$m" ]] || { echo "no marker $m"; return 1; }
+  done
+  [[ "$(cat "$RUN_SMOKE/iter1/next_policy")" == "$RUN_SMOKE/iter1/consolidated" ]] || { echo "no RFT"; return 1; }
+  grep -q "(PRESET=dapo-7b, SMOKE=1: the smoke run)" "$OUT/recipe-smoke.log" &&
+    $PYTHON -c "import json, sys; a = json.load(open(sys.argv[1])); print(a); \
+assert (a['rl_steps'], a['limit'], a['n_samples'], a['max_new_tokens']) == (2, 64, 4, 1024)" \
+      "$RUN_SMOKE/iter1/explore/args.json"
+}
+t3=$SECONDS
+run_recipe "$OUT/recipe-smoke.log" "$OUT/peak-smoke.json" SMOKE=1 "${where[@]}" OUT="$RUN_SMOKE"
+rc=$?
+echo "recipe (SMOKE=1): rc $rc in $((SECONDS - t3)) s (log: $OUT/recipe-smoke.log)"
+if (( rc != 0 )); then
+  tail -n 30 "$OUT/recipe-smoke.log"; echo "FAIL  the smoke run ran"; fails=$((fails + 1))
+else
+  check "SMOKE=1: every stage at the smoke run's sizes (RFT trained, vanilla, 4 evaluations, the report)" smoke_ran
+fi
+
 if (( FAST )); then
-  echo "rehearsal: $fails failed, $((SECONDS - t0)) s in all (FAST=1: PRESET=dapo-7b only)"
+  echo "rehearsal: $fails failed, $((SECONDS - t0)) s in all (FAST=1: PRESET=dapo-7b and the smoke run)"
   exit $(( fails > 0 ))
 fi
 t2=$SECONDS

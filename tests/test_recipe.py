@@ -1,6 +1,6 @@
 """recipes/qwen2.5-math-7b-dapo.sh without a GPU: --help and --vars run nothing; the values in use and their origin
 are printed first; a variable it does not list never leaks in; DRY_RUN=1 prints the values, footprint's estimate and
-the stage commands in order, writing nothing under OUT, on one node or several;
+the stage commands in order, writing nothing under OUT, on one node or several, for the long run and the smoke run;
 GPU_MEM's default is footprint's room beside the trainer less its margin. The recipe running the stages is
 scripts/rehearse.sh's job (tests/test_rehearse.py)."""
 import os
@@ -124,6 +124,36 @@ def test_several_nodes_leave_the_launchers_to_loop_sh(tmp_path, rank):
     assert single == ({"filter", "report"} if rank == "0" else set())
     if rank == "1":
         assert "-- iter1-filter: node 0 runs it" in text and "-- report: node 0 runs it" in text
+
+
+def smoke_sizes() -> dict:
+    text = (ROOT / RECIPE).read_text()
+    return dict(kv.split("=", 1) for kv in re.search(r'SMOKE_SIZES="(.*?)"', text, re.S).group(1).split())
+
+
+def test_the_smoke_run_sets_only_its_sizes_and_prints_the_whole_chain(tmp_path):
+    """SMOKE=1: its table's values over the preset's (a variable from the environment still wins), every one a
+    listed variable; its dry run is the whole chain at those sizes: one iteration, vanilla, four evaluations."""
+    smoke, long = values(SMOKE="1"), values()
+    sizes = smoke_sizes()
+    changed = {"SMOKE": "1", "KEEP_CHECKPOINTS": sizes["RL_STEPS"], **{k: v for k, v in sizes.items() if long[k] != v}}
+    assert {k: x for k, x in smoke.items() if long[k] != x} == changed  # (KEEP_CHECKPOINTS: = RL_STEPS)
+    assert set(sizes) <= set(long) and sizes["ITERS"] == "1" and int(sizes["RL_STEPS"]) <= 2
+    assert values(SMOKE="1", PRESET="dapo-32b-lengths")["MAX_NEW_TOKENS"] == sizes["MAX_NEW_TOKENS"]
+    assert values(SMOKE="1", RL_STEPS="3")["RL_STEPS"] == "3"
+    assert recipe("--vars", SMOKE="yes").returncode == 2
+    text = dry_run(tmp_path, SMOKE="1")
+    assert "(PRESET=dapo-7b, SMOKE=1: the smoke run)" in text and "(smoke)" in text
+    lines = stages(text)
+    assert [re.search(r" (\w+)\.py ", s).group(1) for s in lines] == [
+        "explore", "harvest", "filter", "consolidate", "explore", "evaluate", "evaluate", "evaluate", "evaluate",
+        "report"]
+    for flag in ("--rl-steps 2", "--limit 64", "--prompts-per-step 16", "--n-samples 4", "--max-new-tokens 1024",
+                 "--eval-limit 8", "--eval-n-samples 2"):
+        assert flag in lines[0], flag
+    assert "--threshold 1.0" in lines[2] and all({"--limit 8", "--n-samples 2"} <= set(re.findall(r"--\S+ \S+", s))
+                                                    for s in lines[5:9])
+    assert "ESTIMATE" in text
 
 
 @pytest.mark.parametrize("nproc", ["8", "4"])
