@@ -18,7 +18,8 @@ def loop_env(model, data, out, **over):
            "ITERS": "2", "RL_STEPS": "2", "SAVE_EVERY": "1", "THRESHOLD": "1.0",
            "EXPLORE_ARGS": "--prompts-per-step 4 --n-samples 4 --mini-batch 2 --micro-batch 8 --max-new-tokens 24 "
                            "--overlong-buffer 4 --max-gen-batches 2 --lr 1e-3 --warmup-steps 0 --backend hf",
-           "CONSOLIDATE_ARGS": "--epochs 1 --batch-size 8", "EVAL_ARGS": "--n-samples 4 --max-new-tokens 24 --backend hf",
+           "CONSOLIDATE_ARGS": "--epochs 1 --batch-size 8",
+           "EVAL_ARGS": "--n-samples 4 --max-new-tokens 24 --backend hf",
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # (one thread: runs compare bit for bit, whatever JOBS)
     env.update(over)
     return env
@@ -192,7 +193,8 @@ def test_filter_keeps_nothing_at_the_default_threshold(tmp_path):
     assert [flag(c, "--threshold") for c in by("filter.py")] == ["0.1", "0.1"]  # the default
     assert "iteration 2 starts again from /models/initial" in r.stdout
     stats1 = json.loads((out / "iter1" / "filter" / "filter_stats.json").read_text())
-    assert stats1["kept_trajectories"] == 0 and stats1["buckets"]["medium"] == 1 and stats1["buckets"]["never_solved"] == 1
+    assert stats1["kept_trajectories"] == 0
+    assert stats1["buckets"]["medium"] == 1 and stats1["buckets"]["never_solved"] == 1
     assert not (out / "iter1" / "filter" / "rft.jsonl").exists() and not (out / "iter1" / "consolidated").exists()
     assert (out / "iter1" / "next_policy").read_text().strip() == model
     # iteration 2 explores from the initial policy again, and consolidates it (not iteration 1's RL policy)
