@@ -106,7 +106,7 @@ var MAX_GEN_BATCHES 10 "cap on generation batches per step; when hit the step tr
 (DAPO 32B: max_num_gen_batches)"
 var N_SAMPLES 16 "responses per prompt (verl 7B: n_resp_per_prompt)"
 var MAX_PROMPT_LEN 2048 "prompts longer than this many tokens are dropped at load time, one line counting them \
-(verl 7B: max_prompt_length, filter_overlong_prompts)"
+(verl 7B: max_prompt_length 2048; ours: dropped, where verl 7B cuts them on the left, data.truncation=left)"
 var MAX_NEW_TOKENS 8192 "response cap in tokens (preset; verl 7B: 8192; DAPO 32B: 20480)"
 var OVERLONG_BUFFER 4096 "overlong penalty ramp over the last N tokens before the cap (verl 7B)"
 var OVERLONG_FACTOR 1.0 "overlong penalty at the cap (verl 7B: overlong_penalty_factor)"

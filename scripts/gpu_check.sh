@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# scripts/gpu_check.sh — the toy loop's stages on CUDA in bf16, with wall-clock timings (<= 8 min on one GPU).
+# scripts/gpu_check.sh — the toy loop's stages on CUDA in bf16, with wall-clock timings (it has never run on a GPU:
+# the timings are what it is for; a stage is stopped after STAGE_TIMEOUT seconds).
 #
 #   bash scripts/gpu_check.sh                 # OUT=runs/gpu_check; every stage's log in $OUT/<stage>.log
 #
@@ -14,9 +15,9 @@
 #    scripts/vllm_sync_check.py: after sync_weights vLLM's greedy decode is the updated HF model's)
 # 5. with >= 2 GPUs: the same under `torchrun --nproc_per_node 2` (FSDP2): explore hf, explore vllm
 #    (one colocated engine per rank), consolidate
-# The toy base is the cached one (runs/toy/, built by `python -c "from lib import toy; toy.ensure_base()"`,
-# ~15 min on 2 CPU cores) or, when there is none, a quick 120-step one built into $OUT/base (weaker: the
-# timings are what this check is for). A stage that fails is reported and the next one runs; the exit status
+# The toy base is the cached one (runs/toy/, built by `python -m lib.worlds.toy`: 102 s on 2 CPU cores, README's
+# Measured) or, when there is none, a quick 120-step one built into $OUT/base (weaker: the timings are what this
+# check is for). A stage that fails is reported and the next one runs; the exit status
 # is the number of failed stages.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -74,13 +75,13 @@ run logprob-check $PYTHON scripts/logprob_check.py --device cuda; sed 's/^/    /
 
 # --- the base policy -------------------------------------------------------------------------------------
 BASE=$($PYTHON -c "
-from lib import toy
+from lib.worlds import toy
 p = toy.toy_dir(0) / 'base'
 print(p if (p / 'config.json').exists() else '')")
 if [[ -z "$BASE" ]]; then
   run toy-base-quick $PYTHON -c "
 from pathlib import Path
-from lib import toy
+from lib.worlds import toy
 toy.build_base(Path('$OUT/base'), steps=120, quiet=True)" && BASE=$OUT/base
 fi
 [[ -n "$BASE" ]] || { echo "error: no toy base model"; exit 1; }
