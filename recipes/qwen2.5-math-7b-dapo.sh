@@ -190,7 +190,8 @@ usage() {
   echo "the smoke run (SMOKE=1): the values it sets, over the preset's"
   printf '  %s\n' "$(echo $SMOKE_SIZES)"
   echo
-  echo "variables: NAME  value under PRESET=$PRESET ('environment' where your shell sets it), then its meaning (origin)"
+  echo "variables: NAME  value under PRESET=$PRESET$( (( SMOKE )) && echo " SMOKE=1") ('environment' where your shell sets" \
+    "it), then its meaning (origin)"
   for name in "${NAMES[@]}"; do
     printf '  %-18s %s\n  %-18s %s\n' "$name" "${!name}$([[ ${FROM[$name]} == environment ]] && echo "  (environment)")" \
       "" "${MEANING[$name]}"
