@@ -420,7 +420,7 @@ def run_explore(model_path: str, args, device, r: int, work: Path) -> list[tuple
     shutil.rmtree(out, ignore_errors=True)
     argv = ["--model", model_path, "--data", str(toy.data_path("train")), "--out", str(out),
             "--rl-steps", str(1 + args.rl_steps), "--save-every", str(10 ** 6), "--seed", str(args.seed + r),
-            "--prompts-per-step", str(args.rl_prompts), "--n", str(args.rl_n),
+            "--prompts-per-step", str(args.rl_prompts), "--n-samples", str(args.rl_n),
             "--mini-batch", str(args.rl_mini_batch), "--micro-batch", str(args.rl_micro_batch),
             "--max-new-tokens", str(args.rl_max_new), "--temperature", str(args.temperature),
             "--top-p", str(args.top_p), "--lr", str(args.rl_lr), "--warmup-steps", "0",

@@ -27,6 +27,7 @@ NEW_TOKENS = 60
 
 def main(argv: list[str]) -> int:
     import explore
+    from lib import explore_setup
 
     no_push = "--no-push" in argv
     argv = [a for a in argv if a != "--no-push"]
@@ -35,10 +36,10 @@ def main(argv: list[str]) -> int:
         i = argv.index("--max-gap")
         max_gap = float(argv[i + 1])
         del argv[i:i + 2]
-    args = explore.get_args(argv)
+    cfg = explore.get_args(argv)
     single = int(os.environ.get("WORLD_SIZE", "1")) == 1
     live = []  # the engine's greedy decodes when explore closes it at the end of the run
-    make = explore.make_engine
+    make = explore_setup.make_engine  # the engine explore's setup builds
 
     def keep(*a, **kw):  # explore's own engine, watched
         engine = make(*a, **kw)
@@ -46,14 +47,14 @@ def main(argv: list[str]) -> int:
             engine.sync_weights = lambda model: None
         elif single:
             close = engine.close
-            engine.close = lambda: (live.append((greedy(engine, args), context_of(engine))), close())
+            engine.close = lambda: (live.append((greedy(engine), context_of(engine))), close())
         return engine
 
-    explore.make_engine = keep
+    explore_setup.make_engine = keep
     rc = explore.main(argv)
     if rc or int(os.environ.get("RANK", "0")) != 0:
         return rc
-    out = Path(args.out)
+    out = Path(cfg.flags["out"])
     fails = 0
 
     def line(ok: bool, name: str, text: str) -> None:
@@ -80,7 +81,7 @@ def prompts_of(tok) -> list[str]:
     return [p.prompt for p in data.render_prompts(data.load_problems(str(toy.data_path("test")))[:PROBLEMS], tok)]
 
 
-def greedy(engine, args=None) -> list[list[int]]:
+def greedy(engine) -> list[list[int]]:
     prompts = prompts_of(engine.tok)
     return [g[0].token_ids for g in engine.generate(prompts, n=1, max_new_tokens=NEW_TOKENS, temperature=0.0)]
 

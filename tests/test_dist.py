@@ -73,7 +73,7 @@ def rl_groups(vocab: int) -> list:
 
 
 # lr 1e-4: big enough to move the weights 30x the tolerance, small enough for AdamW's noise (see below)
-RL_FLAGS = ["--prompts-per-step", "6", "--mini-batch", "3", "--micro-batch", "2", "--lr", "1e-4", "--n", "3"]
+RL_FLAGS = ["--prompts-per-step", "6", "--mini-batch", "3", "--micro-batch", "2", "--lr", "1e-4", "--n-samples", "3"]
 
 
 def sft_examples(tok) -> list:
@@ -94,9 +94,9 @@ def one_process_reference(model_dir):
     torch.manual_seed(0)
     model = load_model(model_dir)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
-    args = explore.get_args(RL_FLAGS)
-    st = explore.train_on_batch(model, opt, rl_groups(model.config.vocab_size), explore.update_config(args), pad_id=0,
-                                  device="cpu")
+    cfg = explore.get_args(RL_FLAGS)
+    st = explore.train_on_batch(model, opt, rl_groups(model.config.vocab_size), cfg.update, cfg.loss, pad_id=0,
+                                device="cpu")
     rl = {k: v.clone() for k, v in model.state_dict().items()}
     model = load_model(model_dir)
     ref = load_model(model_dir).eval().requires_grad_(False)
@@ -121,9 +121,9 @@ def _rank_worker(rank: int, world: int, port: int, model_dir: str, out_file: str
         torch.manual_seed(0)
         model = dist.shard_model(load_model(model_dir), torch.device("cpu"))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
-        args = explore.get_args(RL_FLAGS)
-        st = explore.train_on_batch(model, opt, rl_groups(model.config.vocab_size), explore.update_config(args), pad_id=0,
-                                  device="cpu")
+        cfg = explore.get_args(RL_FLAGS)
+        st = explore.train_on_batch(model, opt, rl_groups(model.config.vocab_size), cfg.update, cfg.loss, pad_id=0,
+                                    device="cpu")
         rl = dist.full_state_dict(model)
         # vLLM glue: the engine (in this rank: external_launcher) receives whole tensors gathered from the
         # shards, in bf16, into its fused parameters
@@ -206,7 +206,7 @@ def test_two_ranks_match_one_process(tiny_model_dir, tmp_path):
     st, rl, rows, sft_w = one_process_reference(tiny_model_dir)
 
     # explore.py's update: 3 optimiser updates, the same numbers
-    assert st["updates"] == got["st"]["updates"] == 3 and got["st"]["skipped"] == 0
+    assert st["updates"] == got["st"]["updates"] == 3 and got["st"]["skipped_updates"] == 0
     assert got["st"]["train_tokens"] == st["train_tokens"]
     for k in ("pg_loss", "entropy", "grad_norm", "grad_norm_max", "clipfrac_high", "clipfrac_low", "approx_kl"):
         assert got["st"][k] == pytest.approx(st[k], rel=TOL, abs=TOL), k
@@ -264,8 +264,8 @@ def test_sleep_before_the_update_wake_and_sync_after(fake_vllm, tiny_model_dir, 
                                    "acc": any(c.isdigit() for c in response), "pred": ""}
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"{i}+{i}", "answer": "0"}) + "\n" for i in range(4)))
-    explore.main(["--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o"), "--steps", "2",
-                  "--prompts-per-step", "2", "--mini-batch", "2", "--n", "4", "--max-new-tokens", "16",
+    explore.main(["--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o"), "--rl-steps", "2",
+                  "--prompts-per-step", "2", "--mini-batch", "2", "--n-samples", "4", "--max-new-tokens", "16",
                   "--overlong-buffer", "4", "--lr", "1e-2", "--warmup-steps", "0", "--device", "cpu"],
                  reward_fn=digits, engine_fn=lambda m, t, p: Recording(m, t))
     kinds = [e if isinstance(e, str) else e[0] for e in events]
@@ -309,7 +309,7 @@ def memo_prompts(tmp_path_factory) -> Path:
 
 
 def explore_args(model, data, out, *extra):
-    return ["--model", model, "--data", data, "--out", out, "--prompts-per-step", "4", "--n-responses", "4",
+    return ["--model", model, "--data", data, "--out", out, "--prompts-per-step", "4", "--n-samples", "4",
             "--mini-batch", "2", "--micro-batch", "4", "--max-new-tokens", "24", "--overlong-buffer", "4",
             "--lr", "1e-4", "--warmup-steps", "0", "--max-gen-batches", "4", "--backend", "hf", "--device", "cpu",
             "--save-every", "2", *extra]
@@ -319,7 +319,7 @@ def test_torchrun_explore_runs_saves_and_resumes(memo_model_dir, memo_prompts, t
     from transformers import AutoModelForCausalLM
 
     full, part = tmp_path / "full", tmp_path / "part"
-    r = torchrun("explore.py", *explore_args(memo_model_dir, memo_prompts, full, "--steps", "3"))
+    r = torchrun("explore.py", *explore_args(memo_model_dir, memo_prompts, full, "--rl-steps", "3"))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     rows = [row for _, row in read_jsonl(full / "metrics.jsonl")]
     assert [row["step"] for row in rows] == [1, 2, 3]  # rank 0 alone writes: one row per step
@@ -338,16 +338,16 @@ def test_torchrun_explore_runs_saves_and_resumes(memo_model_dir, memo_prompts, t
     assert any(not torch.equal(v, base[k]) for k, v in model.state_dict().items())  # it trained
 
     # kill after step 2's checkpoint, resume with 2 ranks: the uninterrupted run's weights and rollouts
-    r = torchrun("explore.py", *explore_args(memo_model_dir, memo_prompts, part, "--steps", "2"))
+    r = torchrun("explore.py", *explore_args(memo_model_dir, memo_prompts, part, "--rl-steps", "2"))
     assert r.returncode == 0, r.stderr[-3000:]
-    r = torchrun("explore.py", *explore_args(memo_model_dir, memo_prompts, part, "--steps", "3", "--resume"))
+    r = torchrun("explore.py", *explore_args(memo_model_dir, memo_prompts, part, "--rl-steps", "3", "--resume"))
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = load_file(ck / "model.safetensors"), load_file(part / "ckpt_000003" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (full / "rollouts.jsonl").read_bytes() == (part / "rollouts.jsonl").read_bytes()
 
     # one process cannot resume a 2-rank run: one line, exit 2
-    r = subprocess.run([sys.executable, "explore.py", *explore_args(memo_model_dir, memo_prompts, part, "--steps", "4",
+    r = subprocess.run([sys.executable, "explore.py", *explore_args(memo_model_dir, memo_prompts, part, "--rl-steps", "4",
                                                                       "--resume")],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
@@ -363,8 +363,8 @@ def test_torchrun_consolidate_matches_one_process(tiny_model_dir, tmp_path):
                                          add_generation_prompt=True)
         trajs.append(Trajectory(f"c{i}", prompt, f"{i}+7={i + 7}" + "1" * i + f"\nAnswer: {i + 7}", 1.0, True))
     write_jsonl(tmp_path / "rft.jsonl", trajs)
-    common = ["--model", tiny_model_dir, "--data", tmp_path / "rft.jsonl", "--batch-size", "5", "--micro-batch", "2",
-              "--steps", "3", "--lr", "1e-3", "--warmup", "0", "--device", "cpu"]
+    common = ["--model", tiny_model_dir, "--trajectories", tmp_path / "rft.jsonl", "--batch-size", "5", "--micro-batch", "2",
+              "--sft-steps", "3", "--lr", "1e-3", "--warmup-steps", "0", "--device", "cpu"]
     r = torchrun("consolidate.py", *common, "--out", tmp_path / "two")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     consolidate.main([str(x) for x in common] + ["--out", str(tmp_path / "one")])

@@ -15,6 +15,7 @@ from fake_vllm import fake_vllm  # noqa: F401 (a fixture)
 from safetensors.torch import load_file
 
 import explore
+from lib import explore_setup as setup
 from lib.engine.rollout import Completion, HFEngine, VLLMEngine
 from lib.run import data
 from lib.run.records import read_jsonl
@@ -48,7 +49,7 @@ def data_file(tmp_path_factory) -> Path:
 
 def run_args(model, data, out, *extra):
     """Tiny settings: 4 prompts x 4 responses x 24 tokens, 2 updates of 2 prompts per step."""
-    return ["--model", str(model), "--data", str(data), "--out", str(out), "--prompts-per-step", "4", "--n", "4",
+    return ["--model", str(model), "--data", str(data), "--out", str(out), "--prompts-per-step", "4", "--n-samples", "4",
             "--mini-batch", "2", "--micro-batch", "4", "--max-new-tokens", "24", "--overlong-buffer", "4",
             "--lr", "1e-3", "--warmup-steps", "0", "--max-gen-batches", "4", "--backend", "hf", "--device", "cpu",
             *[str(x) for x in extra]]
@@ -90,17 +91,28 @@ def grouped_seqs(vocab: int, groups: int = 4, n: int = 4, seed: int = 0) -> list
     return seqs
 
 
+def dapo(agg="token-mean"):
+    """explore's micro-batch loss: DAPO's defaults, no KL."""
+    return explore.micro_batch_loss(setup.Loss("dapo", 0.2, 0.28, 10.0, agg, 0.0))
+
+
+def update_cfg(temperature=1.0, micro=4, share=False):
+    return train.UpdateConfig(mini_batch=1, micro_batch=micro, share_prompt=share, grad_clip=1.0,
+                              temperature=temperature)
+
+
 def grads_of(model, seqs, micro, cfg, per_micro_mean=False, share_prompt=False):
+    """cfg: (loss_fn, UpdateConfig)"""
     model.zero_grad(set_to_none=True)
     mbs = train.make_micro_batches(seqs, micro, pad_id=0, device="cpu", share_prompt=share_prompt)
     if per_micro_mean:  # the trl#5619 bug: each micro-batch normalised by its own token count, then averaged
         for mb in mbs:
-            train.accumulate_gradients(model, [mb], cfg, float(mb.mask.sum()), float(mb.ids.shape[0]))
+            train.accumulate_gradients(model, [mb], *cfg, float(mb.mask.sum()), float(mb.ids.shape[0]))
         for p in model.parameters():
             p.grad /= len(mbs)
     else:
         tokens = float(sum(len(s.response_ids) for s in seqs))
-        train.accumulate_gradients(model, mbs, cfg, tokens, float(len(seqs)))
+        train.accumulate_gradients(model, mbs, *cfg, tokens, float(len(seqs)))
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -125,7 +137,7 @@ def test_micro_batch_invariance(tiny_model_dir, agg, share):
     model = load_model(tiny_model_dir)
     seqs = with_old_logprobs(model, grouped_seqs(model.config.vocab_size) if share
                              else random_seqs(model.config.vocab_size))
-    cfg = train.LossConfig(agg=agg)
+    cfg = dapo(agg), update_cfg()
     one = grads_of(model, seqs, 16, cfg, share_prompt=share)
     four = grads_of(model, seqs, 4, cfg, share_prompt=share)
     assert one.keys() == four.keys() and len(one) > 0
@@ -159,7 +171,7 @@ def test_shared_prompt_gives_the_full_rows_log_probs_and_gradients(tiny_model_di
         torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
         torch.testing.assert_close(d, c, rtol=0, atol=1e-5)
     seqs = with_old_logprobs(model, seqs)  # ratios away from 1: every clip branch in the gradient
-    cfg = train.LossConfig(temperature=0.7)
+    cfg = dapo(), update_cfg(0.7)
     one, two = grads_of(model, seqs, 8, cfg), grads_of(model, seqs, 8, cfg, share_prompt=True)
     assert one.keys() == two.keys() and len(one) > 0
     for name in one:
@@ -174,26 +186,26 @@ def test_train_on_batch_scores_old_log_probs_once_per_mini_batch_after_the_first
     groups = [explore.Group(None, seqs[i].prompt_ids, [Completion(s.response_ids, [], "", "stop")
                                                         for s in seqs[i:i + 3]],
                             [1.0, -1.0, 1.0 if i % 2 else -1.0], [], []) for i in range(0, 18, 3)]
-    args = explore.get_args(["--prompts-per-step", "6", "--mini-batch", "2", "--micro-batch", "4", "--lr", "1e-3"])
-    cfg = train.LossConfig(temperature=args.temperature)
+    cfg = explore.get_args(["--prompts-per-step", "6", "--mini-batch", "2", "--micro-batch", "4", "--lr", "1e-3"])
 
     model = load_model(tiny_model_dir)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
     scored = []
-    fill = explore.fill_old_logprobs
-    monkeypatch.setattr(explore, "fill_old_logprobs", lambda m, mbs, *a: scored.append(len(mbs)) or fill(m, mbs, *a))
-    st = explore.train_on_batch(model, opt, groups, explore.update_config(args), pad_id=0, device="cpu")
+    fill = train.fill_old_logprobs
+    monkeypatch.setattr(train, "fill_old_logprobs", lambda m, mbs, *a: scored.append(len(mbs)) or fill(m, mbs, *a))
+    st = explore.train_on_batch(model, opt, groups, cfg.update, cfg.loss, pad_id=0, device="cpu")
     assert st["updates"] == 3 and len(scored) == 2  # mini-batches 2 and 3 only
 
     ref = load_model(tiny_model_dir)  # the reference: score every mini-batch first, then update
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=0.1)
-    per_group = explore.build_seqs(groups)
+    per_group = [[train.Seq(g.prompt_ids, c.token_ids, a) for c, a in zip(g.completions, adv)]
+                 for g, adv in zip(groups, explore.advantages(groups))]
     plans = [train.make_micro_batches([s for g in per_group[i:i + 2] for s in g], 4, 0, "cpu", share_prompt=True)
              for i in range(0, 6, 2)]
     for mbs in plans:
-        fill(ref, mbs, cfg.temperature)
+        fill(ref, mbs, cfg.update.temperature)
     for mbs in plans:
-        train.optimizer_update(ref, ref_opt, mbs, cfg, args.grad_clip)
+        train.optimizer_update(ref, ref_opt, mbs, explore.micro_batch_loss(cfg.loss), cfg.update)
     for (name, a), b in zip(model.named_parameters(), ref.parameters()):
         assert not torch.equal(a, load_model(tiny_model_dir).get_parameter(name))  # the weights moved
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
@@ -205,7 +217,7 @@ def test_first_update_sees_ratio_one(tiny_model_dir, share):
     seqs = grouped_seqs(model.config.vocab_size, groups=2) if share else random_seqs(model.config.vocab_size, 8)
     mbs = train.make_micro_batches(seqs, 3, pad_id=0, device="cpu", share_prompt=share)
     train.fill_old_logprobs(model, mbs, temperature=0.7)
-    st = train.accumulate_gradients(model, mbs, train.LossConfig(temperature=0.7), 100.0, 8.0)
+    st = train.accumulate_gradients(model, mbs, dapo(), update_cfg(0.7), 100.0, 8.0)
     assert st["approx_kl"] == 0.0  # old == new bit for bit: log-ratio exactly 0 on every token
     assert st["clipfrac_high"] == st["clipfrac_low"] == st["clipfrac_dual"] == 0.0
 
@@ -217,7 +229,7 @@ def test_nonfinite_update_is_skipped(tiny_model_dir):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     mbs = train.make_micro_batches(seqs, 2, pad_id=0, device="cpu")
-    st = train.optimizer_update(model, opt, mbs, train.LossConfig(), grad_clip=1.0)
+    st = train.optimizer_update(model, opt, mbs, dapo(), update_cfg())
     assert st["skipped"] is True
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
     assert not opt.state  # AdamW never stepped
@@ -247,14 +259,15 @@ class ScriptedEngine:
 
 
 def collect(problem_ids, script, *extra, answers=None):
+    from lib.algo.reward import score
     from lib.run.data import Problem
     from lib.worlds.toy import make_tokenizer
 
     problems = [Problem(pid, [], answers[pid] if answers else "5", prompt=pid) for pid in problem_ids]
-    args = explore.get_args(["--n", "4", "--max-new-tokens", "24", "--overlong-buffer", "8", *extra])
+    cfg = explore.get_args(["--n-samples", "4", "--max-new-tokens", "24", "--overlong-buffer", "8", *extra])
     logs = []
     batch = explore.collect_batch(ScriptedEngine(script), data.PromptStream(problems, seed=0), make_tokenizer(),
-                                  explore.reward.score, args, step=1, log=logs.append)
+                                  score, cfg.sampling, step=1, log=logs.append)
     return batch, logs
 
 
@@ -340,7 +353,7 @@ def test_short_run_raises_the_reward(tiny_model_dir, data_file, tmp_path):
         return engines[-1]
 
     out = tmp_path / "run"
-    explore.main(run_args(tiny_model_dir, data_file, out, "--steps", "6", "--save-every", "6", "--lr", "3e-3"),
+    explore.main(run_args(tiny_model_dir, data_file, out, "--rl-steps", "6", "--save-every", "6", "--lr", "3e-3"),
                  reward_fn=digit_reward, engine_fn=engine_fn)
     rows = [r for _, r in read_jsonl(out / "metrics.jsonl")]
     assert [r["step"] for r in rows] == list(range(1, 7))
@@ -366,8 +379,8 @@ def strip_times(rows):
 
 def test_resume_matches_an_uninterrupted_run(tiny_model_dir, data_file, tmp_path, capsys):
     full, part = tmp_path / "full", tmp_path / "part"
-    explore.main(run_args(tiny_model_dir, data_file, full, "--steps", "4", "--save-every", "2"), reward_fn=digit_reward)
-    explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "2", "--save-every", "2"), reward_fn=digit_reward)
+    explore.main(run_args(tiny_model_dir, data_file, full, "--rl-steps", "4", "--save-every", "2"), reward_fn=digit_reward)
+    explore.main(run_args(tiny_model_dir, data_file, part, "--rl-steps", "2", "--save-every", "2"), reward_fn=digit_reward)
     # a kill after step 2's checkpoint, mid-write of step 3: torn lines that the resume must drop
     with open(part / "rollouts.jsonl", "a") as f:
         f.write('{"problem_id": "torn')
@@ -378,10 +391,10 @@ def test_resume_matches_an_uninterrupted_run(tiny_model_dir, data_file, tmp_path
     before = (part / "metrics.jsonl").read_bytes()
     refused = r"cannot --resume with different settings: the run used --lr 0.001 \(now 0.002\)$"
     with pytest.raises(explore.cli.UserError, match=refused):
-        explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "4", "--resume", "--lr", "2e-3"),
+        explore.main(run_args(tiny_model_dir, data_file, part, "--rl-steps", "4", "--resume", "--lr", "2e-3"),
                      reward_fn=digit_reward)
     assert (part / "metrics.jsonl").read_bytes() == before  # the torn line is still there: nothing was touched
-    explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "4", "--save-every", "2", "--resume"),
+    explore.main(run_args(tiny_model_dir, data_file, part, "--rl-steps", "4", "--save-every", "2", "--resume"),
                  reward_fn=digit_reward)
 
     a = load_file(full / "ckpt_000004" / "model.safetensors")
@@ -401,18 +414,18 @@ def test_resume_matches_an_uninterrupted_run(tiny_model_dir, data_file, tmp_path
 
     # a finished run: --resume does nothing and says so
     capsys.readouterr()
-    assert explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "4", "--resume"),
+    assert explore.main(run_args(tiny_model_dir, data_file, part, "--rl-steps", "4", "--resume"),
                         reward_fn=digit_reward) == 0
     assert "nothing to do" in capsys.readouterr().out
     # without --resume, a folder with checkpoints is never overwritten
     with pytest.raises(explore.cli.UserError, match="already holds checkpoints"):
-        explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "4"), reward_fn=digit_reward)
+        explore.main(run_args(tiny_model_dir, data_file, part, "--rl-steps", "4"), reward_fn=digit_reward)
 
 
 def test_cap_hit_every_step_never_crashes(tiny_model_dir, data_file, tmp_path, capsys):
     never = lambda response, gt: {"score": -1.0, "acc": False, "pred": ""}  # noqa: E731  no spread, ever
     out = tmp_path / "flat"
-    explore.main(run_args(tiny_model_dir, data_file, out, "--steps", "2", "--save-every", "2", "--max-gen-batches",
+    explore.main(run_args(tiny_model_dir, data_file, out, "--rl-steps", "2", "--save-every", "2", "--max-gen-batches",
                           "2"), reward_fn=never)
     rows = [r for _, r in read_jsonl(out / "metrics.jsonl")]
     assert [(r["capped"], r["gen_batches"], r["train_prompts"], r["updates"]) for r in rows] == [(1, 2, 0, 0)] * 2
@@ -454,9 +467,9 @@ def test_bad_flag_combination_is_one_clear_line(tmp_path):
 
 
 def test_share_prompt_is_on_unless_activations_are_recomputed():
-    assert explore.get_args([]).share_prompt is True
-    assert explore.get_args(["--no-share-prompt"]).share_prompt is False
-    assert explore.get_args(["--grad-checkpointing"]).share_prompt is False  # no KV cache under checkpointing
+    assert explore.get_args([]).update.share_prompt is True
+    assert explore.get_args(["--no-share-prompt"]).update.share_prompt is False
+    assert explore.get_args(["--grad-checkpointing"]).update.share_prompt is False  # no KV cache under checkpointing
     with pytest.raises(explore.cli.UserError, match="--share-prompt needs a KV cache"):
         explore.get_args(["--grad-checkpointing", "--share-prompt"])
 

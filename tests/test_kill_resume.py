@@ -68,7 +68,7 @@ elif where == "torn":  # explore: half of step `at`'s rollouts written -- a torn
                 os.fsync(f.fileno())
             pause()
         return records.append_jsonl(path, rows)
-    mod.append_jsonl = append_jsonl
+    importlib.import_module('lib.explore_setup').append_jsonl = append_jsonl  # where explore writes its rollouts
 elif where == "final":  # consolidate: the finished model is in its temp folder, not yet renamed over --out
     out = Path(argv[argv.index("--out") + 1])
     real_replace = cli.replace_dir
@@ -200,8 +200,8 @@ def memo_dapo(memo_data: Path, tmp: Path) -> Path:
 
 def explore_args(model, data, out, *extra):
     """6 steps of 4 prompts x 4 responses x 24 tokens, 2 updates per step, checkpoints at 2, 4, 6."""
-    return ["--model", model, "--data", data, "--out", out, "--steps", "6", "--save-every", "2",
-            "--prompts-per-step", "4", "--n", "4", "--mini-batch", "2", "--micro-batch", "8",
+    return ["--model", model, "--data", data, "--out", out, "--rl-steps", "6", "--save-every", "2",
+            "--prompts-per-step", "4", "--n-samples", "4", "--mini-batch", "2", "--micro-batch", "8",
             "--max-new-tokens", "24", "--overlong-buffer", "4", "--lr", "3e-4", "--warmup-steps", "0",
             "--max-gen-batches", "2", "--backend", "hf", "--device", "cpu", *extra]
 

@@ -7,7 +7,7 @@ import torch
 from test_explore import data_file, digit_reward, run_args  # noqa: F401 (data_file: a fixture)
 
 import explore
-from lib.algo.dapo import kl_loss, kl_penalty
+from lib.algo.dapo import aggregate, kl_penalty
 from lib.run.records import read_jsonl
 
 
@@ -31,14 +31,15 @@ def test_zero_when_policy_equals_reference_with_zero_gradient():
     assert torch.equal(logp.grad, torch.zeros(3, 5))
 
 
-def test_kl_loss_token_mean_ignores_padding():
+def test_kl_term_token_mean_ignores_padding():
     logp = torch.tensor([[-1.0, -2.0], [-1.0, 0.0]])
     ref = torch.tensor([[-1.5, -1.0], [-1.0, float("-inf")]])  # padding may hold -inf
     mask = torch.tensor([[1, 1], [1, 0]])
-    loss = kl_loss(logp, ref, mask)
+    loss = aggregate(kl_penalty(logp, ref), mask, "token-mean", None, None)
     assert loss.item() == pytest.approx((0.1065307 + 0.7182818 + 0.0) / 3, abs=1e-6)
     # global_tokens: this call's share of a larger mini-batch
-    assert kl_loss(logp, ref, mask, global_tokens=6).item() == pytest.approx((0.1065307 + 0.7182818) / 6, abs=1e-6)
+    share = aggregate(kl_penalty(logp, ref), mask, "token-mean", 6, None).item()
+    assert share == pytest.approx((0.1065307 + 0.7182818) / 6, abs=1e-6)
 
 
 def test_explore_kl_coef_logs_kl_and_pulls_toward_the_reference(tiny_model_dir, data_file, tmp_path):
@@ -46,11 +47,11 @@ def test_explore_kl_coef_logs_kl_and_pulls_toward_the_reference(tiny_model_dir, 
     runs = {}
     for coef in (0.0, 5.0):
         out = tmp_path / f"kl{coef}"
-        explore.main(run_args(tiny_model_dir, data_file, out, "--steps", "3", "--save-every", "3", "--lr", "3e-3",
+        explore.main(run_args(tiny_model_dir, data_file, out, "--rl-steps", "3", "--save-every", "3", "--lr", "3e-3",
                               "--kl-coef", coef), reward_fn=digit_reward)
         runs[coef] = [r for _, r in read_jsonl(out / "metrics.jsonl")]
     off, on = runs[0.0], runs[5.0]
-    assert all(r["kl"] == 0 for r in off)  # off by default: nothing computed, 0 logged
+    assert all("kl" not in r for r in off)  # off by default: nothing computed, nothing logged
     assert all(r["kl"] >= 0 for r in on) and on[-1]["kl"] > 0  # the policy moved away from its start
     # the penalty pulls toward the reference: the weights end closer to the initial ones than without it
     from safetensors.torch import load_file

@@ -1,21 +1,22 @@
-"""Pure functions of DAPO (arXiv 2503.14476), matched against verl's DAPO recipe.
+"""Pure functions of DAPO (arXiv 2503.14476) that every loss variant shares, matched against verl's DAPO recipe.
+The policy losses themselves (DAPO's clip-higher + dual clip, and the variants) are explore.py's.
 
-What DAPO adds on top of GRPO, and where it lives here:
-  * clip-higher (eps_low=0.2, eps_high=0.28) + dual clip ...... policy_loss
-  * token-level policy-gradient loss ("token-mean") ........... policy_loss / agg
-  * overlong reward shaping (soft length penalty) ............. overlong_penalty
-  * dynamic sampling (drop groups with no reward spread) ...... keep_groups / kept_group_ids
-plus the GRPO group-normalised advantage (group_advantages) and a helper (masked_mean). The entropy explore.py
-logs is not here: lib/train/modeling.token_logprobs computes it in the same pass as the log-probs.
+  * GRPO's group-normalised advantage .......................... group_advantages
+  * dynamic sampling (drop groups with no reward spread) ....... keep_groups / kept_group_ids
+  * overlong reward shaping (soft length penalty) .............. overlong_penalty
+  * a per-token loss reduced to a scalar (token-mean, ...) ..... aggregate
+  * the KL penalty to a reference policy (off in DAPO) ......... kl_penalty
+plus masked_mean. The entropy explore.py logs is not here: lib/train/modeling.token_logprobs computes it in the
+same pass as the log-probs.
 
-Shapes: B = sequences in the call, T = padded response length, V = vocab, G = groups.
+Shapes: B = sequences in the call, T = padded response length, G = groups.
 Masks are 0/1 (bool, int or float); 1 marks a real response token.
 
-Where we deliberately differ from verl (details at each function):
+Where these differ from verl (details at each function):
   * group_advantages: a group of one gets advantage 0 (verl: r / (1 + eps)).
   * group_advantages / keep_groups: a group of identical rewards is *exactly* zero-spread
     (verl's float mean/std can leave ~1e-8 residue for non-dyadic rewards such as 0.1).
-  * policy_loss: optional global_tokens / global_seqs divisors so per-micro-batch losses sum to the
+  * aggregate: optional global_tokens / global_seqs divisors so per-micro-batch losses sum to the
     full-batch loss (newer verl does the same via batch_num_tokens / global_batch_size; verl's
     legacy actor and TRL#5619 normalised each micro-batch by its own token count).
   * overlong_penalty: buffer_len == 0 returns zeros (verl would divide by zero).
@@ -155,17 +156,22 @@ def overlong_penalty(
 
 
 # -----------------------------------------------------------------------------
-# clipped policy-gradient loss
+# aggregating a per-token loss (the policy losses live in explore.py)
 
 
-def _aggregate(
+def aggregate(
     loss_mat: Tensor,
     mask: Tensor,
     agg: str,
     global_tokens: float | int | Tensor | None,
     global_seqs: float | int | Tensor | None,
 ) -> Tensor:
-    """Reduce a [B, T] per-token loss to a scalar. Divisors default to this call's own counts."""
+    """Reduce a [B, T] per-token loss to a scalar: token-mean (DAPO), seq-mean-token-mean (GRPO's original) or
+    seq-mean-token-sum, as verl's agg_loss. global_tokens (token-mean) / global_seqs (seq-mean-*): the divisor of
+    the *whole* optimiser update, i.e. valid tokens / non-empty sequences summed over all micro-batches and ranks,
+    so each micro-batch's call returns its share and the shares (and their gradients) sum to the full-batch loss.
+    None: this call's own counts, which is right only for a single micro-batch (averaging per-micro-batch means
+    over-weights the tokens of short micro-batches, TRL#5619)."""
     m = mask.to(torch.bool)
     zero = torch.zeros((), dtype=loss_mat.dtype, device=loss_mat.device)
     token_loss = torch.where(m, loss_mat, zero)  # [B, T] padding exactly 0
@@ -184,78 +190,6 @@ def _aggregate(
         raise ValueError(f"unknown agg mode {agg!r}")
     denom = seq_valid.sum().clamp(min=1) if global_seqs is None else global_seqs
     return seq_loss.sum() / torch.as_tensor(denom, dtype=loss_mat.dtype, device=loss_mat.device)
-
-
-def policy_loss(
-    log_probs: Tensor,
-    old_log_probs: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    eps_low: float = 0.2,
-    eps_high: float = 0.28,
-    clip_ratio_c: float = 10.0,
-    agg: str = "token-mean",
-    global_tokens: float | int | Tensor | None = None,
-    global_seqs: float | int | Tensor | None = None,
-) -> tuple[Tensor, dict[str, float]]:
-    """DAPO clipped surrogate (clip-higher + dual clip) as in verl's vanilla PPO policy loss.
-
-    log_probs, old_log_probs, mask: [B, T]; advantages: [B] or [B, T]. Returns (scalar loss, stats).
-
-    global_tokens (token-mean) / global_seqs (seq-mean-*): the divisor for the *whole* optimiser
-    step, i.e. valid tokens / non-empty sequences summed over all micro-batches and ranks. Each call
-    then returns its share and the shares (and their gradients) sum to the full-batch loss. Leaving
-    them None normalises by this call's own counts, which is only right for a single micro-batch:
-    averaging such per-micro-batch means over-weights tokens of short micro-batches (TRL#5619).
-    If DDP averages gradients over W ranks, multiply the loss by W (verl's `* dp_size`).
-
-    stats (python floats, over valid tokens of this call):
-      clipfrac_high: A > 0 and ratio > 1 + eps_high (upper clip active, no gradient)
-      clipfrac_low:  A < 0 and ratio < 1 - eps_low  (lower clip active, no gradient)
-        clipfrac_high + clipfrac_low == verl's pg_clipfrac ("clipped term is the larger loss").
-      clipfrac_dual: A < 0 and the dual clip -A*c is active, i.e. ratio > c. This is what verl
-        logs as pg_clipfrac_lower (the name refers to the dual clip *lower-bounding the objective*,
-        not to the 1 - eps_low side).
-      approx_kl: masked mean of (old - new) log-prob, verl's ppo_kl (k1 estimator of KL(old||new)).
-    """
-    assert clip_ratio_c > 1.0, "dual clip needs c > 1"
-    assert log_probs.shape == old_log_probs.shape == mask.shape, "log_probs/old/mask must be [B, T]"
-    B, T = log_probs.shape
-    m = mask.to(torch.bool)  # [B, T]
-    dt = torch.promote_types(log_probs.dtype, torch.float32)  # exp() of bf16 log-ratios is too coarse
-    zero = torch.zeros((), dtype=dt, device=log_probs.device)
-
-    A = advantages.detach().to(dt)
-    if A.dim() == 1:
-        A = A[:, None].expand(B, T)  # [B] -> [B, T] one outcome advantage for every token
-    A = torch.where(m, A, zero)  # [B, T]
-
-    # Keep padding values (often -inf/nan log-probs) out of the arithmetic altogether, so they can
-    # reach neither exp() nor the stats; masking only at the end is fragile with inf/nan around.
-    log_ratio = torch.where(m, log_probs.to(dt) - old_log_probs.detach().to(dt), zero)  # [B, T]
-    log_ratio = log_ratio.clamp(-20.0, 20.0)  # same guard as verl, keeps exp() finite
-    ratio = torch.exp(log_ratio)  # [B, T]; exactly 1 on the first update (log_probs == old)
-
-    pg_unclipped = -A * ratio  # [B, T]
-    pg_clipped = -A * ratio.clamp(1.0 - eps_low, 1.0 + eps_high)  # [B, T]
-    # pessimistic (larger) loss: once the ratio left the trust region in the direction the
-    # advantage pushes it, the loss is flat and the token stops contributing gradient
-    pg_ppo = torch.maximum(pg_unclipped, pg_clipped)  # [B, T]
-    # dual clip: for A < 0 an exploding ratio would make the loss unbounded; cap it at -A * c
-    pg_dual = torch.minimum(pg_ppo, -A * clip_ratio_c)  # [B, T]
-    pg = torch.where(A < 0, pg_dual, pg_ppo)  # [B, T]
-
-    loss = _aggregate(pg, m, agg, global_tokens, global_seqs)
-
-    with torch.no_grad():
-        clipped = pg_clipped > pg_unclipped  # [B, T] verl's pg_clipfrac condition
-        stats = {
-            "clipfrac_high": masked_mean((clipped & (A > 0)).to(dt), m).item(),
-            "clipfrac_low": masked_mean((clipped & (A < 0)).to(dt), m).item(),
-            "clipfrac_dual": masked_mean(((pg_ppo > -A * clip_ratio_c) & (A < 0)).to(dt), m).item(),
-            "approx_kl": masked_mean(-log_ratio, m).item(),
-        }
-    return loss, stats
 
 
 # -----------------------------------------------------------------------------
@@ -279,13 +213,3 @@ def kl_penalty(log_probs: Tensor, ref_log_probs: Tensor) -> Tensor:
     kl = torch.nan_to_num(kl, nan=0.0, posinf=20.0, neginf=-20.0).clamp(-20.0, 20.0)
     kld = torch.exp(kl) - kl - 1.0  # [B, T]
     return kld.clamp(min=-10.0, max=10.0)
-
-
-def kl_loss(log_probs: Tensor, ref_log_probs: Tensor, mask: Tensor, agg: str = "token-mean",
-            global_tokens: float | int | Tensor | None = None,
-            global_seqs: float | int | Tensor | None = None) -> Tensor:
-    """The KL term added to the policy loss (times --kl-coef): kl_penalty aggregated like policy_loss (the same
-    agg and the same global divisors, so micro-batch shares sum to the mini-batch's term, as verl's actor does)."""
-    m = mask.to(torch.bool)  # [B, T]
-    kld = torch.where(m, kl_penalty(log_probs, ref_log_probs), torch.zeros((), device=log_probs.device))
-    return _aggregate(kld, m, agg, global_tokens, global_seqs)

@@ -37,8 +37,8 @@ def mean(xs) -> float:
 
 
 def rl_step_row(step: int, batch, st: dict, lr_used: float, t_gen: float, step_time: float) -> dict:
-    """explore.py's metrics.jsonl row of one step: its rollouts (batch: explore.StepBatch), the update's stats
-    (st: explore.train_on_batch's) and timings."""
+    """explore.py's metrics.jsonl row of one step: its rollouts (batch: explore.StepBatch), the update's numbers
+    (st: explore.train_on_batch's: lib/train/update.rl_update's, every stat of the loss included) and timings."""
     lengths = [r["response_tokens"] for r in batch.rows]
     return {
         "step": step,
@@ -52,20 +52,9 @@ def rl_step_row(step: int, batch, st: dict, lr_used: float, t_gen: float, step_t
         "resp_len_mean": mean(lengths),
         "resp_len_max": max(lengths),
         "truncated_frac": mean([float(r["finish_reason"] == "length") for r in batch.rows]),
-        "entropy": st["entropy"],
-        "pg_loss": st["pg_loss"],
-        "grad_norm": st["grad_norm"],
-        "grad_norm_max": st["grad_norm_max"],
-        "clipfrac_high": st["clipfrac_high"],
-        "clipfrac_low": st["clipfrac_low"],
-        "clipfrac_dual": st["clipfrac_dual"],
-        "approx_kl": st["approx_kl"],
-        "kl": st.get("kl", 0.0),  # the KL-penalty term to the initial policy (0 without --kl-coef)
-        # |p_engine - p_trainer| of the trained tokens: the sampler / trainer numerical gap (lib/train/update.rollout_probs_diff)
-        "rollout_probs_diff_mean": st.get("rollout_probs_diff_mean", float("nan")),
-        "rollout_probs_diff_max": st.get("rollout_probs_diff_max", float("nan")),
-        "updates": st["updates"],
-        "skipped_updates": st["skipped"],
+        # the update: updates, skipped_updates, pg_loss, entropy, grad_norm(_max), train_tokens, the loss's stats,
+        # rollout_probs_diff_mean / _max (|p_engine - p_trainer| of the trained tokens: the sampler / trainer gap)
+        **{k: v for k, v in st.items() if k != "skipped_flags"},
         "lr": lr_used,
         # verl's throughput: prompt + response tokens of every rollout drawn, per second of the whole step
         "tokens_per_s": sum(r["prompt_tokens"] + r["response_tokens"] for r in batch.rows) / max(step_time, 1e-9),

@@ -9,6 +9,8 @@ becomes on the device, how many forward passes it takes, and the numeric setting
   Seq, MicroBatch, make_micro_batches, micro_batch_logprobs, fill_old_logprobs   the RL update's batches:
                       prompt + sampled response rows (or, with shared prompts, responses reading their prompt's
                       KV cache), a response mask, one advantage per row and the sampling policy's log-probs
+  rl_update           one RL step: mini-batches, old log-probs, one optimiser update each (optimizer_update over
+                      accumulate_gradients), the loss a function the stage passes in; the step's numbers
   rollout_probs_diff  the rollout engine's probabilities of the sampled tokens against the training forward's
 
 Nothing here is an algorithm: the objectives live in the stages (explore.py's policy loss, consolidate.py's RFT
@@ -17,12 +19,11 @@ loss), which is where a fork changes them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from lib.algo.dapo import kl_loss, policy_loss
 from lib.train import dist
 from lib.train.modeling import pad_rows, shared_prompt_logprobs, token_logprobs
 
@@ -134,8 +135,9 @@ class Seq:
     prompt_ids: list[int]
     response_ids: list[int]  # sampled tokens, the stop token included
     advantage: float
-    old_logp: list[float] | None = None  # per response token; None: fill_old_logprobs scores them
-    rollout_logp: Sequence[float] | None = None  # per response token, as the rollout engine sampled it (for the log)
+    old_logp: list[float] | None = None  # per response token; None: the trainer scores them (fill_old_logprobs)
+    # per response token, as the rollout engine sampled it; anything else (None, [] for a replayed response) = unknown
+    rollout_logp: Sequence[float] | None = None
 
 
 @dataclass
@@ -155,7 +157,9 @@ class MicroBatch:
     old_logp: torch.Tensor | None = None  # [b, T] log-probs of the sampling policy (None: use the current ones)
     prompts: SharedPrompts | None = None  # set: each prompt runs once, its responses read its KV cache
     ref_logp: torch.Tensor | None = None  # [b, T] log-probs of the KL reference (explore --kl-coef > 0)
-    rollout_logp: torch.Tensor | None = None  # [b, T] the engine's log-probs of the sampled tokens (when known)
+    # [b, T] the engine's log-probs of the sampled tokens, nan on rows whose engine log-probs are unknown (None: no row
+    # has them)
+    rollout_logp: torch.Tensor | None = None
 
 
 def make_micro_batches(seqs: list[Seq], size: int, pad_id: int, device, balance: bool = True,
@@ -185,24 +189,27 @@ def make_micro_batches(seqs: list[Seq], size: int, pad_id: int, device, balance:
         else:
             ids, attn, mask = right_padded([s.prompt_ids for s in chunk], [s.response_ids for s in chunk], pad_id)
             starts = [len(s.prompt_ids) for s in chunk]
+        lengths = [len(s.response_ids) for s in chunk]
         adv = torch.tensor([s.advantage for s in chunk], dtype=torch.float32)
-        old = response_values([s.old_logp for s in chunk], [len(s.response_ids) for s in chunk], starts, ids.shape)
-        rollout = response_values([s.rollout_logp for s in chunk], [len(s.response_ids) for s in chunk], starts,
-                                  ids.shape)
+        old = response_values([s.old_logp for s in chunk], lengths, starts, ids.shape, missing=None)
+        rollout = response_values([s.rollout_logp for s in chunk], lengths, starts, ids.shape, missing=math.nan)
         out.append(MicroBatch(ids.to(device), attn.to(device), mask.to(device), adv.to(device),
                               old.to(device) if old is not None else None, prompts,
                               rollout_logp=rollout.to(device) if rollout is not None else None))
     return out
 
 
-def response_values(values: list, lengths: list[int], starts: list[int], shape) -> torch.Tensor | None:
-    """Per-token values of each row's response ([b, T] float32, placed at its response columns, 0 elsewhere), or
-    None unless every row has one value per response token."""
-    if not all(v is not None and len(v) == n for v, n in zip(values, lengths)):
+def response_values(values: list, lengths: list[int], starts: list[int], shape, missing: float | None
+                    ) -> torch.Tensor | None:
+    """Per-token values of each row's response ([b, T] float32, placed at its response columns, 0 elsewhere). A row
+    without one value per response token is `missing` throughout (None: then the whole tensor is None); None also
+    when no row has values."""
+    known = [v is not None and len(v) == n for v, n in zip(values, lengths)]
+    if not any(known) or (missing is None and not all(known)):
         return None
     out = torch.zeros(shape, dtype=torch.float32)
-    for j, (v, P, n) in enumerate(zip(values, starts, lengths)):
-        out[j, P:P + n] = torch.tensor(v, dtype=torch.float32)
+    for j, (v, P, n, ok) in enumerate(zip(values, starts, lengths, known)):
+        out[j, P:P + n] = torch.tensor(v, dtype=torch.float32) if ok else missing
     return out
 
 
@@ -227,43 +234,38 @@ def micro_batch_logprobs(model, mb: MicroBatch, temperature: float, with_entropy
 
 # ---------------------------------------------------------------------------------------------------------
 # The RL update (explore.py's train_on_batch): one optimiser update per mini-batch, gradients accumulated over its
-# micro-batches. Under torchrun (FSDP2) every rank runs these on its share of the mini-batch: optimizer_update
-# all-reduces `global_tokens` / `global_seqs` and multiplies the loss by the world size (FSDP averages gradients
-# over ranks; the token mean over all ranks needs their sum).
+# micro-batches, the loss a function the stage passes in. Under torchrun (FSDP2) every rank runs these on its share
+# of the mini-batch: optimizer_update all-reduces `global_tokens` / `global_seqs` and multiplies the loss by the
+# world size (FSDP averages gradients over ranks; the token mean over all ranks needs their sum).
+
+# loss_fn(log_probs [b, T] with gradient, micro-batch, global_tokens, global_seqs) -> (this micro-batch's share of the
+# mini-batch loss, stats). The micro-batch carries old_logp (set before the call), adv, mask, rollout_logp, ref_logp.
+# Every stat is a mean over the micro-batch's response tokens (python float); the machinery averages each one over
+# all tokens of the step, whatever its name.
+LossFn = Callable[[torch.Tensor, MicroBatch, float, float], tuple[torch.Tensor, dict[str, float]]]
 
 
-@dataclass
-class LossConfig:
-    eps_low: float = 0.2
-    eps_high: float = 0.28
-    clip_ratio_c: float = 10.0
-    agg: str = "token-mean"
-    temperature: float = 1.0  # log-probs under softmax(logits / T), the distribution that was sampled
-    bf16: bool | None = None  # bf16 autocast; None = lib/train/update.default_bf16
-    kl_coef: float = 0.0  # weight of the KL penalty to the reference (needs every MicroBatch.ref_logp)
-
-
-@dataclass
+@dataclass(frozen=True)
 class UpdateConfig:
-    """One RL step's update: its batching and its loss (explore.update_config builds it from the flags)."""
+    """One RL step's update: its batching and numerics (the loss comes as a function)."""
     mini_batch: int  # prompts, with all their responses, per optimiser update
     micro_batch: int  # sequences per forward / backward
     share_prompt: bool  # each prompt runs once per micro-batch (lib/train/modeling.shared_prompt_logprobs)
     grad_clip: float
-    loss: LossConfig
+    temperature: float = 1.0  # log-probs under softmax(logits / T), the distribution that was sampled
+    bf16: bool | None = None  # bf16 autocast; None = default_bf16
 
 
-def accumulate_gradients(model, mbs: list[MicroBatch], cfg: LossConfig, global_tokens: float,
+def accumulate_gradients(model, mbs: list[MicroBatch], loss_fn: LossFn, cfg: UpdateConfig, global_tokens: float,
                          global_seqs: float, loss_scale: float = 1.0) -> dict:
     """Forward + backward over one mini-batch's micro-batches. Each micro-batch's loss is its share of the
     mini-batch loss (divided by global_tokens / global_seqs, the mini-batch totals), so the accumulated
     gradient equals the one of a single pass over the whole mini-batch. Under data parallelism, pass the
     totals over all ranks and loss_scale = world size (FSDP averages gradients over ranks).
-    Returns sums over the mini-batch (this rank's part): loss (unscaled), token-weighted stats, entropy
-    (when old_logp is None)."""
+    Returns sums over the mini-batch (this rank's part): loss (unscaled), tokens, entropy_sum (when old_logp is
+    None) and every stat of the loss times its micro-batch's token count."""
     device = mbs[0].ids.device
-    out = {"loss": 0.0, "tokens": 0, "clipfrac_high": 0.0, "clipfrac_low": 0.0, "clipfrac_dual": 0.0,
-           "approx_kl": 0.0, "entropy_sum": 0.0, "kl": 0.0}
+    out = {"loss": 0.0, "tokens": 0, "entropy_sum": 0.0}
     for mb in mbs:
         reuse = mb.old_logp is None  # the step's first update: the sampling policy IS the current one
         with autocast(device, cfg.bf16):
@@ -273,26 +275,19 @@ def accumulate_gradients(model, mbs: list[MicroBatch], cfg: LossConfig, global_t
             else:
                 logp = micro_batch_logprobs(model, mb, cfg.temperature)  # [b, T]
         logp = logp.float()
-        old = logp.detach() if reuse else mb.old_logp
-        mb.old_logp = old  # (kept: rollout_probs_diff reads every micro-batch's old log-probs after the updates)
-        loss, st = policy_loss(logp, old, mb.adv, mb.mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
-                               clip_ratio_c=cfg.clip_ratio_c, agg=cfg.agg, global_tokens=global_tokens,
-                               global_seqs=global_seqs)
-        if cfg.kl_coef and mb.ref_logp is not None:  # this micro-batch's share of the mini-batch's KL term
-            kl = kl_loss(logp, mb.ref_logp, mb.mask, cfg.agg, global_tokens, global_seqs)
-            out["kl"] += kl.item()
-            loss = loss + cfg.kl_coef * kl
+        if reuse:  # (kept: rollout_probs_diff reads every micro-batch's old log-probs after the updates)
+            mb.old_logp = logp.detach()
+        loss, stats = loss_fn(logp, mb, global_tokens, global_seqs)
         (loss * loss_scale).backward()
         k = int(mb.mask.sum())
         out["loss"] += loss.item()
         out["tokens"] += k
-        if k:  # (an empty padding micro-batch has no stats)
-            for name in ("clipfrac_high", "clipfrac_low", "clipfrac_dual", "approx_kl"):
-                out[name] += st[name] * k  # stats are means over this micro-batch's tokens
+        for name, v in stats.items():  # (an empty padding micro-batch weighs 0; its stats may be nan)
+            out[name] = out.get(name, 0.0) + (v * k if k else 0.0)
     return out
 
 
-def optimizer_update(model, optimizer, mbs: list[MicroBatch], cfg: LossConfig, grad_clip: float) -> dict:
+def optimizer_update(model, optimizer, mbs: list[MicroBatch], loss_fn: LossFn, cfg: UpdateConfig) -> dict:
     """One optimiser update on one mini-batch. A non-finite loss or gradient skips the update (the weights
     and the optimizer state stay as they were) and reports skipped=True."""
     optimizer.zero_grad(set_to_none=True)
@@ -300,14 +295,13 @@ def optimizer_update(model, optimizer, mbs: list[MicroBatch], cfg: LossConfig, g
     global_seqs = float(sum(int((mb.mask.sum(-1) > 0).sum()) for mb in mbs))
     if dist.is_distributed():  # the mini-batch is spread over the ranks: normalise by its total over all
         global_tokens, global_seqs = dist.all_reduce_sum([global_tokens, global_seqs])
-    st = accumulate_gradients(model, mbs, cfg, global_tokens, global_seqs, loss_scale=dist.loss_scale())
+    st = accumulate_gradients(model, mbs, loss_fn, cfg, global_tokens, global_seqs, loss_scale=dist.loss_scale())
     if dist.is_distributed():  # the whole mini-batch's sums, the same on every rank (so is the skip decision)
-        keys = ["loss", "tokens", "clipfrac_high", "clipfrac_low", "clipfrac_dual", "approx_kl", "entropy_sum",
-                "kl"]
+        keys = sorted(st)  # (every rank ran the same loss on at least one micro-batch: the same keys)
         st.update(zip(keys, dist.all_reduce_sum([st[k] for k in keys])))
         st["tokens"] = int(st["tokens"])
     # clip_grad_norm_ returns the norm BEFORE clipping: the number the paper's stability claim is about
-    grad_norm = dist.clip_grad_norm(model.parameters(), grad_clip)
+    grad_norm = dist.clip_grad_norm(model.parameters(), cfg.grad_clip)
     st["grad_norm"] = grad_norm
     st["skipped"] = not (math.isfinite(st["loss"]) and math.isfinite(grad_norm))
     if st["skipped"]:
@@ -315,6 +309,57 @@ def optimizer_update(model, optimizer, mbs: list[MicroBatch], cfg: LossConfig, g
     else:
         optimizer.step()
     return st
+
+
+MACHINERY = ("loss", "tokens", "entropy_sum", "grad_norm", "skipped")  # optimizer_update's own keys; the rest: stats
+
+
+def rl_update(model, optimizer, groups: list[list[Seq]], cfg: UpdateConfig, loss_fn: LossFn, pad_id: int, device,
+              ref=None) -> dict:
+    """One RL step's updates: the step's groups (each a prompt's sequences, advantages set) in mini-batches of
+    cfg.mini_batch groups, one optimiser update each. Under torchrun `groups` is the same list on every rank; each
+    rank takes a contiguous share of every mini-batch's groups (still one update per mini-batch, over all ranks'
+    shares). ref: the frozen KL reference, whose log-probs fill every micro-batch's ref_logp.
+    Returns the step's numbers: updates, skipped_updates (and skipped_flags, one per update), pg_loss (mean over
+    updates), entropy, grad_norm (mean) / grad_norm_max (pre-clip), train_tokens, rollout_probs_diff_mean / _max, and
+    every stat the loss returned, averaged over the step's tokens."""
+    minis = [[s for grp in dist.shard(groups[i:i + cfg.mini_batch]) for s in grp]
+             for i in range(0, len(groups), cfg.mini_batch)]
+    plans = [make_micro_batches(m, cfg.micro_batch, pad_id, device, share_prompt=cfg.share_prompt) if m else []
+             for m in minis]
+    plans = equal_passes(plans, lambda: empty_micro_batch(pad_id, device, cfg.share_prompt))  # (FSDP)
+    model.train()
+    if ref is not None:  # the reference's log-probs, through the update's forward and micro-batches
+        for mbs in plans:
+            fill_ref_logprobs(ref, mbs, cfg.temperature, cfg.bf16)
+    # Old log-probs of mini-batches 2, 3, ... are scored now, before the first update changes the weights.
+    # Mini-batch 1 needs no extra forward: its update runs on exactly these weights, so it reuses its own
+    # detached log-probs (the same numbers a separate pass would give: ratio exactly 1 on every token).
+    ent_sum = ent_tok = 0.0
+    for mbs in plans[1:]:
+        e, k = fill_old_logprobs(model, mbs, cfg.temperature, cfg.bf16)
+        ent_sum, ent_tok = ent_sum + e, ent_tok + k
+    if dist.is_distributed() and len(plans) > 1:
+        ent_sum, ent_tok = dist.all_reduce_sum([ent_sum, ent_tok])
+    results = [optimizer_update(model, optimizer, mbs, loss_fn, cfg) for mbs in plans]
+    gap = rollout_probs_diff([mb for mbs in plans for mb in mbs])  # engine vs trainer, every trained token
+    n_tok = sum(x["tokens"] for x in results)
+    if results:  # mini-batch 1's entropy came from its update's forward (already summed over ranks)
+        ent_sum, ent_tok = ent_sum + results[0]["entropy_sum"], ent_tok + results[0]["tokens"]
+    norms = [x["grad_norm"] for x in results]
+    stats = sorted({k for x in results for k in x} - set(MACHINERY))
+    return {
+        "updates": len(results),
+        "skipped_updates": sum(x["skipped"] for x in results),
+        "skipped_flags": [x["skipped"] for x in results],
+        "pg_loss": sum(x["loss"] for x in results) / max(1, len(results)),
+        "entropy": ent_sum / ent_tok if ent_tok else float("nan"),
+        "grad_norm": sum(norms) / max(1, len(norms)),
+        "grad_norm_max": max(norms) if norms else 0.0,
+        "train_tokens": n_tok,
+        **{k: sum(x.get(k, 0.0) for x in results) / (n_tok or 1) for k in stats},
+        **gap,
+    }
 
 
 @torch.no_grad()
@@ -345,7 +390,8 @@ def rollout_probs_diff(mbs: list[MicroBatch]) -> dict:
     for mb in mbs:
         if mb.rollout_logp is None or mb.old_logp is None:
             continue
-        d = (mb.rollout_logp.exp() - mb.old_logp.float().exp()).abs()[mb.mask]  # [tokens]
+        known = mb.mask & torch.isfinite(mb.rollout_logp)  # [b, T] (a replayed response has no engine log-probs)
+        d = (mb.rollout_logp.exp() - mb.old_logp.float().exp()).abs()[known]  # [tokens]
         if d.numel():
             total, worst, n = total + d.sum().item(), max(worst, d.max().item()), n + d.numel()
     if dist.is_distributed():
