@@ -165,7 +165,7 @@ def run(args):
     device = dist.device(args.device)
     if args.bf16 is None:
         args.bf16 = train.default_bf16(device)
-    load_device = train.load_device(device)  # FSDP moves only this rank's shard to the GPU
+    load_device = train.load_device(device)  # under FSDP a skeleton: each rank reads only its shard (prepare)
     model_path = dist.main_first(lambda: toy.resolve(args.model, "model"))  # ('toy' may build the base: rank 0 first)
     model, tok = load_policy(model_path, device=load_device, trust_remote_code=args.trust_remote_code)
     native = int(getattr(model.config, "max_position_embeddings", 0) or 0)

@@ -1,5 +1,6 @@
-"""footprint.py — an ESTIMATE, on paper, of what a full run of the recipe needs: GPU memory per rank, the disk every
-file of the run takes, and GPU-hours per RL step and for the whole loop, with the arithmetic shown.
+"""footprint.py — an ESTIMATE, on paper, of what a full run of the recipe needs: GPU memory per rank, host memory per
+node, the disk every file of the run takes, and GPU-hours per RL step and for the whole loop, with the arithmetic
+shown.
 
 The run's values are the recipe's own: the script reads `bash recipes/qwen2.5-math-7b-dapo.sh --vars` under the same
 environment, so `PRESET=...`, `NPROC=4`, `KEEP_CHECKPOINTS=all` change them exactly as they change the recipe. The
@@ -80,6 +81,8 @@ class Recipe:
     bench_n: int
     rft_epochs: int
     max_per_problem: int
+    backend: str
+    sleep_mode: bool
 
     @classmethod
     def from_vars(cls, v: dict) -> Recipe:
@@ -89,7 +92,8 @@ class Recipe:
                    i("MAX_GEN_BATCHES"), i("N_SAMPLES"), i("MAX_PROMPT_LEN"), i("MAX_NEW_TOKENS"), i("MINI_BATCH"),
                    i("MICRO_BATCH"), bool(i("BF16")), bool(i("GRAD_CKPT")), float(v["GPU_MEM"]), i("TP"),
                    v["EVAL_BENCHMARKS"], i("EVAL_EVERY"), bool(i("EVAL_BEFORE_TRAIN")), i("EVAL_N_SAMPLES"),
-                   v["BENCHMARKS"], i("BENCH_N_SAMPLES"), i("RFT_EPOCHS"), i("MAX_PER_PROBLEM"))
+                   v["BENCHMARKS"], i("BENCH_N_SAMPLES"), i("RFT_EPOCHS"), i("MAX_PER_PROBLEM"), v["BACKEND"],
+                   bool(i("SLEEP_MODE")))
 
 
 def recipe_vars(preset: str | None = None, env: dict | None = None) -> dict:
@@ -183,8 +187,6 @@ def main(argv=None) -> int:
     g.add_argument("--hard-share", type=float, default=0.15,
                    help="share of problems the filter keeps (0 < success < THRESHOLD, at least one success)")
     g.add_argument("--bench-problems", type=int, default=500, help="problems of a benchmark of unknown size")
-    g.add_argument("--eval-gpus", type=int, default=1,
-                   help="GPUs an evaluation uses (loop.sh runs evaluate.py as one process)")
     args = p.parse_args(argv)
     print(report(Recipe.from_vars(recipe_vars(args.preset)),
                  json.load(open(args.config)) if args.config else QWEN25_MATH_7B, args))
@@ -247,6 +249,27 @@ def report(r: Recipe, c: dict, a) -> str:
     say(f"  the larger peak, {gb(max(train_peak, gen_peak))}, {'fits' if fits else 'does NOT fit'} in "
         f"{a.gpu_gb:g} GB; GPU_MEM up to {(a.gpu_gb * GB - 12 * P / R) / (a.gpu_gb * GB):.2f} fits beside the "
         f"resident trainer (CUDA context and fragmentation not counted)")
+
+    # --- host memory per node ---
+    from lib.train.shardload import CHUNK_BYTES
+
+    say(f"\nhost memory per node ({R} ranks; the processes themselves, interpreter, torch, CUDA, not counted):")
+    host = [("load for FSDP: each rank reads its shard onto its GPU", R * 2 * CHUNK_BYTES,
+             f"{R} x at most 2 x {CHUNK_BYTES / 2**20:.0f} MiB in flight: file rows + their cast "
+             f"(lib/train/shardload)"),
+            ("  a folder without safetensors: every rank, all of it", R * 4 * P, f"{R} x 4 B x P"),
+            ("trainer, resident: master weights, gradients, AdamW", 0, "FSDP2 shards, on the GPUs")]
+    offload = R / r.tp * 2 * P if r.backend == "vllm" and r.sleep_mode else 0
+    if offload:
+        host += [("vLLM asleep in the update (level 1): bf16 weights", offload,
+                  f"{R} ranks / TP {r.tp} = {R // r.tp} engines x 2 B x P, pinned")]
+    host += [("checkpoint save: the full fp32 weights on rank 0", 4 * P,
+              f"4 B x P, every {r.save_every} steps" + (" (vLLM awake by then)" if offload else ""))]
+    for name, b, how in host:
+        say(f"  {name:<{W}} {gb(b):>10}   {how}")
+    peak = max(R * 2 * CHUNK_BYTES, offload, 4 * P)
+    say(f"  {'peak':<{W}} {gb(peak):>10}" + (f"   {gb(offload + 4 * P)} if torch's pinned-memory cache keeps vLLM's "
+                                             f"offload buffers after it wakes" if offload else ""))
 
     # --- rollouts, disk ---
     batches = gen_batches(r, a.kept_share)
@@ -323,9 +346,9 @@ def report(r: Recipe, c: dict, a) -> str:
         f"{f' + vanilla {(r.iters - 1) * r.rl_steps} beyond its copy' if r.vanilla else ''}) {steps_h:,.0f} GPU-h; "
         f"RFT {rft_h:,.0f} GPU-h ({r.iters} x {r.rft_epochs} epochs x {rft_records:,.0f} sequences); "
         f"{n_evals} evaluations {ev_h:,.0f} GPU-h")
-    wall = (steps_h + rft_h) / R + ev_h / a.eval_gpus
+    wall = (steps_h + rft_h + ev_h) / R
     say(f"  {steps_h + rft_h + ev_h:,.0f} GPU-h; wall-clock on one node of {R} GPUs: {wall:,.0f} h = {wall / 24:.1f} "
-        f"days (evaluations on {a.eval_gpus} GPU{'s' if a.eval_gpus > 1 else ''}, the rest on {R})")
+        f"days (explore, consolidate and evaluate under torchrun on all {R})")
     return "\n".join(out)
 
 

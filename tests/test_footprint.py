@@ -2,6 +2,7 @@
 recipe itself (both presets), and docs/full-scale.md's pasted output equal to what the command prints."""
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def test_small_formulas_by_hand():
 def assumptions(**kw):
     a = dict(gpu_gb=80.0, peak_tflops=989.0, mfu=0.3, gen_mfu=0.1, response_frac=0.25, prompt_tokens=200.0,
              kept_share=0.5, acc=0.5, text_bytes=3.5, ids_bytes=7.0, problems=17917, hard_share=0.15,
-             bench_problems=500, eval_gpus=1, config="")
+             bench_problems=500, config="")
     return argparse.Namespace(**{**a, **kw})
 
 
@@ -64,16 +65,42 @@ def test_report_figures_by_hand():
     assert text.startswith("ESTIMATE (arithmetic, not a measurement; nothing here has run on a GPU)")
     P = 7_615_616_512
     lines = {line.split("  ")[1].strip() if line.startswith("  ") else line: line for line in text.splitlines()}
-    assert f"{4 * P / 8 / 1e9:.1f} GB" == "3.8 GB" and "3.8 GB   4 B x 7,615,616,512 / 8" in lines["fp32 master weights"]
+    assert f"{4 * P / 8 / 1e9:.1f} GB" == "3.8 GB"
+    assert "3.8 GB   4 B x 7,615,616,512 / 8" in lines["fp32 master weights"]
     # KV cache per token: K and V x 28 layers x 4 heads x 128 x 2 B = 57,344 B
     assert "57.3 kB/token" in text
     # 1,200 explore steps (3 x 200 + vanilla 600) x 16,384 responses x 15,287 B (record_overhead() = 251 B)
     assert fp.record_overhead() == 251
     assert f"{1200 * 16384 * 15287 / 1e9:,.1f} GB" in lines["rollouts.jsonl of every explore run (vanilla's: a copy)"]
     # weights: each iteration's newest fp32 (4P) + vanilla's 200 and 400 in bf16 (2P each) and 600 in fp32
-    assert f"{(3 * 4 * P + 2 * 2 * P + 4 * P) / 1e9:,.1f} GB" == "152.3 GB" and "152.3 GB" in lines["checkpoint weights"]
+    assert f"{(3 * 4 * P + 2 * 2 * P + 4 * P) / 1e9:,.1f} GB" == "152.3 GB"
+    assert "152.3 GB" in lines["checkpoint weights"]
     assert f"{4 * 8 * P / 1e9:,.1f} GB" in lines["resume states: AdamW, the newest folder of a run"]
     assert "1,000 RL steps (3 x 200 + vanilla 400 beyond its copy)" in text
+    # evaluate runs under torchrun on every GPU of the node, as explore and consolidate do: all GPU-hours over 8
+    assert f"3,011 GPU-h; wall-clock on one node of 8 GPUs: {3011 / 8:,.0f} h" in text
+    assert "(explore, consolidate and evaluate under torchrun on all 8)" in text
+
+
+def test_host_memory_per_node_by_hand():
+    P = 7_615_616_512
+    text = fp.report(recipe(), fp.QWEN25_MATH_7B, assumptions())
+    host = text.split("host memory per node (8 ranks", 1)[1].split("\n\n", 1)[0]
+    lines = {re.split(r"\s{2,}", line.strip())[0]: line for line in host.splitlines()[1:]}
+    # each of 8 ranks holds at most a 32 MiB chunk of the file's rows and its cast in flight; the fallback: 8 copies
+    assert "0.5 GB" in lines["load for FSDP: each rank reads its shard onto its GPU"] and 8 * 2 * 2**25 / 1e9 < 0.55
+    assert f"{8 * 4 * P / 1e9:,.1f} GB" == "243.7 GB" in lines["a folder without safetensors: every rank, all of it"]
+    assert "0.0 GB" in lines["trainer, resident: master weights, gradients, AdamW"]
+    # vLLM level-1 sleep: every engine's bf16 weights in host memory (TP 1: 8 engines of 2 B x P)
+    assert f"{8 * 2 * P / 1e9:,.1f} GB" == "121.8 GB" in lines["vLLM asleep in the update (level 1): bf16 weights"]
+    assert f"{4 * P / 1e9:,.1f} GB" == "30.5 GB" in lines["checkpoint save: the full fp32 weights on rank 0"]
+    assert "121.8 GB   152.3 GB if" in lines["peak"]
+    tp2 = fp.report(recipe(TP="2"), fp.QWEN25_MATH_7B, assumptions())
+    assert "60.9 GB   8 ranks / TP 2 = 4 engines" in tp2
+    for env in ({"SLEEP_MODE": "0"}, {"BACKEND": "hf"}):  # nothing offloaded: the checkpoint gather is the peak
+        other = fp.report(recipe(**env), fp.QWEN25_MATH_7B, assumptions())
+        assert "vLLM asleep in the update (level 1)" not in other
+        assert [line for line in other.splitlines() if line.strip().startswith("peak ")][-1].strip().endswith("30.5 GB")
 
 
 def test_the_page_shows_what_the_command_prints():

@@ -6,8 +6,8 @@ gathering what a checkpoint needs. One concern: how N processes agree; the stage
 
 `init()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK): NCCL when CUDA is present, gloo on CPU.
 Without torchrun (or with a world of one process) nothing is initialised and every helper here is the
-identity: all_reduce returns its input, shard returns the whole list, shard_model does nothing. So a plain
-`python explore.py` runs exactly the single-process code.
+identity: all_reduce returns its input, shard returns the whole list, shard_model leaves a loaded model as it
+is. So a plain `python explore.py` runs exactly the single-process code.
 
 Gradient scaling. FSDP2's reduce-scatter AVERAGES gradients over ranks. The stages normalise each rank's loss
 by the GLOBAL token count (all ranks' tokens), so the exact gradient is the SUM over ranks: they multiply the
@@ -256,9 +256,14 @@ def shard_model(model, dev: torch.device, bf16: bool = False):
     holds 1/N of every parameter (a DTensor sharded on dim 0) and of its optimizer state; a layer's full
     weights exist only during its forward / backward. bf16: all-gather and compute in bf16, reduce gradients
     and keep the master weights (and AdamW states) in fp32 — an lr of 1e-6 is below bf16's resolution.
-    The model is moved to `dev` shard by shard (load it on the CPU first: only 1/N lands on each GPU).
-    No-op in a single process."""
+    A skeleton (modeling.load_policy(path, "meta"), lib/train/shardload) is sharded empty, then each rank reads its
+    shard from the files onto `dev`; a loaded model is moved to `dev` shard by shard (only 1/N lands on each GPU).
+    In a single process only a skeleton changes: its weights are read, whole, onto `dev`."""
+    from lib.train import shardload
+
     if not is_distributed():
+        if shardload.is_skeleton(model):
+            shardload.materialise(model, dev)
         return model
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -270,6 +275,8 @@ def shard_model(model, dev: torch.device, bf16: bool = False):
     for layer in decoder_layers(model):
         fully_shard(layer, **kw)
     fully_shard(model, **kw)
+    if shardload.is_skeleton(model):
+        shardload.materialise(model, dev)
     return model
 
 

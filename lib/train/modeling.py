@@ -6,6 +6,7 @@ through these functions, so "log-prob of a token" means the same thing everywher
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -64,13 +65,25 @@ def load_config(spec: str, trust_remote_code: bool = False):
 
 def load_policy(spec: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                 trust_remote_code: bool = False):
-    """(model, tokenizer) from a local folder or a hub id. Errors name the path and what is missing."""
+    """(model, tokenizer) from a local folder or a hub id. Errors name the path and what is missing.
+
+    The model is loaded on the CPU, then moved to `device`, except where many ranks would each hold a whole copy on
+    the host (lib/train/shardload reads the safetensors files instead):
+      "meta"                  (a policy FSDP will shard) the model's skeleton, whose weights stay in their files until
+                              dist.shard_model (update.prepare) shards it: each rank then reads only its shard
+      a GPU, under torchrun   (an HF engine per rank) the weights read onto the GPU a chunk of rows at a time
+    A folder whose files the skeleton cannot read (no safetensors, renamed keys) loads as from_pretrained loads it,
+    on the CPU (for "meta": the whole model on every rank, as FSDP's input), and one line on stderr says so."""
     path = str(spec)
     _check_folder(path)  # a wrong path fails in a blink, not after two seconds of importing transformers
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    from lib.train import dist, shardload
+
+    dev = torch.device(device)
+    direct = dev.type == "meta" or (dev.type == "cuda" and dist.is_distributed())
     hf_logging.disable_progress_bar()  # no "Loading weights" bars in every stage's log
     # transformers only *warns* (a multi-line report) when weights are missing and then initialises them at
     # random: a policy that silently is not the one on disk. We silence the report and fail on it instead.
@@ -78,19 +91,29 @@ def load_policy(spec: str, device: torch.device | str = "cpu", dtype: torch.dtyp
     hf_logging.set_verbosity_error()
     try:
         tok = load_tokenizer(path, trust_remote_code)
-        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                           output_loading_info=True)
+        model, why = (shardload.skeleton(path, load_config(path, trust_remote_code), dtype, trust_remote_code)
+                      if direct else (None, ""))
+        if model is None:
+            model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                               output_loading_info=True)
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         # OSError: missing files / hub; ValueError: bad JSON; SafetensorError: truncated weights;
         # RuntimeError: weights whose shapes do not match config.json
         raise _load_error(path, e) from None
     finally:
         hf_logging.set_verbosity(verbosity)
+    if shardload.is_skeleton(model):
+        if dev.type != "meta":
+            shardload.materialise(model, dev)
+        return model, tok
+    if why and dist.is_main():
+        print(f"{path}: every rank loads the whole model on its CPU ({why})", file=sys.stderr)
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         raise UserError(f"{path}: cannot load model ({len(missing)} weights missing from the checkpoint, "
                         f"e.g. {missing[0]})")
-    model.to(device)
+    if dev.type != "meta":
+        model.to(dev)
     return model, tok
 
 

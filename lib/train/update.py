@@ -43,9 +43,9 @@ def add_trainer_args(p, device_help: str = "cpu / cuda / auto") -> None:
 
 
 def load_device(device: torch.device) -> torch.device | str:
-    """Where to load a policy for training: the CPU under FSDP (shard_model then moves only this rank's shard to
-    the device), else the device itself."""
-    return "cpu" if dist.is_distributed() else device
+    """Where to load a policy for training: under FSDP the meta device (a skeleton: prepare shards it and each rank
+    reads only its shard from the files onto the device, lib/train/shardload), else the device itself."""
+    return "meta" if dist.is_distributed() else device
 
 
 def prepare(model, device: torch.device, bf16: bool, grad_checkpointing: bool = False) -> None:
@@ -404,8 +404,8 @@ def rollout_probs_diff(mbs: list[MicroBatch]) -> dict:
 def frozen_reference(path: str, device: torch.device, bf16: bool, overrides: dict | None = None,
                      trust_remote_code: bool = False):
     """A frozen copy of the policy at `path` (the KL reference of explore.py --kl-coef and consolidate.py --kl-coef):
-    loaded on the CPU under FSDP, the context overrides applied as to the policy, no gradient, then sharded like the
-    policy (a rank never holds two unsharded copies; no optimizer state)."""
+    under FSDP a skeleton, the context overrides applied as to the policy, no gradient, then sharded like the policy
+    (each rank reads only its shard; no optimizer state)."""
     from lib.train.modeling import extend_context, load_policy
 
     ref = load_policy(path, device=load_device(device), trust_remote_code=trust_remote_code)[0]
