@@ -255,7 +255,7 @@ def run(cfg: setup.Config, reward_fn: RewardFn | None = None, engine_fn: Callabl
 
 
 def get_args(argv=None) -> setup.Config:
-    return setup.get_args(argv, doc=__doc__, losses=tuple(LOSSES))
+    return setup.get_args(argv, doc=__doc__, losses=LOSSES)
 
 
 def main(argv=None, *, reward_fn: RewardFn | None = None, engine_fn: Callable | None = None):

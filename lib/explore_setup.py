@@ -90,8 +90,10 @@ FREE_ON_RESUME = {"resume", "out", "rl_steps", "save_every", "device", "backend"
                   "keep_checkpoints", "config", "logger", *validation.FLAGS}
 
 
-def get_args(argv=None, *, doc: str | None = None, losses: Sequence[str] = ("dapo",)) -> Config:
-    """explore.py's flags (doc: its docstring, for --help; losses: the names of its LOSSES) -> the typed config."""
+def get_args(argv=None, *, doc: str | None = None, losses: dict[str, Callable] | None = None) -> Config:
+    """explore.py's flags (doc: its docstring, for --help; losses: its LOSSES, each listed in --help by its
+    docstring's first sentence) -> the typed config."""
+    losses = losses or {"dapo": None}
     p = cli.make_parser(doc)
     B = argparse.BooleanOptionalAction
     g = p.add_argument_group("run").add_argument
@@ -137,8 +139,8 @@ def get_args(argv=None, *, doc: str | None = None, losses: Sequence[str] = ("dap
     g("--overlong-factor", type=float, default=1.0, help="penalty at the cap (DAPO: 1.0)")
     g = p.add_argument_group("loss").add_argument
     g("--loss", default="dapo", choices=list(losses),
-      help="the policy loss (explore.py's LOSSES): dapo = DAPO's token-level clipped surrogate (clip-higher, dual "
-           "clip)")
+      help="the policy loss, a key of explore.py's LOSSES: " + "; ".join(f"{k} = {first_sentence(fn)}"
+                                                                         for k, fn in losses.items()))
     g("--clip-higher", action=B, default=True,
       help="decoupled clip range; --no-clip-higher uses eps_low on both sides (PPO/GRPO)")
     g("--eps-low", type=float, default=0.2, help="lower clip: ratio >= 1 - eps_low (DAPO: 0.2)")
@@ -179,6 +181,12 @@ def get_args(argv=None, *, doc: str | None = None, losses: Sequence[str] = ("dap
     args = p.parse_args(argv)
     check_args(args)
     return config(vars(args))
+
+
+def first_sentence(fn) -> str:
+    """A function's docstring up to its first full stop, on one line (--help's words for a loss)."""
+    text = " ".join((getattr(fn, "__doc__", None) or "").split())
+    return text.split(". ")[0].rstrip(".") if text else ""
 
 
 def check_args(args: argparse.Namespace) -> None:
