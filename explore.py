@@ -119,8 +119,34 @@ def token_terms(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, ma
     return m, A, log_ratio
 
 
+def gspo_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, mask: Tensor, eps_low: float = 0.2,
+              eps_high: float = 0.28, clip_ratio_c: float = 10.0, agg: str = "token-mean",
+              global_tokens: float | Tensor | None = None, global_seqs: float | Tensor | None = None,
+              rollout_is_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    """GSPO (arXiv 2507.18071), as verl's compute_policy_loss_gspo: one ratio per sequence, the geometric mean of its
+    token ratios s = exp(mean_t log r_t), clipped PPO-style (no dual clip: clip_ratio_c is unused); every token
+    carries s in value and its own log-prob's gradient. The paper clips far tighter than DAPO (--eps-low 3e-4
+    --eps-high 4e-4) and aggregates per sequence (--loss-agg seq-mean-token-mean)."""
+    m, A, log_ratio = token_terms(log_probs, old_log_probs, advantages, mask)
+    seq_log_ratio = log_ratio.sum(-1) / m.sum(-1).clamp(min=1)  # [B] log s
+    logp = torch.where(m, log_probs.to(log_ratio.dtype), torch.zeros_like(log_ratio))
+    log_s = (logp - logp.detach() + seq_log_ratio.detach()[:, None]).clamp(max=10.0)  # value log s, grad d logp
+    s = torch.exp(log_s)  # [B, T]
+    pg_unclipped, pg_clipped = -A * s, -A * s.clamp(1.0 - eps_low, 1.0 + eps_high)
+    pg = torch.maximum(pg_unclipped, pg_clipped)
+    if rollout_is_weights is not None:
+        pg = pg * rollout_is_weights
+    with torch.no_grad():
+        clipped = pg_clipped > pg_unclipped
+        stats = {"clipfrac_high": masked_mean((clipped & (A > 0)).float(), m).item(),
+                 "clipfrac_low": masked_mean((clipped & (A < 0)).float(), m).item(),
+                 "approx_kl": masked_mean(-log_ratio, m).item()}
+    return aggregate(pg, m, agg, global_tokens, global_seqs), stats
+
+
 LOSSES: dict[str, Callable[..., tuple[Tensor, dict[str, float]]]] = {  # --loss NAME: policy_loss's signature
     "dapo": policy_loss,
+    "gspo": gspo_loss,
 }
 
 

@@ -211,6 +211,25 @@ def test_train_on_batch_scores_old_log_probs_once_per_mini_batch_after_the_first
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("loss", sorted(explore.LOSSES))
+def test_every_loss_trains(tiny_model_dir, loss):
+    """--loss NAME runs the whole update: the weights move, the loss's stats reach the step's numbers."""
+    vocab = load_model(tiny_model_dir).config.vocab_size
+    seqs = grouped_seqs(vocab, groups=4, n=3)
+    groups = [explore.Group(None, seqs[i].prompt_ids, [Completion(s.response_ids, [], "", "stop")
+                                                        for s in seqs[i:i + 3]], [1.0, -1.0, 1.0], [], [])
+              for i in range(0, 12, 3)]
+    cfg = explore.get_args(["--loss", loss, "--prompts-per-step", "4", "--mini-batch", "2", "--micro-batch", "4"])
+    model = load_model(tiny_model_dir)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    st = explore.train_on_batch(model, opt, groups, cfg.update, cfg.loss, pad_id=0, device="cpu")
+    assert st["updates"] == 2 and st["skipped_updates"] == 0 and st["grad_norm"] > 0
+    assert {"clipfrac_high", "clipfrac_low", "approx_kl"} <= st.keys()
+    assert st["approx_kl"] != 0  # the second update sees ratios != 1
+    before = load_model(tiny_model_dir)
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), before.parameters()))
+
+
 @pytest.mark.parametrize("share", [False, True])
 def test_first_update_sees_ratio_one(tiny_model_dir, share):
     model = load_model(tiny_model_dir)

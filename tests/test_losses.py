@@ -242,7 +242,7 @@ def test_micro_batches_without_global_tokens_differ_documenting_bug():
 # -----------------------------------------------------------------------------
 # every loss equals verl 0.9.1's own function, in value and gradient (tests/verl_reference.py)
 
-VERL_NAMES = {"dapo": "compute_policy_loss_vanilla"}  # --loss NAME -> verl's function
+VERL_NAMES = {"dapo": "compute_policy_loss_vanilla", "gspo": "compute_policy_loss_gspo"}  # --loss NAME -> verl's function
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +285,16 @@ def test_loss_equals_verl(verl, name, agg, seed):
     torch.testing.assert_close(ours, ref, rtol=rtol, atol=0.0)
     torch.testing.assert_close(ours_lp.grad, verl_lp.grad, rtol=rtol, atol=1e-15)
     assert ours_lp.grad.abs().sum() > 0
+
+
+def test_gspo_clips_whole_sequences():
+    # row 0: every token's ratio e^0.5, so s = e^0.5 > 1.28 with A > 0: the whole sequence is clipped, no gradient;
+    # row 1: token ratios e^0.1 and e^-0.1 (its third token is padding), s = 1: unclipped, gradient -A s / N
+    lp = torch.zeros(2, 3, dtype=D, requires_grad=True)
+    old = -torch.tensor([[0.5, 0.5, 0.5], [0.1, -0.1, 7.0]], dtype=D)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    loss, st = explore.LOSSES["gspo"](lp, old, torch.tensor([1.0, 1.0], dtype=D), mask)
+    loss.backward()
+    assert lp.grad[0].abs().sum() == 0 and lp.grad[1].tolist() == pytest.approx([-1 / 5, -1 / 5, 0.0])
+    assert loss.item() == pytest.approx(-(3 * 1.28 + 2 * 1.0) / 5)
+    assert st["clipfrac_high"] == pytest.approx(3 / 5) and st["clipfrac_low"] == 0.0
