@@ -144,9 +144,32 @@ def gspo_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, mask
     return aggregate(pg, m, agg, global_tokens, global_seqs), stats
 
 
+def cispo_loss(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, mask: Tensor, eps_low: float = 0.2,
+               eps_high: float = 0.28, clip_ratio_c: float = 10.0, agg: str = "token-mean",
+               global_tokens: float | Tensor | None = None, global_seqs: float | Tensor | None = None,
+               rollout_is_weights: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    """CISPO (MiniMax-M1, arXiv 2506.13585), as verl's compute_policy_loss_cispo: REINFORCE on every token,
+    -sg(clip(r, 1 - eps_low, 1 + eps_high)) A log pi, the clipped ratio a stop-gradient weight: a clipped token still
+    contributes gradient (PPO's clip silences it). clip_ratio_c is unused."""
+    m, A, log_ratio = token_terms(log_probs, old_log_probs, advantages, mask)
+    log_ratio = log_ratio.clamp(-20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    weight = ratio.clamp(1.0 - eps_low, 1.0 + eps_high).detach()
+    logp = torch.where(m, log_probs.to(log_ratio.dtype), torch.zeros_like(log_ratio))
+    pg = -weight * A * logp
+    if rollout_is_weights is not None:
+        pg = pg * rollout_is_weights
+    with torch.no_grad():
+        stats = {"clipfrac_high": masked_mean((ratio > 1.0 + eps_high).float(), m).item(),
+                 "clipfrac_low": masked_mean((ratio < 1.0 - eps_low).float(), m).item(),
+                 "approx_kl": masked_mean(-log_ratio, m).item()}
+    return aggregate(pg, m, agg, global_tokens, global_seqs), stats
+
+
 LOSSES: dict[str, Callable[..., tuple[Tensor, dict[str, float]]]] = {  # --loss NAME: policy_loss's signature
     "dapo": policy_loss,
     "gspo": gspo_loss,
+    "cispo": cispo_loss,
 }
 
 

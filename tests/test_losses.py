@@ -242,7 +242,8 @@ def test_micro_batches_without_global_tokens_differ_documenting_bug():
 # -----------------------------------------------------------------------------
 # every loss equals verl 0.9.1's own function, in value and gradient (tests/verl_reference.py)
 
-VERL_NAMES = {"dapo": "compute_policy_loss_vanilla", "gspo": "compute_policy_loss_gspo"}  # --loss NAME -> verl's function
+VERL_NAMES = {"dapo": "compute_policy_loss_vanilla", "gspo": "compute_policy_loss_gspo",
+              "cispo": "compute_policy_loss_cispo"}  # --loss NAME -> verl's function
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +299,14 @@ def test_gspo_clips_whole_sequences():
     assert lp.grad[0].abs().sum() == 0 and lp.grad[1].tolist() == pytest.approx([-1 / 5, -1 / 5, 0.0])
     assert loss.item() == pytest.approx(-(3 * 1.28 + 2 * 1.0) / 5)
     assert st["clipfrac_high"] == pytest.approx(3 / 5) and st["clipfrac_low"] == 0.0
+
+
+def test_cispo_keeps_the_gradient_of_clipped_tokens():
+    # ratio e^0.5 > 1.28 with A > 0: PPO's clip silences the token, CISPO weighs its log-prob gradient by 1.28
+    lp = torch.zeros(1, 2, dtype=D, requires_grad=True)
+    old = torch.tensor([[-0.5, 0.0]], dtype=D)  # token ratios e^0.5 (clipped to 1.28) and 1
+    loss, st = explore.LOSSES["cispo"](lp, old, torch.tensor([2.0], dtype=D), torch.ones(1, 2))
+    loss.backward()
+    assert lp.grad[0].tolist() == pytest.approx([-2.0 * 1.28 / 2, -2.0 / 2])
+    assert loss.item() == 0.0  # -w A log pi with log pi = 0
+    assert st["clipfrac_high"] == 0.5 and st["clipfrac_low"] == 0.0
