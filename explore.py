@@ -173,15 +173,43 @@ LOSSES: dict[str, Callable[..., tuple[Tensor, dict[str, float]]]] = {  # --loss 
 }
 
 
+def rollout_correction(old_log_probs: Tensor, rollout_log_probs: Tensor, mask: Tensor, level: str,
+                       threshold: float) -> tuple[Tensor, dict[str, float]]:
+    """Truncated importance weights for the sampler/trainer mismatch, as verl's compute_rollout_correction_weights:
+    the responses were sampled by the engine (bf16, other kernels), the loss assumes the trainer's policy, so every
+    token's loss is weighed by min(pi_trainer / pi_sampler, threshold), per token ("token") or one weight per
+    response, the product over its tokens ("sequence"), repeated along it. pi_trainer: the old log-probs (the
+    training forward before the update). A response with no engine log-probs (nan) weighs 1. -> (weights [B, T],
+    detached, 0 on padding; stats: rollout_is_mean, the mean weight, and rollout_is_truncated, the share truncated)."""
+    m = mask.to(torch.bool)
+    dt = torch.promote_types(old_log_probs.dtype, torch.float32)
+    known = m & torch.isfinite(rollout_log_probs)
+    log_ratio = torch.where(known, old_log_probs.detach().to(dt) - rollout_log_probs.to(dt), 0.0)
+    if level == "sequence":
+        log_ratio = log_ratio.sum(-1, keepdim=True).expand_as(log_ratio)
+    raw = torch.exp(log_ratio.clamp(-20.0, 20.0)) * m  # (verl's safety bound)
+    weights = raw.clamp(max=threshold).detach()
+    stats = {"rollout_is_mean": masked_mean(weights, m).item(),
+             "rollout_is_truncated": masked_mean((raw > threshold).to(dt), m).item()}
+    return weights, stats
+
+
 def micro_batch_loss(cfg: setup.Loss) -> LossFn:
     """The function the update machinery calls on every micro-batch: the --loss variant on its sampled tokens (the
-    micro-batch's share of the mini-batch loss), plus --kl-coef x the KL to the initial policy, aggregated alike."""
+    micro-batch's share of the mini-batch loss), weighed by --rollout-is's correction, plus --kl-coef x the KL to the
+    initial policy, aggregated alike."""
     variant = LOSSES[cfg.loss]
 
     def loss_fn(logp: Tensor, mb: MicroBatch, global_tokens: float, global_seqs: float):
+        weights, is_stats = None, {}
+        if cfg.rollout_is != "none":  # (no engine log-probs at all: every weight 1)
+            rollout = mb.rollout_logp if mb.rollout_logp is not None else torch.full_like(mb.old_logp, torch.nan)
+            weights, is_stats = rollout_correction(mb.old_logp, rollout, mb.mask, cfg.rollout_is,
+                                                   cfg.rollout_is_threshold)
         loss, stats = variant(logp, mb.old_logp, mb.adv, mb.mask, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
                               clip_ratio_c=cfg.clip_ratio_c, agg=cfg.agg, global_tokens=global_tokens,
-                              global_seqs=global_seqs)
+                              global_seqs=global_seqs, rollout_is_weights=weights)
+        stats.update(is_stats)
         if cfg.kl_coef:  # (mb.ref_logp: the frozen initial policy's log-probs)
             kl = kl_penalty(logp, mb.ref_logp)  # [b, T]
             loss = loss + cfg.kl_coef * aggregate(kl, mb.mask, cfg.agg, global_tokens, global_seqs)

@@ -10,7 +10,7 @@ import argparse
 import re
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +71,8 @@ class Loss:
     clip_ratio_c: float
     agg: str  # lib/algo/dapo.aggregate's mode
     kl_coef: float  # 0 = no KL term (DAPO)
+    rollout_is: str  # "none" | "token" | "sequence": explore.rollout_correction's level
+    rollout_is_threshold: float  # its truncation
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,12 @@ def get_args(argv=None, *, doc: str | None = None, losses: dict[str, Callable] |
     g("--kl-coef", type=float, default=0.0,
       help="weight of a KL penalty to the run's initial policy (verl's low_var_kl per token, aggregated like the "
            "policy loss); 0 = off, as DAPO (> 0 keeps a frozen second copy of the policy)")
+    g("--rollout-is", default="none", choices=["none", "token", "sequence"],
+      help="sampler/trainer mismatch correction (explore.rollout_correction, verl's rollout correction): the loss "
+           "of every token times the truncated importance weight pi_trainer / pi_sampler of its token (token) or of "
+           "its whole response (sequence); none = DAPO as published")
+    g("--rollout-is-threshold", type=float, default=2.0,
+      help="--rollout-is: weights above it are truncated to it (truncated importance sampling)")
     o = p.add_argument_group("optimisation")
     g = o.add_argument
     g("--mini-batch", type=int, default=16,
@@ -194,7 +202,7 @@ def check_args(args: argparse.Namespace) -> None:
     tracking.parse_loggers(args.logger)  # an unknown name or a missing package: one line, now
     validation.check_args(args)
     cli.check_positive(args, "rl_steps", "save_every", "prompts_per_step", "n_samples", "max_new_tokens", "mini_batch",
-                       "micro_batch", "max_nonfinite")
+                       "micro_batch", "max_nonfinite", "rollout_is_threshold")
     cli.check_positive(args, "kl_coef", "limit", "gen_batch_size", "max_gen_batches", "overlong_buffer",
                        "warmup_steps", "max_model_len", "max_prompt_len", allow_zero=True)
     args.keep_checkpoints = checkpoint.parse_keep(args.keep_checkpoints)
@@ -225,7 +233,7 @@ def config(f: dict) -> Config:
                         f["temperature"], f["top_p"], f["seed"], f["tp"], f["dynamic_sampling"], f["filter_metric"],
                         f["max_gen_batches"], f["overlong_shaping"], f["overlong_buffer"], f["overlong_factor"])
     loss = Loss(f["loss"], f["eps_low"], f["eps_high"] if f["clip_higher"] else f["eps_low"], f["clip_ratio_c"],
-                f["loss_agg"], f["kl_coef"])
+                f["loss_agg"], f["kl_coef"], f["rollout_is"], f["rollout_is_threshold"])
     update = UpdateConfig(f["mini_batch"], f["micro_batch"], f["share_prompt"], f["grad_clip"], f["temperature"],
                           f["bf16"])
     return Config(f["rl_steps"], sampling, loss, update, dict(f))

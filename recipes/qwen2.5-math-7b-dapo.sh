@@ -139,6 +139,9 @@ var EPS_LOW 0.2 "lower clip: ratio >= 1 - EPS_LOW (verl 7B: clip_ratio_low)"
 var EPS_HIGH 0.28 "upper clip: ratio <= 1 + EPS_HIGH (verl 7B: clip_ratio_high)"
 var CLIP_RATIO_C 10 "dual clip for negative advantages (verl 7B: clip_ratio_c)"
 var LOSS_AGG token-mean "loss aggregation (verl 7B: loss_agg_mode)"
+var ROLLOUT_IS none "sampler/trainer mismatch correction: none, token or sequence (verl's \
+algorithm.rollout_correction.rollout_is; its default: off)"
+var ROLLOUT_IS_THRESHOLD 2.0 "its truncation of the importance weights (verl: rollout_is_threshold, default 2.0)"
 var BF16 1 "1 = bf16 compute, fp32 master weights and AdamW states (ours)"
 var GRAD_CKPT 1 "1 = activation checkpointing (verl 7B: enable_gradient_checkpointing)"
 
@@ -223,7 +226,8 @@ $(flag "$DYNAMIC_SAMPLING" --dynamic-sampling --no-dynamic-sampling) --max-gen-b
 --overlong-buffer $OVERLONG_BUFFER --overlong-factor $OVERLONG_FACTOR --max-model-len $MAX_MODEL_LEN \
 --temperature $TEMPERATURE --top-p $TOP_P --reward $REWARD --mini-batch $MINI_BATCH --micro-batch $MICRO_BATCH \
 --lr $LR --warmup-steps $WARMUP_STEPS --weight-decay $WEIGHT_DECAY --grad-clip $GRAD_CLIP --eps-low $EPS_LOW \
---eps-high $EPS_HIGH --clip-ratio-c $CLIP_RATIO_C --loss-agg $LOSS_AGG $(flag "$BF16" --bf16 --no-bf16) \
+--eps-high $EPS_HIGH --clip-ratio-c $CLIP_RATIO_C --loss-agg $LOSS_AGG --rollout-is $ROLLOUT_IS \
+--rollout-is-threshold $ROLLOUT_IS_THRESHOLD $(flag "$BF16" --bf16 --no-bf16) \
 $(flag "$GRAD_CKPT" --grad-checkpointing) --keep-checkpoints $KEEP_CHECKPOINTS --gpu-memory-utilization $GPU_MEM \
 $(vllm_only "--tp $TP") $(vllm_only "$(flag "$SLEEP_MODE" --sleep-mode)") $(flag "$DATA_LIMIT" "--limit $DATA_LIMIT") \
 $validation $EXTRA_EXPLORE_ARGS"

@@ -91,9 +91,9 @@ def grouped_seqs(vocab: int, groups: int = 4, n: int = 4, seed: int = 0) -> list
     return seqs
 
 
-def dapo(agg="token-mean"):
+def dapo(agg="token-mean", rollout_is="none"):
     """explore's micro-batch loss: DAPO's defaults, no KL."""
-    return explore.micro_batch_loss(setup.Loss("dapo", 0.2, 0.28, 10.0, agg, 0.0))
+    return explore.micro_batch_loss(setup.Loss("dapo", 0.2, 0.28, 10.0, agg, 0.0, rollout_is, 2.0))
 
 
 def update_cfg(temperature=1.0, micro=4, share=False):
@@ -239,6 +239,26 @@ def test_first_update_sees_ratio_one(tiny_model_dir, share):
     st = train.accumulate_gradients(model, mbs, dapo(), update_cfg(0.7), 100.0, 8.0)
     assert st["approx_kl"] == 0.0  # old == new bit for bit: log-ratio exactly 0 on every token
     assert st["clipfrac_high"] == st["clipfrac_low"] == st["clipfrac_dual"] == 0.0
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_rollout_correction_with_equal_log_probs_leaves_the_update_unchanged(tiny_model_dir, level):
+    model = load_model(tiny_model_dir)
+    seqs = with_old_logprobs(model, grouped_seqs(model.config.vocab_size))  # ratios != 1: every clip branch
+
+    def grads(rollout_is, shift):
+        model.zero_grad(set_to_none=True)
+        mbs = train.make_micro_batches(seqs, 4, pad_id=0, device="cpu")
+        for mb in mbs:  # the sampler's log-probs: the trainer's old ones, shifted
+            mb.rollout_logp = torch.where(mb.mask, mb.old_logp - shift, torch.nan)
+        st = train.accumulate_gradients(model, mbs, dapo(rollout_is=rollout_is), update_cfg(), 300.0, 16.0)
+        return st, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    (_, off), (st, on) = grads("none", 0.0), grads(level, 0.0)
+    assert all(torch.equal(a, b) for a, b in zip(off, on))  # bit for bit: every weight is exactly 1
+    assert st["rollout_is_mean"] == st["tokens"] and st["rollout_is_truncated"] == 0  # (sums x tokens)
+    _, moved = grads(level, 0.1)  # the sampler gave every token less probability: weights e^0.1 (token) > 1
+    assert not all(torch.equal(a, b) for a, b in zip(off, moved))
 
 
 def test_nonfinite_update_is_skipped(tiny_model_dir):
@@ -394,6 +414,19 @@ def test_short_run_raises_the_reward(tiny_model_dir, data_file, tmp_path):
 
 def strip_times(rows):
     return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "gen_time", "step_time")} for r in rows]
+
+
+def test_bf16_sampler_against_fp32_trainer_logs_the_correction(tiny_model_dir, data_file, tmp_path):
+    """The HF engine in bf16 beside the fp32 trainer: a real mismatch, which --rollout-is token weighs and logs."""
+    out = tmp_path / "bf16"
+    explore.main(run_args(tiny_model_dir, data_file, out, "--rl-steps", "2", "--save-every", "2", "--rollout-is",
+                          "token", "--rollout-dtype", "bfloat16", "--no-bf16"), reward_fn=digit_reward)
+    rows = [r for _, r in read_jsonl(out / "metrics.jsonl")]
+    assert len(rows) == 2
+    for r in rows:
+        assert r["rollout_probs_diff_max"] > 1e-5  # bf16 rounding (measured 3e-5 here; fp32 gives < 1e-6)
+        assert 0.5 < r["rollout_is_mean"] < 2 and r["rollout_is_mean"] != 1.0
+        assert 0 <= r["rollout_is_truncated"] < 1
 
 
 def test_resume_matches_an_uninterrupted_run(tiny_model_dir, data_file, tmp_path, capsys):

@@ -310,3 +310,23 @@ def test_cispo_keeps_the_gradient_of_clipped_tokens():
     assert lp.grad[0].tolist() == pytest.approx([-2.0 * 1.28 / 2, -2.0 / 2])
     assert loss.item() == 0.0  # -w A log pi with log pi = 0
     assert st["clipfrac_high"] == 0.5 and st["clipfrac_low"] == 0.0
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("threshold", [2.0, 1.05])
+def test_rollout_correction_equals_verl(verl, level, threshold):
+    old, rollout, _, mask = mismatched_batch(4, spread=0.3)
+    rollout[0] = torch.nan  # a response the engine gave no log-probs for: weight 1
+    weights, st = explore.rollout_correction(old, rollout, mask, level, threshold)
+    known = mask.clone()
+    known[0] = 0
+    ref, _ = verl.compute_rollout_correction_weights(torch.where(known.bool(), old - rollout, 0.0), mask,
+                                                     rollout_is=level, rollout_is_threshold=threshold)
+    torch.testing.assert_close(weights, ref, rtol=1e-12, atol=0.0)
+    assert (weights[0][mask[0].bool()] == 1.0).all() and (weights[mask == 0] == 0).all()
+    raw_over = (torch.exp(torch.where(known.bool(), old - rollout, 0.0)) > threshold) if level == "token" else None
+    assert st["rollout_is_mean"] == pytest.approx(float((weights * mask).sum() / mask.sum()))
+    if raw_over is not None:
+        assert st["rollout_is_truncated"] == pytest.approx(float((raw_over * mask).sum() / mask.sum()))
+    if threshold < 2:  # the check has teeth: some weights are truncated
+        assert 0 < st["rollout_is_truncated"] < 1
