@@ -5,9 +5,12 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
-from filter import select, spread_cap
+import filter as filter_stage
+from filter import is_success, spread_cap
+from lib.run import scan
 from lib.run.cli import EXIT_NOTHING_KEPT, EXIT_USER_ERROR
 from lib.run.records import Trajectory, write_jsonl
 
@@ -23,6 +26,16 @@ def problem(pid: str, correct: int, total: int, step: int = 1) -> list[Trajector
     """`correct` successes with distinct responses, then `total - correct` failures."""
     return ([T(pid, True, f"{pid}-ok-{i}", step) for i in range(correct)]
             + [T(pid, False, f"{pid}-bad-{i}", step) for i in range(total - correct)])
+
+
+def select(trajs: list[Trajectory], threshold: float, max_per_problem: int = 0) -> tuple[list[Trajectory], dict]:
+    """filter.select on trajectories in memory (each one's list index stands for its line's offset): the kept
+    trajectories and the stats."""
+    found = scan.Scan()
+    for i, t in enumerate(trajs):
+        found.add(t, is_success(t), offset=i)
+    kept, stats = filter_stage.select(found.counts, found.successes(), threshold, max_per_problem)
+    return [trajs[x.offset] for x in kept], stats
 
 
 def pids(trajs):
@@ -110,6 +123,36 @@ def test_stats_counts():
     assert [t.response for t in kept] == ["h1", "h2"]  # h1@50, then step 100's first unique: h2
 
 
+def test_a_fork_of_the_two_rules_carries_through(tmp_path, monkeypatch, capsys):
+    """is_success is asked once per trajectory and is_selected once per problem; every count, bucket and kept record
+    follows from their answers (here: success = reward >= 0.5, selected = a band 0.2 <= rate <= 0.5)."""
+    asked = Counter()
+
+    def is_success(t):
+        asked["is_success"] += 1
+        return t.reward >= 0.5
+
+    def is_selected(successes, total, threshold):
+        asked["is_selected"] += 1
+        return 0.2 <= successes / total <= 0.5
+
+    trajs = [T("a", False, "a-half", step=2), T("a", True, "a-ok", step=1)] + problem("a", 0, 8)
+    trajs[0].reward = 0.5  # a success to the fork, not to the verifier
+    trajs += problem("b", 5, 10) + problem("c", 1, 10) + problem("d", 0, 3)
+    write_jsonl(tmp_path / "harvest.jsonl", trajs)
+    monkeypatch.setattr(filter_stage, "is_success", is_success)
+    monkeypatch.setattr(filter_stage, "is_selected", is_selected)
+    filter_stage.main(["--trajectories", str(tmp_path), "--out", str(tmp_path / "f")])
+    assert asked == {"is_success": len(trajs), "is_selected": 4}
+    rows = [json.loads(line) for line in (tmp_path / "f" / "rft.jsonl").read_text().splitlines()]
+    assert [(d["problem_id"], d["response"]) for d in rows] == [("a", "a-half"), ("a", "a-ok")] + [
+        ("b", f"b-ok-{i}") for i in range(5)]
+    stats = json.loads((tmp_path / "f" / "filter_stats.json").read_text())
+    assert stats["buckets"] == {"never_solved": 1, "hard": 2, "medium": 1, "always_solved": 0}
+    assert stats["candidates"] == stats["kept_trajectories"] == 7
+    assert "note: 1 problems succeeded once and are not selected" in capsys.readouterr().out  # c: 1 in 10
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the CLI
 
@@ -125,7 +168,7 @@ def test_cli_writes_rft_and_stats_then_nothing_kept_exits_3(tmp_path):
     harvest = tmp_path / "harvest.jsonl"
     write_jsonl(harvest, problem("a", 1, 20) + problem("b", 0, 5))
     out = tmp_path / "f"
-    r = run_filter("--in", harvest, "--out", out, "--threshold", "0.1")
+    r = run_filter("--trajectories", harvest, "--out", out, "--threshold", "0.1")
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in (out / "rft.jsonl").read_text().splitlines()]
     assert [(d["problem_id"], d["response"], d["step"]) for d in rows] == [("a", "a-ok-0", 1)]
@@ -133,7 +176,7 @@ def test_cli_writes_rft_and_stats_then_nothing_kept_exits_3(tmp_path):
     assert json.loads((out / "done.json").read_text())["stage"] == "filter"
 
     # same folder, a threshold nothing passes: exit 3, stats say why, the stale rft.jsonl is gone
-    r = run_filter("--in", harvest, "--out", out, "--threshold", "0.05")
+    r = run_filter("--trajectories", harvest, "--out", out, "--threshold", "0.05")
     assert r.returncode == EXIT_NOTHING_KEPT
     assert "nothing kept" in r.stderr and "Traceback" not in r.stderr
     assert not (out / "rft.jsonl").exists() and not (out / "done.json").exists()
@@ -154,7 +197,7 @@ def test_cli_streams_by_reference_and_writes_what_select_keeps(tmp_path):
     harvest.write_bytes(b"\xef\xbb\xbf" + "".join(x + "\n" for x in lines).encode())
     for threshold, cap in ((0.2, 0), (0.2, 2), (1.0, 0)):
         out = tmp_path / f"f{threshold}-{cap}"
-        r = run_filter("--in", harvest, "--out", out, "--threshold", threshold, "--max-per-problem", cap)
+        r = run_filter("--trajectories", harvest, "--out", out, "--threshold", threshold, "--max-per-problem", cap)
         assert r.returncode == 0, r.stderr
         kept, stats = select(trajs, threshold, cap)
         write_jsonl(tmp_path / "want.jsonl", kept)
@@ -187,7 +230,7 @@ def test_cli_bad_input_one_line_no_output(tmp_path):
         harvest = tmp_path / f"{name}.jsonl"
         harvest.write_text(text)
         out = tmp_path / f"out-{name}"
-        r = run_filter("--in", harvest, "--out", out)
+        r = run_filter("--trajectories", harvest, "--out", out)
         assert r.returncode == EXIT_USER_ERROR, (name, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in r.stderr, (name, r.stderr)
@@ -196,5 +239,5 @@ def test_cli_bad_input_one_line_no_output(tmp_path):
 
 
 def test_cli_bad_flag(tmp_path):
-    r = run_filter("--in", tmp_path / "x.jsonl", "--out", tmp_path / "o", "--threshold", "0")
+    r = run_filter("--trajectories", tmp_path / "x.jsonl", "--out", tmp_path / "o", "--threshold", "0")
     assert r.returncode == EXIT_USER_ERROR and "--threshold" in r.stderr
