@@ -323,7 +323,7 @@ def test_sft_skips_a_nonfinite_step_and_goes_on():
         model.poison = step == 1  # step 2's forward passes give NaN
 
     rows = sft.train(model, examples, sft.SFTConfig(steps=3, batch_size=4, lr=1e-2), tok.pad_token_id,
-                     on_step=on_step, progress=False)
+                     sft.nll_loss, on_step=on_step, progress=False)
     assert [r["skipped_updates"] for r in rows] == [0, 1, 0]
     assert rows[1]["loss"] is None or not math.isfinite(rows[1]["loss"])
     assert all(torch.equal(a, b) for a, b in zip(snap[1], snap[2]))  # the skipped step changed nothing

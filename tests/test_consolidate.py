@@ -83,7 +83,7 @@ def test_prompt_tokens_get_no_gradient(tok):
     short = sft.Example(prompt_ids=[5, 6], response_ids=[13])
     cfg = sft.SFTConfig(batch_size=2)
     # the step sorts by length: row 0 = short (T=3, padded to 8), row 1 = long (T=8)
-    sft.step_loss(model, [long, short], cfg, pad_id=tok.pad_token_id, n_tokens=4.0)
+    sft.step_loss(model, [long, short], cfg, tok.pad_token_id, 4.0, consolidate.rft_loss)
     g = model.logits.grad.abs().sum(-1)  # [2, 8]: position t's logits predict token t + 1
     assert g.shape == (2, 8)
     # long: prompt 0..4, response 5..7 -> only positions 4, 5, 6 (predicting 5, 6, 7) carry gradient
@@ -99,7 +99,8 @@ def test_loss_is_token_mean_over_the_step_whatever_the_micro_batch(tok):
     grads, losses = [], []
     for mb in (0, 1, 2):
         model = copy.deepcopy(m)
-        nll, _ = sft.step_loss(model, exs, sft.SFTConfig(micro_batch=mb), tok.pad_token_id, n_tokens)
+        nll, _ = sft.step_loss(model, exs, sft.SFTConfig(micro_batch=mb), tok.pad_token_id, n_tokens,
+                               consolidate.rft_loss)
         losses.append(nll)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     # by hand: one row at a time, summed NLL of the response tokens / all response tokens of the step
@@ -125,7 +126,7 @@ def test_sft_lowers_the_nll_of_its_data(tok):
     assert all(e.response_ids[-1] == tok.eos_token_id for e in examples)  # the model learns to stop
     before = mean_nll(model, examples, tok.pad_token_id)
     rows = sft.train(model, examples, sft.SFTConfig(steps=30, batch_size=8, lr=1e-3, warmup=3), tok.pad_token_id,
-                     progress=False)
+                     consolidate.rft_loss, progress=False)
     after = mean_nll(model, examples, tok.pad_token_id)
     assert len(rows) == 30 and [r["step"] for r in rows[:2]] == [1, 2]
     assert after < before - 1.0, (before, after)  # untrained ~5.5 nats/token; 30 steps on 8 examples: far lower
@@ -135,7 +136,7 @@ def test_kl_is_zero_against_itself_and_finite_with_padding(tok):
     model = toy.make_model(tok, seed=0)
     ref = copy.deepcopy(model).eval()
     exs = [sft.Example([5, 6, 7, 8], [10, 11]), sft.Example([5], [12])]
-    _, kl = sft.step_loss(model, exs, sft.SFTConfig(kl_coef=0.5), tok.pad_token_id, 3.0, ref_model=ref)
+    _, kl = sft.step_loss(model, exs, sft.SFTConfig(kl_coef=0.5), tok.pad_token_id, 3.0, sft.nll_loss, ref_model=ref)
     assert kl == pytest.approx(0.0, abs=1e-6)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
@@ -161,7 +162,7 @@ def test_kl_term_equals_a_hand_computed_k3_between_two_different_models(tok, mic
     n_tokens, coef = 6.0, 0.3
     model = copy.deepcopy(policy)
     nll, kl = sft.step_loss(model, exs, sft.SFTConfig(kl_coef=coef, micro_batch=micro_batch), tok.pad_token_id,
-                            n_tokens, ref_model=ref)
+                            n_tokens, sft.nll_loss, ref_model=ref)
     got_grad = torch.cat([p.grad.flatten() for p in model.parameters()])
 
     by_hand = copy.deepcopy(policy)
