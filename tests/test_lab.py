@@ -74,7 +74,7 @@ elif script == "evaluate.py":
         acc = 0.45
     else:
         acc = 0.3
-    b = {{"problems": 2, "mean_acc": acc, "pass@k": {{"1": acc, "2": acc + 0.1}}}}
+    b = {{"problems": 2, "mean_acc": acc, "pass@1": acc, "pass@2": acc + 0.1}}
     (out / "metrics.json").write_text(json.dumps({{"benchmarks": {{"memo": b, "probe": b}}, "average": b}}))
 '''
 HORIZON = "rloop,vanilla,rloop-long,overfit,no-al-long"
@@ -326,7 +326,7 @@ def fake_run(folder: Path, rloop: bool, acc: float, pk: float, kept=(), kl=()) -
         path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
 
     def evaluation(a, p):
-        b = {"problems": 2, "mean_acc": a, "pass@k": {"1": a, "2": p}}
+        b = {"problems": 2, "mean_acc": a, "pass@1": a, "pass@2": p}
         return {"benchmarks": {"memo": b, "probe": b}, "average": b}
 
     write(folder / ".done" / "report", "1")
@@ -336,7 +336,8 @@ def fake_run(folder: Path, rloop: bool, acc: float, pk: float, kept=(), kl=()) -
     if rloop:
         for i, k in enumerate(kept, start=1):
             write(folder / f"iter{i}" / "explore" / "metrics.jsonl", rows)
-            write(folder / f"iter{i}" / "filter" / "filter_stats.json", {"problems_selected": k, "kept": 2 * k})
+            write(folder / f"iter{i}" / "filter" / "filter_stats.json",
+                  {"problems_selected": k, "kept_trajectories": 2 * k})
         write(folder / "eval" / f"iter{len(kept)}-rft" / "metrics.json", evaluation(acc, pk))
     else:
         write(folder / "vanilla" / "metrics.jsonl", rows)

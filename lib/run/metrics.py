@@ -2,22 +2,6 @@
 
 import math
 
-# Keys renamed so that one name means one thing in every output (docs/outputs.md): canonical name -> the names
-# outputs written earlier carry. Readers look keys up through `metric`, so old run folders still report.
-RENAMED = {"mean_acc": ("acc",), "truncated_frac": ("truncated",), "truncated_count": ("truncated",),
-           "skipped_updates": ("skipped",), "kept_trajectories": ("kept",), "sft_steps": ("steps",),
-           "warmup_steps": ("warmup",)}
-
-
-def metric(row: dict, name: str, default=None):
-    """row[name], else the value under one of its earlier names (RENAMED), else default."""
-    if name in row:
-        return row[name]
-    for old in RENAMED.get(name, ()):
-        if old in row:
-            return row[old]
-    return default
-
 
 def json_num(v, digits: int = 5):
     """A metrics value for JSONL: floats rounded to `digits` decimals, or to `digits` significant digits when that
@@ -61,7 +45,8 @@ def rl_step_row(step: int, batch, st: dict, lr_used: float, t_gen: float, step_t
         "clipfrac_dual": st["clipfrac_dual"],
         "approx_kl": st["approx_kl"],
         "kl": st.get("kl", 0.0),  # the KL-penalty term to the initial policy (0 without --kl-coef)
-        # |p_engine - p_trainer| of the trained tokens: the sampler / trainer numerical gap (lib/train/update.rollout_probs_diff)
+        # |p_engine - p_trainer| of the trained tokens: the sampler / trainer numerical gap
+        # (lib/train/update.rollout_probs_diff)
         "rollout_probs_diff_mean": st.get("rollout_probs_diff_mean", float("nan")),
         "rollout_probs_diff_max": st.get("rollout_probs_diff_max", float("nan")),
         "updates": st["updates"],
