@@ -420,7 +420,7 @@ def run_explore(model_path: str, args, device, r: int, work: Path) -> list[tuple
     shutil.rmtree(out, ignore_errors=True)
     argv = ["--model", model_path, "--data", str(toy.data_path("train")), "--out", str(out),
             "--rl-steps", str(1 + args.rl_steps), "--save-every", str(10 ** 6), "--seed", str(args.seed + r),
-            "--prompts-per-step", str(args.rl_prompts), "--n", str(args.rl_n),
+            "--prompts-per-step", str(args.rl_prompts), "--n-samples", str(args.rl_n),
             "--mini-batch", str(args.rl_mini_batch), "--micro-batch", str(args.rl_micro_batch),
             "--max-new-tokens", str(args.rl_max_new), "--temperature", str(args.temperature),
             "--top-p", str(args.top_p), "--lr", str(args.rl_lr), "--warmup-steps", "0",
@@ -538,7 +538,7 @@ def run_our_sft(model_path: str, pairs, args, device, r: int) -> dict:
         ends.append(time.perf_counter())
 
     keep_threads(args.threads)
-    sft.train(model, examples, cfg, pad_id=tok.pad_token_id, on_step=on_step, progress=False)
+    sft.train(model, examples, cfg, tok.pad_token_id, sft.nll_loss, on_step=on_step, progress=False)
     dt = ends[-1] - ends[0]  # steps 2 .. 1 + sft_steps
     return {"tokens_per_s": sum(tokens[1:]) / dt, "params": n_params(model)}
 

@@ -66,14 +66,14 @@ def get_args(argv=None):
     g = p.add_argument_group("data")
     g.add_argument("--model", default="toy", help="the policy to fine-tune (the iteration's initial policy); "
                                                   "'toy' = the embedded toy base model")
-    g.add_argument("--trajectories", "--data", dest="trajectories", required=True,
+    g.add_argument("--trajectories", required=True,
                    help="RFT trajectories: filter.py's rft.jsonl, or its --out folder")
-    g.add_argument("--max-model-len", "--max-len", dest="max_model_len", type=int, default=0,
+    g.add_argument("--max-model-len", type=int, default=0,
                    help="truncate prompt + response to this many tokens (0 = the model's max_position_embeddings; "
                         "above it, the output's config is raised to N, as explore.py --max-model-len does)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=float, default=3.0, help="passes over the data (used when --sft-steps is 0)")
-    g.add_argument("--sft-steps", "--steps", dest="sft_steps", type=int, default=0,
+    g.add_argument("--sft-steps", type=int, default=0,
                    help="optimiser steps (0 = from --epochs)")
     g.add_argument("--batch-size", type=int, default=32, help="trajectories per optimiser step")
     g.add_argument("--micro-batch", type=int, default=0,
@@ -82,7 +82,7 @@ def get_args(argv=None):
     g.add_argument("--lr", type=float, default=2e-5,
                    help="peak learning rate (toy: 2e-5 -- on a loop's iteration-1 RFT set it lifted test accuracy, "
                         "while 2e-4 lowered it and made the probe skill fade; 7B: ~1e-5)")
-    g.add_argument("--warmup-steps", "--warmup", dest="warmup_steps", type=int, default=5,
+    g.add_argument("--warmup-steps", type=int, default=5,
                    help="linear warm-up steps (at most a quarter of the run), then cosine decay")
     g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decays to this fraction of --lr")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")

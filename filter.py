@@ -61,7 +61,7 @@ BUCKETS = ("never_solved", "hard", "medium", "always_solved")
 def get_args(argv=None):
     p = cli.make_parser(__doc__)
     g = p.add_argument_group("data")
-    g.add_argument("--trajectories", "--in", dest="trajectories", required=True,
+    g.add_argument("--trajectories", required=True,
                    help="the harvest: harvest.py's --out folder (its harvest.jsonl) or any JSONL of trajectory records")
     g.add_argument("--out", required=True, help="output folder: rft.jsonl, filter_stats.json, args.json, done.json")
     g = p.add_argument_group("selection")

@@ -199,8 +199,8 @@ def test_plan_refuses_no_examples():
 
 
 def cons_args(world, out, *extra):
-    return ["--model", str(world / "policy"), "--data", str(world / "rft.jsonl"), "--out", str(out),
-            "--batch-size", "4", "--steps", "6", "--save-every", "2", "--device", "cpu", *extra]
+    return ["--model", str(world / "policy"), "--trajectories", str(world / "rft.jsonl"), "--out", str(out),
+            "--batch-size", "4", "--sft-steps", "6", "--save-every", "2", "--device", "cpu", *extra]
 
 
 def weights(folder):
@@ -221,8 +221,9 @@ def test_consolidate_writes_a_folder_evaluate_loads(world, tmp_path, capsys):
     assert not list(tmp_path.glob(".consolidated*"))  # no temp folders left behind
     capsys.readouterr()
 
-    evaluate.main(["--model", str(out), "--benchmarks", f"t={world / 'bench.jsonl'}", "--limit", "2", "--n", "2",
-                   "--max-new-tokens", "8", "--backend", "hf", "--device", "cpu", "--out", str(tmp_path / "eval")])
+    evaluate.main(["--model", str(out), "--benchmarks", f"t={world / 'bench.jsonl'}", "--limit", "2",
+                   "--n-samples", "2", "--max-new-tokens", "8", "--backend", "hf", "--device", "cpu",
+                   "--out", str(tmp_path / "eval")])
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["benchmarks"]["t"]["problems"] == 2
 
@@ -236,7 +237,8 @@ def test_consolidate_really_trains(world, tok, tmp_path):
     """The output is not the starting policy: its weights moved, the logged loss fell over the run, and the
     NLL of the RFT data, measured here with both models, dropped."""
     out = tmp_path / "trained"
-    consolidate.main(cons_args(world, out, "--steps", "16", "--lr", "3e-3", "--warmup", "0", "--save-every", "0"))
+    consolidate.main(cons_args(world, out, "--sft-steps", "16", "--lr", "3e-3", "--warmup-steps", "0",
+                               "--save-every", "0"))
     start, end = weights(world / "policy"), weights(out)
     assert start.keys() == end.keys()
     moved = max((end[k] - start[k]).abs().max().item() for k in start)
@@ -262,8 +264,8 @@ def test_consolidate_kl_is_zero_at_the_start_and_grows(world, tmp_path):
     """--kl-coef: the reference is the starting policy, so step 1 (before any update) has KL exactly 0 and
     later steps a positive KL."""
     out = tmp_path / "kl"
-    consolidate.main(cons_args(world, out, "--steps", "4", "--lr", "3e-3", "--warmup", "0", "--save-every", "0",
-                               "--kl-coef", "0.1"))
+    consolidate.main(cons_args(world, out, "--sft-steps", "4", "--lr", "3e-3", "--warmup-steps", "0",
+                               "--save-every", "0", "--kl-coef", "0.1"))
     kls = [json.loads(line)["kl"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert kls[0] == pytest.approx(0.0, abs=1e-7) and all(k > 1e-4 for k in kls[1:]), kls
 
@@ -311,7 +313,7 @@ def test_bad_data_one_line_no_output(world, tmp_path, text, where):
     data = tmp_path / "rft.jsonl"
     data.write_text(text)
     out = tmp_path / "out"
-    r = run_consolidate("--model", world / "policy", "--data", data, "--out", out)
+    r = run_consolidate("--model", world / "policy", "--trajectories", data, "--out", out)
     assert r.returncode == EXIT_USER_ERROR
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {data}{where}"), r.stderr
@@ -321,7 +323,7 @@ def test_bad_data_one_line_no_output(world, tmp_path, text, where):
 
 def test_bad_model_one_line_no_output(world, tmp_path):
     out = tmp_path / "out"
-    r = run_consolidate("--model", tmp_path / "nope", "--data", world / "rft.jsonl", "--out", out)
+    r = run_consolidate("--model", tmp_path / "nope", "--trajectories", world / "rft.jsonl", "--out", out)
     assert r.returncode == EXIT_USER_ERROR and len(r.stderr.strip().splitlines()) == 1
     assert "nope" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()

@@ -73,7 +73,7 @@ def rl_groups(vocab: int) -> list:
 
 
 # lr 1e-4: big enough to move the weights 30x the tolerance, small enough for AdamW's noise (see below)
-RL_FLAGS = ["--prompts-per-step", "6", "--mini-batch", "3", "--micro-batch", "2", "--lr", "1e-4", "--n", "3"]
+RL_FLAGS = ["--prompts-per-step", "6", "--mini-batch", "3", "--micro-batch", "2", "--lr", "1e-4", "--n-samples", "3"]
 
 
 def sft_examples(tok) -> list:
@@ -101,8 +101,8 @@ def one_process_reference(model_dir):
     model = load_model(model_dir)
     ref = load_model(model_dir).eval().requires_grad_(False)
     tok = toy.make_tokenizer()
-    rows = sft.train(model, sft_examples(tok), sft.SFTConfig(**SFT_CFG), tok.pad_token_id, ref_model=ref,
-                     progress=False)
+    rows = sft.train(model, sft_examples(tok), sft.SFTConfig(**SFT_CFG), tok.pad_token_id, sft.nll_loss,
+                     ref_model=ref, progress=False)
     return st, rl, rows, {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -138,8 +138,8 @@ def _rank_worker(rank: int, world: int, port: int, model_dir: str, out_file: str
         model = dist.shard_model(load_model(model_dir), torch.device("cpu"))
         ref = dist.shard_model(load_model(model_dir).eval().requires_grad_(False), torch.device("cpu"))
         tok = toy.make_tokenizer()
-        rows = sft.train(model, sft_examples(tok), sft.SFTConfig(**SFT_CFG), tok.pad_token_id, ref_model=ref,
-                         progress=False)
+        rows = sft.train(model, sft_examples(tok), sft.SFTConfig(**SFT_CFG), tok.pad_token_id, sft.nll_loss,
+                         ref_model=ref, progress=False)
         sft_w = dist.full_state_dict(model)
         if dist.is_main():
             torch.save({"st": st, "rl": rl, "rows": rows, "sft": sft_w, "pushed": pushed, "log": eng.llm.calls,
@@ -264,8 +264,8 @@ def test_sleep_before_the_update_wake_and_sync_after(fake_vllm, tiny_model_dir, 
                                    "acc": any(c.isdigit() for c in response), "pred": ""}
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"id": f"p{i}", "problem": f"{i}+{i}", "answer": "0"}) + "\n" for i in range(4)))
-    explore.main(["--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o"), "--steps", "2",
-                  "--prompts-per-step", "2", "--mini-batch", "2", "--n", "4", "--max-new-tokens", "16",
+    explore.main(["--model", str(tiny_model_dir), "--data", str(data), "--out", str(tmp_path / "o"), "--rl-steps", "2",
+                  "--prompts-per-step", "2", "--mini-batch", "2", "--n-samples", "4", "--max-new-tokens", "16",
                   "--overlong-buffer", "4", "--lr", "1e-2", "--warmup-steps", "0", "--device", "cpu"],
                  reward_fn=digits, engine_fn=lambda m, t, p: Recording(m, t))
     kinds = [e if isinstance(e, str) else e[0] for e in events]
@@ -309,7 +309,7 @@ def memo_prompts(tmp_path_factory) -> Path:
 
 
 def explore_args(model, data, out, *extra):
-    return ["--model", model, "--data", data, "--out", out, "--prompts-per-step", "4", "--n-responses", "4",
+    return ["--model", model, "--data", data, "--out", out, "--prompts-per-step", "4", "--n-samples", "4",
             "--mini-batch", "2", "--micro-batch", "4", "--max-new-tokens", "24", "--overlong-buffer", "4",
             "--lr", "1e-4", "--warmup-steps", "0", "--max-gen-batches", "4", "--backend", "hf", "--device", "cpu",
             "--save-every", "2", *extra]
@@ -319,7 +319,7 @@ def test_torchrun_explore_runs_saves_and_resumes(memo_model_dir, memo_prompts, t
     from transformers import AutoModelForCausalLM
 
     full, part = tmp_path / "full", tmp_path / "part"
-    r = torchrun("explore.py", *explore_args(memo_model_dir, memo_prompts, full, "--steps", "3"))
+    r = torchrun("explore.py", *explore_args(memo_model_dir, memo_prompts, full, "--rl-steps", "3"))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     rows = [row for _, row in read_jsonl(full / "metrics.jsonl")]
     assert [row["step"] for row in rows] == [1, 2, 3]  # rank 0 alone writes: one row per step
@@ -338,17 +338,17 @@ def test_torchrun_explore_runs_saves_and_resumes(memo_model_dir, memo_prompts, t
     assert any(not torch.equal(v, base[k]) for k, v in model.state_dict().items())  # it trained
 
     # kill after step 2's checkpoint, resume with 2 ranks: the uninterrupted run's weights and rollouts
-    r = torchrun("explore.py", *explore_args(memo_model_dir, memo_prompts, part, "--steps", "2"))
+    r = torchrun("explore.py", *explore_args(memo_model_dir, memo_prompts, part, "--rl-steps", "2"))
     assert r.returncode == 0, r.stderr[-3000:]
-    r = torchrun("explore.py", *explore_args(memo_model_dir, memo_prompts, part, "--steps", "3", "--resume"))
+    r = torchrun("explore.py", *explore_args(memo_model_dir, memo_prompts, part, "--rl-steps", "3", "--resume"))
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = load_file(ck / "model.safetensors"), load_file(part / "ckpt_000003" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (full / "rollouts.jsonl").read_bytes() == (part / "rollouts.jsonl").read_bytes()
 
     # one process cannot resume a 2-rank run: one line, exit 2
-    r = subprocess.run([sys.executable, "explore.py", *explore_args(memo_model_dir, memo_prompts, part, "--steps", "4",
-                                                                      "--resume")],
+    r = subprocess.run([sys.executable, "explore.py", *explore_args(memo_model_dir, memo_prompts, part,
+                                                                      "--rl-steps", "4", "--resume")],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"error: {part / 'ckpt_000003'}: saved by a run of 2 process(es), this run has 1; resume with the same "
@@ -363,8 +363,8 @@ def test_torchrun_consolidate_matches_one_process(tiny_model_dir, tmp_path):
                                          add_generation_prompt=True)
         trajs.append(Trajectory(f"c{i}", prompt, f"{i}+7={i + 7}" + "1" * i + f"\nAnswer: {i + 7}", 1.0, True))
     write_jsonl(tmp_path / "rft.jsonl", trajs)
-    common = ["--model", tiny_model_dir, "--data", tmp_path / "rft.jsonl", "--batch-size", "5", "--micro-batch", "2",
-              "--steps", "3", "--lr", "1e-3", "--warmup", "0", "--device", "cpu"]
+    common = ["--model", tiny_model_dir, "--trajectories", tmp_path / "rft.jsonl", "--batch-size", "5",
+              "--micro-batch", "2", "--sft-steps", "3", "--lr", "1e-3", "--warmup-steps", "0", "--device", "cpu"]
     r = torchrun("consolidate.py", *common, "--out", tmp_path / "two")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     consolidate.main([str(x) for x in common] + ["--out", str(tmp_path / "one")])
@@ -377,7 +377,7 @@ def test_torchrun_consolidate_matches_one_process(tiny_model_dir, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# data-parallel sampling: evaluate.py and harvest.py --resample under torchrun write one process's outputs
+# data-parallel sampling: evaluate.py and harvest.py --n-samples under torchrun write one process's outputs
 
 
 def sums_bench(folder: Path) -> Path:
@@ -393,7 +393,7 @@ def sums_bench(folder: Path) -> Path:
 def test_torchrun_evaluate_and_harvest_resample_equal_one_process(memo_model_dir, tmp_path):
     """2 ranks vs 1 process, the same records byte for byte. evaluate: --part-size 16 makes rounds of 32 problems
     on 2 ranks (16 each) and of 16 in one process; the last round (8 problems, one engine batch) leaves rank 1
-    nothing. harvest --resample: two checkpoints, 32 + 8 problems per rank."""
+    nothing. harvest --n-samples: two checkpoints, 32 + 8 problems per rank."""
     import evaluate
     import harvest
     from lib.train import checkpoint
@@ -418,12 +418,12 @@ def test_torchrun_evaluate_and_harvest_resample_equal_one_process(memo_model_dir
     for step in (1, 2):
         checkpoint.drop_resume_state(checkpoint.save(run, step, model, tok, {}))
     (run / "args.json").write_text(json.dumps({"data": str(bench), "max_new_tokens": 16, "seed": 3}))
-    flags = ["--resample", "16", "--backend", "hf", "--device", "cpu"]
-    r = torchrun("harvest.py", "--run-dir", run, "--out", tmp_path / "h2.jsonl", *flags)
+    flags = ["--n-samples", "16", "--backend", "hf", "--device", "cpu"]
+    r = torchrun("harvest.py", "--run-dir", run, "--out", tmp_path / "h2", *flags)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert r.stdout.count("total (2 checkpoint(s)): 1280 trajectories") == 1
-    harvest.main(["--run", str(run), "--out", str(tmp_path / "h1.jsonl"), *flags])
-    assert (tmp_path / "h1.jsonl").read_bytes() == (tmp_path / "h2.jsonl").read_bytes()
+    harvest.main(["--run-dir", str(run), "--out", str(tmp_path / "h1"), *flags])
+    assert (tmp_path / "h1/harvest.jsonl").read_bytes() == (tmp_path / "h2/harvest.jsonl").read_bytes()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vllm: run with .venv-vllm's python "
@@ -458,9 +458,9 @@ def test_torchrun_vllm_evaluate_and_harvest_equal_one_process(memo_model_dir, tm
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.02)
     checkpoint.drop_resume_state(checkpoint.save(run, 2, model, tok, {}))
     (run / "args.json").write_text(json.dumps({"data": str(bench), "max_new_tokens": 16, "seed": 3}))
-    r = subprocess.run([*cmd[:-1], str(free_port()), "harvest.py", "--run-dir", run, "--out", tmp_path / "h2.jsonl",
-                        "--resample", "4", *vllm], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([*cmd[:-1], str(free_port()), "harvest.py", "--run-dir", run, "--out", tmp_path / "h2",
+                        "--n-samples", "4", *vllm], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = one("harvest.py", "--run", run, "--out", tmp_path / "h1.jsonl", "--resample", "4", *vllm)
+    r = one("harvest.py", "--run-dir", run, "--out", tmp_path / "h1", "--n-samples", "4", *vllm)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (tmp_path / "h1.jsonl").read_bytes() == (tmp_path / "h2.jsonl").read_bytes()
+    assert (tmp_path / "h1/harvest.jsonl").read_bytes() == (tmp_path / "h2/harvest.jsonl").read_bytes()

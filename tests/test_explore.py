@@ -48,7 +48,8 @@ def data_file(tmp_path_factory) -> Path:
 
 def run_args(model, data, out, *extra):
     """Tiny settings: 4 prompts x 4 responses x 24 tokens, 2 updates of 2 prompts per step."""
-    return ["--model", str(model), "--data", str(data), "--out", str(out), "--prompts-per-step", "4", "--n", "4",
+    return ["--model", str(model), "--data", str(data), "--out", str(out), "--prompts-per-step", "4",
+            "--n-samples", "4",
             "--mini-batch", "2", "--micro-batch", "4", "--max-new-tokens", "24", "--overlong-buffer", "4",
             "--lr", "1e-3", "--warmup-steps", "0", "--max-gen-batches", "4", "--backend", "hf", "--device", "cpu",
             *[str(x) for x in extra]]
@@ -251,7 +252,7 @@ def collect(problem_ids, script, *extra, answers=None):
     from lib.worlds.toy import make_tokenizer
 
     problems = [Problem(pid, [], answers[pid] if answers else "5", prompt=pid) for pid in problem_ids]
-    args = explore.get_args(["--n", "4", "--max-new-tokens", "24", "--overlong-buffer", "8", *extra])
+    args = explore.get_args(["--n-samples", "4", "--max-new-tokens", "24", "--overlong-buffer", "8", *extra])
     logs = []
     batch = explore.collect_batch(ScriptedEngine(script), data.PromptStream(problems, seed=0), make_tokenizer(),
                                   explore.reward.score, args, step=1, log=logs.append)
@@ -340,7 +341,7 @@ def test_short_run_raises_the_reward(tiny_model_dir, data_file, tmp_path):
         return engines[-1]
 
     out = tmp_path / "run"
-    explore.main(run_args(tiny_model_dir, data_file, out, "--steps", "6", "--save-every", "6", "--lr", "3e-3"),
+    explore.main(run_args(tiny_model_dir, data_file, out, "--rl-steps", "6", "--save-every", "6", "--lr", "3e-3"),
                  reward_fn=digit_reward, engine_fn=engine_fn)
     rows = [r for _, r in read_jsonl(out / "metrics.jsonl")]
     assert [r["step"] for r in rows] == list(range(1, 7))
@@ -366,22 +367,24 @@ def strip_times(rows):
 
 def test_resume_matches_an_uninterrupted_run(tiny_model_dir, data_file, tmp_path, capsys):
     full, part = tmp_path / "full", tmp_path / "part"
-    explore.main(run_args(tiny_model_dir, data_file, full, "--steps", "4", "--save-every", "2"), reward_fn=digit_reward)
-    explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "2", "--save-every", "2"), reward_fn=digit_reward)
+    explore.main(run_args(tiny_model_dir, data_file, full, "--rl-steps", "4", "--save-every", "2"),
+                 reward_fn=digit_reward)
+    explore.main(run_args(tiny_model_dir, data_file, part, "--rl-steps", "2", "--save-every", "2"),
+                 reward_fn=digit_reward)
     # a kill after step 2's checkpoint, mid-write of step 3: torn lines that the resume must drop
     with open(part / "rollouts.jsonl", "a") as f:
         f.write('{"problem_id": "torn')
     with open(part / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "reward": 0.1}\n')
     # one policy for changed arguments (lib/train/checkpoint.check_same_args, as consolidate.py): a flag that shapes the
-    # weights is refused, in one line naming it, before anything is written; --steps / --save-every are free
+    # weights is refused, in one line naming it, before anything is written; --rl-steps / --save-every are free
     before = (part / "metrics.jsonl").read_bytes()
     refused = r"cannot --resume with different settings: the run used --lr 0.001 \(now 0.002\)$"
     with pytest.raises(explore.cli.UserError, match=refused):
-        explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "4", "--resume", "--lr", "2e-3"),
+        explore.main(run_args(tiny_model_dir, data_file, part, "--rl-steps", "4", "--resume", "--lr", "2e-3"),
                      reward_fn=digit_reward)
     assert (part / "metrics.jsonl").read_bytes() == before  # the torn line is still there: nothing was touched
-    explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "4", "--save-every", "2", "--resume"),
+    explore.main(run_args(tiny_model_dir, data_file, part, "--rl-steps", "4", "--save-every", "2", "--resume"),
                  reward_fn=digit_reward)
 
     a = load_file(full / "ckpt_000004" / "model.safetensors")
@@ -401,18 +404,18 @@ def test_resume_matches_an_uninterrupted_run(tiny_model_dir, data_file, tmp_path
 
     # a finished run: --resume does nothing and says so
     capsys.readouterr()
-    assert explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "4", "--resume"),
+    assert explore.main(run_args(tiny_model_dir, data_file, part, "--rl-steps", "4", "--resume"),
                         reward_fn=digit_reward) == 0
     assert "nothing to do" in capsys.readouterr().out
     # without --resume, a folder with checkpoints is never overwritten
     with pytest.raises(explore.cli.UserError, match="already holds checkpoints"):
-        explore.main(run_args(tiny_model_dir, data_file, part, "--steps", "4"), reward_fn=digit_reward)
+        explore.main(run_args(tiny_model_dir, data_file, part, "--rl-steps", "4"), reward_fn=digit_reward)
 
 
 def test_cap_hit_every_step_never_crashes(tiny_model_dir, data_file, tmp_path, capsys):
     never = lambda response, gt: {"score": -1.0, "acc": False, "pred": ""}  # noqa: E731  no spread, ever
     out = tmp_path / "flat"
-    explore.main(run_args(tiny_model_dir, data_file, out, "--steps", "2", "--save-every", "2", "--max-gen-batches",
+    explore.main(run_args(tiny_model_dir, data_file, out, "--rl-steps", "2", "--save-every", "2", "--max-gen-batches",
                           "2"), reward_fn=never)
     rows = [r for _, r in read_jsonl(out / "metrics.jsonl")]
     assert [(r["capped"], r["gen_batches"], r["train_prompts"], r["updates"]) for r in rows] == [(1, 2, 0, 0)] * 2

@@ -46,7 +46,7 @@ def test_explore_kl_coef_logs_kl_and_pulls_toward_the_reference(tiny_model_dir, 
     runs = {}
     for coef in (0.0, 5.0):
         out = tmp_path / f"kl{coef}"
-        explore.main(run_args(tiny_model_dir, data_file, out, "--steps", "3", "--save-every", "3", "--lr", "3e-3",
+        explore.main(run_args(tiny_model_dir, data_file, out, "--rl-steps", "3", "--save-every", "3", "--lr", "3e-3",
                               "--kl-coef", coef), reward_fn=digit_reward)
         runs[coef] = [r for _, r in read_jsonl(out / "metrics.jsonl")]
     off, on = runs[0.0], runs[5.0]
