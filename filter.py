@@ -1,8 +1,8 @@
 """filter.py — RLoop's active-learning filter: keep the successes of the problems the policy finds hard.
 
-The rule is two functions, the first thing below: `is_success` (a trajectory -> keep it?) and `is_selected` (a
-problem's successes and trajectories -> keep its successes?). Per problem, over every trajectory of the harvest
-(all source steps pooled):
+The rule is two functions, the first thing below: `is_success` (a trajectory -> keep it? its --success-metric
+reaches --success-threshold; by default the verifier accepted it) and `is_selected` (a problem's successes and
+trajectories -> keep its successes?). Per problem, over every trajectory of the harvest (all source steps pooled):
   success rate = successes / trajectories
   bucket       = never solved (rate 0) | hard (selected: 0 < rate < threshold) | medium (threshold <= rate < 1)
                  | always solved (rate 1)
@@ -21,6 +21,8 @@ From each selected problem, in order:
      trajectories in harvest order — so the kept set spans the RL run instead of crowding at one step.
 
     python filter.py --trajectories runs/loop/iter1/harvest --out runs/loop/iter1/filter --threshold 0.1
+    python filter.py --trajectories runs/loop/iter1/harvest --out runs/loop/iter1/filter-reward \
+        --success-metric reward --success-threshold 0.5
 
 Writes DIR/rft.jsonl (the kept trajectories, the shared record, grouped by problem), DIR/args.json,
 DIR/filter_stats.json and, last, DIR/done.json (docs/outputs.md). When nothing is kept: a one-line message, exit
@@ -31,6 +33,7 @@ reference; a second reads back only the kept lines.
 """
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,12 +42,18 @@ from lib.run import cli, scan
 from lib.run.records import Trajectory, stage_file
 from lib.run.scan import Success
 
-
 # --- the rule, in two parts: what a success is, and which problems' successes are kept ---------------------------
-def is_success(t: Trajectory) -> bool:
-    """A trajectory worth imitating: the verifier accepted its answer. Evaluated once per trajectory as the harvest
-    is read; the counts (`select`'s), the buckets and the kept records all follow from it."""
-    return t.acc
+SUCCESS_METRICS = {  # --success-metric: a trajectory's value, compared with --success-threshold
+    "acc": lambda t: float(t.acc),  # the verifier's verdict as 0 / 1
+    "reward": lambda t: t.reward,  # the record's reward: the verifier's score (rollouts: + the overlong penalty)
+}
+
+
+def is_success(t: Trajectory, metric: str = "acc", threshold: float = 1.0) -> bool:
+    """A trajectory worth imitating: its metric (SUCCESS_METRICS) is at least the threshold; by default, the verifier
+    accepted its answer. Evaluated once per trajectory as the harvest is read; the counts (`select`'s), the buckets
+    and the kept records all follow from it."""
+    return SUCCESS_METRICS[metric](t) >= threshold
 
 
 def is_selected(successes: int, total: int, threshold: float) -> bool:
@@ -68,11 +77,23 @@ def get_args(argv=None):
     g.add_argument("--threshold", type=float, default=0.1,
                    help="a problem is hard when 0 < success rate < threshold (paper: 0.1); >= 1 keeps every "
                         "problem with a success (the no-active-learning ablation)")
+    g.add_argument("--success-metric", default="acc", choices=list(SUCCESS_METRICS),
+                   help="what makes a trajectory a success (is_success): its metric >= --success-threshold. acc: the "
+                        "verifier's verdict as 0 / 1; reward: the record's reward field (the verifier's score, e.g. a "
+                        "partial-credit --reward; in explore.py's rollouts it includes the overlong penalty)")
+    g.add_argument("--success-threshold", type=float, default=1.0,
+                   help="a trajectory is a success when its --success-metric is >= this (acc: in (0, 1], any such "
+                        "value means the verifier accepted it; reward: any finite number)")
     g.add_argument("--max-per-problem", type=int, default=0,
                    help="keep at most M trajectories per problem, spread across source steps (0 = no cap)")
     args = p.parse_args(argv)
     if not args.threshold > 0:
         raise cli.UserError(f"--threshold must be > 0, got {args.threshold}")
+    if not math.isfinite(args.success_threshold):
+        raise cli.UserError(f"--success-threshold must be a finite number, got {args.success_threshold}")
+    if args.success_metric == "acc" and not 0 < args.success_threshold <= 1:
+        raise cli.UserError(f"--success-threshold must be in (0, 1] with --success-metric acc (the verdict is 0 or "
+                            f"1), got {args.success_threshold}")
     cli.check_positive(args, "max_per_problem", allow_zero=True)
     cli.check_out_dir(args.out)
     args.trajectories = str(stage_file(args.trajectories, "harvest.jsonl"))
@@ -165,9 +186,10 @@ def main(argv=None):
     args = get_args(argv)
     # one streaming pass (a harvest can be far larger than memory): every line validated before anything is
     # written, the counts, and each success by reference to its line
-    found = scan.scan(args.trajectories, is_success)
+    found = scan.scan(args.trajectories, lambda t: is_success(t, args.success_metric, args.success_threshold))
     kept, stats = select(found.counts, found.successes(), args.threshold, args.max_per_problem)
-    stats["input"] = str(args.trajectories)
+    stats.update(success_metric=args.success_metric, success_threshold=args.success_threshold,
+                 input=str(args.trajectories))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

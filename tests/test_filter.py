@@ -128,7 +128,7 @@ def test_a_fork_of_the_two_rules_carries_through(tmp_path, monkeypatch, capsys):
     follows from their answers (here: success = reward >= 0.5, selected = a band 0.2 <= rate <= 0.5)."""
     asked = Counter()
 
-    def is_success(t):
+    def is_success(t, metric, threshold):  # (the flags' values reach the fork: acc and 1.0 here)
         asked["is_success"] += 1
         return t.reward >= 0.5
 
@@ -151,6 +151,22 @@ def test_a_fork_of_the_two_rules_carries_through(tmp_path, monkeypatch, capsys):
     assert stats["buckets"] == {"never_solved": 1, "hard": 2, "medium": 1, "always_solved": 0}
     assert stats["candidates"] == stats["kept_trajectories"] == 7
     assert "note: 1 problems succeeded once and are not selected" in capsys.readouterr().out  # c: 1 in 10
+
+
+def scored(pid: str, rewards: list[float]) -> list[Trajectory]:
+    """A problem's trajectories under a partial-credit verifier: reward in [0, 1], acc only at full credit."""
+    return [Trajectory(problem_id=pid, prompt=f"Q{pid}", response=f"{pid}-{r}-{i}", reward=r, acc=r == 1.0, step=1,
+                       source="rollout") for i, r in enumerate(rewards)]
+
+
+def test_default_success_is_the_verifiers_verdict():
+    """--success-metric acc --success-threshold 1 (the defaults): acc alone decides, whatever the reward says
+    (an accepted answer under the overlong penalty, a rejected one with a high score)."""
+    trajs = [T("a", True), T("a", False)] + scored("b", [1.0, 0.9, 0.0])
+    trajs[0].reward = -0.4
+    trajs[1].reward = 1.0
+    assert [is_success(t) for t in trajs] == [t.acc for t in trajs] == [True, False, True, False, False]
+    assert [is_success(t, "acc", 0.5) for t in trajs] == [t.acc for t in trajs]  # any threshold in (0, 1]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -202,7 +218,8 @@ def test_cli_streams_by_reference_and_writes_what_select_keeps(tmp_path):
         kept, stats = select(trajs, threshold, cap)
         write_jsonl(tmp_path / "want.jsonl", kept)
         assert (out / "rft.jsonl").read_bytes() == (tmp_path / "want.jsonl").read_bytes(), (threshold, cap)
-        assert json.loads((out / "filter_stats.json").read_text()) == {**stats, "input": str(harvest)}
+        assert json.loads((out / "filter_stats.json").read_text()) == {
+            **stats, "success_metric": "acc", "success_threshold": 1.0, "input": str(harvest)}
 
 
 GOOD = json.dumps({"problem_id": "a", "prompt": "p", "response": "r", "reward": 1.0, "acc": True})
@@ -241,3 +258,58 @@ def test_cli_bad_input_one_line_no_output(tmp_path):
 def test_cli_bad_flag(tmp_path):
     r = run_filter("--trajectories", tmp_path / "x.jsonl", "--out", tmp_path / "o", "--threshold", "0")
     assert r.returncode == EXIT_USER_ERROR and "--threshold" in r.stderr
+
+
+def test_cli_success_on_reward_keeps_the_trajectories_at_or_above_the_threshold(tmp_path):
+    """Scores in [0, 1]: --success-metric reward --success-threshold 0.5 makes every trajectory with reward >= 0.5
+    a success, accepted by the verifier or not; the problems' success rates, buckets and the kept set follow."""
+    harvest = tmp_path / "harvest.jsonl"
+    write_jsonl(harvest, scored("a", [0.5, 0.2, 0.7, 0.0, 1.0]) + scored("b", [0.3, 0.49, 0.0])
+                + scored("c", [0.6, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]) + scored("d", [0.9, 0.8]))
+    out = tmp_path / "f"
+    r = run_filter("--trajectories", harvest, "--out", out, "--threshold", "0.5", "--success-metric", "reward",
+                   "--success-threshold", "0.5")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in (out / "rft.jsonl").read_text().splitlines()]
+    # a: 3 of 5 (0.6, medium at --threshold 0.5); b: none; c: 1 of 10 (hard); d: 2 of 2 (always solved)
+    assert [d["response"] for d in rows] == ["c-0.6-0"]
+    stats = json.loads((out / "filter_stats.json").read_text())
+    assert stats["buckets"] == {"never_solved": 1, "hard": 1, "medium": 1, "always_solved": 1}
+    assert (stats["success_metric"], stats["success_threshold"]) == ("reward", 0.5)
+
+    r = run_filter("--trajectories", harvest, "--out", out, "--threshold", "1", "--success-metric", "reward",
+                   "--success-threshold", "0.5")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in (out / "rft.jsonl").read_text().splitlines()]
+    assert [d["response"] for d in rows] == ["a-0.5-0", "a-0.7-2", "a-1.0-4", "c-0.6-0", "d-0.9-0", "d-0.8-1"]
+
+    r = run_filter("--trajectories", harvest, "--out", out, "--threshold", "1")  # the default: acc
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in (out / "rft.jsonl").read_text().splitlines()]
+    assert [d["response"] for d in rows] == ["a-1.0-4"]
+
+
+def test_cli_bad_success_flags_are_one_line(tmp_path):
+    harvest = tmp_path / "harvest.jsonl"
+    write_jsonl(harvest, problem("a", 1, 20))
+    for flags, what in ((["--success-threshold", "nan"], "--success-threshold must be a finite number"),
+                        (["--success-metric", "reward", "--success-threshold", "inf"], "must be a finite number"),
+                        (["--success-threshold", "0"], "must be in (0, 1] with --success-metric acc"),
+                        (["--success-threshold", "1.5"], "must be in (0, 1] with --success-metric acc")):
+        out = tmp_path / "o"
+        r = run_filter("--trajectories", harvest, "--out", out, *flags)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == EXIT_USER_ERROR and len(lines) == 1 and what in lines[0], (flags, r.stderr)
+        assert not out.exists()
+    r = run_filter("--trajectories", harvest, "--out", tmp_path / "o", "--success-metric", "score")
+    last = r.stderr.strip().splitlines()[-1]  # (argparse: its usage line, then the error)
+    assert r.returncode == EXIT_USER_ERROR and "--success-metric: invalid choice: 'score'" in last, r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_explains_the_success_flags():
+    r = run_filter("--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "--success-metric {acc,reward}" in text and "--success-threshold" in text
+    assert "acc: the verifier's verdict as 0 / 1; reward: the record's reward field" in text
