@@ -538,7 +538,7 @@ def run_our_sft(model_path: str, pairs, args, device, r: int) -> dict:
         ends.append(time.perf_counter())
 
     keep_threads(args.threads)
-    sft.train(model, examples, cfg, pad_id=tok.pad_token_id, on_step=on_step, progress=False)
+    sft.train(model, examples, cfg, tok.pad_token_id, sft.nll_loss, on_step=on_step, progress=False)
     dt = ends[-1] - ends[0]  # steps 2 .. 1 + sft_steps
     return {"tokens_per_s": sum(tokens[1:]) / dt, "params": n_params(model)}
 

@@ -1,7 +1,7 @@
 """consolidate.py — RLoop's exploitation phase: rejection-sampling fine-tuning (RFT) of the iteration's
 *initial* policy on the filtered successes, giving the next iteration's starting policy.
 
-Plain SFT (lib/train/sft.py, the same code that builds the toy base model):
+SFT (lib/train/sft.py, the same code that builds the toy base model) on `rft_loss` below, the objective:
   loss = - sum over response tokens of log p(token | prefix) / response tokens in the optimiser step
          (+ kl_coef * KL(policy || starting policy) on the same tokens, optional)
 The prompt is masked; AdamW, linear warm-up then cosine decay; the batch is length-grouped into micro-batches
@@ -36,20 +36,22 @@ import torch
 from lib.run import cli, tracking
 from lib.run.records import read_jsonl, read_trajectories, stage_file
 from lib.train import checkpoint, dist, sft
-from lib.train import update as train
 from lib.train.modeling import end_of_turn_id, extend_context, load_policy
+from lib.train.sft import nll_loss
+from lib.train.update import add_trainer_args, default_bf16, frozen_reference, load_device, prepare
 from lib.worlds import toy
 
 
 def rft_loss(logp: torch.Tensor, mask: torch.Tensor, examples: list[sft.Example]) -> torch.Tensor:
-    """RFT's objective on one micro-batch: the NLL of the successes' response tokens, summed (lib/train/sft.train
-    divides by the step's response tokens). Every success weighs the same: an absolute signal.
+    """RFT's objective on one micro-batch, summed over its response tokens (lib/train/sft.train divides by the
+    step's response tokens): the NLL of the successes, -(logp * mask).sum() (lib/train/sft.nll_loss). Every success
+    weighs the same: an absolute signal.
     logp, mask: [b, T] (mask 1.0 on response tokens); examples[i] is row i (its .reward: the trajectory's).
     To fork (e.g. reward-weighted RFT): weigh each row here, e.g.
         w = torch.tensor([e.reward for e in examples], device=logp.device)[:, None]  # [b, 1]
         return -(logp * mask * w).sum()
     (a padding pass has no examples and an all-zero mask: return something that is 0 there)."""
-    return -(logp * mask).sum()
+    return nll_loss(logp, mask, examples)
 
 
 DONE = "consolidate.json"  # in DIR only when the final model is complete
@@ -64,23 +66,23 @@ def get_args(argv=None):
     g = p.add_argument_group("data")
     g.add_argument("--model", default="toy", help="the policy to fine-tune (the iteration's initial policy); "
                                                   "'toy' = the embedded toy base model")
-    g.add_argument("--trajectories", "--data", dest="trajectories", required=True,
+    g.add_argument("--trajectories", required=True,
                    help="RFT trajectories: filter.py's rft.jsonl, or its --out folder")
-    g.add_argument("--max-model-len", "--max-len", dest="max_model_len", type=int, default=0,
-                   help="truncate prompt + response to this many tokens (0 = the model's max_position_embeddings; above "
-                        "it, the output's config is raised to N, as explore.py --max-model-len does)")
+    g.add_argument("--max-model-len", type=int, default=0,
+                   help="truncate prompt + response to this many tokens (0 = the model's max_position_embeddings; "
+                        "above it, the output's config is raised to N, as explore.py --max-model-len does)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=float, default=3.0, help="passes over the data (used when --sft-steps is 0)")
-    g.add_argument("--sft-steps", "--steps", dest="sft_steps", type=int, default=0,
+    g.add_argument("--sft-steps", type=int, default=0,
                    help="optimiser steps (0 = from --epochs)")
     g.add_argument("--batch-size", type=int, default=32, help="trajectories per optimiser step")
     g.add_argument("--micro-batch", type=int, default=0,
                    help="most trajectories per forward/backward (0 = no limit: the step is split into length-sorted "
                         "micro-batches that minimise padding); does not change the objective")
     g.add_argument("--lr", type=float, default=2e-5,
-                   help="peak learning rate (toy: 2e-5 -- on a loop's iteration-1 RFT set it lifted test accuracy, while "
-                        "2e-4 lowered it and made the probe skill fade; 7B: ~1e-5)")
-    g.add_argument("--warmup-steps", "--warmup", dest="warmup_steps", type=int, default=5,
+                   help="peak learning rate (toy: 2e-5 -- on a loop's iteration-1 RFT set it lifted test accuracy, "
+                        "while 2e-4 lowered it and made the probe skill fade; 7B: ~1e-5)")
+    g.add_argument("--warmup-steps", type=int, default=5,
                    help="linear warm-up steps (at most a quarter of the run), then cosine decay")
     g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decays to this fraction of --lr")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
@@ -95,7 +97,7 @@ def get_args(argv=None):
     g.add_argument("--save-every", type=int, default=100, help="write a resume checkpoint every N steps (0 = never)")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its checkpoint")
     g = p.add_argument_group("engine")
-    train.add_trainer_args(g)  # --device, --bf16, --grad-checkpointing
+    add_trainer_args(g)  # --device, --bf16, --grad-checkpointing
     g.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off: safer)")
     g = p.add_argument_group("logging")
     g.add_argument("--logger", default="", help="live tracking, comma-separated: tensorboard (DIR/tensorboard), "
@@ -123,8 +125,8 @@ def out_state(out: Path) -> str:
     names = [d.name for d in out.iterdir()]
     if not names:
         return "empty"
-    ours = all(n in ("args.json", "metrics.jsonl", *tracking.DIRS) or checkpoint.CKPT_RE.match(n) or n.startswith(".ckpt_")
-               for n in names)
+    ours = all(n in ("args.json", "metrics.jsonl", *tracking.DIRS) or checkpoint.CKPT_RE.match(n)
+               or n.startswith(".ckpt_") for n in names)
     return "ours" if ours else "foreign"
 
 
@@ -164,10 +166,10 @@ def run(args):
     n_wrong = sum(not t.acc for t in trajs)
     device = dist.device(args.device)
     if args.bf16 is None:
-        args.bf16 = train.default_bf16(device)
-    load_device = train.load_device(device)  # under FSDP a skeleton: each rank reads only its shard (prepare)
+        args.bf16 = default_bf16(device)
+    load_to = load_device(device)  # under FSDP a skeleton: each rank reads only its shard (prepare)
     model_path = dist.main_first(lambda: toy.resolve(args.model, "model"))  # ('toy' may build the base: rank 0 first)
-    model, tok = load_policy(model_path, device=load_device, trust_remote_code=args.trust_remote_code)
+    model, tok = load_policy(model_path, device=load_to, trust_remote_code=args.trust_remote_code)
     native = int(getattr(model.config, "max_position_embeddings", 0) or 0)
     max_len = args.max_model_len or native
     if native and max_len > native:  # trained at a longer context: the output's config says so (as explore's do)
@@ -176,14 +178,15 @@ def run(args):
     # without them get their text tokenised + the policy's end-of-turn token (not necessarily its eos_token)
     examples = sft.tokenize(tok, trajs, append_eos=True, max_len=max_len, stop_id=end_of_turn_id(model, tok))
     if not examples:
-        raise cli.UserError(f"{args.trajectories}: no trainable trajectory (every response is empty or past --max-model-len)")
+        raise cli.UserError(f"{args.trajectories}: no trainable trajectory (every response is empty or past "
+                            f"--max-model-len)")
     truncated = sum(e.truncated for e in examples)  # cut by max_len: they lost their end and their stop token
     if ckpt:  # a resumed run is the same run (no record of the old settings: nothing to compare)
         checkpoint.check_same_args(cli.read_json(out / "args.json") or {}, vars(args), FREE_ON_RESUME, out)
     cfg = sft.SFTConfig(steps=args.sft_steps, epochs=args.epochs, batch_size=args.batch_size,
-                        micro_batch=args.micro_batch, lr=args.lr, warmup=args.warmup_steps, min_lr_ratio=args.min_lr_ratio,
-                        weight_decay=args.weight_decay, grad_clip=args.grad_clip, kl_coef=args.kl_coef,
-                        seed=args.seed, bf16=args.bf16, max_nonfinite=args.max_nonfinite)
+                        micro_batch=args.micro_batch, lr=args.lr, warmup=args.warmup_steps,
+                        min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+                        kl_coef=args.kl_coef, seed=args.seed, bf16=args.bf16, max_nonfinite=args.max_nonfinite)
     total = sft.total_steps(len(examples), cfg)
     # a small RFT set makes a short run: a warm-up longer than the run would never reach --lr
     cfg.warmup = min(args.warmup_steps, total // 4)
@@ -203,7 +206,7 @@ def run(args):
     metrics = out / "metrics.jsonl"
     if ckpt:
         del model
-        model, _ = load_policy(str(ckpt), device=load_device, trust_remote_code=args.trust_remote_code)
+        model, _ = load_policy(str(ckpt), device=load_to, trust_remote_code=args.trust_remote_code)
         resume_state = checkpoint.load_state(ckpt)
         checkpoint.set_rng_state(resume_state["rng"])
         if main_rank:  # rows logged after the checkpoint are redone; a kill may have torn the last one
@@ -211,9 +214,9 @@ def run(args):
         print(f"resuming {out} from {ckpt.name} (step {resume_state['step']} of {total})")
     elif main_rank:
         checkpoint.start_fresh(out, [metrics], drop_checkpoints=True)
-    train.prepare(model, device, args.bf16, args.grad_checkpointing)
+    prepare(model, device, args.bf16, args.grad_checkpointing)
     if args.kl_coef > 0:
-        ref = train.frozen_reference(model_path, device, args.bf16, overrides, args.trust_remote_code)
+        ref = frozen_reference(model_path, device, args.bf16, overrides, args.trust_remote_code)
     if main_rank:
         cli.save_args(args, out)
     n_tok = sum(len(e.response_ids) for e in examples)
@@ -239,8 +242,8 @@ def run(args):
 
     t0 = time.time()
     try:
-        rows = sft.train(model, examples, cfg, pad_id=tok.pad_token_id, ref_model=ref, state=resume_state,
-                         on_step=on_step, loss_fn=rft_loss)
+        rows = sft.train(model, examples, cfg, tok.pad_token_id, rft_loss, ref_model=ref, state=resume_state,
+                         on_step=on_step)
     except sft.NonFiniteError as e:  # no final folder: a NaN model must never look finished
         last = checkpoint.latest(out)
         raise cli.UserError(f"{e}. Lower --lr or check the data; --resume continues from "

@@ -53,9 +53,7 @@ def get_args(argv=None):
                         "or path/to/file.py:function (runs that file; same signature as lib/algo/reward.score)")
     g.add_argument("--out", default="runs/eval/toy-base", help="output folder")
     g = p.add_argument_group("sampling")
-    g.add_argument("--n-samples", "--n", dest="n_samples", type=int, default=8,
-                   help="samples per problem (avg@n, pass@k up to k = n); under torchrun write --n-samples (torchrun "
-                        "reads --n as an abbreviation of its own options)")
+    g.add_argument("--n-samples", type=int, default=8, help="samples per problem (avg@n, pass@k up to k = n)")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (DAPO eval: 1.0)")
     g.add_argument("--top-p", type=float, default=0.7, help="nucleus sampling (DAPO eval: 0.7)")
     g.add_argument("--max-new-tokens", type=int, default=96, help="response length cap (DAPO: 20480)")
@@ -95,7 +93,8 @@ def run(args):
     # every benchmark loads before any sampling: a bad file fails in a second, not after an hour of generation
     # ('toy' writes its files once: rank 0 first)
     benches = dist.main_first(lambda: data.benchmark_splits(toy.resolve(args.benchmarks, "benchmarks"), args.split))
-    problems = {name: data.load_problems(path, split=split, limit=args.limit) for name, (path, split) in benches.items()}
+    problems = {name: data.load_problems(path, split=split, limit=args.limit)
+                for name, (path, split) in benches.items()}
     verifier = reward.load_reward(args.reward)  # (a bad --reward fails here too, before the model loads)
     device = dist.device(args.device)
     model_path = dist.main_first(lambda: toy.resolve(args.model, "model"))
@@ -112,7 +111,8 @@ def run(args):
     out = Path(args.out)
     # what the samples depend on: parts made with anything else are discarded (the world size is not in it)
     key = {"model": model_path, "benchmarks": {k: list(v) for k, v in benches.items()}, "limit": args.limit,
-           "n_samples": args.n_samples, "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
+           "n_samples": args.n_samples, "temperature": args.temperature, "top_p": args.top_p,
+           "max_new_tokens": args.max_new_tokens,
            "max_model_len": args.max_model_len, "max_prompt_len": args.max_prompt_len, "reward": args.reward,
            "seed": args.seed, "backend": backend, "rollout_dtype": dtype}
     parts, main_rank = rounds.Parts(out / ".parts", key), dist.is_main()

@@ -16,11 +16,11 @@ throws every step's samples away after its update. RLoop keeps them. Two sources
                    (or --data), sampling settings from its args.json unless given here.
 
 Output: OUT/harvest.jsonl (the shared trajectory record), OUT/args.json and, last, OUT/done.json; a summary line
-per step range (default) or per checkpoint (--n-samples): trajectories, accuracy, problems. (An --out ending in
-.jsonl is that file alone.) Every logged rollout counts, whether or not DAPO's dynamic sampling trained on it; the
-harvest is streamed, so it need not fit in memory. When every step is taken (the default) harvest.jsonl is the
-rollouts file itself, hard-linked (explore.py's extra `kept` field then stays; readers ignore it): at full scale
-that file is tens of GB per run. A subset of steps is written out, without `kept`.
+per step range (default) or per checkpoint (--n-samples): trajectories, accuracy, problems. Every logged rollout
+counts, whether or not DAPO's dynamic sampling trained on it; the harvest is streamed, so it need not fit in memory.
+When every step is taken (the default) harvest.jsonl is the rollouts file itself, hard-linked (explore.py's extra
+`kept` field then stays; readers ignore it): at full scale that file is tens of GB per run. A subset of steps is
+written out, without `kept`.
 --select-steps: comma-separated steps and inclusive ranges ("1-200", "50,100,150", "1-50,100", "150-" = 150 on).
 --n-samples keeps its finished rounds of problems (--part-size per rank, per checkpoint) in a hidden parts folder
 next to harvest.jsonl, so a killed run resumes where it stopped; the folder is removed once the output is written.
@@ -28,8 +28,7 @@ next to harvest.jsonl, so a killed run resumes where it stopped; the folder is r
 --n-samples runs data-parallel under torchrun (lib/engine/rounds.py): every rank loads each checkpoint whole (the HF
 model, or a vLLM engine in its own process), samples its contiguous share of the problems with their global
 seeds, and rank 0 gathers the records and alone writes: the output equals one process's. The default mode is a
-single-process file link: run it with python. (Old spellings: --run, --steps, --resample; under torchrun write
-the canonical ones, which torchrun's own parser leaves alone.)
+single-process file link: run it with python.
 """
 from __future__ import annotations
 
@@ -54,13 +53,11 @@ from lib.worlds import toy
 def get_args(argv=None):
     p = cli.make_parser(__doc__)
     g = p.add_argument_group("data")
-    g.add_argument("--run-dir", "--run", dest="run_dir", required=True,
-                   help="explore.py output folder (rollouts.jsonl, ckpt_*/, args.json); under torchrun write --run-dir")
-    g.add_argument("--out", required=True,
-                   help="output folder: harvest.jsonl, args.json, done.json (a path ending in .jsonl: that file alone)")
-    g.add_argument("--select-steps", "--steps", dest="select_steps", default="",
+    g.add_argument("--run-dir", required=True, help="explore.py output folder (rollouts.jsonl, ckpt_*/, args.json)")
+    g.add_argument("--out", required=True, help="output folder: harvest.jsonl, args.json, done.json")
+    g.add_argument("--select-steps", default="",
                    help="RL steps / ranges to take, e.g. '1-200' or '50,100,150' (default: all)")
-    g.add_argument("--n-samples", "--resample", dest="n_samples", type=int, default=0, metavar="K",
+    g.add_argument("--n-samples", type=int, default=0, metavar="K",
                    help="generate K samples per training problem from each saved checkpoint instead of "
                         "reading the logged rollouts (0 = read the rollouts)")
     g = p.add_argument_group("sampling, with --n-samples K (default: the explore run's args.json)")
@@ -96,14 +93,8 @@ def get_args(argv=None):
         raise cli.UserError(f"--top-p must be in (0, 1], got {args.top_p}")
     check_engine_args(args)
     args.step_ranges = parse_steps(args.select_steps)
-    (cli.check_out_dir if output_paths(args.out)[1] else cli.check_out_file)(args.out)
+    cli.check_out_dir(args.out)
     return args
-
-
-def output_paths(out: str) -> tuple[Path, Path | None]:
-    """(the harvest file, the output folder) of --out: OUT/harvest.jsonl and OUT for a folder; a path ending in
-    .jsonl is that file alone, without a folder (no args.json, no done.json)."""
-    return (Path(out), None) if out.endswith(".jsonl") else (Path(out) / "harvest.jsonl", Path(out))
 
 
 def parse_steps(spec: str) -> list[tuple[int, float]]:
@@ -118,7 +109,8 @@ def parse_steps(spec: str) -> list[tuple[int, float]]:
             a = int(lo)
             b = (int(hi) if hi.strip() else math.inf) if dash else a
         except ValueError:
-            raise cli.UserError(f"--select-steps: expected steps or ranges like '1-200' or '50,100', got '{item}'") from None
+            raise cli.UserError(f"--select-steps: expected steps or ranges like '1-200' or '50,100', "
+                                f"got '{item}'") from None
         if a < 0 or b < a:
             raise cli.UserError(f"--select-steps: bad range '{item}'")
         ranges.append((a, b))
@@ -238,8 +230,9 @@ def resample_settings(args, run: Path) -> dict:
         except UnicodeDecodeError:
             raise cli.UserError(f"{run / 'args.json'}: not valid UTF-8") from None
     s = {}
-    for key, default in (("data", None), ("split", "train"), ("limit", 0), ("max_new_tokens", None), ("max_model_len", 0),
-                         ("max_prompt_len", 0), ("temperature", 1.0), ("top_p", 1.0), ("seed", 0), ("reward", "dapo")):
+    for key, default in (("data", None), ("split", "train"), ("limit", 0), ("max_new_tokens", None),
+                         ("max_model_len", 0), ("max_prompt_len", 0), ("temperature", 1.0), ("top_p", 1.0),
+                         ("seed", 0), ("reward", "dapo")):
         v = getattr(args, key)
         s[key] = v if v is not None else explore.get(key, default)
         if s[key] is None:
@@ -298,7 +291,8 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally] | None:
     ckpts = [(s, d) for s, d in list_checkpoints(run) if in_steps(s, args.step_ranges)]
     if not ckpts:
         have = [d.name for _, d in list_checkpoints(run)]
-        raise cli.UserError(f"{run}: no checkpoint at the requested --select-steps (found: {', '.join(have) or 'none'})")
+        raise cli.UserError(f"{run}: no checkpoint at the requested --select-steps "
+                            f"(found: {', '.join(have) or 'none'})")
     s = resample_settings(args, run)
     # fails before any model loads ('toy' writes its files once: rank 0 first)
     problems = dist.main_first(lambda: data.load_problems(toy.resolve(s["data"], "data"), split=s["split"],
@@ -358,12 +352,12 @@ def resample(args, run: Path, out: Path) -> dict[int, Tally] | None:
 
 def main(argv=None):
     args = get_args(argv)
-    (out, folder), run = output_paths(args.out), Path(args.run_dir)
+    folder, run = Path(args.out), Path(args.run_dir)
+    out = folder / "harvest.jsonl"
     if not run.is_dir():
         raise cli.UserError(f"{run}: no such folder (--run-dir takes an explore.py output folder)")
-    if folder is not None and dist.is_main():
-        folder.mkdir(parents=True, exist_ok=True)
-        cli.clear_done(folder)
+    if dist.is_main():
+        cli.clear_done(folder)  # (the folder itself is made with the output: bad input leaves none)
     if args.n_samples:
         with dist.session():  # (without torchrun nothing below touches torch.distributed)
             tallies = resample(args, run, out)
@@ -387,10 +381,9 @@ def main(argv=None):
         total.merge(t)
     print(total.line(f"total ({len(tallies)} {what})"))
     linked = not args.n_samples and os.path.samefile(out, run / "rollouts.jsonl")
-    if folder is not None:
-        flags = {k: v for k, v in vars(args).items() if k != "step_ranges"}  # (the flags only: --config replays them)
-        cli.save_args(argparse.Namespace(**flags), folder)
-        cli.mark_done(folder, "harvest", trajectories=total.n, correct=total.correct, problems=len(total.problems))
+    flags = {k: v for k, v in vars(args).items() if k != "step_ranges"}  # (the flags only: --config replays them)
+    cli.save_args(argparse.Namespace(**flags), folder)
+    cli.mark_done(folder, "harvest", trajectories=total.n, correct=total.correct, problems=len(total.problems))
     print(f"wrote {out}" + (" (a hard link to the run's rollouts.jsonl: every step, as logged; no copy)"
                             if linked else ""))
 

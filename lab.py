@@ -11,7 +11,7 @@ lab_job.log. An arm that reuses another's finished work (same seed) starts when 
 of what it reuses; when that arm failed or is not in this lab, it computes everything itself. A rerun skips the
 finished runs (OUT/<arm>/seed<k>/.done/report) and resumes the others (loop.sh's own bookkeeping). A failed run
 is reported with its log and the others go on; the exit code is 1 then. Last, `report.py OUT` writes
-OUT/report/summary.md. MODEL, DATA, EVAL, TRAIN_LAUNCH and LOGGER pass through the environment to loop.sh.
+OUT/report/summary.md. MODEL, DATA, BENCHMARKS, TRAIN_LAUNCH and LOGGER pass through the environment to loop.sh.
 """
 from __future__ import annotations
 

@@ -118,7 +118,7 @@ def build_model(out: Path, tok, seed: int = 0, sft_steps: int = 100, vocab_size:
         ids = tok(f"Answer: {rng.randint(0, 9)}", add_special_tokens=False)["input_ids"] + [eot]
         gold.append(Trajectory(f"g{i}", prompt, "", 1.0, True, response_ids=ids))
     cfg_sft = sft.SFTConfig(steps=sft_steps, batch_size=32, lr=1e-2, warmup=5, seed=seed)
-    sft.train(model, sft.tokenize(tok, gold), cfg_sft, pad_id=eos, progress=False)
+    sft.train(model, sft.tokenize(tok, gold), cfg_sft, eos, sft.nll_loss, progress=False)
     out.mkdir(parents=True, exist_ok=True)
     hf_logging.disable_progress_bar()  # (no "Writing model shards" bar in the rehearsal's output)
     save_policy(model, tok, out)
@@ -150,7 +150,8 @@ def build(out: str | Path, seed: int = 0, vocab_size: int = VOCAB_SIZE, sft_step
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/rehearse/fixtures", help="output folder (model/, train.parquet, bench_*.jsonl)")
+    p.add_argument("--out", default="runs/rehearse/fixtures",
+                   help="output folder (model/, train.parquet, bench_*.jsonl)")
     p.add_argument("--seed", type=int, default=0, help="weights, warm-start data and problems seed")
     p.add_argument("--vocab-size", type=int, default=VOCAB_SIZE,
                    help="embedding rows (Qwen2.5-Math-7B: 152064); smaller only for the test suite's fast variant")

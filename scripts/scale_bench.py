@@ -2,9 +2,9 @@
 and peak memory of each, against 10 minutes and 2 GB.
 
 At full scale one RL step writes 1,536-15,360 prompts x 16 responses of ~2k tokens, and an iteration of 200 steps
-millions of records. This writes such a file (lib/worlds/synthetic.write_rollouts; by default 2,000,000 records of ~10 KB,
-~21 GB: 4,000 problems, ~10% correct, token ids on the correct ones) as iteration 1 of a loop.sh run folder, then
-runs each stage in its own process, as loop.sh does:
+millions of records. This writes such a file (lib/worlds/synthetic.write_rollouts; by default 2,000,000 records of
+~10 KB, ~21 GB: 4,000 problems, ~10% correct, token ids on the correct ones) as iteration 1 of a loop.sh run folder,
+then runs each stage in its own process, as loop.sh does:
   report   python report.py DIR/run                                 (its diversity pass reads every rollout)
   harvest  python harvest.py --run-dir DIR/run/iter1/explore --out DIR/harvest    (default mode: the logged rollouts)
   filter   python filter.py --trajectories DIR/harvest --out DIR/filter --threshold 0.1
@@ -42,14 +42,14 @@ def get_args(argv=None):
     p.add_argument("--out", required=True, help="work folder (the generated run, the stages' outputs, scale.json)")
     p.add_argument("--records", type=int, default=2_000_000, help="rollout records")
     p.add_argument("--problems", type=int, default=4000, help="distinct problems")
-    p.add_argument("--steps", type=int, default=200, help="RL steps the records are spread over")
+    p.add_argument("--rl-steps", type=int, default=200, help="RL steps the records are spread over")
     p.add_argument("--response-tokens", type=int, default=2000, help="response length (about 4 characters a token)")
     p.add_argument("--correct", type=float, default=0.1, help="mean success rate")
     p.add_argument("--threshold", type=float, default=0.1, help="filter.py --threshold")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated file")
     p.add_argument("--keep", action="store_true", help="keep the generated rollouts and the stages' outputs")
     args = p.parse_args(argv)
-    cli.check_positive(args, "records", "problems", "steps", "response_tokens")
+    cli.check_positive(args, "records", "problems", "rl_steps", "response_tokens")
     if not 0 < args.correct < 1:
         raise cli.UserError(f"--correct must be in (0, 1), got {args.correct}")
     cli.check_out_dir(args.out)
@@ -76,13 +76,13 @@ def measure(name: str, cmd: list[str], logs: Path) -> dict:
 def generate(args, explore: Path) -> dict:
     """The run folder's iteration 1: rollouts.jsonl and a metrics row per step (reused when kept with the same
     settings)."""
-    key = {k: getattr(args, k) for k in ("records", "problems", "steps", "response_tokens", "correct", "seed")}
+    key = {k: getattr(args, k) for k in ("records", "problems", "rl_steps", "response_tokens", "correct", "seed")}
     made = explore / "generated.json"
     if (explore / "rollouts.jsonl").is_file() and cli.read_json(made) and cli.read_json(made)["settings"] == key:
         return cli.read_json(made)
     explore.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    info = write_rollouts(explore / "rollouts.jsonl", args.records, args.problems, steps=args.steps,
+    info = write_rollouts(explore / "rollouts.jsonl", args.records, args.problems, steps=args.rl_steps,
                           response_tokens=args.response_tokens, correct=args.correct, seed=args.seed)
     info["seconds"] = round(time.perf_counter() - t, 1)
     cli.atomic_write_text(explore / "metrics.jsonl", "".join(
@@ -121,7 +121,8 @@ def main(argv=None) -> int:
     print(f"(filter kept {stats['kept_trajectories']:,} of {stats['trajectories_in']:,} trajectories, "
           f"{stats['problems_selected']:,} problems selected)")
     result = {"command": " ".join(["python scripts/scale_bench.py"] + (sys.argv[1:] if argv is None else list(argv))),
-              "rollouts": info, "rows": rows, "filter": {k: stats[k] for k in ("kept_trajectories", "problems_selected")},
+              "rollouts": info, "rows": rows,
+              "filter": {k: stats[k] for k in ("kept_trajectories", "problems_selected")},
               "machine": {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                           "python": platform.python_version()}}
     cli.atomic_write_json(out / "scale.json", result)

@@ -46,8 +46,8 @@ def report(seed: int = 0, n: int = 16) -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="Build (once) and measure the toy base model.")
+    ap = argparse.ArgumentParser(description="Build (once) and measure the toy base model.", allow_abbrev=False)
     ap.add_argument("--seed", type=int, default=0, help="toy world seed")
-    ap.add_argument("--n-samples", "--n", dest="n", type=int, default=16, help="samples per problem")
+    ap.add_argument("--n-samples", type=int, default=16, help="samples per problem")
     a = ap.parse_args()
-    report(a.seed, a.n)
+    report(a.seed, a.n_samples)

@@ -67,7 +67,8 @@ def toy_data_dir(tmp_path_factory) -> Path:
     return toy.data_path("train").parent
 
 
-MEMO_PROBLEMS = [(f"Compute {a}+{b}.", a + b) for a, b in ((1, 2), (3, 4), (2, 5), (6, 1), (4, 4), (7, 2), (5, 3), (8, 1))]
+MEMO_PROBLEMS = [(f"Compute {a}+{b}.", a + b)
+                 for a, b in ((1, 2), (3, 4), (2, 5), (6, 1), (4, 4), (7, 2), (5, 3), (8, 1))]
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +101,7 @@ def memo_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
         expr = p[len("Compute "):-1]
         gold.append(Trajectory(f"m{i}", prompt, f"{expr}={a}\nAnswer: {a}", 1.0, True))
     cfg = sft.SFTConfig(steps=60, batch_size=8, lr=3e-3, warmup=5, seed=0)
-    sft.train(model, sft.tokenize(tok, gold), cfg, pad_id=tok.pad_token_id, progress=False)
+    sft.train(model, sft.tokenize(tok, gold), cfg, tok.pad_token_id, sft.nll_loss, progress=False)
     out = tmp_path_factory.mktemp("memo_model") / "model"
     save_policy(model, tok, out)
     return out

@@ -76,7 +76,7 @@ def w(tmp_path_factory, tiny_model_dir) -> Path:
     return w
 
 
-TINY_RL = ("--prompts-per-step 2 --mini-batch 2 --n 2 --max-new-tokens 8 --overlong-buffer 2 --steps 1 "
+TINY_RL = ("--prompts-per-step 2 --mini-batch 2 --n-samples 2 --max-new-tokens 8 --overlong-buffer 2 --rl-steps 1 "
            "--backend hf --device cpu")
 
 # (id, stage, argv with {w} = the world folder and {o} = the output path, pre-existing output ('' | 'dir' |
@@ -88,7 +88,7 @@ CASES = [
      ["{w}/bad_utf8.jsonl:2: not valid UTF-8"]),
     ("explore-wrong-type", "explore", "--data {w}/wrong_type.jsonl --out {o}", "", 2,
      ["{w}/wrong_type.jsonl:2: field 'problem' should be str, got int"]),
-    ("explore-n0", "explore", "--data {w}/problems.jsonl --out {o} " + TINY_RL + " --n 0", "", 2,
+    ("explore-n0", "explore", "--data {w}/problems.jsonl --out {o} " + TINY_RL + " --n-samples 0", "", 2,
      ["--n-samples must be >= 1, got 0"]),
     ("explore-mini-batch-larger-than-batch", "explore",
      "--data {w}/problems.jsonl --out {o} " + TINY_RL + " --mini-batch 4", "", 2,
@@ -98,28 +98,31 @@ CASES = [
     ("explore-out-is-a-file", "explore", "--model {w}/model --data {w}/problems.jsonl --out {o} " + TINY_RL, "file", 2,
      ["{o}: exists and is not a folder"]),
     # harvest.py
-    ("harvest-not-json", "harvest", "--run {w}/run_notjson --out {o}", "", 2,
+    ("harvest-not-json", "harvest", "--run-dir {w}/run_notjson --out {o}", "", 2,
      ["{w}/run_notjson/rollouts.jsonl:2: not valid JSON"]),
-    ("harvest-run-missing", "harvest", "--run {w}/nope --out {o}", "", 2, ["{w}/nope: no such folder", "--run"]),
+    ("harvest-run-missing", "harvest", "--run-dir {w}/nope --out {o}", "", 2,
+     ["{w}/nope: no such folder", "--run-dir"]),
     ("harvest-out-is-a-file", "harvest", "--run-dir {w}/run_ok --out {o}", "file", 2,
      ["{o}: exists and is not a folder", "--out"]),
     # filter.py
-    ("filter-empty-file", "filter", "--in {w}/empty.jsonl --out {o}", "", 2, ["{w}/empty.jsonl: empty file"]),
-    ("filter-missing-field", "filter", "--in {w}/missing_acc.jsonl --out {o}", "", 2,
+    ("filter-empty-file", "filter", "--trajectories {w}/empty.jsonl --out {o}", "", 2, ["{w}/empty.jsonl: empty file"]),
+    ("filter-missing-field", "filter", "--trajectories {w}/missing_acc.jsonl --out {o}", "", 2,
      ["{w}/missing_acc.jsonl:3: missing field 'acc'"]),
     ("filter-folder-without-harvest", "filter", "--trajectories {w}/run_ok --out {o}", "", 2,
      ["{w}/run_ok/harvest.jsonl: no such file"]),
-    ("filter-out-is-a-file", "filter", "--in {w}/easy.jsonl --out {o}", "file", 2, ["{o}: exists and is not a folder"]),
-    ("filter-zero-hard-problems", "filter", "--in {w}/easy.jsonl --out {o} --threshold 0.5", "", 3,
+    ("filter-out-is-a-file", "filter", "--trajectories {w}/easy.jsonl --out {o}", "file", 2,
+     ["{o}: exists and is not a folder"]),
+    ("filter-zero-hard-problems", "filter", "--trajectories {w}/easy.jsonl --out {o} --threshold 0.5", "", 3,
      ["{w}/easy.jsonl: nothing kept", "2 always solved"]),
     # consolidate.py
-    ("consolidate-wrong-type", "consolidate", "--model {w}/model --data {w}/reward_str.jsonl --out {o}", "", 2,
+    ("consolidate-wrong-type", "consolidate", "--model {w}/model --trajectories {w}/reward_str.jsonl --out {o}", "", 2,
      ["{w}/reward_str.jsonl:1: field 'reward' should be int or float, got str"]),
-    ("consolidate-line-not-an-object", "consolidate", "--model {w}/model --data {w}/list_line.jsonl --out {o}", "",
-     2, ["{w}/list_line.jsonl:1: expected a JSON object, got list"]),
-    ("consolidate-model-missing", "consolidate", "--model {w}/nope --data {w}/easy.jsonl --out {o}", "", 2,
+    ("consolidate-line-not-an-object", "consolidate",
+     "--model {w}/model --trajectories {w}/list_line.jsonl --out {o}", "", 2,
+     ["{w}/list_line.jsonl:1: expected a JSON object, got list"]),
+    ("consolidate-model-missing", "consolidate", "--model {w}/nope --trajectories {w}/easy.jsonl --out {o}", "", 2,
      ["{w}/nope: model folder does not exist"]),
-    ("consolidate-batch-size-0", "consolidate", "--data {w}/easy.jsonl --out {o} --batch-size 0", "", 2,
+    ("consolidate-batch-size-0", "consolidate", "--trajectories {w}/easy.jsonl --out {o} --batch-size 0", "", 2,
      ["--batch-size must be >= 1, got 0"]),
     # evaluate.py
     ("evaluate-benchmark-without-answers", "evaluate", "--model {w}/model --benchmarks b={w}/noanswer.jsonl --out {o}",
@@ -136,11 +139,11 @@ CASES = [
 
 
 def run_case(case, root: Path, w: Path):
-    """Run one case in its own folder `root`; its output location is root/outs/(o | h.jsonl)."""
+    """Run one case in its own folder `root`; its output location is root/outs/o."""
     name, stage, argv, pre, _, _ = case
     where = root / "outs"  # holds the output location and nothing else: a temp file left behind shows
     where.mkdir(parents=True)
-    out = where / ("h.jsonl" if stage == "harvest" and not pre else "o")
+    out = where / "o"
     if pre == "dir":
         out.mkdir()
     elif pre == "file":
@@ -231,10 +234,10 @@ def digit_reward(response: str, ground_truth: str) -> dict:
 def explore_args(model, data, out, *extra):
     """4 prompts x 4 responses, 2 updates per step, every group trained on (one generation batch per step:
     exactly 16 verifier calls per step), a checkpoint every step."""
-    return ["--model", str(model), "--data", str(data), "--out", str(out), "--prompts-per-step", "4", "--n", "4",
-            "--mini-batch", "2", "--micro-batch", "8", "--max-new-tokens", "16", "--overlong-buffer", "4",
-            "--lr", "1e-3", "--warmup-steps", "0", "--no-dynamic-sampling", "--save-every", "1", "--backend", "hf",
-            "--device", "cpu", *map(str, extra)]
+    return ["--model", str(model), "--data", str(data), "--out", str(out), "--prompts-per-step", "4",
+            "--n-samples", "4", "--mini-batch", "2", "--micro-batch", "8", "--max-new-tokens", "16",
+            "--overlong-buffer", "4", "--lr", "1e-3", "--warmup-steps", "0", "--no-dynamic-sampling", "--save-every",
+            "1", "--backend", "hf", "--device", "cpu", *map(str, extra)]
 
 
 def nan_reward_on(calls: range):
@@ -261,7 +264,7 @@ def test_explore_skips_nonfinite_updates_counts_them_and_goes_on(tiny_model_dir,
     import explore
 
     out = tmp_path / "run"
-    explore.main(explore_args(tiny_model_dir, problems, out, "--steps", "3"), reward_fn=nan_reward_on(range(16, 32)))
+    explore.main(explore_args(tiny_model_dir, problems, out, "--rl-steps", "3"), reward_fn=nan_reward_on(range(16, 32)))
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["updates"], r["skipped_updates"]) for r in rows] == [(1, 2, 0), (2, 2, 2), (3, 2, 0)]
     assert rows[1]["pg_loss"] is None  # NaN is written as null: metrics.jsonl stays strict JSON
@@ -277,7 +280,7 @@ def test_explore_stops_after_k_consecutive_nonfinite_updates(tiny_model_dir, pro
 
     out = tmp_path / "run"
     with pytest.raises(UserError) as e:
-        explore.main(explore_args(tiny_model_dir, problems, out, "--steps", "4", "--max-nonfinite", "3"),
+        explore.main(explore_args(tiny_model_dir, problems, out, "--rl-steps", "4", "--max-nonfinite", "3"),
                      reward_fn=nan_reward_on(range(10**9)))
     msg = str(e.value)
     assert e.value.code == 1 and "\n" not in msg
@@ -323,7 +326,7 @@ def test_sft_skips_a_nonfinite_step_and_goes_on():
         model.poison = step == 1  # step 2's forward passes give NaN
 
     rows = sft.train(model, examples, sft.SFTConfig(steps=3, batch_size=4, lr=1e-2), tok.pad_token_id,
-                     on_step=on_step, progress=False)
+                     sft.nll_loss, on_step=on_step, progress=False)
     assert [r["skipped_updates"] for r in rows] == [0, 1, 0]
     assert rows[1]["loss"] is None or not math.isfinite(rows[1]["loss"])
     assert all(torch.equal(a, b) for a, b in zip(snap[1], snap[2]))  # the skipped step changed nothing
@@ -336,8 +339,9 @@ def test_consolidate_stops_on_nonfinite_steps_and_writes_no_model(tiny_model_dir
     write_jsonl(data, [Trajectory(f"p{i}", f"Compute {i}+1.", f"Answer: {i + 1}", 1.0, True) for i in range(8)])
     out = tmp_path / "out"
     # lr 1e30: step 1's update sends the weights to ~1e30, every later forward overflows to NaN
-    r = subprocess.run([sys.executable, str(ROOT / "consolidate.py"), "--model", str(tiny_model_dir), "--data",
-                        str(data), "--out", str(out), "--batch-size", "4", "--steps", "8", "--warmup", "0",
+    r = subprocess.run([sys.executable, str(ROOT / "consolidate.py"), "--model", str(tiny_model_dir),
+                        "--trajectories", str(data), "--out", str(out), "--batch-size", "4", "--sft-steps", "8",
+                        "--warmup-steps", "0",
                         "--lr", "1e30", "--max-nonfinite", "3", "--device", "cpu"],
                        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
     lines = [line for line in r.stderr.splitlines() if line.strip() and "sft" not in line]

@@ -83,7 +83,7 @@ def test_prompt_tokens_get_no_gradient(tok):
     short = sft.Example(prompt_ids=[5, 6], response_ids=[13])
     cfg = sft.SFTConfig(batch_size=2)
     # the step sorts by length: row 0 = short (T=3, padded to 8), row 1 = long (T=8)
-    sft.step_loss(model, [long, short], cfg, pad_id=tok.pad_token_id, n_tokens=4.0)
+    sft.step_loss(model, [long, short], cfg, tok.pad_token_id, 4.0, consolidate.rft_loss)
     g = model.logits.grad.abs().sum(-1)  # [2, 8]: position t's logits predict token t + 1
     assert g.shape == (2, 8)
     # long: prompt 0..4, response 5..7 -> only positions 4, 5, 6 (predicting 5, 6, 7) carry gradient
@@ -99,7 +99,8 @@ def test_loss_is_token_mean_over_the_step_whatever_the_micro_batch(tok):
     grads, losses = [], []
     for mb in (0, 1, 2):
         model = copy.deepcopy(m)
-        nll, _ = sft.step_loss(model, exs, sft.SFTConfig(micro_batch=mb), tok.pad_token_id, n_tokens)
+        nll, _ = sft.step_loss(model, exs, sft.SFTConfig(micro_batch=mb), tok.pad_token_id, n_tokens,
+                               consolidate.rft_loss)
         losses.append(nll)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     # by hand: one row at a time, summed NLL of the response tokens / all response tokens of the step
@@ -125,7 +126,7 @@ def test_sft_lowers_the_nll_of_its_data(tok):
     assert all(e.response_ids[-1] == tok.eos_token_id for e in examples)  # the model learns to stop
     before = mean_nll(model, examples, tok.pad_token_id)
     rows = sft.train(model, examples, sft.SFTConfig(steps=30, batch_size=8, lr=1e-3, warmup=3), tok.pad_token_id,
-                     progress=False)
+                     consolidate.rft_loss, progress=False)
     after = mean_nll(model, examples, tok.pad_token_id)
     assert len(rows) == 30 and [r["step"] for r in rows[:2]] == [1, 2]
     assert after < before - 1.0, (before, after)  # untrained ~5.5 nats/token; 30 steps on 8 examples: far lower
@@ -135,7 +136,7 @@ def test_kl_is_zero_against_itself_and_finite_with_padding(tok):
     model = toy.make_model(tok, seed=0)
     ref = copy.deepcopy(model).eval()
     exs = [sft.Example([5, 6, 7, 8], [10, 11]), sft.Example([5], [12])]
-    _, kl = sft.step_loss(model, exs, sft.SFTConfig(kl_coef=0.5), tok.pad_token_id, 3.0, ref_model=ref)
+    _, kl = sft.step_loss(model, exs, sft.SFTConfig(kl_coef=0.5), tok.pad_token_id, 3.0, sft.nll_loss, ref_model=ref)
     assert kl == pytest.approx(0.0, abs=1e-6)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
@@ -161,7 +162,7 @@ def test_kl_term_equals_a_hand_computed_k3_between_two_different_models(tok, mic
     n_tokens, coef = 6.0, 0.3
     model = copy.deepcopy(policy)
     nll, kl = sft.step_loss(model, exs, sft.SFTConfig(kl_coef=coef, micro_batch=micro_batch), tok.pad_token_id,
-                            n_tokens, ref_model=ref)
+                            n_tokens, sft.nll_loss, ref_model=ref)
     got_grad = torch.cat([p.grad.flatten() for p in model.parameters()])
 
     by_hand = copy.deepcopy(policy)
@@ -198,8 +199,8 @@ def test_plan_refuses_no_examples():
 
 
 def cons_args(world, out, *extra):
-    return ["--model", str(world / "policy"), "--data", str(world / "rft.jsonl"), "--out", str(out),
-            "--batch-size", "4", "--steps", "6", "--save-every", "2", "--device", "cpu", *extra]
+    return ["--model", str(world / "policy"), "--trajectories", str(world / "rft.jsonl"), "--out", str(out),
+            "--batch-size", "4", "--sft-steps", "6", "--save-every", "2", "--device", "cpu", *extra]
 
 
 def weights(folder):
@@ -220,8 +221,9 @@ def test_consolidate_writes_a_folder_evaluate_loads(world, tmp_path, capsys):
     assert not list(tmp_path.glob(".consolidated*"))  # no temp folders left behind
     capsys.readouterr()
 
-    evaluate.main(["--model", str(out), "--benchmarks", f"t={world / 'bench.jsonl'}", "--limit", "2", "--n", "2",
-                   "--max-new-tokens", "8", "--backend", "hf", "--device", "cpu", "--out", str(tmp_path / "eval")])
+    evaluate.main(["--model", str(out), "--benchmarks", f"t={world / 'bench.jsonl'}", "--limit", "2",
+                   "--n-samples", "2", "--max-new-tokens", "8", "--backend", "hf", "--device", "cpu",
+                   "--out", str(tmp_path / "eval")])
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["benchmarks"]["t"]["problems"] == 2
 
@@ -235,7 +237,8 @@ def test_consolidate_really_trains(world, tok, tmp_path):
     """The output is not the starting policy: its weights moved, the logged loss fell over the run, and the
     NLL of the RFT data, measured here with both models, dropped."""
     out = tmp_path / "trained"
-    consolidate.main(cons_args(world, out, "--steps", "16", "--lr", "3e-3", "--warmup", "0", "--save-every", "0"))
+    consolidate.main(cons_args(world, out, "--sft-steps", "16", "--lr", "3e-3", "--warmup-steps", "0",
+                               "--save-every", "0"))
     start, end = weights(world / "policy"), weights(out)
     assert start.keys() == end.keys()
     moved = max((end[k] - start[k]).abs().max().item() for k in start)
@@ -261,8 +264,8 @@ def test_consolidate_kl_is_zero_at_the_start_and_grows(world, tmp_path):
     """--kl-coef: the reference is the starting policy, so step 1 (before any update) has KL exactly 0 and
     later steps a positive KL."""
     out = tmp_path / "kl"
-    consolidate.main(cons_args(world, out, "--steps", "4", "--lr", "3e-3", "--warmup", "0", "--save-every", "0",
-                               "--kl-coef", "0.1"))
+    consolidate.main(cons_args(world, out, "--sft-steps", "4", "--lr", "3e-3", "--warmup-steps", "0",
+                               "--save-every", "0", "--kl-coef", "0.1"))
     kls = [json.loads(line)["kl"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert kls[0] == pytest.approx(0.0, abs=1e-7) and all(k > 1e-4 for k in kls[1:]), kls
 
@@ -310,7 +313,7 @@ def test_bad_data_one_line_no_output(world, tmp_path, text, where):
     data = tmp_path / "rft.jsonl"
     data.write_text(text)
     out = tmp_path / "out"
-    r = run_consolidate("--model", world / "policy", "--data", data, "--out", out)
+    r = run_consolidate("--model", world / "policy", "--trajectories", data, "--out", out)
     assert r.returncode == EXIT_USER_ERROR
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {data}{where}"), r.stderr
@@ -320,7 +323,7 @@ def test_bad_data_one_line_no_output(world, tmp_path, text, where):
 
 def test_bad_model_one_line_no_output(world, tmp_path):
     out = tmp_path / "out"
-    r = run_consolidate("--model", tmp_path / "nope", "--data", world / "rft.jsonl", "--out", out)
+    r = run_consolidate("--model", tmp_path / "nope", "--trajectories", world / "rft.jsonl", "--out", out)
     assert r.returncode == EXIT_USER_ERROR and len(r.stderr.strip().splitlines()) == 1
     assert "nope" in r.stderr and "Traceback" not in r.stderr
     assert not out.exists()

@@ -101,8 +101,8 @@ def one_process_reference(model_dir):
     model = load_model(model_dir)
     ref = load_model(model_dir).eval().requires_grad_(False)
     tok = toy.make_tokenizer()
-    rows = sft.train(model, sft_examples(tok), sft.SFTConfig(**SFT_CFG), tok.pad_token_id, ref_model=ref,
-                     progress=False)
+    rows = sft.train(model, sft_examples(tok), sft.SFTConfig(**SFT_CFG), tok.pad_token_id, sft.nll_loss,
+                     ref_model=ref, progress=False)
     return st, rl, rows, {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -138,8 +138,8 @@ def _rank_worker(rank: int, world: int, port: int, model_dir: str, out_file: str
         model = dist.shard_model(load_model(model_dir), torch.device("cpu"))
         ref = dist.shard_model(load_model(model_dir).eval().requires_grad_(False), torch.device("cpu"))
         tok = toy.make_tokenizer()
-        rows = sft.train(model, sft_examples(tok), sft.SFTConfig(**SFT_CFG), tok.pad_token_id, ref_model=ref,
-                         progress=False)
+        rows = sft.train(model, sft_examples(tok), sft.SFTConfig(**SFT_CFG), tok.pad_token_id, sft.nll_loss,
+                         ref_model=ref, progress=False)
         sft_w = dist.full_state_dict(model)
         if dist.is_main():
             torch.save({"st": st, "rl": rl, "rows": rows, "sft": sft_w, "pushed": pushed, "log": eng.llm.calls,
@@ -347,8 +347,8 @@ def test_torchrun_explore_runs_saves_and_resumes(memo_model_dir, memo_prompts, t
     assert (full / "rollouts.jsonl").read_bytes() == (part / "rollouts.jsonl").read_bytes()
 
     # one process cannot resume a 2-rank run: one line, exit 2
-    r = subprocess.run([sys.executable, "explore.py", *explore_args(memo_model_dir, memo_prompts, part, "--rl-steps", "4",
-                                                                      "--resume")],
+    r = subprocess.run([sys.executable, "explore.py", *explore_args(memo_model_dir, memo_prompts, part,
+                                                                      "--rl-steps", "4", "--resume")],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         f"error: {part / 'ckpt_000003'}: saved by a run of 2 process(es), this run has 1; resume with the same "
@@ -363,8 +363,8 @@ def test_torchrun_consolidate_matches_one_process(tiny_model_dir, tmp_path):
                                          add_generation_prompt=True)
         trajs.append(Trajectory(f"c{i}", prompt, f"{i}+7={i + 7}" + "1" * i + f"\nAnswer: {i + 7}", 1.0, True))
     write_jsonl(tmp_path / "rft.jsonl", trajs)
-    common = ["--model", tiny_model_dir, "--trajectories", tmp_path / "rft.jsonl", "--batch-size", "5", "--micro-batch", "2",
-              "--sft-steps", "3", "--lr", "1e-3", "--warmup-steps", "0", "--device", "cpu"]
+    common = ["--model", tiny_model_dir, "--trajectories", tmp_path / "rft.jsonl", "--batch-size", "5",
+              "--micro-batch", "2", "--sft-steps", "3", "--lr", "1e-3", "--warmup-steps", "0", "--device", "cpu"]
     r = torchrun("consolidate.py", *common, "--out", tmp_path / "two")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     consolidate.main([str(x) for x in common] + ["--out", str(tmp_path / "one")])
@@ -377,7 +377,7 @@ def test_torchrun_consolidate_matches_one_process(tiny_model_dir, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# data-parallel sampling: evaluate.py and harvest.py --resample under torchrun write one process's outputs
+# data-parallel sampling: evaluate.py and harvest.py --n-samples under torchrun write one process's outputs
 
 
 def sums_bench(folder: Path) -> Path:
@@ -393,7 +393,7 @@ def sums_bench(folder: Path) -> Path:
 def test_torchrun_evaluate_and_harvest_resample_equal_one_process(memo_model_dir, tmp_path):
     """2 ranks vs 1 process, the same records byte for byte. evaluate: --part-size 16 makes rounds of 32 problems
     on 2 ranks (16 each) and of 16 in one process; the last round (8 problems, one engine batch) leaves rank 1
-    nothing. harvest --resample: two checkpoints, 32 + 8 problems per rank."""
+    nothing. harvest --n-samples: two checkpoints, 32 + 8 problems per rank."""
     import evaluate
     import harvest
     from lib.train import checkpoint
@@ -418,12 +418,12 @@ def test_torchrun_evaluate_and_harvest_resample_equal_one_process(memo_model_dir
     for step in (1, 2):
         checkpoint.drop_resume_state(checkpoint.save(run, step, model, tok, {}))
     (run / "args.json").write_text(json.dumps({"data": str(bench), "max_new_tokens": 16, "seed": 3}))
-    flags = ["--resample", "16", "--backend", "hf", "--device", "cpu"]
-    r = torchrun("harvest.py", "--run-dir", run, "--out", tmp_path / "h2.jsonl", *flags)
+    flags = ["--n-samples", "16", "--backend", "hf", "--device", "cpu"]
+    r = torchrun("harvest.py", "--run-dir", run, "--out", tmp_path / "h2", *flags)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert r.stdout.count("total (2 checkpoint(s)): 1280 trajectories") == 1
-    harvest.main(["--run", str(run), "--out", str(tmp_path / "h1.jsonl"), *flags])
-    assert (tmp_path / "h1.jsonl").read_bytes() == (tmp_path / "h2.jsonl").read_bytes()
+    harvest.main(["--run-dir", str(run), "--out", str(tmp_path / "h1"), *flags])
+    assert (tmp_path / "h1/harvest.jsonl").read_bytes() == (tmp_path / "h2/harvest.jsonl").read_bytes()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vllm: run with .venv-vllm's python "
@@ -458,9 +458,9 @@ def test_torchrun_vllm_evaluate_and_harvest_equal_one_process(memo_model_dir, tm
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.02)
     checkpoint.drop_resume_state(checkpoint.save(run, 2, model, tok, {}))
     (run / "args.json").write_text(json.dumps({"data": str(bench), "max_new_tokens": 16, "seed": 3}))
-    r = subprocess.run([*cmd[:-1], str(free_port()), "harvest.py", "--run-dir", run, "--out", tmp_path / "h2.jsonl",
-                        "--resample", "4", *vllm], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([*cmd[:-1], str(free_port()), "harvest.py", "--run-dir", run, "--out", tmp_path / "h2",
+                        "--n-samples", "4", *vllm], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = one("harvest.py", "--run", run, "--out", tmp_path / "h1.jsonl", "--resample", "4", *vllm)
+    r = one("harvest.py", "--run-dir", run, "--out", tmp_path / "h1", "--n-samples", "4", *vllm)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (tmp_path / "h1.jsonl").read_bytes() == (tmp_path / "h2.jsonl").read_bytes()
+    assert (tmp_path / "h1/harvest.jsonl").read_bytes() == (tmp_path / "h2/harvest.jsonl").read_bytes()

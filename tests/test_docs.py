@@ -34,7 +34,7 @@ HELP_SCRIPTS = ("loop.sh", "lab.sh", "recipes/qwen2.5-math-7b-dapo.sh")
 # the folders a stage writes when not told otherwise (a command may read them without an earlier --out)
 DEFAULT_OUTS = ("runs/loop", "runs/lab", "runs/lab-horizon", "runs/bench", "runs/toy", "runs/explore", "runs/eval",
                 "runs/rehearse", "runs/vllm_check", "runs/rollout_gap", "runs/qwen2.5-math-7b-dapo")
-READS = ("--model", "--run-dir", "--run", "--trajectories", "--config", "--data", "--in")
+READS = ("--model", "--run-dir", "--trajectories", "--config", "--data")
 
 
 def blocks(path: Path):
@@ -125,7 +125,7 @@ def test_the_pages_have_commands():
 def test_every_flag_variable_and_path_exists(doc):
     problems = []
     produced = set(DEFAULT_OUTS)
-    for toy, lines in blocks(doc):
+    for _, lines in blocks(doc):
         for line in lines:
             for cmd in commands(line):
                 p = parse(cmd)

@@ -28,7 +28,7 @@ def test_end_to_end_contract(tmp_path, tiny_model_dir, toy_data_dir):
     out = tmp_path / "ev"
     evaluate.main(["--model", str(tiny_model_dir), "--benchmarks",
                    f"test={toy_data_dir / 'test.jsonl'},probe={toy_data_dir / 'probe.jsonl'}",
-                   "--n", "4", "--limit", "5", "--max-new-tokens", "8", "--out", str(out)])
+                   "--n-samples", "4", "--limit", "5", "--max-new-tokens", "8", "--out", str(out)])
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_samples"] == 4 and m["temperature"] == 1.0 and m["top_p"] == 0.7 and m["max_new_tokens"] == 8
     assert set(m["benchmarks"]) == {"test", "probe"}
@@ -72,7 +72,7 @@ def test_bad_input_one_line(tmp_path, tiny_model_dir, case, expect):
     elif case == "noanswer":
         f.write_text('{"problem": "1+1"}\n')
     elif case == "n0":
-        extra = ["--n", "0"]
+        extra = ["--n-samples", "0"]
     elif case == "nomodel":
         model = str(tmp_path / "nope")
     out = tmp_path / "out"
@@ -129,7 +129,7 @@ def test_metrics_of_a_policy_that_solves_some_problems(tmp_path, tiny_model_dir,
     engine = ScriptedEngine(script, answers)
     monkeypatch.setattr(evaluate, "make_engine", lambda *args, **kw: engine)
     out = tmp_path / "ev"
-    evaluate.main(["--model", str(tiny_model_dir), "--benchmarks", f"a={a},b={b}", "--n", "4", "--seed", "7",
+    evaluate.main(["--model", str(tiny_model_dir), "--benchmarks", f"a={a},b={b}", "--n-samples", "4", "--seed", "7",
                    "--max-new-tokens", "8", "--device", "cpu", "--out", str(out)])
     m = json.loads((out / "metrics.json").read_text())
     A, B = m["benchmarks"]["a"], m["benchmarks"]["b"]

@@ -49,7 +49,8 @@ def data_file(tmp_path_factory) -> Path:
 
 def run_args(model, data, out, *extra):
     """Tiny settings: 4 prompts x 4 responses x 24 tokens, 2 updates of 2 prompts per step."""
-    return ["--model", str(model), "--data", str(data), "--out", str(out), "--prompts-per-step", "4", "--n-samples", "4",
+    return ["--model", str(model), "--data", str(data), "--out", str(out), "--prompts-per-step", "4",
+            "--n-samples", "4",
             "--mini-batch", "2", "--micro-batch", "4", "--max-new-tokens", "24", "--overlong-buffer", "4",
             "--lr", "1e-3", "--warmup-steps", "0", "--max-gen-batches", "4", "--backend", "hf", "--device", "cpu",
             *[str(x) for x in extra]]
@@ -431,15 +432,17 @@ def test_bf16_sampler_against_fp32_trainer_logs_the_correction(tiny_model_dir, d
 
 def test_resume_matches_an_uninterrupted_run(tiny_model_dir, data_file, tmp_path, capsys):
     full, part = tmp_path / "full", tmp_path / "part"
-    explore.main(run_args(tiny_model_dir, data_file, full, "--rl-steps", "4", "--save-every", "2"), reward_fn=digit_reward)
-    explore.main(run_args(tiny_model_dir, data_file, part, "--rl-steps", "2", "--save-every", "2"), reward_fn=digit_reward)
+    explore.main(run_args(tiny_model_dir, data_file, full, "--rl-steps", "4", "--save-every", "2"),
+                 reward_fn=digit_reward)
+    explore.main(run_args(tiny_model_dir, data_file, part, "--rl-steps", "2", "--save-every", "2"),
+                 reward_fn=digit_reward)
     # a kill after step 2's checkpoint, mid-write of step 3: torn lines that the resume must drop
     with open(part / "rollouts.jsonl", "a") as f:
         f.write('{"problem_id": "torn')
     with open(part / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "reward": 0.1}\n')
     # one policy for changed arguments (lib/train/checkpoint.check_same_args, as consolidate.py): a flag that shapes the
-    # weights is refused, in one line naming it, before anything is written; --steps / --save-every are free
+    # weights is refused, in one line naming it, before anything is written; --rl-steps / --save-every are free
     before = (part / "metrics.jsonl").read_bytes()
     refused = r"cannot --resume with different settings: the run used --lr 0.001 \(now 0.002\)$"
     with pytest.raises(explore.cli.UserError, match=refused):

@@ -71,9 +71,10 @@ def write_problems(path: Path, n: int = 4) -> Path:
 
 
 def explore_args(model, data, out, *extra):
-    return ["--model", str(model), "--data", str(data), "--out", str(out), "--prompts-per-step", "2", "--n", "4",
-            "--mini-batch", "2", "--micro-batch", "8", "--max-new-tokens", "24", "--overlong-buffer", "4",
-            "--lr", "1e-3", "--warmup-steps", "0", "--backend", "hf", "--device", "cpu", *[str(x) for x in extra]]
+    return ["--model", str(model), "--data", str(data), "--out", str(out), "--prompts-per-step", "2",
+            "--n-samples", "4", "--mini-batch", "2", "--micro-batch", "8", "--max-new-tokens", "24",
+            "--overlong-buffer", "4", "--lr", "1e-3", "--warmup-steps", "0", "--backend", "hf", "--device", "cpu",
+            *[str(x) for x in extra]]
 
 
 def run_explore(model, data, out, *extra):
@@ -116,8 +117,8 @@ def test_plan_context_with_a_prompt_cap():
         max_position_embeddings = 4096
 
     # the cap, not the longest prompt present, is planned for: what the cap lets through must fit
-    with pytest.raises(UserError, match=r"^--max-prompt-len \(2048\) \+ --max-new-tokens \(8192\) = 10240 tokens exceed "
-                                        r"Qwen's context \(4096, .*--max-model-len N with N >= 10240"):
+    with pytest.raises(UserError, match=r"^--max-prompt-len \(2048\) \+ --max-new-tokens \(8192\) = 10240 tokens "
+                                        r"exceed Qwen's context \(4096, .*--max-model-len N with N >= 10240"):
         plan_context(Cfg(), 300, 8192, 0, "Qwen", max_prompt_len=2048)
     assert plan_context(Cfg(), 300, 8192, 32768, max_prompt_len=2048) == (32768, {"max_position_embeddings": 32768})
     assert plan_context(Cfg(), 5000, 1000, 0, max_prompt_len=2048) == (4096, None)  # longer prompts are dropped
@@ -136,21 +137,22 @@ def test_prompt_cap_in_explore_and_evaluate(tiny_model_dir, tmp_path, capsys):
     lengths = data_lib.prompt_lengths(tok, [p.prompt for p in data_lib.render_prompts(
         data_lib.load_problems(str(data)), tok)])
     cap = (lengths[1] + lengths[2]) // 2  # p0, p1 fit; p2, p3 do not
-    run_explore(tiny_model_dir, data, tmp_path / "run", "--steps", "1", "--save-every", "1", "--max-prompt-len", cap,
-                "--eval-data", f"b={data}", "--eval-n", "2", "--eval-before-train")
+    run_explore(tiny_model_dir, data, tmp_path / "run", "--rl-steps", "1", "--save-every", "1", "--max-prompt-len", cap,
+                "--eval-benchmarks", f"b={data}", "--eval-n-samples", "2", "--eval-before-train")
     out = capsys.readouterr().out
     assert f"{data}: dropped 2 of 4 prompts longer than {cap} tokens (--max-prompt-len)" in out
     assert f"validation set b: dropped 2 of 4 prompts longer than {cap} tokens (--max-prompt-len)" in out
     assert {r["problem_id"] for _, r in read_jsonl(tmp_path / "run" / "rollouts.jsonl")} == {"p0", "p1"}
     assert json.loads((tmp_path / "run" / "args.json").read_text())["max_prompt_len"] == cap
     # evaluate.py: the same line per benchmark; a benchmark the cap empties is one line, nothing written
-    evaluate.main(["--model", str(tiny_model_dir), "--benchmarks", f"b={data}", "--n", "1", "--max-new-tokens", "4",
-                   "--max-prompt-len", str(cap), "--device", "cpu", "--out", str(tmp_path / "eval")])
+    evaluate.main(["--model", str(tiny_model_dir), "--benchmarks", f"b={data}", "--n-samples", "1",
+                   "--max-new-tokens", "4", "--max-prompt-len", str(cap), "--device", "cpu",
+                   "--out", str(tmp_path / "eval")])
     assert f"b: dropped 2 of 4 prompts longer than {cap} tokens (--max-prompt-len)" in capsys.readouterr().out
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["benchmarks"]["b"]["problems"] == 2
     with pytest.raises(UserError, match=r"^b: every one of its 4 prompts is longer than --max-prompt-len 5 tokens"):
-        evaluate.main(["--model", str(tiny_model_dir), "--benchmarks", f"b={data}", "--n", "1", "--max-prompt-len",
-                       "5", "--device", "cpu", "--out", str(tmp_path / "eval2")])
+        evaluate.main(["--model", str(tiny_model_dir), "--benchmarks", f"b={data}", "--n-samples", "1",
+                       "--max-prompt-len", "5", "--device", "cpu", "--out", str(tmp_path / "eval2")])
     assert not (tmp_path / "eval2").exists()
 
 
@@ -158,13 +160,13 @@ def test_explore_refuses_a_context_the_model_lacks_before_writing(tiny_model_dir
     data, out = write_problems(tmp_path / "p.jsonl"), tmp_path / "run"
     with pytest.raises(UserError, match=r"--max-new-tokens \(900\) = \d+ tokens exceed .*context \(1024.*"
                                         r"--max-model-len"):
-        run_explore(tiny_model_dir, data, out, "--steps", "1", "--max-new-tokens", "900")
+        run_explore(tiny_model_dir, data, out, "--rl-steps", "1", "--max-new-tokens", "900")
     assert not out.exists()  # nothing written
 
 
 def test_max_model_len_reaches_checkpoints_and_later_stages(tiny_model_dir, tmp_path, fake_vllm):
     data, out = write_problems(tmp_path / "p.jsonl"), tmp_path / "run"
-    run_explore(tiny_model_dir, data, out, "--steps", "2", "--save-every", "1", "--max-new-tokens", "900",
+    run_explore(tiny_model_dir, data, out, "--rl-steps", "2", "--save-every", "1", "--max-new-tokens", "900",
                 "--max-model-len", "1400")
     ckpt = out / "ckpt_000002"
     assert json.loads((ckpt / "config.json").read_text())["max_position_embeddings"] == 1400
@@ -175,8 +177,8 @@ def test_max_model_len_reaches_checkpoints_and_later_stages(tiny_model_dir, tmp_
     real = evaluate.load_policy
     evaluate.load_policy = lambda *a, **k: loads.append(a) or real(*a, **k)
     try:
-        evaluate.main(["--model", str(ckpt), "--benchmarks", f"b={bench}", "--n", "2", "--max-new-tokens", "900",
-                       "--backend", "vllm", "--out", str(tmp_path / "eval")])
+        evaluate.main(["--model", str(ckpt), "--benchmarks", f"b={bench}", "--n-samples", "2",
+                       "--max-new-tokens", "900", "--backend", "vllm", "--out", str(tmp_path / "eval")])
     finally:
         evaluate.load_policy = real
     assert loads == []  # the tokenizer alone: vLLM loads the weights
@@ -184,12 +186,12 @@ def test_max_model_len_reaches_checkpoints_and_later_stages(tiny_model_dir, tmp_
     assert llm.kwargs["max_model_len"] == 1400 and not llm.kwargs["hf_overrides"]  # (vLLM: None -> {})
     # the model itself (1024) at the same length: vLLM is told to raise the config
     LLM.instances.clear()
-    evaluate.main(["--model", str(tiny_model_dir), "--benchmarks", f"b={bench}", "--n", "2", "--max-new-tokens",
+    evaluate.main(["--model", str(tiny_model_dir), "--benchmarks", f"b={bench}", "--n-samples", "2", "--max-new-tokens",
                    "900", "--max-model-len", "1400", "--backend", "vllm", "--out", str(tmp_path / "eval2")])
     (llm,) = LLM.instances
     assert llm.kwargs["max_model_len"] == 1400 and llm.kwargs["hf_overrides"] == {"max_position_embeddings": 1400}
     with pytest.raises(UserError, match="--max-model-len"):
-        evaluate.main(["--model", str(tiny_model_dir), "--benchmarks", f"b={bench}", "--n", "2",
+        evaluate.main(["--model", str(tiny_model_dir), "--benchmarks", f"b={bench}", "--n-samples", "2",
                        "--max-new-tokens", "900", "--backend", "vllm", "--out", str(tmp_path / "eval3")])
     assert not (tmp_path / "eval3").exists()
 
@@ -210,7 +212,7 @@ def weight_dtypes(folder: Path) -> set:
 @pytest.mark.parametrize("keep, left", [("all", [1, 2, 3, 4]), ("last", [4]), ("2", [2, 4])])
 def test_keep_checkpoints(tiny_model_dir, tmp_path, keep, left):
     data, out = write_problems(tmp_path / "p.jsonl"), tmp_path / "run"
-    run_explore(tiny_model_dir, data, out, "--steps", "4", "--save-every", "1", "--keep-checkpoints", keep)
+    run_explore(tiny_model_dir, data, out, "--rl-steps", "4", "--save-every", "1", "--keep-checkpoints", keep)
     assert ckpt_steps(out) == left
     assert [d.name for _, d in checkpoint.list_checkpoints(out) if (d / "resume").exists()] == ["ckpt_000004"]
 
@@ -222,7 +224,7 @@ def test_keep_checkpoints_bad_value(tiny_model_dir, tmp_path):
 
 def test_bf16_training_keeps_older_checkpoints_in_bf16(tiny_model_dir, tmp_path):
     data, out = write_problems(tmp_path / "p.jsonl"), tmp_path / "run"
-    run_explore(tiny_model_dir, data, out, "--steps", "3", "--save-every", "1", "--bf16")
+    run_explore(tiny_model_dir, data, out, "--rl-steps", "3", "--save-every", "1", "--bf16")
     old, newest = out / "ckpt_000001", out / "ckpt_000003"
     assert weight_dtypes(old) == weight_dtypes(out / "ckpt_000002") == {"BF16"}
     assert weight_dtypes(newest) == {"F32"} and (newest / "resume" / "state.pt").is_file()  # exact resume
@@ -268,8 +270,8 @@ def test_rft_trains_on_the_stop_token_the_policy_sampled(qwen_like_dir, tmp_path
     seen = []
     real = sft.train
     monkeypatch.setattr(sft, "train", lambda m, examples, *a, **k: seen.append(examples) or real(m, examples, *a, **k))
-    consolidate.main(["--model", str(qwen_like_dir), "--data", str(data), "--out", str(tmp_path / "c"), "--steps",
-                      "1", "--batch-size", "2"])
+    consolidate.main(["--model", str(qwen_like_dir), "--trajectories", str(data), "--out", str(tmp_path / "c"),
+                      "--sft-steps", "1", "--batch-size", "2"])
     (examples,) = seen
     by_len = sorted(examples, key=lambda e: len(e.response_ids))
     assert by_len[1].response_ids == sampled  # the sampled ids exactly, <|im_end|> last
@@ -279,7 +281,7 @@ def test_rft_trains_on_the_stop_token_the_policy_sampled(qwen_like_dir, tmp_path
 
 def test_explore_records_the_sampled_ids_of_correct_responses(tiny_model_dir, tmp_path):
     data, out = write_problems(tmp_path / "p.jsonl"), tmp_path / "run"
-    eng = run_explore(tiny_model_dir, data, out, "--steps", "1", "--save-every", "1")
+    eng = run_explore(tiny_model_dir, data, out, "--rl-steps", "1", "--save-every", "1")
     rows = [r for _, r in read_jsonl(out / "rollouts.jsonl")]
     right, wrong = [r for r in rows if r["acc"]], [r for r in rows if not r["acc"]]
     assert right and wrong
@@ -289,5 +291,5 @@ def test_explore_records_the_sampled_ids_of_correct_responses(tiny_model_dir, tm
 
 def test_gradients_are_freed_before_the_engine_wakes(tiny_model_dir, tmp_path):
     data, out = write_problems(tmp_path / "p.jsonl"), tmp_path / "run"
-    eng = run_explore(tiny_model_dir, data, out, "--steps", "2", "--save-every", "2")
+    eng = run_explore(tiny_model_dir, data, out, "--rl-steps", "2", "--save-every", "2")
     assert eng.events == ["sleep", "wake_up:no grads", "sync"] * 2

@@ -1,6 +1,6 @@
 """harvest.py on a small fake explore.py output (rollouts.jsonl, two checkpoints of an untrained toy model,
-args.json): the default pool with --steps ranges and lists, --resample from the checkpoints (and its resume),
-and bad input refused with one line."""
+args.json): the default pool with --select-steps ranges and lists, --n-samples from the checkpoints (and its
+resume), and bad input refused with one line."""
 
 import json
 import os
@@ -67,9 +67,9 @@ def test_step_chunks():
 
 
 def test_default_pools_every_rollout(run, tmp_path, capsys):
-    out = tmp_path / "h.jsonl"
-    harvest.main(["--run", str(run), "--out", str(out)])
-    got = read_trajectories(out)
+    out = tmp_path / "h"
+    harvest.main(["--run-dir", str(run), "--out", str(out)])
+    got = read_trajectories(out / "harvest.jsonl")
     assert [t.response for t in got] == [t.response for t in read_trajectories(run / "rollouts.jsonl")]
     lines = capsys.readouterr().out.splitlines()
     # step 1: t1's 2nd and t2's 1st sample are correct (acc_of)
@@ -96,36 +96,37 @@ def test_out_folder_has_the_harvest_its_args_and_done(run, tmp_path):
 
 @pytest.mark.parametrize("spec,steps", [("2-3", {2, 3}), ("1,4", {1, 4}), ("3-", {3, 4}), ("1-2,4", {1, 2, 4})])
 def test_steps_ranges_and_lists(run, tmp_path, spec, steps):
-    out = tmp_path / "h.jsonl"
-    harvest.main(["--run", str(run), "--out", str(out), "--steps", spec])
-    got = read_trajectories(out)
+    out = tmp_path / "h"
+    harvest.main(["--run-dir", str(run), "--out", str(out), "--select-steps", spec])
+    got = read_trajectories(out / "harvest.jsonl")
     assert {t.step for t in got} == steps and len(got) == 6 * len(steps)
 
 
 def test_no_step_matches(run, tmp_path):
     with pytest.raises(UserError, match="logged steps 1-4"):
-        harvest.main(["--run", str(run), "--out", str(tmp_path / "h.jsonl"), "--steps", "7-9"])
-    assert not (tmp_path / "h.jsonl").exists()
+        harvest.main(["--run-dir", str(run), "--out", str(tmp_path / "h"), "--select-steps", "7-9"])
+    assert not list(tmp_path.glob("h/*"))  # no harvest.jsonl, no done.json
 
 
 def test_resample_from_checkpoints(run, tmp_path, capsys):
-    out = tmp_path / "h.jsonl"
-    harvest.main(["--run", str(run), "--out", str(out), "--resample", "2", "--device", "cpu"])
-    got = read_trajectories(out)
+    out = tmp_path / "h"
+    harvest.main(["--run-dir", str(run), "--out", str(out), "--n-samples", "2", "--device", "cpu"])
+    got = read_trajectories(out / "harvest.jsonl")
     assert len(got) == 2 * 3 * 2  # checkpoints x problems x K
     assert [(t.step, t.source) for t in got[::6]] == [(2, "ckpt_000002"), (4, "ckpt_000004")]
     assert [t.problem_id for t in got[:6]] == ["t0", "t0", "t1", "t1", "t2", "t2"]
     assert all(t.prompt.startswith("<|im_start|>user\nCompute") for t in got)  # the chat template was applied
     assert all(0 < t.response_tokens <= 6 and t.prompt_tokens > 0 for t in got)  # args.json's max_new_tokens
     assert got[0].ground_truth == "1"
-    assert not list(tmp_path.glob(".h.jsonl.parts"))
+    assert sorted(p.name for p in out.iterdir()) == ["args.json", "done.json", "harvest.jsonl"]  # (no parts left)
     printed = capsys.readouterr().out
     assert "ckpt_000002 (step 2): 6 trajectories" in printed and "ckpt_000004 (step 4): 6 trajectories" in printed
 
-    # --steps picks the checkpoints; overrides beat args.json
-    out2 = tmp_path / "h2.jsonl"
-    harvest.main(["--run", str(run), "--out", str(out2), "--resample", "1", "--steps", "3-", "--max-new-tokens", "2"])
-    got2 = read_trajectories(out2)
+    # --select-steps picks the checkpoints; overrides beat args.json
+    out2 = tmp_path / "h2"
+    harvest.main(["--run-dir", str(run), "--out", str(out2), "--n-samples", "1", "--select-steps", "3-",
+                  "--max-new-tokens", "2"])
+    got2 = read_trajectories(out2 / "harvest.jsonl")
     assert {t.source for t in got2} == {"ckpt_000004"} and len(got2) == 3
     assert all(t.response_tokens <= 2 for t in got2)
 
@@ -133,35 +134,36 @@ def test_resample_from_checkpoints(run, tmp_path, capsys):
 def test_resample_prompt_cap(run, tmp_path, capsys):
     # the cap (here from the flag; by default explore's args.json) drops problems before any model loads
     with pytest.raises(UserError, match=r"every one of its 3 prompts is longer than --max-prompt-len 2 tokens"):
-        harvest.main(["--run", str(run), "--out", str(tmp_path / "h.jsonl"), "--resample", "2", "--device", "cpu",
+        harvest.main(["--run-dir", str(run), "--out", str(tmp_path / "h"), "--n-samples", "2", "--device", "cpu",
                       "--max-prompt-len", "2"])
-    assert not (tmp_path / "h.jsonl").exists()
-    harvest.main(["--run", str(run), "--out", str(tmp_path / "h.jsonl"), "--resample", "1", "--device", "cpu",
-                  "--max-prompt-len", "1000", "--steps", "4"])
+    assert not (tmp_path / "h").exists()
+    harvest.main(["--run-dir", str(run), "--out", str(tmp_path / "h"), "--n-samples", "1", "--device", "cpu",
+                  "--max-prompt-len", "1000", "--select-steps", "4"])
     assert "dropped 0 of 3 prompts longer than 1000 tokens (--max-prompt-len)" in capsys.readouterr().out
 
 
 def test_default_harvest_is_a_hard_link_to_the_rollouts(run, tmp_path, capsys):
-    out = tmp_path / "h.jsonl"
-    harvest.main(["--run", str(run), "--out", str(out)])
+    out = tmp_path / "h" / "harvest.jsonl"
+    harvest.main(["--run-dir", str(run), "--out", str(out.parent)])
     assert out.stat().st_ino == (run / "rollouts.jsonl").stat().st_ino  # every step: no copy
     assert capsys.readouterr().out.splitlines()[-1] == f"wrote {out} (a hard link to the run's rollouts.jsonl: " \
                                                       "every step, as logged; no copy)"
-    harvest.main(["--run", str(run), "--out", str(out), "--steps", "1-4"])  # a rerun with a range: a file of its own
+    # a rerun with a range: a file of its own
+    harvest.main(["--run-dir", str(run), "--out", str(out.parent), "--select-steps", "1-4"])
     assert out.stat().st_ino != (run / "rollouts.jsonl").stat().st_ino
     assert out.read_bytes() == (run / "rollouts.jsonl").read_bytes()  # (its records needed no change)
     bare = tmp_path / "bare"  # records without a source are written out, with source "rollout"
     bare.mkdir()
     rows = [json.loads(line) for line in (run / "rollouts.jsonl").read_text().splitlines()]
     (bare / "rollouts.jsonl").write_text("".join(json.dumps({**r, "source": ""}) + "\n" for r in rows))
-    harvest.main(["--run", str(bare), "--out", str(out)])
+    harvest.main(["--run-dir", str(bare), "--out", str(out.parent)])
     assert out.stat().st_ino != (bare / "rollouts.jsonl").stat().st_ino
     assert {t.source for t in read_trajectories(out)} == {"rollout"}
 
 
 def test_resample_resumes_after_a_kill(run, tmp_path, monkeypatch):
-    straight = tmp_path / "straight.jsonl"
-    harvest.main(["--run", str(run), "--out", str(straight), "--resample", "2"])
+    straight = tmp_path / "straight"
+    harvest.main(["--run-dir", str(run), "--out", str(straight), "--n-samples", "2"])
 
     real = harvest.load_for_sampling
 
@@ -170,11 +172,12 @@ def test_resample_resumes_after_a_kill(run, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(ckpt, *a, **kw)
 
-    out = tmp_path / "h.jsonl"
+    out = tmp_path / "h"
     monkeypatch.setattr(harvest, "load_for_sampling", dies_at_step_4)
     with pytest.raises(KeyboardInterrupt):
-        harvest.main(["--run", str(run), "--out", str(out), "--resample", "2"])
-    assert not out.exists() and (tmp_path / ".h.jsonl.parts" / "ckpt_000002.0000000.json").is_file()
+        harvest.main(["--run-dir", str(run), "--out", str(out), "--n-samples", "2"])
+    assert not (out / "harvest.jsonl").exists()
+    assert (out / ".harvest.jsonl.parts" / "ckpt_000002.0000000.json").is_file()
 
     calls = []
 
@@ -183,9 +186,10 @@ def test_resample_resumes_after_a_kill(run, tmp_path, monkeypatch):
         return real(ckpt, *a, **kw)
 
     monkeypatch.setattr(harvest, "load_for_sampling", counts_calls)
-    harvest.main(["--run", str(run), "--out", str(out), "--resample", "2"])
+    harvest.main(["--run-dir", str(run), "--out", str(out), "--n-samples", "2"])
     assert calls == ["ckpt_000004"]  # step 2's samples were reused
-    assert [t.to_json() for t in read_trajectories(out)] == [t.to_json() for t in read_trajectories(straight)]
+    assert [t.to_json() for t in read_trajectories(out / "harvest.jsonl")] == \
+        [t.to_json() for t in read_trajectories(straight / "harvest.jsonl")]
 
 
 def run_harvest(*argv):
@@ -204,8 +208,8 @@ GOOD = {"problem_id": "a", "prompt": "p", "response": "r", "reward": 1.0, "acc":
 def test_bad_rollouts_one_line_no_output(tmp_path, lines, expect):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "rollouts.jsonl").write_text("\n".join(lines) + "\n")
-    out = tmp_path / "h.jsonl"
-    r = run_harvest("--run", tmp_path / "run", "--out", out)
+    out = tmp_path / "h"
+    r = run_harvest("--run-dir", tmp_path / "run", "--out", out)
     assert r.returncode == EXIT_USER_ERROR
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and expect in err[0] and "Traceback" not in r.stderr, r.stderr

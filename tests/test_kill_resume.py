@@ -6,7 +6,7 @@ uninterrupted run ends: same weights, every step logged once, no torn line, ever
 The exact moments come from a small driver (written below) that runs a stage's own main() with one pause
 point patched in: it creates a flag file and sleeps there, and the test kills it while it sleeps. One kill
 per stage is at a polled moment of the plain script instead (whatever it was doing then).
-evaluate.py and harvest.py --resample are killed between a part's records and its marker (an earlier part
+evaluate.py and harvest.py --n-samples are killed between a part's records and its marker (an earlier part
 finished), and (evaluate) between samples.jsonl and metrics.json: the rerun samples only the unfinished rounds and
 ends with the uninterrupted run's files. loop.sh killed mid-stage is in tests/test_loop.py (and across two
 "nodes" in scripts/rehearse_nodes.sh). About 60 s on 2 CPU cores.
@@ -77,7 +77,7 @@ elif where == "final":  # consolidate: the finished model is in its temp folder,
             pause()
         return real_replace(tmp, final)
     cli.replace_dir = replace_dir
-elif where == "meta":  # evaluate / harvest --resample: part `at`'s records written, its .json (marker) not yet
+elif where == "meta":  # evaluate / harvest --n-samples: part `at`'s records written, its .json (marker) not yet
     from lib.engine import rounds
     from lib.run.records import write_jsonl
     real_write, calls = rounds.Parts.write, []
@@ -275,8 +275,8 @@ def rft(tmp_path_factory) -> Path:
 
 def cons_args(model, data, out, *extra):
     """6 steps of 4 trajectories; resume checkpoints at steps 2 and 4; the final folder at 6."""
-    return ["--model", model, "--data", data, "--out", out, "--batch-size", "4", "--steps", "6",
-            "--save-every", "2", "--lr", "1e-3", "--warmup", "1", "--device", "cpu", *extra]
+    return ["--model", model, "--trajectories", data, "--out", out, "--batch-size", "4", "--sft-steps", "6",
+            "--save-every", "2", "--lr", "1e-3", "--warmup-steps", "1", "--device", "cpu", *extra]
 
 
 def test_consolidate_killed_three_times_ends_like_an_uninterrupted_run(tiny_model_dir, rft, driver, tmp_path):
@@ -341,7 +341,7 @@ def test_a_kill_between_the_two_renames_of_a_folder_swap_is_undone(tmp_path, mon
     monkeypatch.setattr(cli.os, "replace", real_replace)
     assert not out.exists() and (tmp_path / ".c.old").is_dir()
     # the rerun finds the finished folder again, instead of retraining from nothing
-    state, ckpt = consolidate.inspect_out(consolidate.get_args(["--data", "x", "--out", str(out)]), out)
+    state, ckpt = consolidate.inspect_out(consolidate.get_args(["--trajectories", "x", "--out", str(out)]), out)
     assert state == "finished" and ckpt is None and (out / "config.json").read_text() == "old"
     assert not (tmp_path / ".c.old").exists() and cli.restore_dir(out) is False
 
@@ -369,7 +369,7 @@ def test_consolidate_resumes_over_a_torn_metrics_line(tiny_model_dir, rft, tmp_p
 
 
 # ---------------------------------------------------------------------------------------------------------
-# evaluate.py and harvest.py --resample: resumable by parts
+# evaluate.py and harvest.py --n-samples: resumable by parts
 
 
 def eval_args(model, bench, out):
@@ -414,15 +414,15 @@ def test_harvest_resample_killed_ends_like_an_uninterrupted_run(memo_model_dir, 
     for step in (1, 2):
         checkpoint.drop_resume_state(checkpoint.save(run, step, model, tok, {}))
     (run / "args.json").write_text(json.dumps({"data": str(memo_dapo(memo_data, tmp_path)), "max_new_tokens": 16}))
-    args = lambda out: ["--run", run, "--out", out, "--resample", "64", "--backend", "hf",  # noqa: E731
+    args = lambda out: ["--run-dir", run, "--out", out, "--n-samples", "64", "--backend", "hf",  # noqa: E731
                         "--device", "cpu"]
-    ref, out = tmp_path / "ref.jsonl", tmp_path / "h.jsonl"
+    ref, out = tmp_path / "ref", tmp_path / "h"
     reference = start("harvest", args(ref))
     kill_at(driver, "harvest", "meta", 2, args(out), tmp_path)  # ckpt_000001 finished; ckpt_000002's records, no marker
-    assert sorted(p.name for p in (tmp_path / ".h.jsonl.parts").iterdir()) == [
+    assert sorted(p.name for p in (out / ".harvest.jsonl.parts").iterdir()) == [
         "ckpt_000001.0000000.json", "ckpt_000001.0000000.jsonl", "ckpt_000002.0000000.jsonl", "settings.json"]
     stdout = finish(start("harvest", args(out)))
     assert "ckpt_000001 (step 1): sampled by an earlier run" in stdout and "ckpt_000002 (step 2): 512" in stdout
     finish(reference)
-    assert out.read_bytes() == ref.read_bytes() and len(clean_lines(out)) == 2 * 8 * 64
-    assert not (tmp_path / ".h.jsonl.parts").exists()
+    assert (out / "harvest.jsonl").read_bytes() == (ref / "harvest.jsonl").read_bytes()
+    assert len(clean_lines(out / "harvest.jsonl")) == 2 * 8 * 64 and not (out / ".harvest.jsonl.parts").exists()

@@ -57,8 +57,8 @@ if script == "explore.py":
                                     else -1.0, "acc": j == 0, "step": s}}) + "\\n")
                 f.write(json.dumps({{"problem_id": "b", "prompt": "b?", "response": "x", "reward": -1.0, "acc": False,
                                     "step": s}}) + "\\n")
-            g.write(json.dumps({{"step": s, "reward": -1 + s / 100, "grad_norm": 1.0, "grad_norm_max": 1 + seed + s / 10}})
-                    + "\\n")
+            g.write(json.dumps({{"step": s, "reward": -1 + s / 100, "grad_norm": 1.0,
+                                "grad_norm_max": 1 + seed + s / 10}}) + "\\n")
     for s in range(every, steps + 1, every):
         (out / f"ckpt_{{s:06d}}").mkdir(exist_ok=True)
 elif script == "consolidate.py":
@@ -74,7 +74,7 @@ elif script == "evaluate.py":
         acc = 0.45
     else:
         acc = 0.3
-    b = {{"problems": 2, "mean_acc": acc, "pass@k": {{"1": acc, "2": acc + 0.1}}}}
+    b = {{"problems": 2, "mean_acc": acc, "pass@1": acc, "pass@2": acc + 0.1}}
     (out / "metrics.json").write_text(json.dumps({{"benchmarks": {{"memo": b, "probe": b}}, "average": b}}))
 '''
 HORIZON = "rloop,vanilla,rloop-long,overfit,no-al-long"
@@ -87,7 +87,7 @@ def run_lab(tmp_path, out, **over):
     env = {k: v for k, v in os.environ.items() if k not in ("THRESHOLD", "TRAIN_LAUNCH", "VANILLA", "ITERS", "OUT",
                                                             "PRESET", "SEEDS", "ARMS", "EXPLORE_ARGS", "DRY_RUN")}
     env.update(PYTHON=str(shim), SHIM_LOG=str(tmp_path / "calls.jsonl"), MODEL="/models/base", DATA="d.jsonl",
-               EVAL="memo=m.jsonl", OUT=str(out), SEEDS="2", ARMS=HORIZON, ITERS="2", RL_STEPS="2",
+               BENCHMARKS="memo=m.jsonl", OUT=str(out), SEEDS="2", ARMS=HORIZON, ITERS="2", RL_STEPS="2",
                OVERFIT_X="3", FILTER_ARGS="--threshold 0.5", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     env.update(over)
     return subprocess.run(["bash", "lab.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -180,10 +180,11 @@ def test_micro_lab_runs_every_arm_reusing_what_it_shares(micro_lab):
     c = calls(tmp)
     explores = [(flag(x, "--out"), flag(x, "--rl-steps"), flag(x, "--seed")) for x in c if x[0] == "explore.py"]
     for seed in (0, 1):
-        run = lambda arm, *p: str(out.joinpath(arm, f"seed{seed}", *p))  # noqa: E731
-        rows = lambda arm, *p: [json.loads(x)["step"] for x in  # noqa: E731
-                                (out.joinpath(arm, f"seed{seed}", *p) / "metrics.jsonl").read_text().splitlines()]
-        text = lambda arm, *p: (out.joinpath(arm, f"seed{seed}", *p) / "rollouts.jsonl").read_text()  # noqa: E731
+        run = lambda arm, *p, seed=seed: str(out.joinpath(arm, f"seed{seed}", *p))  # noqa: E731
+        rows = lambda arm, *p, seed=seed: [json.loads(x)["step"] for x in  # noqa: E731
+                                           (out.joinpath(arm, f"seed{seed}", *p) / "metrics.jsonl").read_text()
+                                           .splitlines()]
+        text = lambda arm, *p, seed=seed: (out.joinpath(arm, f"seed{seed}", *p) / "rollouts.jsonl").read_text()  # noqa: E731
         # the chain: rloop's iteration 1 (2 steps) -> vanilla (4) -> rloop-long's iteration 1 (3 x 2 = 6)
         # -> overfit (2 x 3 iterations of 2 = 12): each a copy of the one before, resumed, never from step 0
         assert [e for e in explores if f"/seed{seed}/" in e[0]] == [
@@ -200,8 +201,8 @@ def test_micro_lab_runs_every_arm_reusing_what_it_shares(micro_lab):
         assert text("no-al-long", "iter1", "explore") == chain[2]
         assert (out / "no-al-long" / f"seed{seed}" / "iter1" / "harvest" / "harvest.jsonl").read_bytes() == \
             (out / "rloop-long" / f"seed{seed}" / "iter1" / "harvest" / "harvest.jsonl").read_bytes()
-        assert [flag(x, "--threshold") for x in c if x[0] == "filter.py" and run("no-al-long") in flag(x, "--trajectories")] \
-            == ["1", "1"]
+        assert [flag(x, "--threshold") for x in c
+                if x[0] == "filter.py" and run("no-al-long") in flag(x, "--trajectories")] == ["1", "1"]
     evals = [flag(x, "--out") for x in c if x[0] == "evaluate.py"]
     assert len(evals) == len(set(evals))  # nothing evaluated twice
     name = lambda arm: {e.split("/")[-1] for e in evals if f"/{arm}/seed0/" in e}  # noqa: E731
@@ -326,7 +327,7 @@ def fake_run(folder: Path, rloop: bool, acc: float, pk: float, kept=(), kl=()) -
         path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
 
     def evaluation(a, p):
-        b = {"problems": 2, "mean_acc": a, "pass@k": {"1": a, "2": p}}
+        b = {"problems": 2, "mean_acc": a, "pass@1": a, "pass@2": p}
         return {"benchmarks": {"memo": b, "probe": b}, "average": b}
 
     write(folder / ".done" / "report", "1")
@@ -336,7 +337,8 @@ def fake_run(folder: Path, rloop: bool, acc: float, pk: float, kept=(), kl=()) -
     if rloop:
         for i, k in enumerate(kept, start=1):
             write(folder / f"iter{i}" / "explore" / "metrics.jsonl", rows)
-            write(folder / f"iter{i}" / "filter" / "filter_stats.json", {"problems_selected": k, "kept": 2 * k})
+            write(folder / f"iter{i}" / "filter" / "filter_stats.json",
+                  {"problems_selected": k, "kept_trajectories": 2 * k})
         write(folder / "eval" / f"iter{len(kept)}-rft" / "metrics.json", evaluation(acc, pk))
     else:
         write(folder / "vanilla" / "metrics.jsonl", rows)
@@ -396,15 +398,15 @@ def test_each_reused_rl_run_ends_with_the_weights_of_a_run_from_scratch(memo_mod
     import explore
 
     out = tmp_path / "lab"
-    flags = ("--prompts-per-step 4 --n 4 --mini-batch 2 --micro-batch 8 --max-new-tokens 24 --overlong-buffer 4 "
-             "--max-gen-batches 2 --lr 1e-3 --warmup-steps 0 --backend hf")
+    flags = ("--prompts-per-step 4 --n-samples 4 --mini-batch 2 --micro-batch 8 --max-new-tokens 24 "
+             "--overlong-buffer 4 --max-gen-batches 2 --lr 1e-3 --warmup-steps 0 --backend hf")
     r = run_lab(tmp_path, out, ARMS="vanilla,rloop-long,overfit", SEEDS="1", ITERS="2", RL_STEPS="1",
                 OVERFIT_X="3", SAVE_EVERY="1", MODEL=str(memo_model_dir), DATA=str(memo_data),
                 EXPLORE_ARGS=flags, SHIM_REAL_EXPLORE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     scratch = tmp_path / "scratch"
     assert explore.main(["--model", str(memo_model_dir), "--data", str(memo_data), "--out", str(scratch),
-                         "--steps", "6", "--save-every", "1", "--seed", "0", *flags.split()]) == 0
+                         "--rl-steps", "6", "--save-every", "1", "--seed", "0", *flags.split()]) == 0
     weights = lambda d: (d / "model.safetensors").read_bytes()  # noqa: E731
     for arm, path, steps, resumed_from in (("vanilla", "vanilla", 2, None), ("rloop-long", "iter1/explore", 3, 2),
                                            ("overfit", "vanilla", 6, 3)):

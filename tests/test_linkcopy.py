@@ -52,14 +52,14 @@ def test_resumed_explore_in_a_linked_copy_leaves_the_source_untouched(tiny_model
 
     data = write_problems(tmp_path / "train.jsonl")
     src, dst = tmp_path / "iter1", tmp_path / "vanilla"
-    explore.main(run_args(tiny_model_dir, data, src, "--steps", "2", "--save-every", "1", "--bf16"),
+    explore.main(run_args(tiny_model_dir, data, src, "--rl-steps", "2", "--save-every", "1", "--bf16"),
                  reward_fn=digit_reward)
     before = snapshot(src)
     linkcopy.link_copy(src, dst)
     assert snapshot(dst)["ckpt_000002/model.safetensors"][0] == before["ckpt_000002/model.safetensors"][0]
     # vanilla goes on from the copy: it truncates and appends its logs, retires (casts to bf16, drops the resume
     # state of) ckpt_000002, writes ckpt_000003 and ckpt_000004
-    explore.main(run_args(tiny_model_dir, data, dst, "--steps", "4", "--save-every", "1", "--bf16", "--resume"),
+    explore.main(run_args(tiny_model_dir, data, dst, "--rl-steps", "4", "--save-every", "1", "--bf16", "--resume"),
                  reward_fn=digit_reward)
     assert snapshot(src) == before  # every file: same inode, same bytes
     assert [r["step"] for _, r in read_jsonl(dst / "metrics.jsonl")] == [1, 2, 3, 4]

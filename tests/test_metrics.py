@@ -1,6 +1,6 @@
 import pytest
 
-from lib.algo.passk import ks_up_to, mean_pass_at_k, pass_at_k
+from lib.algo.passk import ks_of, ks_up_to, mean_pass_at_k, pass_at, pass_at_k
 
 
 @pytest.mark.parametrize(
@@ -88,3 +88,8 @@ def test_capped_summary_counts_rl_steps_only():
     assert capped_summary(rows, 10) == ("the generation-batch cap was hit on 2 of 4 steps (--max-gen-batches 10): "
                                         "those steps trained on fewer than --prompts-per-step prompts")
     assert capped_summary(rows[:2], 3) == "the generation-batch cap was hit on 0 of 1 steps (--max-gen-batches 3)"
+
+
+def test_ks_and_pass_at_read_the_flat_keys():
+    b = {"problems": 3, "mean_acc": 0.5, "pass@1": 0.5, "pass@2": 0.7, "pass@4": 0.9}
+    assert ks_of(b) == ["1", "2", "4"] and pass_at(b, 2) == pass_at(b, "2") == 0.7 and pass_at(b, 8) is None

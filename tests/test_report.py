@@ -23,11 +23,10 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 def evaluation(test: tuple[float, float], probe: tuple[float, float]) -> dict:
     """evaluate.py's metrics.json for two splits: (mean_acc, pass@4) each; the average is their mean."""
-    b = {name: {"problems": 10, "mean_acc": acc, "pass@k": {"1": acc, "2": (acc + pk) / 2, "4": pk}}
+    b = {name: {"problems": 10, "mean_acc": acc, "pass@1": acc, "pass@2": (acc + pk) / 2, "pass@4": pk}
          for name, (acc, pk) in (("test", test), ("probe", probe))}
-    mean = lambda f: round((f(b["test"]) + f(b["probe"])) / 2, 6)  # noqa: E731
-    return {"n": 4, "benchmarks": b, "average": {"mean_acc": mean(lambda x: x["mean_acc"]),
-                                                 "pass@k": {k: mean(lambda x: x["pass@k"][k]) for k in "124"}}}
+    mean = lambda key: round((b["test"][key] + b["probe"][key]) / 2, 6)  # noqa: E731
+    return {"n": 4, "benchmarks": b, "average": {key: mean(key) for key in ("mean_acc", "pass@1", "pass@2", "pass@4")}}
 
 
 # Three successful responses to problem p1 of iteration 1, as word/symbol tokens:
@@ -54,15 +53,15 @@ def run(tmp_path_factory) -> Path:
         {"problem_id": "p1", "step": 2, "acc": True, "response": R3},
         {"problem_id": "p1", "step": 2, "acc": False, "response": "2+3=5 so 5"},  # failures are not counted
         {"problem_id": "p2", "step": 1, "acc": True, "response": "7"}])  # alone: no pair
-    write(run / "iter1" / "filter" / "filter_stats.json", {"buckets": {"hard": 3}, "kept": 5})
+    write(run / "iter1" / "filter" / "filter_stats.json", {"buckets": {"hard": 3}, "kept_trajectories": 5})
     write_rows(run / "iter2" / "explore" / "metrics.jsonl", [
         {"step": s, "reward": 0.1 * s, "grad_norm": 0.5, "grad_norm_max": g, "entropy": 1.0, "resp_len_mean": 15,
          "groups_kept": 1.0} for s, g in ((1, 0.5), (2, 3.25), (3, 1.0))])
-    write(run / "iter2" / "filter" / "filter_stats.json", {"buckets": {"hard": 2}, "kept": 4})
-    # vanilla: 5 steps; its largest norm is in a row without grad_norm_max (an older row: its grad_norm counts)
+    write(run / "iter2" / "filter" / "filter_stats.json", {"buckets": {"hard": 2}, "kept_trajectories": 4})
+    # vanilla: 5 steps; its largest norm is in its last row
     write_rows(run / "vanilla" / "metrics.jsonl",
                [{"step": s, "reward": 0.0, "grad_norm": 1.0, "grad_norm_max": 1.0, "capped": 0} for s in (1, 2, 3, 4)]
-               + [{"step": 5, "reward": 0.0, "grad_norm": 4.75}])
+               + [{"step": 5, "reward": 0.0, "grad_norm": 1.5, "grad_norm_max": 4.75}])
     ev = run / "eval"
     write(ev / "base" / "metrics.json", evaluation((0.1, 0.3), (0.5, 0.7)))
     write(ev / "iter1-rl" / "metrics.json", evaluation((0.2, 0.4), (0.46, 0.6)))
@@ -92,7 +91,8 @@ def test_vanilla_is_looked_up_at_equal_rl_steps(run):
     assert avg == [(0.33, 0.4, 0.26), (0.35, 0.43, 0.29)]  # vanilla-2 and vanilla-5; never vanilla-4
     rep = json.loads((run / "report" / "report.json").read_text())
     assert [c["vanilla"]["mean_acc"] for c in rep["comparison"]] == [0.26, 0.29]
-    assert rep["diversity"]["1"]["inter_step"] == 0.125 and rep["filter"]["2"] == {"buckets": {"hard": 2}, "kept": 4}
+    assert rep["diversity"]["1"]["inter_step"] == 0.125 and rep["filter"]["2"] == {"buckets": {"hard": 2},
+                                                                                "kept_trajectories": 4}
 
 
 def test_summary_cells(run):

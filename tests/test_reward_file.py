@@ -98,8 +98,8 @@ def test_harvest_resample_checks_the_reward_first(tmp_path, reward_file):
     (run / "ckpt_000001" / "config.json").write_text("{}")
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"id": "a", "problem": "1+1", "answer": "2"}) + "\n")
-    r = subprocess.run([sys.executable, "harvest.py", "--run", str(run), "--out", str(tmp_path / "h.jsonl"),
-                        "--resample", "2", "--data", str(data), "--max-new-tokens", "8",
+    r = subprocess.run([sys.executable, "harvest.py", "--run-dir", str(run), "--out", str(tmp_path / "h"),
+                        "--n-samples", "2", "--data", str(data), "--max-new-tokens", "8",
                         "--reward", f"{reward_file}:missing"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == cli.EXIT_USER_ERROR
     assert r.stderr.strip().splitlines() == [f"error: --reward: {reward_file} has no function 'missing'"]
@@ -111,7 +111,7 @@ def test_explore_trains_on_the_file_reward(tiny_model_dir, tmp_path, reward_file
 
     data = write_problems(tmp_path / "train.jsonl")
     out = tmp_path / "run"
-    explore.main(run_args(tiny_model_dir, data, out, "--steps", "1", "--reward", f"{reward_file}:has_seven"))
+    explore.main(run_args(tiny_model_dir, data, out, "--rl-steps", "1", "--reward", f"{reward_file}:has_seven"))
     rolls = [r for _, r in read_jsonl(out / "rollouts.jsonl")]
     assert rolls and all(r["acc"] == ("7" in r["response"]) for r in rolls)
     assert all(r["pred"] == ("7" if r["acc"] else "") for r in rolls)

@@ -126,7 +126,7 @@ def test_explore_mirrors_every_row_and_logs_samples(tiny_model_dir, tmp_path):
 
     data = write_problems(tmp_path / "train.jsonl")
     out = tmp_path / "run"
-    explore.main(run_args(tiny_model_dir, data, out, "--steps", "3", "--save-every", "2", "--logger", "tensorboard"),
+    explore.main(run_args(tiny_model_dir, data, out, "--rl-steps", "3", "--save-every", "2", "--logger", "tensorboard"),
                  reward_fn=digit_reward)
     rows = [r for _, r in read_jsonl(out / "metrics.jsonl")]
     s = scalars(out / "tensorboard")
@@ -150,8 +150,8 @@ def test_consolidate_mirrors_its_rows_and_keeps_them_in_the_final_folder(tiny_mo
         trajs.append(Trajectory(f"p{i}", prompt, f"Answer: {a + b}", 1.0, True, ground_truth=str(a + b)))
     write_jsonl(tmp_path / "rft.jsonl", trajs)
     out = tmp_path / "cons"
-    consolidate.main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "rft.jsonl"), "--out", str(out),
-                      "--steps", "3", "--batch-size", "4", "--device", "cpu", "--logger", "tensorboard"])
+    consolidate.main(["--model", str(tiny_model_dir), "--trajectories", str(tmp_path / "rft.jsonl"), "--out", str(out),
+                      "--sft-steps", "3", "--batch-size", "4", "--device", "cpu", "--logger", "tensorboard"])
     assert (out / "consolidate.json").is_file()
     rows = [r for _, r in read_jsonl(out / "metrics.jsonl")]
     s = scalars(out / "tensorboard")

@@ -111,8 +111,8 @@ def test_trust_remote_code_only_from_the_flag():
     assert not bad, bad
 
 
-REQUIRED = {"explore": [], "evaluate": [], "harvest": ["--run", "r", "--out", "h.jsonl"],
-            "consolidate": ["--data", "rft.jsonl", "--out", "c"]}  # each stage that loads a model
+REQUIRED = {"explore": [], "evaluate": [], "harvest": ["--run-dir", "r", "--out", "h"],
+            "consolidate": ["--trajectories", "rft.jsonl", "--out", "c"]}  # each stage that loads a model
 
 
 @pytest.mark.parametrize("stage", sorted(REQUIRED))

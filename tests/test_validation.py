@@ -1,4 +1,4 @@
-"""Validation during RL (explore.py --eval-data / --eval-every / --eval-n / --eval-before-train,
+"""Validation during RL (explore.py --eval-benchmarks / --eval-every / --eval-n-samples / --eval-before-train,
 lib/engine/validation.py), per-benchmark splits (NAME=PATH@SPLIT), and report.py's curves of the val keys."""
 import json
 from pathlib import Path
@@ -80,10 +80,10 @@ def test_explore_writes_val_rows_and_resumes(tiny_model_dir, tmp_path):
     from test_explore import digit_reward, run_args, strip_times, write_problems
 
     train, val = write_problems(tmp_path / "train.jsonl"), eval_file(tmp_path)
-    flags = ["--eval-data", f"held={val}", "--eval-every", "2", "--eval-n", "2", "--eval-before-train",
+    flags = ["--eval-benchmarks", f"held={val}", "--eval-every", "2", "--eval-n-samples", "2", "--eval-before-train",
              "--save-every", "2"]
     out = tmp_path / "run"
-    explore.main(run_args(tiny_model_dir, train, out, "--steps", "3", *flags), reward_fn=digit_reward)
+    explore.main(run_args(tiny_model_dir, train, out, "--rl-steps", "3", *flags), reward_fn=digit_reward)
     rows = [r for _, r in read_jsonl(out / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     val_keys = {"val/held/mean_acc", "val/held/pass@1", "val/held/pass@2", "val/mean_acc"}
@@ -99,7 +99,7 @@ def test_explore_writes_val_rows_and_resumes(tiny_model_dir, tmp_path):
     import shutil
 
     shutil.rmtree(out / "ckpt_000003")
-    explore.main(run_args(tiny_model_dir, train, out, "--steps", "3", "--resume", *flags), reward_fn=digit_reward)
+    explore.main(run_args(tiny_model_dir, train, out, "--rl-steps", "3", "--resume", *flags), reward_fn=digit_reward)
     again = [r for _, r in read_jsonl(out / "metrics.jsonl")]
     assert strip_times(again) == strip_times(rows)
 
@@ -127,6 +127,6 @@ def test_bad_eval_data_fails_before_the_model_loads(tmp_path):
 
     root = Path(__file__).resolve().parent.parent
     r = subprocess.run([sys.executable, "explore.py", "--model", "/no/such/model", "--data", str(eval_file(tmp_path)),
-                        "--eval-data", "x=/no/such.jsonl", "--out", str(tmp_path / "o")], cwd=root,
+                        "--eval-benchmarks", "x=/no/such.jsonl", "--out", str(tmp_path / "o")], cwd=root,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: /no/such.jsonl: no such file"]

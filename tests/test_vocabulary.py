@@ -1,5 +1,6 @@
-"""One name per concept across the stages (docs/outputs.md), old spellings kept as aliases, and canonical names that
-survive torchrun (its own parser reads an abbreviation of its options, e.g. --n, anywhere in the command line)."""
+"""One name per concept across the stages (docs/stages.md): each flag has one spelling, other spellings and
+abbreviations are refused, and every name survives torchrun (its own parser reads an abbreviation of its options,
+e.g. --n, anywhere in the command line)."""
 import contextlib
 import io
 import re
@@ -12,12 +13,20 @@ import evaluate
 import explore
 import filter as filter_stage
 import harvest
+from lib.run import cli
 
 STAGES = {"explore": explore, "harvest": harvest, "filter": filter_stage, "consolidate": consolidate,
           "evaluate": evaluate}
-# earlier spellings: each still works, none is a stage's canonical name
-OLD = {"--n", "--n-responses", "--resample", "--steps", "--in", "--max-len", "--warmup", "--eval-n", "--eval-data",
-       "--run"}
+# spellings that are no flag of these stages: argparse refuses each (exit code 2), abbreviations included
+REFUSED = {
+    "harvest": ["--run", "--steps", "--resample", "--n"],
+    "filter": ["--in", "--thresh"],
+    "consolidate": ["--data", "--steps", "--max-len", "--warmup", "--n"],
+    "evaluate": ["--n", "--n-responses", "--eval", "--eval-n", "--steps"],
+    "explore": ["--eval-n", "--eval-data", "--steps", "--n", "--n-responses", "--max-len", "--warmup"],
+}
+REQUIRED = {"harvest": ["--run-dir", "r", "--out", "o"], "filter": ["--trajectories", "t", "--out", "o"],
+            "consolidate": ["--trajectories", "t", "--out", "o"]}
 
 
 def options(module) -> list[list[str]]:
@@ -43,14 +52,27 @@ def torchrun_claims(parser, option: str) -> bool:
 
 
 @pytest.mark.parametrize("stage", sorted(STAGES))
-def test_canonical_names_survive_torchrun_and_are_not_old_spellings(stage):
+def test_every_flag_survives_torchrun(stage):
     tr = get_args_parser()
-    canonical = [spellings[0] for spellings in options(STAGES[stage])]
-    assert canonical and not OLD & set(canonical), OLD & set(canonical)
-    every = [x for spellings in options(STAGES[stage]) for x in spellings if x not in OLD]  # (--no-bf16 too)
+    every = [x for spellings in options(STAGES[stage]) for x in spellings
+             if x == spellings[0] or x == "--no-" + spellings[0][2:]]
     claimed = [c for c in every if torchrun_claims(tr, c)]
-    assert not claimed, f"{stage}: torchrun reads {claimed} as its own"
+    assert every and not claimed, f"{stage}: torchrun reads {claimed} as its own"
     assert torchrun_claims(tr, "--n") and torchrun_claims(tr, "--run")  # (the check can fail: these two are torchrun's)
+
+
+@pytest.mark.parametrize("stage", ["consolidate", "evaluate", "filter", "harvest"])
+def test_one_spelling_per_flag(stage):
+    """A flag's one spelling, or a boolean's --x / --no-x pair: no alias in --help."""
+    for spellings in options(STAGES[stage]):
+        assert len(spellings) == 1 or spellings == [spellings[0], "--no-" + spellings[0][2:]], spellings
+
+
+@pytest.mark.parametrize("stage, flag", [(s, f) for s, flags in REFUSED.items() for f in flags])
+def test_other_spellings_are_refused(stage, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        STAGES[stage].get_args([*REQUIRED.get(stage, []), flag, "1"])
+    assert e.value.code == 2 and f"unrecognized arguments: {flag}" in capsys.readouterr().err
 
 
 def test_one_name_per_concept_across_stages():
@@ -63,20 +85,7 @@ def test_one_name_per_concept_across_stages():
     assert {"--select-steps", "--run-dir"} <= names["harvest"]
 
 
-def test_old_spellings_still_work(tmp_path):
-    rft = tmp_path / "rft.jsonl"
-    rft.write_text("")
-    old = consolidate.get_args(["--data", str(rft), "--out", str(tmp_path / "c"), "--steps", "7", "--max-len", "64",
-                                "--warmup", "2"])
-    new = consolidate.get_args(["--trajectories", str(tmp_path), "--out", str(tmp_path / "c"), "--sft-steps", "7",
-                                "--max-model-len", "64", "--warmup-steps", "2"])
-    assert vars(old) == vars(new) and new.trajectories == str(rft)  # (a folder: its rft.jsonl)
-    h_old = harvest.get_args(["--run", "r", "--out", str(tmp_path / "h"), "--steps", "2-3", "--resample", "4"])
-    h_new = harvest.get_args(["--run-dir", "r", "--out", str(tmp_path / "h"), "--select-steps", "2-3",
-                              "--n-samples", "4"])
-    assert vars(h_old) == vars(h_new)
-    assert filter_stage.get_args(["--in", str(rft), "--out", str(tmp_path / "f")]).trajectories == str(rft)
-    assert evaluate.get_args(["--n", "3"]).n_samples == evaluate.get_args(["--n-samples", "3"]).n_samples == 3
-    e_old = explore.get_args(["--steps", "3", "--n-responses", "2", "--eval-n", "2", "--eval-data", "toy"])
-    e_new = explore.get_args(["--rl-steps", "3", "--n-samples", "2", "--eval-n-samples", "2", "--eval-benchmarks", "toy"])
-    assert (e_old.rl_steps, e_old.n_samples, e_old.eval_n_samples) == (e_new.rl_steps, e_new.n_samples, 2)
+def test_harvest_out_is_always_a_folder(tmp_path):
+    (tmp_path / "h.jsonl").write_text("")
+    with pytest.raises(cli.UserError, match="exists and is not a folder"):
+        harvest.get_args(["--run-dir", "r", "--out", str(tmp_path / "h.jsonl")])

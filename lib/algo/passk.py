@@ -63,11 +63,10 @@ def summarize(trajectories, n: int) -> dict:
 
 
 def ks_of(b: dict) -> list[str]:
-    """The K values of one evaluation's pass@K keys (flat "pass@K"; outputs written earlier nest them under
-    "pass@k": {"K": ...}, and are read too)."""
-    return list(b["pass@k"]) if "pass@k" in b else [k[5:] for k in b if k.startswith("pass@")]
+    """The K values of one evaluation's "pass@K" keys (summarize's)."""
+    return [k[5:] for k in b if k.startswith("pass@")]
 
 
 def pass_at(b: dict, k) -> float | None:
-    """One evaluation's pass@k (either layout, see ks_of); None when it has no such k."""
-    return b["pass@k"].get(str(k)) if "pass@k" in b else b.get(f"pass@{k}")
+    """One evaluation's pass@k; None when it has no such k."""
+    return b.get(f"pass@{k}")

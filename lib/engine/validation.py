@@ -20,11 +20,11 @@ PREFIX = "val/"
 def add_args(p) -> None:
     """explore.py's validation flags (their defaults are evaluate.py's sampling settings)."""
     a = p.add_argument
-    a("--eval-benchmarks", "--eval-data", dest="eval_benchmarks", default="", metavar="SPEC",
+    a("--eval-benchmarks", default="", metavar="SPEC",
       help="validate during RL on these benchmarks (evaluate.py's --benchmarks: 'toy' or NAME=PATH[@SPLIT],...): "
            "val/<bench>/mean_acc (avg@n) and val/<bench>/pass@k in metrics.jsonl; '' = off")
     a("--eval-every", type=int, default=0, help="validate every K steps and at the last (0 = at the last step only)")
-    a("--eval-n-samples", "--eval-n", dest="eval_n_samples", type=int, default=4,
+    a("--eval-n-samples", type=int, default=4,
       help="samples per validation problem (avg@n, pass@k up to n)")
     a("--eval-before-train", action="store_true", help="also validate the initial policy: a metrics row at step 0")
     a("--eval-limit", type=int, default=0, help="validate on the first N problems of each benchmark (0 = all)")

@@ -17,7 +17,6 @@ from pathlib import Path
 from lib.algo.passk import ks_of, pass_at
 from lib.lab.diversity import similarity
 from lib.run import cli
-from lib.run.metrics import metric
 from lib.run.records import read_jsonl
 
 CURVES = [("reward", "train reward"), ("grad_norm", "grad norm (pre-clip)"), ("entropy", "entropy"),
@@ -26,8 +25,8 @@ CURVES = [("reward", "train reward"), ("grad_norm", "grad norm (pre-clip)"), ("e
 
 
 def peak_norm(row: dict) -> float:
-    """A metrics row's largest pre-clip gradient norm over its updates (older rows: the step's mean)."""
-    return row.get("grad_norm_max") or row.get("grad_norm") or 0
+    """A metrics row's largest pre-clip gradient norm over its updates (0 for a validation-only row)."""
+    return row.get("grad_norm_max") or 0
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -138,14 +137,12 @@ def plot_eval(r: dict, comp: list[dict], out: Path) -> None:
     kmax = max(ks_of(next(iter((base or comp[0]["rl"])["benchmarks"].values()))), key=int)
     fig, axes = plt.subplots(2, len(splits), figsize=(4 * len(splits), 6), squeeze=False)
     for j, split in enumerate(splits):
-        for row_i, (metric, label) in enumerate((("mean_acc", "mean acc"), ("pass", f"pass@{kmax}"))):
+        for row_i, (field, label) in enumerate((("mean_acc", "mean acc"), (f"pass@{kmax}", f"pass@{kmax}"))):
             ax = axes[row_i][j]
 
-            def val(m):
-                if not m or split not in m["benchmarks"]:
-                    return None
-                b = m["benchmarks"][split]
-                return b["mean_acc"] if metric == "mean_acc" else pass_at(b, kmax)
+            def val(m, split=split, field=field):
+                b = m and m["benchmarks"].get(split)
+                return b.get(field) if b else None
 
             x = [0] + [c["rl_steps"] for c in comp]
             for key, name, style in (("rl", "RLoop (RL policy)", "-o"), ("rft", "RLoop (consolidated)", "--s"),
@@ -250,12 +247,12 @@ def summary(r: dict, comp: list[dict], run: Path) -> str:
             lines.append(f"| {c['iter']} | {c['rl_steps']} | {fmt(c['rl'] and c['rl']['average']['mean_acc'])} | "
                          f"{fmt(c['rft'] and c['rft']['average']['mean_acc'])} | "
                          f"{fmt(c['vanilla'] and c['vanilla']['average']['mean_acc'])} | {buckets.get('hard', '–')} | "
-                         f"{cell(metric(f, 'kept_trajectories'))} | {fmt(d.get('intra_step'))} | "
+                         f"{cell(f.get('kept_trajectories'))} | {fmt(d.get('intra_step'))} | "
                          f"{fmt(d.get('inter_step'))} |")
         lines += ["", "Similarity = mean pairwise Jaccard similarity of word/symbol trigram sets of two successful "
                   "responses to the same problem, drawn at the same RL step (intra) or at different steps (inter), "
-                  "over a seeded sample of problems and of their successes (lib/lab/diversity.py). The paper's mechanism "
-                  "predicts inter < intra: intermediate checkpoints solve problems differently.", ""]
+                  "over a seeded sample of problems and of their successes (lib/lab/diversity.py). The paper's "
+                  "mechanism predicts inter < intra: intermediate checkpoints solve problems differently.", ""]
     # --- RL steps the generation-batch cap cut short
     capped = [(name, capped_steps(rows)) for name, rows in
               (("RLoop", [x for it in r["iters"] for x in it["rl"]]), ("vanilla", r["vanilla"]))]

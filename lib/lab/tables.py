@@ -16,7 +16,6 @@ from lib.lab import arms as A
 from lib.lab import stats
 from lib.lab.diversity import similarity, strategy_entropy
 from lib.lab.report_run import comparison, end_to_end, load_run, peak_norm
-from lib.run.metrics import metric
 
 
 # --- values over seeds ----------------------------------------------------------------------------------------
@@ -393,9 +392,13 @@ def overfit_curve(name: str, runs: dict[int, Run], splits: list[str], kmax: str)
     points = []
     window = steps[0] if steps else 0
     for st in steps:
-        reward = per_seed(runs, lambda r: mean_or_none([x["reward"] for x in r.rows if st - window < x.get("step", 0)
-                                                        <= st and x.get("reward") is not None]))
-        held = {s: estimate(per_seed(runs, lambda r: metric_of(r.evals.get(f"vanilla-{st}"), s, f"pass@{kmax}")))
+        def window_reward(r, st=st):  # the mean train reward of the window's steps
+            return mean_or_none([x["reward"] for x in r.rows
+                                 if x.get("reward") is not None and st - window < x.get("step", 0) <= st])
+
+        reward = per_seed(runs, window_reward)
+        held = {s: estimate(per_seed(runs, lambda r, s=s, st=st: metric_of(r.evals.get(f"vanilla-{st}"), s,
+                                                                           f"pass@{kmax}")))
                 for s in splits}
         points.append(OverfitPoint(st, window, estimate(reward), held))
     change = {}
@@ -436,7 +439,7 @@ def sweep_rows(arms: dict[str, A.Arm], runs_of: dict[str, dict[int, Run]], kmax:
 
         def filt(key, runs=runs):  # {seed: mean over iterations of filter_stats[key]}
             return estimate(per_seed(runs, lambda r: mean_or_none([v for f in r.filters
-                                                                   if (v := metric(f, key)) is not None])))
+                                                                   if (v := f.get(key)) is not None])))
         acc, pk = final_values(runs, "average", "acc"), final_values(runs, "average", f"pass@{kmax}")
         other = name != reference
         rows.append(SweepRow(name, arms[name].threshold, filt("problems_selected"), filt("kept_trajectories"),

@@ -15,7 +15,10 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # (torch loads only where a stage needs it: filter.py and report.py never import it)
+    import torch
 
 EXIT_USER_ERROR = 2  # bad input / bad flags
 EXIT_NOTHING_KEPT = 3  # filter.py: nothing survived the filter (loop.sh branches on it)
@@ -47,9 +50,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def make_parser(doc: str | None) -> argparse.ArgumentParser:
-    """A stage's parser; it takes `--config FILE` (see StageParser). --help opens with the first paragraph of the
-    stage's docstring and its example commands (the indented lines); the rest of the docstring is for readers."""
-    p = StageParser(description=help_summary(doc or ""), formatter_class=HelpFormatter)
+    """A stage's parser; it takes `--config FILE` (see StageParser). A flag is its one spelling: no abbreviations
+    (`--n` is not `--n-samples`). --help opens with the first paragraph of the stage's docstring and its example
+    commands (the indented lines); the rest of the docstring is for readers."""
+    p = StageParser(description=help_summary(doc or ""), formatter_class=HelpFormatter, allow_abbrev=False)
     p.add_argument("--config", default=None, metavar="FILE",
                    help="JSON (an args.json as a stage writes it) or YAML file of flag values, keyed by flag name "
                         "(max_new_tokens or max-new-tokens); flags given on the command line win")
@@ -82,11 +86,11 @@ class StageParser(argparse.ArgumentParser):
         return super().parse_known_args(args, namespace)
 
     def _apply_config(self, path: str, values: dict) -> None:
-        # a key is a flag's dest or any of its spellings (an args.json written under an older name still loads)
+        # a key is a flag's dest (max_new_tokens, as args.json writes it) or its flag without the dashes
         actions = {a.dest: a for a in self._actions if a.dest not in ("help", "config")}
         for a in list(actions.values()):
-            for opt in a.option_strings:
-                actions.setdefault(opt.lstrip("-").replace("-", "_"), a)
+            if a.option_strings:
+                actions.setdefault(a.option_strings[0].lstrip("-").replace("-", "_"), a)
         defaults = {}
         for key, value in values.items():
             name = str(key).replace("-", "_")
@@ -101,7 +105,7 @@ class StageParser(argparse.ArgumentParser):
         self.set_defaults(**defaults)
 
     def _config_value(self, path: str, key: str, action: argparse.Action, value: Any) -> Any:
-        flag = action.option_strings[-1] if action.option_strings else action.dest
+        flag = action.option_strings[0] if action.option_strings else action.dest
         where = f"{path}: key '{key}' ({flag})"
         if value is None:
             if action.default is None:
@@ -237,20 +241,10 @@ def restore_dir(final_dir: str | os.PathLike) -> bool:
 def check_out_dir(path: str | os.PathLike, flag: str = "--out") -> None:
     """An output folder may be missing (it is created) or a folder; anything else fails now, before any work,
     not with a traceback from mkdir at the end of a run."""
-    _check_out(Path(path), flag, want_dir=True)
-
-
-def check_out_file(path: str | os.PathLike, flag: str = "--out") -> None:
-    """An output file may be missing or a file; a folder (or a file where a parent folder should be) fails."""
-    _check_out(Path(path), flag, want_dir=False)
-
-
-def _check_out(path: Path, flag: str, want_dir: bool) -> None:
+    path = Path(path)
     if path.exists():
-        if want_dir and not path.is_dir():
+        if not path.is_dir():
             raise UserError(f"{path}: exists and is not a folder ({flag} takes a folder)")
-        if not want_dir and path.is_dir():
-            raise UserError(f"{path}: is a folder ({flag} takes a file name)")
         return
     for parent in path.parents:  # the nearest existing ancestor must be a folder, or mkdir fails later
         if parent.exists():

@@ -2,22 +2,6 @@
 
 import math
 
-# Keys renamed so that one name means one thing in every output (docs/outputs.md): canonical name -> the names
-# outputs written earlier carry. Readers look keys up through `metric`, so old run folders still report.
-RENAMED = {"mean_acc": ("acc",), "truncated_frac": ("truncated",), "truncated_count": ("truncated",),
-           "skipped_updates": ("skipped",), "kept_trajectories": ("kept",), "sft_steps": ("steps",),
-           "warmup_steps": ("warmup",)}
-
-
-def metric(row: dict, name: str, default=None):
-    """row[name], else the value under one of its earlier names (RENAMED), else default."""
-    if name in row:
-        return row[name]
-    for old in RENAMED.get(name, ()):
-        if old in row:
-            return row[old]
-    return default
-
 
 def json_num(v, digits: int = 5):
     """A metrics value for JSONL: floats rounded to `digits` decimals, or to `digits` significant digits when that

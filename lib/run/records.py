@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from lib.run.cli import UserError, atomic_write_text
 
@@ -96,17 +96,23 @@ def trajectory_from_dict(d: Any, where: str) -> Trajectory:
 
 def read_jsonl(path: str | os.PathLike, allow_empty: bool = False) -> Iterator[tuple[int, Any]]:
     """Yield (line_number, object) for each non-blank line. Errors name the file and line."""
+    for lineno, _, obj in read_jsonl_at(path, allow_empty):
+        yield lineno, obj
+
+
+def read_jsonl_at(path: str | os.PathLike, allow_empty: bool = False) -> Iterator[tuple[int, int, Any]]:
+    """read_jsonl with each line's byte offset: (line_number, offset, object); read_line_at reads it back."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a folder, expected a JSONL file")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    n = 0
+    n = offset = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            at, offset = offset, offset + len(raw)
             try:
-                # utf-8-sig on line 1: editors on Windows start a file with a byte-order mark
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                line = _decode(raw, at)
             except UnicodeDecodeError:
                 raise UserError(f"{path}:{lineno}: not valid UTF-8") from None
             if not line.strip():
@@ -116,9 +122,20 @@ def read_jsonl(path: str | os.PathLike, allow_empty: bool = False) -> Iterator[t
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             n += 1
-            yield lineno, obj
+            yield lineno, at, obj
     if n == 0 and not allow_empty:
         raise UserError(f"{path}: empty file (no JSON lines)")
+
+
+def read_line_at(f: BinaryIO, offset: int) -> Any:
+    """The JSON object on the line at byte `offset` of a file open in binary mode (an offset read_jsonl_at gave)."""
+    f.seek(offset)
+    return json.loads(_decode(f.readline(), offset))
+
+
+def _decode(raw: bytes, offset: int) -> str:
+    # utf-8-sig at the start of the file: editors on Windows start a file with a byte-order mark
+    return raw.decode("utf-8-sig" if offset == 0 else "utf-8")
 
 
 def read_trajectories(path: str | os.PathLike, allow_empty: bool = False) -> list[Trajectory]:

@@ -291,7 +291,7 @@ def resume_point(out: str | Path, resume: bool) -> Path | None:
 
 def check_same_args(old: dict, new: dict, free, where: str | Path) -> None:
     """A resumed run is the same run: every flag but the `free` ones (those that only place, watch or pace
-    the run: --steps, --out, logging, devices, ...) must keep its value; a change is refused in one line that
+    the run: --rl-steps, --out, logging, devices, ...) must keep its value; a change is refused in one line that
     names each flag. (To change one deliberately, e.g. a lower --lr after a blow-up, start a new --out from
     the checkpoint folder.)"""
     diff = [k for k, v in old.items() if k not in free and k in new and new[k] != v]

@@ -3,8 +3,9 @@
 consolidate.py uses it for rejection-sampling fine-tuning (RFT) of the iteration's initial policy on the
 filtered successful trajectories; lib/worlds/toy.py uses it to warm-start the toy base on gold solutions.
 
-  loss = sum over response tokens of -log p(token | prefix)  /  response tokens in the whole optimiser step
-(the numerator is `loss_fn`, NLL by default; consolidate.py passes its RFT loss). The prompt is masked (it gets
+  loss = loss_fn(micro-batch) summed over the step's micro-batches  /  response tokens in the whole optimiser step
+The caller passes `loss_fn`: consolidate.py its RFT objective (consolidate.rft_loss), lib/worlds/toy.py `nll_loss`,
+the NLL of the response tokens, sum over them of -log p(token | prefix). The prompt is masked (it gets
 no gradient); the normalisation is over the whole optimiser step, not each micro-batch, so gradient
 accumulation does not change the objective. Sequences are length-grouped into micro-batches and right-padded —
 never packed into one row, so no attention leaks across examples. How many micro-batches a step takes is chosen
@@ -35,12 +36,13 @@ from lib.train.modeling import token_logprobs
 from lib.train.update import autocast, empty_batch, equal_passes, lr_factor, micro_batches, right_padded
 
 # loss_fn(logp [b, T], mask [b, T], examples) -> the loss summed over the micro-batch's response tokens (train
-# divides by the step's token count). The default is plain NLL; consolidate.py passes its RFT loss.
+# divides by the step's token count); examples[i] is row i (none, and an all-zero mask, in a padding pass).
 LossFn = Callable[[torch.Tensor, torch.Tensor, list], torch.Tensor]
 
 
 def nll_loss(logp: torch.Tensor, mask: torch.Tensor, examples: list) -> torch.Tensor:
-    """Negative log-likelihood summed over response tokens: every example weighs the same."""
+    """The negative log-likelihood summed over response tokens, every example weighing the same: the project's one
+    NLL (consolidate.rft_loss, the toy base's warm start)."""
     return -(logp * mask).sum()
 
 
@@ -129,8 +131,8 @@ def make_optimizer(model, cfg: SFTConfig, total: int):
     return opt, sched
 
 
-def step_loss(model, examples: list[Example], cfg: SFTConfig, pad_id: int, n_tokens: float, ref_model=None,
-              loss_fn: LossFn = nll_loss):
+def step_loss(model, examples: list[Example], cfg: SFTConfig, pad_id: int, n_tokens: float, loss_fn: LossFn,
+              ref_model=None):
     """Forward + backward over one optimiser step's examples in micro-batches. Returns (loss, kl) summed
     over tokens / n_tokens, i.e. this step's share of the token-mean objective (already backpropagated).
     Under torchrun: this rank's examples, n_tokens the whole step's count; the returned sums are this rank's."""
@@ -162,12 +164,11 @@ def step_loss(model, examples: list[Example], cfg: SFTConfig, pad_id: int, n_tok
     return loss_sum / n_tokens, kl_sum / n_tokens
 
 
-def train(model, examples: list[Example], cfg: SFTConfig, pad_id: int, ref_model=None,
-          state: dict | None = None, on_step: Callable | None = None, progress: bool = True,
-          loss_fn: LossFn = nll_loss) -> list[dict]:
-    """Run (or resume) SFT. `state` is a dict from a checkpoint (optimizer, scheduler, step); `on_step(step,
-    row, optimizer, scheduler)` is called after each optimiser step (logging, checkpoints); `loss_fn` is the
-    per-micro-batch objective (default: NLL). Returns the rows."""
+def train(model, examples: list[Example], cfg: SFTConfig, pad_id: int, loss_fn: LossFn, ref_model=None,
+          state: dict | None = None, on_step: Callable | None = None, progress: bool = True) -> list[dict]:
+    """Run (or resume) SFT on the objective `loss_fn` (per micro-batch, see LossFn). `state` is a dict from a
+    checkpoint (optimizer, scheduler, step); `on_step(step, row, optimizer, scheduler)` is called after each
+    optimiser step (logging, checkpoints). Returns the rows."""
     model.train()
     batches = plan(len(examples), cfg)
     opt, sched = make_optimizer(model, cfg, len(batches))
@@ -183,7 +184,7 @@ def train(model, examples: list[Example], cfg: SFTConfig, pad_id: int, ref_model
         n_tokens = float(sum(len(e.response_ids) for e in batch))  # the whole step's (every rank knows it)
         opt.zero_grad(set_to_none=True)
         lr = opt.param_groups[0]["lr"]  # the rate this step uses (get_last_lr after sched.step is the next one's)
-        nll, kl = step_loss(model, dist.shard(batch), cfg, pad_id, n_tokens, ref_model, loss_fn)
+        nll, kl = step_loss(model, dist.shard(batch), cfg, pad_id, n_tokens, loss_fn, ref_model)
         if dist.is_distributed():
             nll, kl = dist.all_reduce_sum([nll, kl])
         grad_norm = dist.clip_grad_norm(model.parameters(), cfg.grad_clip)  # pre-clip norm
@@ -200,8 +201,9 @@ def train(model, examples: list[Example], cfg: SFTConfig, pad_id: int, ref_model
         with warnings.catch_warnings():  # skipped first steps: the schedule is by step, not by update
             warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
             sched.step()
-        row = {"step": step + 1, "loss": json_num(nll, 5), "kl": json_num(kl, 6), "grad_norm": json_num(grad_norm, 4),
-               "lr": lr, "tokens": int(n_tokens), "skipped_updates": int(skipped), "step_time": round(time.time() - t0, 3)}
+        row = {"step": step + 1, "loss": json_num(nll, 5), "kl": json_num(kl, 6),
+               "grad_norm": json_num(grad_norm, 4), "lr": lr, "tokens": int(n_tokens),
+               "skipped_updates": int(skipped), "step_time": round(time.time() - t0, 3)}
         rows.append(row)
         bar.set_postfix(loss=f"{nll:.3f}", grad_norm=f"{grad_norm:.3g}", lr=f"{lr:.2g}",
                         tok_s=round(n_tokens / max(row["step_time"], 1e-9)))

@@ -147,7 +147,7 @@ def make_split(name: str, seed: int) -> list[dict]:
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Qwen2's pre-tokenisation pattern: the saved tokenizer must behave the same whether transformers loads its
 # tokenizer.json as is (4.x) or rebuilds a Qwen2Tokenizer from its vocab (5.x).
-PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""  # noqa: E501
 CHAT_TEMPLATE = (  # Qwen's ChatML layout, so real and toy prompts look alike
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -269,7 +269,7 @@ def build_base(out: Path, seed: int = 0, quiet: bool = False, **overrides) -> Pa
         print(f"building the toy base model: {n_params / 1e6:.2f}M params, {len(gold)} gold solutions, "
               f"{cfg.steps} SFT steps -> {out}")
     examples = sft.tokenize(tok, gold, append_eos=True)
-    sft.train(model, examples, cfg, pad_id=tok.pad_token_id, progress=not quiet)
+    sft.train(model, examples, cfg, tok.pad_token_id, sft.nll_loss, progress=not quiet)
     model.eval()
     save_policy(model, tok, out)
     atomic_write_json(out.parent / "base_build.json",
