@@ -230,7 +230,8 @@ class Group:  # one prompt and its n scored responses
     completions: list[Completion]
     rewards: list[float]  # score + overlong penalty
     accs: list[bool]
-    rows: list[dict]  # the rollouts.jsonl records (Trajectory fields + kept)
+    rows: list[dict]  # the rollouts.jsonl records (Trajectory fields + kept): what was sampled
+    replayed: int = 0  # responses that are a stored success, not a sample (--replay)
 
 
 @dataclass
@@ -266,9 +267,30 @@ def rollout(engine, problems, tokenizer, reward_fn: RewardFn, cfg: setup.Samplin
     return groups
 
 
+def replay(groups: list[Group], store: dict) -> None:
+    """--replay (experience replay, the baseline RLoop's paper leaves open): in a group with no success, the
+    newest earlier success of its prompt (store: problem id -> (token ids, reward)) takes its last response's place,
+    before dynamic sampling, so the mixed group's advantages are computed over it. It is trained on like a sample
+    of the current policy: its old log-probs are the trainer's, it has no engine log-probs (rollout weight 1)."""
+    for g in groups:
+        if not any(g.accs) and g.problem.id in store:
+            ids, reward = store[g.problem.id]
+            g.completions[-1] = Completion(list(ids), None, "", "stop")
+            g.rewards[-1], g.accs[-1], g.replayed = reward, True, 1
+
+
+def remember(store: dict, rows) -> dict:
+    """The replay store: the newest successful sampled response of each prompt (rollouts.jsonl rows, in order)."""
+    for row in rows:
+        if row["acc"] and row.get("response_ids"):
+            store[row["problem_id"]] = (row["response_ids"], row["reward"])
+    return store
+
+
 def collect_batch(engine, stream: data.PromptStream, tokenizer, reward_fn: RewardFn, cfg: setup.Sampling, step: int,
-                  log: Callable[[str], None] = print) -> StepBatch:
-    """Draw generation batches until prompts_per_step groups pass the filter (or the cap is hit)."""
+                  log: Callable[[str], None] = print, store: dict | None = None) -> StepBatch:
+    """Draw generation batches until prompts_per_step groups pass the filter (or the cap is hit). store: --replay's
+    (replay), updated with every batch's successes."""
     want = cfg.prompts_per_step
     kept: list[Group] = []
     rows: list[dict] = []
@@ -276,6 +298,9 @@ def collect_batch(engine, stream: data.PromptStream, tokenizer, reward_fn: Rewar
     while True:
         problems = stream.draw(cfg.gen_batch_size or want)  # the same prompts on every rank (same seed, position)
         groups = rollout(engine, problems, tokenizer, reward_fn, cfg, step, gen)
+        if store is not None:
+            replay(groups, store)
+            remember(store, [row for g in groups for row in g.rows])
         gen += 1
         drawn += len(groups)
         if cfg.dynamic_sampling:
@@ -318,14 +343,17 @@ def run(cfg: setup.Config, reward_fn: RewardFn | None = None, engine_fn: Callabl
     r = setup.start(cfg, reward_fn, engine_fn)  # policy, engine, optimiser, prompts; resumed from the newest ckpt
     if r is None:
         return 0
+    store = r.scan_rollouts(lambda rows: remember({}, rows)) if cfg.sampling.replay else None  # (--resume: rebuilt)
     for step in r.steps():
         t0 = time.time()
-        batch = collect_batch(r.engine, r.stream, r.tok, r.verifier, cfg.sampling, step)
+        batch = collect_batch(r.engine, r.stream, r.tok, r.verifier, cfg.sampling, step, store=store)
         r.record(batch.rows)  # rollouts.jsonl
         t_gen = time.time() - t0
         r.engine_sleep()  # vLLM --sleep-mode: the engine's GPU memory goes to the update
         stats = train_on_batch(r.model, r.optimizer, batch.groups, cfg.update, cfg.loss, r.tok.pad_token_id,
                                r.device, r.ref)
+        if store is not None:
+            stats["replayed"] = sum(g.replayed for g in batch.groups)  # stored successes trained on this step
         r.end_step(step, batch, stats, t_gen, t0)  # weights into the engine, lr, metrics row, checkpoint
     r.finish()
     return 0

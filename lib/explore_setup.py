@@ -60,6 +60,7 @@ class Sampling:
     overlong_shaping: bool
     overlong_buffer: int
     overlong_factor: float
+    replay: bool  # a group with no success trains on a stored earlier success of its prompt (explore.replay)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,9 @@ def get_args(argv=None, *, doc: str | None = None, losses: dict[str, Callable] |
       help="drop prompts whose responses all have the same accuracy, draw more until full")
     g("--filter-metric", default="acc", choices=["acc", "reward"],
       help="what must vary within a group to keep it (verl's DAPO scripts: acc, before the overlong penalty)")
+    g("--replay", action=B, default=False,
+      help="experience replay (explore.replay): in a group with no success, this run's newest earlier success of "
+           "the prompt replaces a failure before dynamic sampling; metrics log `replayed` (off: DAPO)")
     g("--max-gen-batches", type=int, default=10,
       help="generation batches per step (0 = no cap; DAPO: 10). At the cap the step trains on the prompts kept "
            "(verl stops instead: a multi-day run should not die on one hard stretch of data): one log line, "
@@ -231,7 +235,8 @@ def config(f: dict) -> Config:
     """The typed config of checked flag values."""
     sampling = Sampling(f["prompts_per_step"], f["gen_batch_size"], f["n_samples"], f["max_new_tokens"],
                         f["temperature"], f["top_p"], f["seed"], f["tp"], f["dynamic_sampling"], f["filter_metric"],
-                        f["max_gen_batches"], f["overlong_shaping"], f["overlong_buffer"], f["overlong_factor"])
+                        f["max_gen_batches"], f["overlong_shaping"], f["overlong_buffer"], f["overlong_factor"],
+                        f["replay"])
     loss = Loss(f["loss"], f["eps_low"], f["eps_high"] if f["clip_higher"] else f["eps_low"], f["clip_ratio_c"],
                 f["loss_agg"], f["kl_coef"], f["rollout_is"], f["rollout_is_threshold"])
     update = UpdateConfig(f["mini_batch"], f["micro_batch"], f["share_prompt"], f["grad_clip"], f["temperature"],
@@ -283,6 +288,12 @@ class Run:
         """Append a step's rollouts to rollouts.jsonl (rank 0 holds every rank's rows)."""
         if self.main_rank:
             self.rollouts_bytes = append_jsonl(self.rollouts_path, rows)
+
+    def scan_rollouts(self, fn: Callable):
+        """fn(the rows of rollouts.jsonl so far, streamed; after --resume: up to its checkpoint), computed on rank 0
+        and its result sent to every rank (explore --replay rebuilds its store this way)."""
+        rows = lambda: (row for _, row in read_jsonl(self.rollouts_path, allow_empty=True))  # noqa: E731
+        return dist.main_decides(lambda: fn(rows() if self.rollouts_path.exists() else iter(())))
 
     def engine_sleep(self) -> None:
         """vLLM --sleep-mode: hand the engine's GPU memory to the update."""

@@ -298,7 +298,7 @@ class ScriptedEngine:
         pass
 
 
-def collect(problem_ids, script, *extra, answers=None):
+def collect(problem_ids, script, *extra, answers=None, store=None):
     from lib.algo.reward import score
     from lib.run.data import Problem
     from lib.worlds.toy import make_tokenizer
@@ -307,7 +307,7 @@ def collect(problem_ids, script, *extra, answers=None):
     cfg = explore.get_args(["--n-samples", "4", "--max-new-tokens", "24", "--overlong-buffer", "8", *extra])
     logs = []
     batch = explore.collect_batch(ScriptedEngine(script), data.PromptStream(problems, seed=0), make_tokenizer(),
-                                  score, cfg.sampling, step=1, log=logs.append)
+                                  score, cfg.sampling, step=1, log=logs.append, store=store)
     return batch, logs
 
 
@@ -493,6 +493,30 @@ def test_cap_hit_every_step_never_crashes(tiny_model_dir, data_file, tmp_path, c
 
 
 # -----------------------------------------------------------------------------
+def test_replay_puts_a_stored_success_in_a_group_without_one():
+    store = {"a": ([5, 6, 7], 0.75)}
+    batch, _ = collect(["a", "b"], lambda p: [WRONG] * 4, "--prompts-per-step", "2", "--mini-batch", "2",
+                       "--max-gen-batches", "1", store=store)
+    # 'a' had no success: the stored one replaces its last response and gives the group a spread (dynamic sampling
+    # keeps it); 'b' has nothing stored: still all wrong, dropped
+    assert [g.problem.id for g in batch.groups] == ["a"]
+    (g,) = batch.groups
+    assert g.replayed == 1 and g.accs == [False, False, False, True] and g.rewards[-1] == 0.75
+    assert g.completions[-1].token_ids == [5, 6, 7] and g.completions[-1].logprobs is None
+    assert not any(r["acc"] for r in batch.rows)  # rollouts.jsonl keeps what was sampled
+    assert explore.advantages(batch.groups)[0][-1] > 0  # advantages over the mixed group
+
+
+def test_replay_store_keeps_each_prompts_newest_success():
+    store = {"a": ([1], 1.0)}
+    collect(["a", "b"], lambda p: [WRONG, RIGHT, WRONG, WRONG], "--prompts-per-step", "2", "--mini-batch", "2",
+            store=store)
+    assert set(store) == {"a", "b"} and store["a"][0] == list(range(len(RIGHT))) and store["a"][1] == 1.0
+    batch, _ = collect(["a"], MIXED, "--prompts-per-step", "1", "--mini-batch", "1", store=store)
+    assert batch.groups[0].replayed == 0  # a group with a success of its own replays nothing
+    assert explore.remember({}, batch.rows) == {"a": (list(range(len(RIGHT))), 1.0)}  # what --resume rebuilds
+
+
 # bad input: one line, non-zero exit
 
 

@@ -199,11 +199,13 @@ def memo_dapo(memo_data: Path, tmp: Path) -> Path:
 
 
 def explore_args(model, data, out, *extra):
-    """6 steps of 4 prompts x 4 responses x 24 tokens, 2 updates per step, checkpoints at 2, 4, 6."""
+    """6 steps of 4 prompts x 4 responses x 24 tokens, 2 updates per step, checkpoints at 2, 4, 6; with the state a
+    resume must rebuild: --replay's store (from rollouts.jsonl) and --rollout-is token's weights."""
     return ["--model", model, "--data", data, "--out", out, "--rl-steps", "6", "--save-every", "2",
             "--prompts-per-step", "4", "--n-samples", "4", "--mini-batch", "2", "--micro-batch", "8",
             "--max-new-tokens", "24", "--overlong-buffer", "4", "--lr", "3e-4", "--warmup-steps", "0",
-            "--max-gen-batches", "2", "--backend", "hf", "--device", "cpu", *extra]
+            "--max-gen-batches", "2", "--backend", "hf", "--device", "cpu", "--replay", "--rollout-is", "token",
+            *extra]
 
 
 def strip_times(rows):
@@ -243,6 +245,8 @@ def test_explore_killed_four_times_ends_like_an_uninterrupted_run(memo_model_dir
     finish(reference)
     ref_metrics = clean_lines(ref / "metrics.jsonl")
     assert sum(r["updates"] - r["skipped_updates"] for r in ref_metrics) >= 4  # it did train
+    assert sum(r["replayed"] for r in ref_metrics) > 0  # the replay store, rebuilt on every resume, was used
+    assert all(0 < r["rollout_is_mean"] for r in ref_metrics)
 
     # the same run as the uninterrupted one: weights, metrics (times aside), rollouts byte for byte
     same_weights(ref / "ckpt_000006", out / "ckpt_000006")
