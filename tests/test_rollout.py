@@ -132,3 +132,16 @@ def test_a_prompts_samples_do_not_depend_on_the_call(tiny_model_dir):
     ids = lambda out: [[c.token_ids for c in comps] for comps in out]  # noqa: E731
     assert ids(part) == ids(full[2:5])
     assert ids(full)[0] != ids(full)[2]
+
+
+def test_records_carry_token_ids_where_the_filter_may_keep_them():
+    """Correct responses and responses with partial credit keep their token ids (filter.py --success-metric reward
+    may keep them); a plain wrong one (the verifier's -1) does not."""
+    from lib.engine.rollout import Completion, to_trajectories
+    from lib.run.data import Problem
+
+    verdicts = {"right": (1.0, True), "half": (0.5, False), "wrong": (-1.0, False)}
+    reward_fn = lambda text, gt: {"score": verdicts[text][0], "acc": verdicts[text][1], "pred": ""}  # noqa: E731
+    comps = [Completion([i, 9], [0.0, 0.0], text, "stop") for i, text in enumerate(verdicts)]
+    trajs = to_trajectories([Problem("p", [], "1", prompt="q")], [comps], reward_fn)
+    assert [t.response_ids for t in trajs] == [[0, 9], [1, 9], None]

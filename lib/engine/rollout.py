@@ -516,8 +516,9 @@ def to_trajectories(problems, completions: list[list[Completion]], reward_fn, st
                     source: str = "", prompt_tokens: list[int] | None = None,
                     keep_ids: bool = True) -> list[Trajectory]:
     """Score each completion with reward_fn(response, ground_truth) -> {"score", "acc", "pred"} and wrap it
-    in the shared record. `problems[i]` pairs with `completions[i]` (its n samples). keep_ids: correct responses
-    carry their sampled token ids (`response_ids`, the stop token included: what RFT trains on)."""
+    in the shared record. `problems[i]` pairs with `completions[i]` (its n samples). keep_ids: every response that
+    filter.py may keep, a correct one or one with any credit (score above the verifier's -1), carries its sampled
+    token ids (`response_ids`, the stop token included: what RFT trains on); a plain wrong one does not (disk)."""
     out = []
     for i, (p, comps) in enumerate(zip(problems, completions)):
         for c in comps:
@@ -527,7 +528,8 @@ def to_trajectories(problems, completions: list[list[Completion]], reward_fn, st
                                   prompt_tokens=prompt_tokens[i] if prompt_tokens else 0,
                                   response_tokens=len(c.token_ids), finish_reason=c.finish_reason,
                                   step=step, source=source,
-                                  response_ids=list(c.token_ids) if keep_ids and v["acc"] else None))
+                                  response_ids=list(c.token_ids) if keep_ids and (v["acc"] or v["score"] > -1)
+                                  else None))
     return out
 
 
