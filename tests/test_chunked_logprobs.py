@@ -88,8 +88,8 @@ def test_no_grad_path_keeps_no_graph(tok):
 
 def test_head_memory_grows_with_the_chunk_not_the_sequence():
     """Peak live tensor bytes of one forward + backward of the LM head at Qwen2.5's vocabulary (152,064) and
-    T = 512, counted op by op (lib/train/memcount.py's LiveBytes, on the meta device: nothing is allocated). The full-logits
-    way holds several fp32 [T, V] tensors; the chunked way a few [chunk, V] ones."""
+    T = 512, counted op by op (lib/train/memcount.py's LiveBytes, on the meta device: nothing is allocated). The
+    full-logits way holds several fp32 [T, V] tensors; the chunked way a few [chunk, V] ones."""
     from lib.train.memcount import head_step_peak
 
     T, V, H, chunk = 512, 152_064, 64, 32

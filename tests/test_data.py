@@ -41,7 +41,8 @@ def test_plain_schema_gets_dapo_template_and_stable_id():
 @pytest.mark.parametrize("row, msg", [
     ({"problem": "x"}, "f:3: missing field 'answer'"),
     ({"answer": "1"}, "f:3: missing field 'problem'"),
-    ({"prompt": [{"role": "user", "content": "x"}], "reward_model": {}}, "f:3: missing field 'reward_model.ground_truth'"),
+    ({"prompt": [{"role": "user", "content": "x"}], "reward_model": {}},
+     "f:3: missing field 'reward_model.ground_truth'"),
     ({"prompt": 5, "reward_model": {"ground_truth": "1"}}, "f:3: field 'prompt' should be a list"),
     ([1, 2], "f:3: expected a JSON object"),
 ])
@@ -53,7 +54,8 @@ def test_bad_rows(row, msg):
 
 def test_load_files_dedup_and_errors(tmp_path):
     f = tmp_path / "p.jsonl"
-    f.write_text(json.dumps(DAPO_ROW) + "\n" + json.dumps(DAPO_ROW) + "\n\n" + json.dumps({"id": 1, "problem": "q", "answer": "a"}) + "\n")
+    other = {"id": 1, "problem": "q", "answer": "a"}
+    f.write_text(json.dumps(DAPO_ROW) + "\n" + json.dumps(DAPO_ROW) + "\n\n" + json.dumps(other) + "\n")
     probs = load_problems(str(f))
     assert [p.id for p in probs] == ["a0b1-uuid", "1"]  # DAPO-Math-17k repeats problems: kept once
     bad = tmp_path / "bad.jsonl"

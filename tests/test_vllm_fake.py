@@ -219,7 +219,7 @@ def vllm_uses():
     uses = []
     for f in project_files():
         tree = ast.parse(f.read_text(), str(f))
-        where = lambda n: f"{f.relative_to(ROOT)}:{n.lineno}"  # noqa: E731
+        where = lambda n, f=f: f"{f.relative_to(ROOT)}:{n.lineno}"  # noqa: E731
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "vllm":
                 uses += [(where(node), "import", f"{node.module}.{a.name}") for a in node.names]

@@ -22,7 +22,8 @@ import torch
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on the CPU build (its default takes more)
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-vllm = pytest.importorskip("vllm", reason="vllm is not installed (scripts/vllm_cpu_env.sh makes a venv with its CPU build)")
+vllm = pytest.importorskip("vllm", reason="vllm is not installed (scripts/vllm_cpu_env.sh makes a venv with its CPU "
+                                          "build)")
 
 from lib.engine.rollout import VLLMEngine, prompt_seed  # noqa: E402
 from lib.train.modeling import load_policy, plan_context, token_logprobs  # noqa: E402

@@ -9,9 +9,9 @@ model's own modules (norms, projections, rotary embedding, MLP, head), called as
 weights are read, never copied, and an update to the policy is seen at once. The prompt is prefilled by the model's
 own forward (HFEngine); a Qwen2Decoder takes over its cache.
 
-Only where it reproduces the model's forward: model_type qwen2, default rope, no sliding window, plain (not FSDP-sharded)
-parameters; HFEngine falls back to the model's forward otherwise (`supports`). The logits agree with the model's
-forward to float rounding (tests/test_rollout.py), not bit for bit: the attention sums run in another order.
+Only where it reproduces the model's forward: model_type qwen2, default rope, no sliding window, plain (not
+FSDP-sharded) parameters; HFEngine falls back to the model's forward otherwise (`supports`). The logits agree with
+the model's forward to float rounding (tests/test_rollout.py), not bit for bit: the attention sums run in another order.
 """
 from __future__ import annotations
 

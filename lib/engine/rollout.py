@@ -76,7 +76,8 @@ _SM_GAMMA, _SM_M1, _SM_M2 = _int64(0x9E3779B97F4A7C15), _int64(0xBF58476D1CE4E5B
 
 
 def prompt_seeds(seed: int | Sequence[int], n_prompts: int) -> list[int]:
-    """A call's per-prompt seeds: `seed` given per prompt, or prompt i of a call seeded `seed` -> prompt_seed(seed, i)."""
+    """A call's per-prompt seeds: `seed` given per prompt, or prompt i of a call seeded `seed` -> prompt_seed(seed,
+    i)."""
     if not isinstance(seed, Sequence):
         return [prompt_seed(int(seed), i) for i in range(n_prompts)]
     seeds = [int(s) for s in seed]

@@ -3,9 +3,9 @@ RL run (loop.sh), and at full scale that folder holds a 30 GB checkpoint and its
 
 A run folder's files are of three kinds, and the copy treats each its own way:
   written once   checkpoint folders (weights, config, tokenizer, resume state), args.json, TensorBoard event files:
-                 replaced whole by a rename (lib/run/cli.replace_dir, atomic writes, lib/train/checkpoint.cast_weights) or
-                 deleted, never changed in place -> hard links: no byte is copied, and a run working in the copy
-                 replaces or unlinks its own names, never the source's files
+                 replaced whole by a rename (lib/run/cli.replace_dir, atomic writes,
+                 lib/train/checkpoint.cast_weights) or deleted, never changed in place -> hard links: no byte is
+                 copied, and a run working in the copy replaces or unlinks its own names, never the source's files
   appended       APPENDED (rollouts.jsonl, metrics.jsonl): a resumed run appends to them and cuts them back to its
                  checkpoint (lib/train/checkpoint.restore_logs) -> real copies (a copy-on-write clone where the
                  filesystem has one: XFS, btrfs)

@@ -167,7 +167,8 @@ def write_rollouts(out: str | os.PathLike, records: int, problems: int = 4000, n
                     tail = f', "response_ids": {ids[rng.randrange(len(ids))]}' if ok else ""
                     f.write(f'{{"problem_id": "{pids[i]}", "prompt": {prompts[i]}, "response": "Attempt {step}.{j}: '
                             f'{bodies[rng.randrange(256)]}", "reward": {1.0 if ok else -1.0}, '
-                            f'"acc": {"true" if ok else "false"}, "pred": "{answers[i] if ok else rng.randint(0, 999)}", '
+                            f'"acc": {"true" if ok else "false"}, '
+                            f'"pred": "{answers[i] if ok else rng.randint(0, 999)}", '
                             f'"ground_truth": "{answers[i]}", "prompt_tokens": {len(prompts[i]) // 4}, '
                             f'"response_tokens": {response_tokens}, "finish_reason": "stop", "step": {step}, '
                             f'"source": "rollout", "kept": {"true" if ok else "false"}{tail}}}\n')
