@@ -222,3 +222,20 @@ def test_toy_blocks_run(doc, index, memo_toy_cache, tmp_path):
     # what the block wrote is what docs/outputs.md says a finished stage leaves
     done = sorted(tmp_path.rglob("done.json"))
     assert done and all(json.loads(d.read_text())["stage"] for d in done)
+
+
+def test_the_readmes_headline_figures_name_the_command_that_measures_them():
+    """The README's Measured rows that scripts/headline.py prints: each present, with headline.py's command for it
+    (re-run `python scripts/headline.py` and paste its rows to update them)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from headline import HEADLINES
+
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 4:
+            rows[cells[0]] = cells
+    for what, (command, _) in HEADLINES.items():
+        assert what in rows, f"README's Measured table has no row {what!r}"
+        assert rows[what][2] == f"`{command}`", (what, rows[what][2])
+        assert re.fullmatch(r"[0-9a-f]{7,}", rows[what][3]), (what, rows[what][3])
