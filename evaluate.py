@@ -49,7 +49,7 @@ def get_args(argv=None):
                         "counts them; never truncated); the context is planned for N + --max-new-tokens. 0 = no cap")
     g.add_argument("--reward", default="dapo",
                    help="verifier: dapo (DAPO's string match, what RL trains on), math_verify (symbolic "
-                        "equivalence: compares with published MATH-500 / AIME scores; pip install math-verify), "
+                        "equivalence, Hugging Face's math-verify: compares with published MATH-500 / AIME scores), "
                         "or path/to/file.py:function (runs that file; same signature as lib/algo/reward.score)")
     g.add_argument("--out", default="runs/eval/toy-base", help="output folder")
     g = p.add_argument_group("sampling")
