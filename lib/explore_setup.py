@@ -403,24 +403,25 @@ def start(cfg: Config, reward_fn: RewardFn | None = None, engine_fn: Callable | 
         checkpoint.check_same_args(state["args"], f, FREE_ON_RESUME, out)
     init_path = dist.main_first(lambda: toy.resolve(f["model"], "model"))
     model_path = str(resume_from) if resume_from else init_path
+    trust_remote_code = f["trust_remote_code"]  # (only ever from its flag: tests/test_trust.py)
     # The context (prompt + response) the engine samples and the trainer scores, checked from the config and the
     # tokenizer alone, before any weight is loaded or anything written (lib/train/modeling.plan_context).
-    tok = load_tokenizer(model_path, f["trust_remote_code"])
+    tok = load_tokenizer(model_path, trust_remote_code)
     problems = data.drop_long_prompts(data.render_prompts(problems, tok), tok, f["max_prompt_len"], f["data"])
     val_sets = {name: data.drop_long_prompts(data.render_prompts(ps, tok), tok, f["max_prompt_len"],
                                              f"validation set {name}") for name, ps in val_sets.items()}
     prompts = [p.prompt for ps in (problems, *val_sets.values()) for p in ps]
-    context, overrides = plan_context(load_config(model_path, f["trust_remote_code"]), longest_prompt(tok, prompts),
+    context, overrides = plan_context(load_config(model_path, trust_remote_code), longest_prompt(tok, prompts),
                                       f["max_new_tokens"], f["max_model_len"], model_path, f["max_prompt_len"])
-    model, tok = load_policy(model_path, device=load_device(device), trust_remote_code=f["trust_remote_code"])
+    model, tok = load_policy(model_path, device=load_device(device), trust_remote_code=trust_remote_code)
     extend_context(model, overrides)  # saved with every checkpoint: later stages load the same context
     prepare(model, device, f["bf16"], f["grad_checkpointing"])  # (under torchrun: FSDP2 shards)
     # the KL reference: this run's initial policy (--model, also on --resume), loaded after the policy is sharded
-    ref = frozen_reference(init_path, device, f["bf16"], overrides, f["trust_remote_code"]) if f["kl_coef"] else None
+    ref = frozen_reference(init_path, device, f["bf16"], overrides, trust_remote_code) if f["kl_coef"] else None
     engine = engine_fn(model, tok, model_path) if engine_fn else make_engine(
         f["backend"], model, tok, model_path, colocated=True, tp=f["tp"], sleep_mode=f["sleep_mode"],
         dtype=rollout_dtype(f["rollout_dtype"], f["bf16"]), max_model_len=context, hf_overrides=overrides,
-        gpu_memory_utilization=f["gpu_memory_utilization"], seed=f["seed"], trust_remote_code=f["trust_remote_code"])
+        gpu_memory_utilization=f["gpu_memory_utilization"], seed=f["seed"], trust_remote_code=trust_remote_code)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=f["lr"], weight_decay=f["weight_decay"], betas=(0.9, 0.999))
     # linear warm-up, then constant (min_ratio 1.0: lr_factor's cosine part is flat), stepped once per step
