@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 HEADLINES = {
     "toy base build": ("python -m lib.worlds.toy", None),
     "quickstart wall time (base cached)": ("bash loop.sh", None),
-    "rollout tokens/s vs `model.generate`": ("python bench.py --threads 1", "rollout tokens/s"),
-    "RL step time vs TRL `GRPOTrainer`": ("python bench.py --threads 1", "RL step wall time"),
-    "SFT tokens/s vs TRL `SFTTrainer`": ("python bench.py --threads 1", "SFT tokens/s"),
+    "rollout tokens/s vs `model.generate`": ("python bench.py --quick --threads 1", "rollout tokens/s"),
+    "RL step time vs TRL `GRPOTrainer`": ("python bench.py --quick --threads 1", "RL step wall time"),
+    "SFT tokens/s vs TRL `SFTTrainer`": ("python bench.py --quick --threads 1", "SFT tokens/s"),
 }
 PARTS = {"toy": ["toy base build"], "loop": ["quickstart wall time (base cached)"],
          "bench": [k for k, (_, metric) in HEADLINES.items() if metric]}
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         s = run(["bash", "loop.sh"], out / "loop.log", {**env, "OUT": str(out / "loop"), "PYTHON": sys.executable})
         figures["quickstart wall time (base cached)"] = fmt_time(s)
     if "bench" in parts:
-        run([sys.executable, "bench.py", "--threads", "1", "--sections", "rollout,rl,sft", "--configs", "toy",
+        run([sys.executable, "bench.py", "--quick", "--threads", "1", "--sections", "rollout,rl,sft", "--configs", "toy",
              "--out", str(out / "bench")], out / "bench.log", env)
         rows = json.loads((out / "bench" / "bench.json").read_text())["rows"]
         by_metric = {r["metric"]: r for r in rows if r["config"] == "toy"}

@@ -1,4 +1,5 @@
-"""explore.py on a real vLLM engine, checked from inside: every push landed, and the engine ends on the trainer's weights.
+"""explore.py on a real vLLM engine, checked from inside: every push landed, and the engine ends on the trainer's
+weights.
 
     python scripts/vllm_explore_check.py --backend vllm --rl-steps 4 --out runs/vllm_check/explore   # explore's flags
     python scripts/vllm_explore_check.py --no-push ...     # the control: the same run with sync_weights disabled
