@@ -77,6 +77,7 @@ def main(argv=None) -> int:
     parts = [x.strip() for x in args.only.split(",") if x.strip()]
     if bad := [x for x in parts if x not in PARTS]:
         sys.exit(f"error: --only: unknown part {bad[0]!r} (one of: {', '.join(PARTS)})")
+    sha = commit()  # the code measured: the commit at the start
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "RLOOP_TOY_DIR": str(out / "toy"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
@@ -92,8 +93,8 @@ def main(argv=None) -> int:
         s = run(["bash", "loop.sh"], out / "loop.log", {**env, "OUT": str(out / "loop"), "PYTHON": sys.executable})
         figures["quickstart wall time (base cached)"] = fmt_time(s)
     if "bench" in parts:
-        run([sys.executable, "bench.py", "--quick", "--threads", "1", "--sections", "rollout,rl,sft", "--configs", "toy",
-             "--out", str(out / "bench")], out / "bench.log", env)
+        run([sys.executable, "bench.py", "--quick", "--threads", "1", "--sections", "rollout,rl,sft", "--configs",
+             "toy", "--out", str(out / "bench")], out / "bench.log", env)
         rows = json.loads((out / "bench" / "bench.json").read_text())["rows"]
         by_metric = {r["metric"]: r for r in rows if r["config"] == "toy"}
         for what in PARTS["bench"]:
@@ -101,7 +102,6 @@ def main(argv=None) -> int:
             figures[what] = f"{r['ratio']:.2f}×" if r["ratio"] is not None else "peer not measured"
     if "toy" not in parts:
         figures.pop("toy base build", None)
-    sha = commit()
     print(f"machine: {machine()}")
     print("| what | figure | command | commit |")
     print("|---|---|---|---|")
