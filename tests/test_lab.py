@@ -114,7 +114,7 @@ def test_the_table_is_consistent_and_refuses_what_is_not_the_same_computation():
     }
     for message, table in bad.items():
         with pytest.raises(ValueError, match=message):
-            A.check(table, presets=())
+            A.check(table, presets=(), questions=())
 
 
 def test_sizes_and_settings_of_the_horizon_arms():
