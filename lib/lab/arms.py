@@ -111,11 +111,11 @@ ARMS: tuple[Arm, ...] = (  # the order is the runner's priority (the long chain 
     Arm("rloop-long", "RLoop at the overfitting horizon: ITERS iterations of OVERFIT_X x RL_STEPS steps, each "
         "iteration evaluated", env={"EVAL_ITERS": "all"}, scale="rl_steps",
         reuses=(Reuse("vanilla", BASE_EVAL, RL_RUN), Reuse("rloop", BASE_EVAL, RL_RUN)),
-        against="overfit", claims=True, curve=True),
+        against="overfit", claims=True, curve=True, stability=True),
     Arm("overfit", "vanilla run OVERFIT_X times longer, evaluated every RL_STEPS: the paper's RL overfitting",
         env={**VANILLA_ONLY, "EVAL_ITERS": "all"}, scale="iters",
         reuses=(Reuse("rloop-long", RL_RUN), Reuse("vanilla", BASE_EVAL, RL_RUN, VANILLA_EVALS)),
-        against="vanilla", curve=True),
+        against="vanilla", curve=True, stability=True),
     Arm("no-al-long", "rloop-long without active learning (THRESHOLD 1)", env={"THRESHOLD": "1"}, scale="rl_steps",
         reuses=(Reuse("rloop-long", BASE_EVAL, ITERATION_1),), against="overfit", claims=True),
     Arm("no-al", "RLoop without active learning (THRESHOLD 1: every problem with a success is kept)",
