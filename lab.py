@@ -101,6 +101,8 @@ def parse_seeds(spec: str) -> list[int]:
     for x in items or [spec.strip()]:
         if not x.isdigit():
             raise cli.UserError(f"--seeds: '{x}' is not a seed number")
+    if not items and int(spec) == 0:
+        raise cli.UserError("--seeds 0: a count of no seeds (seed 0 alone: --seeds 1)")
     return [int(x) for x in items] if items else list(range(int(spec)))
 
 

@@ -316,6 +316,8 @@ def test_a_failed_run_is_reported_and_stops_nothing_else(tmp_path):
 def test_unknown_arm_is_one_clear_line(tmp_path):
     r = run_lab(tmp_path, tmp_path / "lab", ARMS="rloop,bogus")
     assert r.returncode == 2 and "unknown arm 'bogus'" in r.stderr
+    r = run_lab(tmp_path, tmp_path / "lab", SEEDS="0")
+    assert r.returncode == 2 and "--seeds 0: a count of no seeds (seed 0 alone: --seeds 1)" in r.stderr
 
 
 def test_lab_sh_help_lists_its_variables():
@@ -562,7 +564,7 @@ def test_every_command_of_the_lab_page_runs(tmp_path):
 
     doc = (ROOT / "docs" / "lab.md").read_text()
     lines = [x.split("#")[0].strip() for x in doc.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()]
-    assert len(lines) == 7
+    assert len(lines) == 8
     for line in filter(None, lines):
         words = shlex.split(line)
         env = {k: v for k, v in (w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))}
