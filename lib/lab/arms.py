@@ -192,7 +192,7 @@ PRESETS = {p.name: p for p in (
     # second skips rloop-long and overfit when the first has run
     Preset("questions", "the open questions, 1 of 2: stability under a bf16 sampler (then questions-2)",
            ("rloop-long", "overfit", "rloop-long-bf16", "overfit-bf16", "overfit-bf16-tis"), 5, "runs/lab-questions",
-           18000),
+           19800),
     Preset("questions-2", "the open questions, 2 of 2: replay, a partial-credit reward (after questions)",
            ("rloop-long", "overfit", "replay-long", "rloop-long-partial", "overfit-partial"), 5,
            "runs/lab-questions", 10800),
