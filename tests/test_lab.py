@@ -528,6 +528,19 @@ def test_threshold_sweep_and_kl_sections_on_a_lab_built_by_hand(tmp_path):
 
 
 # --- every reuse of an RL run is exact --------------------------------------------------------------------------
+# no dynamic sampling: the memo model at these sizes has no success, so dynamic sampling would drop every group and
+# no step would train; without it the overlong penalty's spread trains the steps after the first few
+REAL_FLAGS = ("--prompts-per-step 4 --n-samples 4 --mini-batch 2 --micro-batch 8 --max-new-tokens 24 "
+              "--overlong-buffer 4 --max-gen-batches 2 --lr 1e-3 --warmup-steps 0 --no-dynamic-sampling")
+
+
+def trains_after(run: Path, step: int) -> bool:
+    """A step after `step` moved the weights (else every later checkpoint equals the one at `step`, for no reason
+    a resume could break)."""
+    return any(r["step"] > step and r["grad_norm"] > 0 for r in map(json.loads, (run / "metrics.jsonl").read_text()
+                                                                     .splitlines()))
+
+
 def test_each_reused_rl_run_ends_with_the_weights_of_a_run_from_scratch(memo_model_dir, memo_data, tmp_path,
                                                                         one_thread):
     """The real explore.py for every arm's first RL run: vanilla (2 steps) -> rloop-long's iteration 1 (3) ->
@@ -537,8 +550,7 @@ def test_each_reused_rl_run_ends_with_the_weights_of_a_run_from_scratch(memo_mod
     import explore
 
     out = tmp_path / "lab"
-    flags = ("--prompts-per-step 4 --n-samples 4 --mini-batch 2 --micro-batch 8 --max-new-tokens 24 "
-             "--overlong-buffer 4 --max-gen-batches 2 --lr 1e-3 --warmup-steps 0 --backend hf")
+    flags = REAL_FLAGS + " --backend hf"
     r = run_lab(tmp_path, out, ARMS="vanilla,rloop-long,overfit", SEEDS="1", ITERS="2", RL_STEPS="1",
                 OVERFIT_X="3", SAVE_EVERY="1", MODEL=str(memo_model_dir), DATA=str(memo_data),
                 EXPLORE_ARGS=flags, SHIM_REAL_EXPLORE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -546,6 +558,7 @@ def test_each_reused_rl_run_ends_with_the_weights_of_a_run_from_scratch(memo_mod
     scratch = tmp_path / "scratch"
     assert explore.main(["--model", str(memo_model_dir), "--data", str(memo_data), "--out", str(scratch),
                          "--rl-steps", "6", "--save-every", "1", "--seed", "0", *flags.split()]) == 0
+    assert trains_after(scratch, 3)  # (overfit resumes at 3)
     weights = lambda d: (d / "model.safetensors").read_bytes()  # noqa: E731
     for arm, path, steps, resumed_from in (("vanilla", "vanilla", 2, None), ("rloop-long", "iter1/explore", 3, 2),
                                            ("overfit", "vanilla", 6, 3)):
@@ -555,6 +568,31 @@ def test_each_reused_rl_run_ends_with_the_weights_of_a_run_from_scratch(memo_mod
         if resumed_from:
             assert f"from ckpt_{resumed_from:06d} (step {resumed_from}" in \
                 (out / arm / "seed0" / "loop.log").read_text(), arm
+
+
+def test_the_bf16_chain_ends_with_the_weights_of_a_run_from_scratch(memo_model_dir, memo_data, tmp_path,
+                                                                     one_thread):
+    """The same with a bf16 sampler: rloop-long-bf16's iteration 1 (3 steps) -> overfit-bf16 (6), the real
+    explore.py with the arms' flags, against one run of 6 steps from scratch with them."""
+    import explore
+
+    out = tmp_path / "lab"
+    flags = REAL_FLAGS
+    r = run_lab(tmp_path, out, ARMS="rloop-long-bf16,overfit-bf16", SEEDS="1", ITERS="2", RL_STEPS="1",
+                OVERFIT_X="3", SAVE_EVERY="1", MODEL=str(memo_model_dir), DATA=str(memo_data),
+                EXPLORE_ARGS=flags, SHIM_REAL_EXPLORE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    scratch = tmp_path / "scratch"
+    assert explore.main(["--model", str(memo_model_dir), "--data", str(memo_data), "--out", str(scratch),
+                         "--rl-steps", "6", "--save-every", "1", "--seed", "0", *flags.split(),
+                         *A.BF16_SAMPLER.split()]) == 0
+    run = out / "overfit-bf16" / "seed0" / "vanilla"
+    assert trains_after(run, 3) and trains_after(scratch, 3)
+    assert "from ckpt_000003 (step 3" in (out / "overfit-bf16" / "seed0" / "loop.log").read_text()
+    for step in range(1, 7):
+        assert (run / f"ckpt_{step:06d}" / "model.safetensors").read_bytes() == \
+            (scratch / f"ckpt_{step:06d}" / "model.safetensors").read_bytes(), step
+    assert max(json.loads(x)["rollout_probs_diff_max"] for x in (run / "metrics.jsonl").read_text().splitlines()) > 1e-4
 
 
 def test_every_command_of_the_lab_page_runs(tmp_path):
