@@ -3,6 +3,7 @@
     python lab.py                                 # the quick preset: 8 arms x 3 seeds on the toy, ~1 h on 2 cores
     python lab.py --preset horizon                # the claims at 60 and 300 RL steps, 5 arms x 5 seeds
     python lab.py --arms rloop,vanilla --seeds 0,1,2,3,4
+    python lab.py --preset questions              # the open questions (stability; then --preset questions-2)
     python lab.py --preset horizon --dry-run      # the loop.sh commands it would run, in order; writes nothing
 
 Every arm (lib/lab/arms.py: the table of arms and presets) is one `loop.sh` run per seed, in OUT/<arm>/seed<k>/, with
@@ -100,6 +101,8 @@ def parse_seeds(spec: str) -> list[int]:
     for x in items or [spec.strip()]:
         if not x.isdigit():
             raise cli.UserError(f"--seeds: '{x}' is not a seed number")
+    if not items and int(spec) == 0:
+        raise cli.UserError("--seeds 0: a count of no seeds (seed 0 alone: --seeds 1)")
     return [int(x) for x in items] if items else list(range(int(spec)))
 
 
@@ -129,8 +132,8 @@ def make_jobs(args) -> list[Job]:
         arm = A.BY_NAME[name]
         for seed in args.seeds:
             folder = args.out / name / f"seed{seed}"
-            env = A.loop_env(arm, args.sizes, stage["EXPLORE_ARGS"] or "")
-            env.update({k: v for k, v in stage.items() if v is not None and k != "EXPLORE_ARGS"})
+            env = A.loop_env(arm, args.sizes, stage["EXPLORE_ARGS"] or "", stage["FILTER_ARGS"] or "")
+            env.update({k: v for k, v in stage.items() if v is not None and k not in ("EXPLORE_ARGS", "FILTER_ARGS")})
             env.update(OUT=str(folder), SEED=str(seed), JOBS="1", PYTHON=args.python,
                        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
                        MKL_NUM_THREADS=os.environ.get("MKL_NUM_THREADS", "1"))

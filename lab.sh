@@ -8,7 +8,7 @@
 #   DRY_RUN=1 bash lab.sh                          # print the loop.sh commands, run nothing
 #
 # Variables (unset: the preset's or lab.py's default):
-#   PRESET       quick | horizon                      (--preset)
+#   PRESET       quick | horizon | questions | questions-2   (--preset)
 #   ARMS         comma list of arms                   (--arms)
 #   SEEDS        a count (3 = seeds 0, 1, 2) or a comma list of seeds   (--seeds)
 #   OUT          the lab folder                       (--out)

@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # the rows already there. evaluate.py's accuracy is a literal function of the policy it is given and the seed:
 #   base 0.30; an RL policy 0.45; vanilla at step s: 0.40 + s / 1000 + 0.02 * seed; a consolidated policy:
 #   rloop-long's 0.55 + 0.01 * seed, no-al-long's 0.40 + 0.03 * seed, any other arm's 0.50 + 0.01 * seed.
-# SHIM_FAIL: a command holding this text fails. SHIM_REAL_EXPLORE: the first RL run of every arm (iteration 1's,
-# the vanilla run) is the real explore.py.
+# explore's per-step grad_norm is 1, and 50 from step 10 with a bf16 sampler and no --rollout-is (grad_norm_max: the
+# larger of it and 1 + explore seed + step / 10). SHIM_FAIL: a command holding this text fails.
+# SHIM_REAL_EXPLORE: the first RL run of every arm (iteration 1's, the vanilla run) is the real explore.py.
 SHIM = '''#!{python}
 import json, os, re, sys
 from pathlib import Path
@@ -57,8 +58,11 @@ if script == "explore.py":
                                     else -1.0, "acc": j == 0, "step": s}}) + "\\n")
                 f.write(json.dumps({{"problem_id": "b", "prompt": "b?", "response": "x", "reward": -1.0, "acc": False,
                                     "step": s}}) + "\\n")
-            g.write(json.dumps({{"step": s, "reward": -1 + s / 100, "grad_norm": 1.0,
-                                "grad_norm_max": 1 + seed + s / 10}}) + "\\n")
+            bf16 = "bfloat16" in args  # (a bf16 sampler: its norm jumps 50-fold from step 10, unless corrected)
+            norm = 50.0 if bf16 and "--rollout-is" not in args and s >= 10 else 1.0
+            g.write(json.dumps({{"step": s, "reward": -1 + s / 100, "grad_norm": norm,
+                                "grad_norm_max": max(norm, 1 + seed + s / 10),
+                                "rollout_probs_diff_max": 0.3 if bf16 else 1e-6}}) + "\\n")
     for s in range(every, steps + 1, every):
         (out / f"ckpt_{{s:06d}}").mkdir(exist_ok=True)
 elif script == "consolidate.py":
@@ -89,7 +93,8 @@ def run_lab(tmp_path, out, **over):
     env.update(PYTHON=str(shim), SHIM_LOG=str(tmp_path / "calls.jsonl"), MODEL="/models/base", DATA="d.jsonl",
                BENCHMARKS="memo=m.jsonl", OUT=str(out), SEEDS="2", ARMS=HORIZON, ITERS="2", RL_STEPS="2",
                OVERFIT_X="3", FILTER_ARGS="--threshold 0.5", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    env.update(over)
+    env.update({k: v for k, v in over.items() if v is not None})
+    env = {k: v for k, v in env.items() if over.get(k, "") is not None}  # (None: unset it)
     return subprocess.run(["bash", "lab.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -114,7 +119,7 @@ def test_the_table_is_consistent_and_refuses_what_is_not_the_same_computation():
     }
     for message, table in bad.items():
         with pytest.raises(ValueError, match=message):
-            A.check(table, presets=())
+            A.check(table, presets=(), questions=())
 
 
 def test_sizes_and_settings_of_the_horizon_arms():
@@ -311,11 +316,145 @@ def test_a_failed_run_is_reported_and_stops_nothing_else(tmp_path):
 def test_unknown_arm_is_one_clear_line(tmp_path):
     r = run_lab(tmp_path, tmp_path / "lab", ARMS="rloop,bogus")
     assert r.returncode == 2 and "unknown arm 'bogus'" in r.stderr
+    r = run_lab(tmp_path, tmp_path / "lab", SEEDS="0")
+    assert r.returncode == 2 and "--seeds 0: a count of no seeds (seed 0 alone: --seeds 1)" in r.stderr
 
 
 def test_lab_sh_help_lists_its_variables():
     r = subprocess.run(["bash", "lab.sh", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "PRESET" in r.stdout and "EXPLORE_ARGS" in r.stdout and "DRY_RUN" in r.stdout
+
+
+# --- the open questions: presets questions and questions-2 ------------------------------------------------------
+QUESTIONS_ARMS = {"questions": ["rloop-long", "overfit", "rloop-long-bf16", "overfit-bf16", "overfit-bf16-tis"],
+                  "questions-2": ["rloop-long", "overfit", "replay-long", "rloop-long-partial", "overfit-partial"]}
+
+
+def test_questions_presets_dry_run_lists_their_arms_and_commands():
+    """`python lab.py --preset questions --dry-run` as a user types it: 5 arms x 5 seeds at the toy's sizes, each
+    arm's explore.py and filter.py flags, what it starts from; questions-2 writes into the same folder."""
+    for preset, arms in QUESTIONS_ARMS.items():
+        r = subprocess.run([sys.executable, "lab.py", "--preset", preset, "--dry-run"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0].startswith(f"# RLoop lab, preset {preset}: arms {','.join(arms)}; seeds 0,1,2,3,4; "
+                                   "OUT=runs/lab-questions;")
+        cmds = {(x.split("OUT=runs/lab-questions/")[1].split()[0]): x for x in lines if x.endswith("bash loop.sh")}
+        assert sorted(cmds) == sorted(f"{a}/seed{k}" for a in arms for k in range(5))
+        assert lines[-1].endswith("report.py runs/lab-questions")
+    out = subprocess.run([sys.executable, "lab.py", "--arms", "overfit-bf16,overfit-bf16-tis,rloop-long-partial",
+                          "--seeds", "1", "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+    bf16 = "EXPLORE_ARGS='--backend hf --rollout-dtype bfloat16 --no-bf16"
+    assert f"VANILLA=1 RLOOP=0 THRESHOLD=0.1 EVAL_ITERS=output ITERS=15 RL_STEPS=20 SAVE_EVERY=5 {bf16}' " in out
+    assert f"{bf16} --rollout-is token' " in out
+    assert ("ITERS=3 RL_STEPS=100 SAVE_EVERY=5 EXPLORE_ARGS='--reward lib/worlds/toy_reward.py:partial_credit "
+            "--filter-metric reward' FILTER_ARGS='--success-metric reward --success-threshold 0.5' ") in out
+    assert "# overfit-bf16 seed 0; starts from rloop-long-bf16: base-eval, rl-run" in out
+
+
+@pytest.fixture(scope="module")
+def questions_lab(tmp_path_factory):
+    """A micro run of both presets, 2 seeds, into one folder: questions, then questions-2."""
+    tmp = tmp_path_factory.mktemp("questions")
+    out = tmp / "lab"
+    runs = [run_lab(tmp, out, PRESET=preset, ARMS=None) for preset in QUESTIONS_ARMS]
+    for r in runs:
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return tmp, out, runs
+
+
+def test_micro_questions_lab_runs_both_presets_into_one_folder(questions_lab):
+    tmp, out, (first, second) = questions_lab
+    for arm in {a for arms in QUESTIONS_ARMS.values() for a in arms}:
+        for seed in (0, 1):
+            assert (out / arm / f"seed{seed}" / ".done" / "report").exists(), (arm, seed)
+    assert "rloop-long seed 0: done, skipped" in second.stdout and "overfit seed 1: done, skipped" in second.stdout
+    c = calls(tmp)
+    for seed in (0, 1):
+        run = lambda arm, *p, seed=seed: str(out.joinpath(arm, f"seed{seed}", *p))  # noqa: E731
+        explores = {flag(x, "--out"): x for x in c if x[0] == "explore.py"}
+        # the bf16 chain: rloop-long-bf16's iteration 1 (6 steps) -> overfit-bf16 (12), resumed, flags alike
+        assert [flag(explores[run(a, *p)], "--rl-steps") for a, *p in
+                (("rloop-long-bf16", "iter1", "explore"), ("overfit-bf16", "vanilla"))] == ["6", "12"]
+        rows = (out / "overfit-bf16" / f"seed{seed}" / "vanilla" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(x)["step"] for x in rows] == list(range(1, 13))
+        assert "--rollout-is" in explores[run("overfit-bf16-tis", "vanilla")]
+        assert "--replay" in explores[run("replay-long", "vanilla")]
+        for arm, p in (("rloop-long-partial", ("iter2", "explore")), ("overfit-partial", ("vanilla",))):
+            assert flag(explores[run(arm, *p)], "--reward") == "lib/worlds/toy_reward.py:partial_credit", arm
+        filters = [x for x in c if x[0] == "filter.py" and run("rloop-long-partial") in flag(x, "--out")]
+        assert len(filters) == 2 and all((flag(x, "--success-metric"), flag(x, "--success-threshold")) ==
+                                         ("reward", "0.5") for x in filters)
+    assert (out / "report" / "stability.png").stat().st_size > 1000
+
+
+def test_micro_questions_lab_answers_in_words(questions_lab):
+    """The shim's numbers: overfit-bf16's largest norm is 50 (steps 10-12), overfit's 2.2 and 3.2 (seeds 0, 1):
+    +47.8, +46.8, mean +47.3, half 12.706 * 0.5 = 6.353; its per-step norm is 1 before step 10, so step 10 is its
+    first above 10x the median (1). rloop-long - replay-long on average acc: 0.55, 0.56 vs 0.412, 0.432;
+    rloop-long-partial - overfit-partial: 0.50, 0.51 vs 0.412, 0.432: +0.088, +0.078."""
+    tmp, out, _ = questions_lab
+    summary = (out / "report" / "summary.md").read_text()
+    lines = summary.splitlines()
+    i = lines.index("## Open questions")
+    assert lines[i + 4] == (
+        "- **Does vanilla RL's gradient norm grow under a bf16 sampler?** overfit-bf16 − overfit at 12 RL steps: "
+        "largest pre-clip gradient norm +47.300 [+40.947, +53.653], higher. First step with a gradient norm above "
+        "10× its run's median: overfit-bf16 step 10 (seed 0); step 10 (seed 1); overfit never.")
+    assert lines[i + 5].startswith("- **Does RLoop prevent it?** rloop-long-bf16 − overfit-bf16 at 12 RL steps: "
+                                   "largest pre-clip gradient norm -46.900 [-53.253, -40.547], lower.")
+    assert lines[i + 7] == (
+        "- **Is RLoop better than experience replay at equal RL steps?** rloop-long − replay-long at 12 RL steps: "
+        "average acc +0.133 [+0.069, +0.197], higher; average pass@2 +0.133 [+0.069, +0.197], higher; probe acc "
+        "+0.133 [+0.069, +0.197], higher.")
+    assert lines[i + 9].startswith("- **Does RLoop's gain survive a non-binary reward?** rloop-long-partial − "
+                                   "overfit-partial at 12 RL steps: average acc +0.083 [+0.019, +0.147], higher;")
+    assert "| overfit-bf16 | 50.000 | step 10 (seed 0); step 10 (seed 1) | 0.3 |" in lines
+    assert "| overfit | 1.000 | never | 1e-06 |" in lines
+    js = json.loads((out / "report" / "lab.json").read_text())["questions"]
+    assert [c["arm"] for c in js["curves"]] == QUESTIONS_ARMS["questions"]
+    assert js["rows"][2]["answers"][0]["word"] == "lower"  # the correction: overfit-bf16-tis - overfit-bf16
+
+
+def test_first_blow_up_step_on_synthetic_norms():
+    from lib.lab import questions as Q
+
+    assert Q.first_exceed([(1, 1.0), (2, 1.2), (3, 0.9), (4, 12.0), (5, 30.0)]) == 5  # median 1.2: > 12 first at 5
+    assert Q.first_exceed([(1, 1.0), (2, 1.2), (3, 0.9), (4, 12.1), (5, 1.0)]) == 4
+    assert Q.first_exceed([(s, 1.0 + s) for s in range(1, 50)]) is None  # growth, but never 10x the median
+    assert Q.first_exceed([(1, 0.5), (2, 0.5), (3, float("inf"))]) == 3 and Q.first_exceed([]) is None
+    assert Q.first_exceed([(1, 1.0), (2, 4.0)], factor=2.0) is None  # median 2.5: 4 is not above 5
+    assert Q.first_exceed([(1, 1.0), (2, 1.0), (3, 4.0)], factor=2.0) == 3  # median 1
+    assert [Q.norm_of(r) for r in ({"grad_norm": 0.4}, {"grad_norm": None, "updates": 2}, {"val/mean_acc": 1})] == \
+        [0.4, float("inf"), None]
+    assert Q.exceed_words({0: None, 1: 7, 2: None}) == "step 7 (seed 1); never (seeds 0, 2)"
+    assert Q.exceed_words({0: None}) == "never"
+
+
+def test_stability_section_on_a_lab_built_by_hand(tmp_path):
+    """overfit-bf16's seed 0 blows up at step 4 (norm 9 against a median of 0.5), seed 1 never (4 against 0.7);
+    overfit never. Largest norms 9, 4 against 0.5, 0.6: +8.5, +3.4, mean 5.95, sd 3.606, half 12.706 * 2.55 = 32.4."""
+    import report
+
+    lab = tmp_path / "lab"
+    norms = {("overfit-bf16", 0): [0.5, 0.4, 0.6, 9.0, 0.5], ("overfit-bf16", 1): [0.5, 0.6, 0.7, 0.8, 4.0],
+             ("overfit", 0): [0.5] * 5, ("overfit", 1): [0.6] * 5}
+    for (arm, seed), ns in norms.items():
+        fake_run(lab / arm / f"seed{seed}", False, 0.4, 0.6)
+        rows = [{"step": s, "grad_norm": n, "grad_norm_max": n, "rollout_probs_diff_max": 0.25 if "bf16" in arm
+                 else 2e-6} for s, n in enumerate(ns, start=1)]
+        (lab / arm / f"seed{seed}" / "vanilla" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n"
+                                                                                      for r in rows))
+    report.main([str(lab)])
+    lines = (lab / "report" / "summary.md").read_text().splitlines()
+    assert "| overfit-bf16 | 9.000 | step 4 (seed 0); never (seed 1) | 0.25 |" in lines
+    assert "| overfit | 0.600 | never | 2e-06 |" in lines
+    assert any(x.startswith("- **Does vanilla RL's gradient norm grow under a bf16 sampler?** overfit-bf16 − overfit "
+                            "at 2 RL steps: largest pre-clip gradient norm +5.950 [-26.450, +38.350], no measurable "
+                            "difference. First step with a gradient norm above 10× its run's median: overfit-bf16 step "
+                            "4 (seed 0); never (seed 1); overfit never.") for x in lines)
+    assert (lab / "report" / "stability.png").stat().st_size > 1000
 
 
 # --- the report on a lab folder built by hand -------------------------------------------------------------------
@@ -389,6 +528,19 @@ def test_threshold_sweep_and_kl_sections_on_a_lab_built_by_hand(tmp_path):
 
 
 # --- every reuse of an RL run is exact --------------------------------------------------------------------------
+# no dynamic sampling: the memo model at these sizes has no success, so dynamic sampling would drop every group and
+# no step would train; without it the overlong penalty's spread trains the steps after the first few
+REAL_FLAGS = ("--prompts-per-step 4 --n-samples 4 --mini-batch 2 --micro-batch 8 --max-new-tokens 24 "
+              "--overlong-buffer 4 --max-gen-batches 2 --lr 1e-3 --warmup-steps 0 --no-dynamic-sampling")
+
+
+def trains_after(run: Path, step: int) -> bool:
+    """A step after `step` moved the weights (else every later checkpoint equals the one at `step`, for no reason
+    a resume could break)."""
+    return any(r["step"] > step and r["grad_norm"] > 0 for r in map(json.loads, (run / "metrics.jsonl").read_text()
+                                                                     .splitlines()))
+
+
 def test_each_reused_rl_run_ends_with_the_weights_of_a_run_from_scratch(memo_model_dir, memo_data, tmp_path,
                                                                         one_thread):
     """The real explore.py for every arm's first RL run: vanilla (2 steps) -> rloop-long's iteration 1 (3) ->
@@ -398,8 +550,7 @@ def test_each_reused_rl_run_ends_with_the_weights_of_a_run_from_scratch(memo_mod
     import explore
 
     out = tmp_path / "lab"
-    flags = ("--prompts-per-step 4 --n-samples 4 --mini-batch 2 --micro-batch 8 --max-new-tokens 24 "
-             "--overlong-buffer 4 --max-gen-batches 2 --lr 1e-3 --warmup-steps 0 --backend hf")
+    flags = REAL_FLAGS + " --backend hf"
     r = run_lab(tmp_path, out, ARMS="vanilla,rloop-long,overfit", SEEDS="1", ITERS="2", RL_STEPS="1",
                 OVERFIT_X="3", SAVE_EVERY="1", MODEL=str(memo_model_dir), DATA=str(memo_data),
                 EXPLORE_ARGS=flags, SHIM_REAL_EXPLORE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -407,6 +558,7 @@ def test_each_reused_rl_run_ends_with_the_weights_of_a_run_from_scratch(memo_mod
     scratch = tmp_path / "scratch"
     assert explore.main(["--model", str(memo_model_dir), "--data", str(memo_data), "--out", str(scratch),
                          "--rl-steps", "6", "--save-every", "1", "--seed", "0", *flags.split()]) == 0
+    assert trains_after(scratch, 3)  # (overfit resumes at 3)
     weights = lambda d: (d / "model.safetensors").read_bytes()  # noqa: E731
     for arm, path, steps, resumed_from in (("vanilla", "vanilla", 2, None), ("rloop-long", "iter1/explore", 3, 2),
                                            ("overfit", "vanilla", 6, 3)):
@@ -418,6 +570,31 @@ def test_each_reused_rl_run_ends_with_the_weights_of_a_run_from_scratch(memo_mod
                 (out / arm / "seed0" / "loop.log").read_text(), arm
 
 
+def test_the_bf16_chain_ends_with_the_weights_of_a_run_from_scratch(memo_model_dir, memo_data, tmp_path,
+                                                                     one_thread):
+    """The same with a bf16 sampler: rloop-long-bf16's iteration 1 (3 steps) -> overfit-bf16 (6), the real
+    explore.py with the arms' flags, against one run of 6 steps from scratch with them."""
+    import explore
+
+    out = tmp_path / "lab"
+    flags = REAL_FLAGS
+    r = run_lab(tmp_path, out, ARMS="rloop-long-bf16,overfit-bf16", SEEDS="1", ITERS="2", RL_STEPS="1",
+                OVERFIT_X="3", SAVE_EVERY="1", MODEL=str(memo_model_dir), DATA=str(memo_data),
+                EXPLORE_ARGS=flags, SHIM_REAL_EXPLORE="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    scratch = tmp_path / "scratch"
+    assert explore.main(["--model", str(memo_model_dir), "--data", str(memo_data), "--out", str(scratch),
+                         "--rl-steps", "6", "--save-every", "1", "--seed", "0", *flags.split(),
+                         *A.BF16_SAMPLER.split()]) == 0
+    run = out / "overfit-bf16" / "seed0" / "vanilla"
+    assert trains_after(run, 3) and trains_after(scratch, 3)
+    assert "from ckpt_000003 (step 3" in (out / "overfit-bf16" / "seed0" / "loop.log").read_text()
+    for step in range(1, 7):
+        assert (run / f"ckpt_{step:06d}" / "model.safetensors").read_bytes() == \
+            (scratch / f"ckpt_{step:06d}" / "model.safetensors").read_bytes(), step
+    assert max(json.loads(x)["rollout_probs_diff_max"] for x in (run / "metrics.jsonl").read_text().splitlines()) > 1e-4
+
+
 def test_every_command_of_the_lab_page_runs(tmp_path):
     """docs/lab.md's commands as written: the lab ones with a dry run (they would run for an hour), report.py's
     help (it needs a finished lab)."""
@@ -425,7 +602,7 @@ def test_every_command_of_the_lab_page_runs(tmp_path):
 
     doc = (ROOT / "docs" / "lab.md").read_text()
     lines = [x.split("#")[0].strip() for x in doc.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()]
-    assert len(lines) == 7
+    assert len(lines) == 8
     for line in filter(None, lines):
         words = shlex.split(line)
         env = {k: v for k, v in (w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))}

@@ -4,6 +4,7 @@ An arm is one `loop.sh` run per seed, under OUT/<arm>/seed<k>/, all from the sam
   env        the loop.sh variables it sets over LOOP_DEFAULTS (VANILLA, RLOOP, THRESHOLD, EVAL_ITERS)
   scale      which of the lab's ITERS / RL_STEPS it multiplies by OVERFIT_X ('' = neither; see Arm.scale)
   explore    extra explore.py flags ('{kl_coef}' stands for the lab's KL_COEF)
+  filter     extra filter.py flags
   reuses     finished work of other arms of the same seed that it starts from (copied: the same computation,
              never recomputed; see the parts below), in order of preference
   against    the arm it is measured against, paired by seed (the report's differences)
@@ -12,6 +13,10 @@ An arm is one `loop.sh` run per seed, under OUT/<arm>/seed<k>/, all from the sam
              are measured against
   curve      the report draws its held-out accuracy and pass@k against RL steps (every evaluation it makes)
   diversity  the report measures the diversity of its successful rollouts
+  stability  the report draws its per-step gradient norm and sampler/trainer gap (stability.png)
+
+QUESTIONS, below the arms, are the open questions the report answers in words, each a pair of arms compared on a
+few metrics, paired by seed.
 
 Adding an arm is one entry in ARMS, e.g. a threshold of 0.3 beside the others:
 
@@ -64,12 +69,14 @@ class Arm:
     # times longer); 'rl_steps': OVERFIT_X times the RL steps of each iteration
     scale: str = ""
     explore: str = ""
+    filter: str = ""
     reuses: tuple[Reuse, ...] = ()
     against: str = ""
     claims: bool = False
     sweep: bool = False
     curve: bool = False
     diversity: bool = False
+    stability: bool = False
 
     @property
     def settings(self) -> dict[str, str]:
@@ -85,6 +92,17 @@ class Arm:
         return float(self.settings["THRESHOLD"])
 
 
+# The open questions' settings. A sampler in bf16 against the fp32 trainer (the HF engine; vLLM would bring
+# kernels of its own): the mismatch that published collapses of long RL runs are tied to.
+BF16_SAMPLER = "--backend hf --rollout-dtype bfloat16 --no-bf16"
+# A reward with partial credit (lib/worlds/toy_reward.py); dynamic sampling keeps a group whose rewards vary, so
+# a group of wrong answers at different distances from the truth still trains
+PARTIAL_REWARD = "--reward lib/worlds/toy_reward.py:partial_credit --filter-metric reward"
+# Under it a success is a reward of at least TAU: only an exact answer (+1, less at most half of the overlong
+# penalty); a near miss (off by one: 0) never is, so RFT imitates right answers only (docs/lab.md)
+TAU = 0.5
+PARTIAL_SUCCESS = f"--success-metric reward --success-threshold {TAU:g}"
+
 ARMS: tuple[Arm, ...] = (  # the order is the runner's priority (the long chain first) and the report's
     Arm("rloop", "the default loop: ITERS x RL_STEPS RL steps, THRESHOLD 0.1",
         against="vanilla", claims=True, sweep=True, diversity=True),
@@ -93,11 +111,11 @@ ARMS: tuple[Arm, ...] = (  # the order is the runner's priority (the long chain 
     Arm("rloop-long", "RLoop at the overfitting horizon: ITERS iterations of OVERFIT_X x RL_STEPS steps, each "
         "iteration evaluated", env={"EVAL_ITERS": "all"}, scale="rl_steps",
         reuses=(Reuse("vanilla", BASE_EVAL, RL_RUN), Reuse("rloop", BASE_EVAL, RL_RUN)),
-        against="overfit", claims=True, curve=True),
+        against="overfit", claims=True, curve=True, stability=True),
     Arm("overfit", "vanilla run OVERFIT_X times longer, evaluated every RL_STEPS: the paper's RL overfitting",
         env={**VANILLA_ONLY, "EVAL_ITERS": "all"}, scale="iters",
         reuses=(Reuse("rloop-long", RL_RUN), Reuse("vanilla", BASE_EVAL, RL_RUN, VANILLA_EVALS)),
-        against="vanilla", curve=True),
+        against="vanilla", curve=True, stability=True),
     Arm("no-al-long", "rloop-long without active learning (THRESHOLD 1)", env={"THRESHOLD": "1"}, scale="rl_steps",
         reuses=(Reuse("rloop-long", BASE_EVAL, ITERATION_1),), against="overfit", claims=True),
     Arm("no-al", "RLoop without active learning (THRESHOLD 1: every problem with a success is kept)",
@@ -110,8 +128,49 @@ ARMS: tuple[Arm, ...] = (  # the order is the runner's priority (the long chain 
         reuses=(Reuse("rloop", BASE_EVAL, ITERATION_1),), against="rloop", sweep=True),
     Arm("kl", "vanilla with a KL penalty to the initial policy (explore.py --kl-coef KL_COEF)", env=VANILLA_ONLY,
         explore="--kl-coef {kl_coef}", reuses=(Reuse("rloop", BASE_EVAL),), against="vanilla"),
+    # the open questions at the horizon (docs/lab.md): their RL runs differ from every fp32, binary-reward run, so
+    # they share only the base's evaluation; they evaluate their output policy only (equal RL steps, 300)
+    Arm("rloop-long-bf16", "rloop-long with a bf16 sampler against the fp32 trainer", scale="rl_steps",
+        explore=BF16_SAMPLER, reuses=(Reuse("rloop-long", BASE_EVAL),), against="overfit-bf16", claims=True,
+        stability=True),
+    Arm("overfit-bf16", "overfit with a bf16 sampler against the fp32 trainer", env=VANILLA_ONLY, scale="iters",
+        explore=BF16_SAMPLER, reuses=(Reuse("rloop-long-bf16", BASE_EVAL, RL_RUN),), against="overfit",
+        stability=True),
+    Arm("overfit-bf16-tis", "overfit-bf16 with the token-level mismatch correction (explore.py --rollout-is token)",
+        env=VANILLA_ONLY, scale="iters", explore=f"{BF16_SAMPLER} --rollout-is token",
+        reuses=(Reuse("rloop-long", BASE_EVAL),), against="overfit-bf16", stability=True),
+    Arm("replay-long", "overfit with experience replay (explore.py --replay)", env=VANILLA_ONLY, scale="iters",
+        explore="--replay", reuses=(Reuse("rloop-long", BASE_EVAL),), against="overfit"),
+    Arm("rloop-long-partial", f"rloop-long on a partial-credit reward, a success a reward >= {TAU:g}",
+        scale="rl_steps", explore=PARTIAL_REWARD, filter=PARTIAL_SUCCESS, reuses=(Reuse("rloop-long", BASE_EVAL),),
+        against="overfit-partial", claims=True),
+    Arm("overfit-partial", "overfit on the partial-credit reward", env=VANILLA_ONLY, scale="iters",
+        explore=PARTIAL_REWARD, reuses=(Reuse("rloop-long-partial", BASE_EVAL, RL_RUN),), against="overfit"),
 )
 BY_NAME = {a.name: a for a in ARMS}
+
+
+@dataclass(frozen=True)
+class Question:
+    """An open question the report answers: `arm` - `against`, paired by seed, on each of `metrics` (the largest
+    pre-clip gradient norm 'grad_norm', average 'acc', average 'pass@k', 'probe' accuracy: forgetting)."""
+    ask: str
+    arm: str
+    against: str
+    metrics: tuple[str, ...]
+
+
+QUESTIONS = (
+    Question("Does vanilla RL's gradient norm grow under a bf16 sampler?", "overfit-bf16", "overfit", ("grad_norm",)),
+    Question("Does RLoop prevent it?", "rloop-long-bf16", "overfit-bf16", ("grad_norm",)),
+    Question("Does the token-level correction prevent it?", "overfit-bf16-tis", "overfit-bf16", ("grad_norm",)),
+    Question("Is RLoop better than experience replay at equal RL steps?", "rloop-long", "replay-long",
+             ("acc", "pass@k", "probe")),
+    Question("Is experience replay better than vanilla RL?", "replay-long", "overfit", ("acc", "pass@k", "probe")),
+    Question("Does RLoop's gain survive a non-binary reward?", "rloop-long-partial", "overfit-partial",
+             ("acc", "pass@k", "probe")),
+)
+METRICS = ("grad_norm", "acc", "pass@k", "probe")
 
 
 @dataclass(frozen=True)
@@ -129,6 +188,14 @@ PRESETS = {p.name: p for p in (
            ("rloop", "vanilla", "overfit", "no-al", "thr-0.05", "thr-0.2", "thr-0.5", "kl"), 3, "runs/lab", 3600),
     Preset("horizon", "the claims at 60 and at 300 RL steps (the overfitting horizon)",
            ("rloop", "vanilla", "rloop-long", "overfit", "no-al-long"), 5, "runs/lab-horizon", 6000),
+    # the open questions, in two presets of one folder (all of them would not fit one working session): the
+    # second skips rloop-long and overfit when the first has run
+    Preset("questions", "the open questions, 1 of 2: stability under a bf16 sampler (then questions-2)",
+           ("rloop-long", "overfit", "rloop-long-bf16", "overfit-bf16", "overfit-bf16-tis"), 5, "runs/lab-questions",
+           19800),
+    Preset("questions-2", "the open questions, 2 of 2: replay, a partial-credit reward (after questions)",
+           ("rloop-long", "overfit", "replay-long", "rloop-long-partial", "overfit-partial"), 5,
+           "runs/lab-questions", 10800),
 )}
 
 
@@ -165,12 +232,15 @@ def first_run_steps(arm: Arm, s: Sizes) -> int:
     return rl_steps(arm, s) if arm.is_rloop else total_steps(arm, s)
 
 
-def loop_env(arm: Arm, s: Sizes, explore_args: str = "") -> dict[str, str]:
-    """The loop.sh variables of one arm (besides OUT, SEED and the lab-wide ones)."""
+def loop_env(arm: Arm, s: Sizes, explore_args: str = "", filter_args: str = "") -> dict[str, str]:
+    """The loop.sh variables of one arm (besides OUT, SEED and the lab-wide ones): the lab-wide stage flags, then
+    the arm's."""
     env = {**arm.settings, "ITERS": str(iters(arm, s)), "RL_STEPS": str(rl_steps(arm, s)),
            "SAVE_EVERY": str(s.checkpoint_every())}
     extra = arm.explore.format(kl_coef=s.kl_coef)
     env["EXPLORE_ARGS"] = " ".join(x for x in (explore_args, extra) if x)
+    if filter_args or arm.filter:
+        env["FILTER_ARGS"] = " ".join(x for x in (filter_args, arm.filter) if x)
     return env
 
 
@@ -214,7 +284,8 @@ def copies(arm: Arm, reuse: Reuse, s: Sizes) -> list[Copy]:
     return out
 
 
-def check(arms: tuple[Arm, ...] = ARMS, presets: tuple[Preset, ...] = tuple(PRESETS.values())) -> None:
+def check(arms: tuple[Arm, ...] = ARMS, presets: tuple[Preset, ...] = tuple(PRESETS.values()),
+          questions: tuple[Question, ...] = QUESTIONS) -> None:
     """The table's own consistency (a test runs it): unique names, sources listed before the arms that reuse
     them (so the runner's order is a valid schedule), and reuses that really are the same computation."""
     seen: dict[str, Arm] = {}
@@ -244,3 +315,10 @@ def check(arms: tuple[Arm, ...] = ARMS, presets: tuple[Preset, ...] = tuple(PRES
         for name in p.arms:
             if name not in seen:
                 raise ValueError(f"preset {p.name}: unknown arm '{name}'")
+    for q in questions:
+        for name in (q.arm, q.against):
+            if name not in seen:
+                raise ValueError(f"question '{q.ask}': unknown arm '{name}'")
+        for m in q.metrics:
+            if m not in METRICS:
+                raise ValueError(f"question '{q.ask}': unknown metric '{m}' (known: {', '.join(METRICS)})")

@@ -1,5 +1,6 @@
-"""The lab report (report.py LAB_DIR): lib/lab/tables.py's records rendered as LAB_DIR/report/summary.md, lab.json
-and plots (lab_accuracy.png, overfit.png, horizon.png). It opens with the verdicts on the paper's claims in words.
+"""The lab report (report.py LAB_DIR): lib/lab/tables.py's and lib/lab/questions.py's records rendered as
+LAB_DIR/report/summary.md, lab.json and plots (lab_accuracy.png, overfit.png, horizon.png, stability.png). It opens
+with the verdicts on the paper's claims in words, then the answers to the open questions.
 """
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import subprocess
 from pathlib import Path
 
+from lib.lab import questions as Q
 from lib.lab import tables as T
 from lib.lab.report_run import fmt
 from lib.run import cli
@@ -48,13 +50,44 @@ def verdict_lines(t: T.LabTables) -> list[str]:
     return out + [""]
 
 
-def markdown(t: T.LabTables) -> str:
+def question_lines(q: Q.Questions) -> list[str]:
+    """One line per open question whose two arms ran: each metric's paired difference, and for a gradient-norm
+    question the first blow-up step of both arms."""
+    if not q.rows:
+        return []
+    out = ["## Open questions", "",
+           "Each question: the first arm − the second at the first's RL steps, paired by seed, mean [95% interval]; "
+           "higher or lower only when the interval excludes 0 (lib/lab/arms.py QUESTIONS).", ""]
+    for r in q.rows:
+        parts = [f"{a.metric} {interval(a.diff)}, {a.word}" for a in r.answers]
+        line = f"- **{r.ask}** {r.arm} − {r.against} at {r.steps} RL steps: " + "; ".join(parts)
+        if r.first_exceed:
+            line += (f". First step with a gradient norm above {q.blowup:g}× its run's median: "
+                     + "; ".join(f"{arm} {Q.exceed_words(s)}" for arm, s in r.first_exceed.items()))
+        out.append(line + ".")
+    return out + [""]
+
+
+def stability_lines(q: Q.Questions) -> list[str]:
+    """The per-step stability of every arm: its largest step norm, the first blow-up, the largest sampler gap."""
+    out = ["## Stability per RL step", "",
+           f"explore.py's per-step gradient norm (the mean pre-clip norm of a step's updates) and the sampler/trainer "
+           f"gap (rollout_probs_diff_max: the largest per-token probability difference), over every step and seed; "
+           f"a blow-up is a step whose norm exceeds {q.blowup:g}× the median of its own run's.", "",
+           "| arm | largest step norm | first blow-up | largest rollout_probs_diff_max |", "|---|---|---|---|"]
+    out += [f"| {s.arm} | {fmt(s.largest_norm, 3)} | {Q.exceed_words(s.first_exceed)} | "
+            f"{'–' if s.largest_gap is None else f'{s.largest_gap:.3g}'} |" for s in q.stability]
+    return out + (["", "![stability](stability.png)"] if q.curves else []) + [""]
+
+
+def markdown(t: T.LabTables, q: Q.Questions) -> str:
     k = t.kmax
     L = [f"# RLoop lab: `{t.folder}`", "",
          f"Commit {t.commit}; seeds {', '.join(map(str, t.seeds))}; every cell is the mean over seeds ± the half-width "
          f"of its 95% t interval (lib/lab/stats.py). Evaluation: avg@{k} accuracy and unbiased pass@k "
          f"(k = {', '.join(t.ks)}) of each arm's output policy; RLoop arms: the last consolidated policy.", ""]
     L += verdict_lines(t)
+    L += question_lines(q)
     for split, rows in t.accuracy.items():
         L += [f"## {split}: accuracy and pass@k", "",
               "| arm | RL steps | seeds | acc | " + " | ".join(f"pass@{x}" for x in t.ks) + " |",
@@ -77,6 +110,7 @@ def markdown(t: T.LabTables) -> str:
     L += [f"| {r.arm} | {cell(r.grad_norm, 2)} | {fmt(r.largest, 2)} | {cell(r.probe)} | {diff_cell(r.probe_vs_base)} |"
           for r in t.stability]
     L.append("")
+    L += stability_lines(q)
     for c in t.overfit:
         if not c.points:
             continue
@@ -131,7 +165,7 @@ def markdown(t: T.LabTables) -> str:
     return "\n".join(L)
 
 
-def plots(t: T.LabTables, out: Path) -> None:
+def plots(t: T.LabTables, q: Q.Questions, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,13 +228,30 @@ def plots(t: T.LabTables, out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "horizon.png", dpi=110)
         plt.close(fig)
+    if q.curves:  # every seed's own line: a mean over seeds would hide a spike in one of them
+        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        for c, color in zip(q.curves, colors * 3):
+            for i, pts in enumerate(c.seeds.values()):
+                for ax, j in zip(axes, (1, 2)):
+                    xy = [(p[0], p[j]) for p in pts if p[j] is not None and math.isfinite(p[j]) and p[j] > 0]
+                    if xy:
+                        ax.plot(*zip(*xy), lw=0.8, alpha=0.7, color=color, label=c.arm if i == 0 else None)
+        for ax, title in zip(axes, ("gradient norm per step (pre-clip, mean of its updates)",
+                                    "sampler/trainer gap: rollout_probs_diff_max")):
+            ax.set_yscale("log")
+            ax.set_xlabel("RL steps")
+            ax.set_title(title, fontsize=9)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "stability.png", dpi=110)
+        plt.close(fig)
 
 
 def as_json(obj):
     """The records as strict JSON values (nan -> null; the properties a record derives are left to readers)."""
     if dataclasses.is_dataclass(obj):
         return {f.name: as_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)} | (
-            {"word": obj.word} if isinstance(obj, T.Verdict) else {})
+            {"word": obj.word} if isinstance(obj, (T.Verdict, Q.Answer)) else {})
     if isinstance(obj, dict):
         return {str(k): as_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -235,11 +286,12 @@ def write_report(folder: Path) -> str:
         t = T.tables(folder, lab, git_commit(folder))
     except ValueError as e:
         raise cli.UserError(str(e)) from None
+    q = Q.questions(lab, t)
     out = folder / "report"
     out.mkdir(parents=True, exist_ok=True)
-    plots(t, out)
-    text = markdown(t)
+    plots(t, q, out)
+    text = markdown(t, q)
     cli.atomic_write_text(out / "summary.md", text)
-    cli.atomic_write_json(out / "lab.json", as_json(t))
+    cli.atomic_write_json(out / "lab.json", as_json(t) | {"questions": as_json(q)})
     return text
 
